@@ -1,0 +1,172 @@
+"""Subscribers and their alerts: validate what a person typed, then save, list, confirm, stop."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd.config import FREQUENCIES, Frequency
+from alertd.db import transaction
+from alertd.errors import QueryError, UsageError
+from alertd.matching import Query, parse_query
+from alertd.models import Alert, Member, Question, Subscriber
+
+_DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_EMAIL = re.compile(
+    r"^[^@\s<>(),;:\"\[\]\\]{1,64}@" + _DOMAIN_LABEL + r"(?:\." + _DOMAIN_LABEL + r")+$"
+)
+_MEMBER_FIELDS = ("member", "asker", "answerer")
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One alert with its owner, as `alertd list` shows it."""
+
+    alert: Alert
+    email: str
+    suspended: bool
+
+
+def normalise_email(address: str) -> str:
+    """The address, trimmed, with its domain lower-cased.
+
+    Raises:
+        UsageError: not a plain, single email address (CR/LF and display names included).
+    """
+    candidate = address.strip()
+    if len(candidate) > 254 or not _EMAIL.match(candidate):
+        raise UsageError(f"invalid email address: {address!r}")
+    local, _, domain = candidate.rpartition("@")
+    return f"{local}@{domain.lower()}"
+
+
+def parse_frequency(value: str) -> Frequency:
+    for frequency in FREQUENCIES:
+        if value == frequency:
+            return frequency
+    raise UsageError(f"unknown frequency {value!r}: use one of {', '.join(FREQUENCIES)}")
+
+
+class _DbResolver:
+    """Turns Member and department names in a query into ids, from what the store has seen."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __call__(self, field: str, name: str, position: int) -> int:
+        wanted = " ".join(name.split()).casefold()
+        if field in _MEMBER_FIELDS:
+            rows = self.session.exec(select(Member.id, Member.name)).all()
+            known = {row_name.casefold(): row_id for row_id, row_name in rows}
+        elif field == "department":
+            bodies = self.session.exec(
+                select(Question.answering_body_id, Question.answering_body_name).distinct()
+            ).all()
+            known = {n.casefold(): i for i, n in bodies if i is not None and n is not None}
+        else:
+            raise QueryError(f"field {field}: takes no name", position)
+        if wanted in known:
+            return known[wanted]
+        close = difflib.get_close_matches(wanted, list(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c.title()) for c in close)}?" if close else ""
+        kind = "department" if field == "department" else "Member"
+        raise QueryError(f"unknown {kind} {name!r}{hint}", position)
+
+
+def compile_query(session: Session, text: str) -> Query:
+    """Parse a query, resolving names to ids.
+
+    Raises:
+        QueryError: the query is malformed or names someone unknown.
+    """
+    return parse_query(text, _DbResolver(session))
+
+
+def subscribe(
+    engine: Engine, email: str, query_text: str, frequency: str, *, confirmed: bool, now: datetime
+) -> Alert:
+    """Save an alert for an address (creating the subscriber); nothing is saved on bad input.
+
+    Raises:
+        UsageError: a bad address, query or frequency.
+    """
+    address = normalise_email(email)
+    chosen = parse_frequency(frequency)
+    with transaction(engine) as session:
+        query = compile_query(session, query_text)
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        if subscriber is None:
+            subscriber = Subscriber(email=address, created_at=now)
+            session.add(subscriber)
+            session.flush()
+        assert subscriber.id is not None
+        alert = Alert(
+            subscriber_id=subscriber.id,
+            query=" ".join(query_text.split()),
+            canonical=query.canonical,
+            frequency=chosen,
+            created_at=now,
+        )
+        if confirmed:
+            _mark_confirmed(alert, now)
+        session.add(alert)
+        session.flush()
+        return alert
+
+
+def _mark_confirmed(alert: Alert, now: datetime) -> None:
+    # Only answers that reach alertd from now on are mailed: no flood of old answers.
+    alert.confirmed = True
+    alert.confirmed_at = now
+    alert.last_digest_at = now
+
+
+def confirm_alert(engine: Engine, alert_id: int, now: datetime) -> Alert:
+    with transaction(engine) as session:
+        alert = _get_alert(session, alert_id)
+        if not alert.confirmed:
+            _mark_confirmed(alert, now)
+        return alert
+
+
+def unsubscribe(engine: Engine, alert_id: int, now: datetime) -> Alert:
+    """Stop an alert; it is kept (what it was sent stays on record) but never matches again.
+
+    Raises:
+        UsageError: there is no such active alert.
+    """
+    with transaction(engine) as session:
+        alert = _get_alert(session, alert_id)
+        alert.unsubscribed_at = now
+        return alert
+
+
+def _get_alert(session: Session, alert_id: int) -> Alert:
+    alert = session.get(Alert, alert_id)
+    if alert is None or alert.unsubscribed_at is not None:
+        raise UsageError(f"no active alert with id {alert_id}")
+    return alert
+
+
+def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
+    """Active alerts, oldest first, optionally of one address."""
+    statement = (
+        select(Alert, Subscriber)
+        .join(Subscriber, col(Subscriber.id) == col(Alert.subscriber_id))
+        .where(col(Alert.unsubscribed_at).is_(None))
+        .order_by(col(Alert.id))
+    )
+    if email is not None:
+        statement = statement.where(Subscriber.email == normalise_email(email))
+    with Session(engine) as session:
+        return [
+            AlertRow(
+                alert=alert, email=subscriber.email, suspended=subscriber.suspended_at is not None
+            )
+            for alert, subscriber in session.exec(statement).all()
+        ]

@@ -1,0 +1,170 @@
+"""The command line: subscribe, list, unsubscribe, preview, run, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import NoReturn
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd import alerts
+from alertd.config import FREQUENCIES, Settings, load_settings
+from alertd.daemon import Daemon, lifespan, utc_now
+from alertd.db import open_database
+from alertd.errors import AlertdError, ConfigError, UsageError
+from alertd.hits import question_document
+from alertd.logs import setup_logging
+from alertd.matching import analyse
+from alertd.models import Question
+from alertd.pipeline import run_once
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: scripts and people read it the same way.
+        self.exit(EXIT_BAD_INPUT, f"alertd: error: {message} (see alertd --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="TOML settings file")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _Parser(prog="alertd", description="Email alerts for UK Parliament written answers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub = commands.add_parser("subscribe", parents=[common], help="add an alert")
+    sub.add_argument("email")
+    sub.add_argument("query", help='e.g. "special educational needs" or member:4138')
+    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCIES))
+    sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
+
+    listing = commands.add_parser("list", parents=[common], help="list alerts")
+    listing.add_argument("email", nargs="?")
+
+    stop = commands.add_parser("unsubscribe", parents=[common], help="stop an alert")
+    stop.add_argument("alert_id", type=int)
+
+    preview = commands.add_parser("preview", parents=[common], help="stored answers a query finds")
+    preview.add_argument("query")
+    preview.add_argument("--days", type=int, default=30)
+
+    run = commands.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument("--once", action="store_true", help="one poll, match and send, then exit")
+
+    db = commands.add_parser("db", parents=[common], help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    return parser
+
+
+def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    engine = open_database(settings.database)
+    alert = alerts.subscribe(
+        engine, args.email, args.query, args.frequency, confirmed=args.confirmed, now=utc_now()
+    )
+    print(alert.id)
+    if not alert.confirmed:
+        print("alert saved unconfirmed: it sends nothing until confirmed", file=sys.stderr)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = alerts.list_alerts(open_database(settings.database), args.email)
+    for row in rows:
+        status = (
+            "suspended" if row.suspended else ("confirmed" if row.alert.confirmed else "pending")
+        )
+        print(f"{row.alert.id}\t{row.email}\t{row.alert.frequency}\t{status}\t{row.alert.query}")
+    if not rows:
+        print("no alerts", file=sys.stderr)
+    return 0
+
+
+def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
+    alert = alerts.unsubscribe(open_database(settings.database), args.alert_id, utc_now())
+    print(f"alert {alert.id} stopped")
+    return 0
+
+
+def _preview_matches(engine: Engine, query_text: str, days: int) -> list[Question]:
+    since = (utc_now() - timedelta(days=days)).date()
+    with Session(engine) as session:
+        query = alerts.compile_query(session, query_text)
+        questions = session.exec(
+            select(Question)
+            .where(
+                col(Question.is_holding).is_(False),
+                col(Question.date_answered) >= since,
+            )
+            .order_by(col(Question.date_answered).desc(), col(Question.id))
+        ).all()
+    return [q for q in questions if query.matches(analyse(question_document(q)))]
+
+
+def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    found = _preview_matches(open_database(settings.database), args.query, args.days)
+    for question in found:
+        print(f"{question.date_answered}\t{question.uin}\t{question.heading}\t{question.url}")
+    weeks = Counter(
+        q.date_answered - timedelta(days=q.date_answered.weekday())
+        for q in found
+        if q.date_answered is not None
+    )
+    for week, count in sorted(weeks.items()):
+        print(f"week of {week}: {count}", file=sys.stderr)
+    print(f"{len(found)} matching answers in the last {args.days} days", file=sys.stderr)
+    return 0
+
+
+async def _run(settings: Settings, once: bool) -> int:
+    async with lifespan(settings) as runtime:
+        if once:
+            report = await run_once(runtime, now=utc_now())
+            return EXIT_FAILED if report.errors else 0
+        await Daemon(runtime).serve()
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_run(settings, args.once))
+
+
+def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    open_database(settings.database)
+    print("database is up to date", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "subscribe": _cmd_subscribe,
+    "list": _cmd_list,
+    "unsubscribe": _cmd_unsubscribe,
+    "preview": _cmd_preview,
+    "run": _cmd_run,
+    "db": _cmd_db,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alertd`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        setup_logging(args.verbose, settings.log.level)
+        return COMMANDS[args.command](args, settings)
+    except (UsageError, ConfigError) as exc:
+        print(f"alertd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AlertdError as exc:
+        print(f"alertd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,207 @@
+"""Settings: one frozen object from TOML, overlaid by ALERTD_<SECTION>__<KEY> variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from alertd.errors import ConfigError
+
+ENV_PREFIX = "ALERTD_"
+CONFIG_ENV = "ALERTD_CONFIG"
+DEFAULT_SECRET_KEY = "change-me"
+Frequency = Literal["immediate", "daily", "weekly"]
+FREQUENCIES: tuple[Frequency, ...] = ("immediate", "daily", "weekly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///alertd.db"
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return url
+
+
+class ParliamentSettings(_Section):
+    enabled: bool = True
+    base_url: str = "https://questions-statements-api.parliament.uk"
+    poll_interval_minutes: int = Field(default=30, ge=1)
+    lookback_days: int = Field(default=3, ge=0)
+    page_size: int = Field(default=100, ge=1, le=1000)
+    timeout_s: float = Field(default=30.0, gt=0)
+    detail_concurrency: int = Field(default=4, ge=1, le=32)
+    user_agent: str = "alertd/0.1 (+https://github.com/alertd)"
+
+
+class MailSettings(_Section):
+    from_address: str = Field(default="alerts@localhost", alias="from")
+    from_name: str = "alertd"
+    delivery: Literal["maildir", "smtp"] = "maildir"
+    maildir: Path = Path("./mail")
+
+    @field_validator("from_address")
+    @classmethod
+    def _address_shape(cls, address: str) -> str:
+        if "@" not in address or any(c in address for c in "\r\n <>"):
+            raise ValueError("must be a bare email address such as alerts@example.org")
+        return address
+
+
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class WebSettings(_Section):
+    base_url: str = "http://localhost:8000"
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return url.rstrip("/")
+
+
+class DigestSettings(_Section):
+    daily_at: time = time(7, 0)
+    weekly_day: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "monday"
+    timezone: str = "Europe/London"
+    max_per_alert: int = Field(default=20, ge=1)
+    excerpt_chars: int = Field(default=400, ge=50)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class DeliverySettings(_Section):
+    retry_for_hours: float = Field(default=72.0, gt=0)
+    max_bounces: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    parliament: ParliamentSettings = ParliamentSettings()
+    mail: MailSettings = MailSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    web: WebSettings = WebSettings()
+    digest: DigestSettings = DigestSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    log: LogSettings = LogSettings()
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the Settings from a TOML file (or none) and the environment.
+
+    Args:
+        path: the TOML file; when None, ``ALERTD_CONFIG`` names it, else defaults apply.
+        environ: the environment to read ``ALERTD_<SECTION>__<KEY>`` overrides from.
+
+    Raises:
+        ConfigError: the file is unreadable, or a key is unknown or has a bad value.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    data: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    for section, key, value in _env_overrides(env):
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config error: {section} must be a table")
+        target[key] = value
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _check_secret(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    # Only SECTION__KEY names are settings: ALERTD_CONFIG and ALERTD_TEST_* are not.
+    overrides = []
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not section or not key:
+            raise ConfigError(f"config error: environment variable {name} names no setting")
+        overrides.append((section, key, value))
+    return overrides
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"config error: unknown key {key}"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = (
+        "" if "secret" in key or "password" in key or isinstance(value, dict) else f" ({value!r})"
+    )
+    return f"config error: {key}: {message}{shown}"
+
+
+def _check_secret(settings: Settings) -> None:
+    host = urlsplit(settings.web.base_url).hostname or ""
+    is_local = host in ("localhost", "127.0.0.1", "::1")
+    if not is_local and settings.web.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+        raise ConfigError(
+            "config error: web.secret_key must be set to a long random value "
+            "when web.base_url is not a localhost URL"
+        )

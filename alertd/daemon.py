@@ -1,0 +1,127 @@
+"""The daemon: a lifespan that builds the runtime once, and APScheduler calling run_once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from alertd.config import Settings
+from alertd.db import open_database
+from alertd.delivery import make_mailer
+from alertd.pipeline import RunReport, Runtime, run_once
+from alertd.render import build_environment
+from alertd.sources import make_http_client
+
+log = logging.getLogger("alertd.daemon")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open the database (migrating it), templates, mailer and HTTP client; close in reverse.
+
+    Raises:
+        ConfigError, TemplateError: start-up cannot go on.
+    """
+    engine = open_database(settings.database)
+    try:
+        templates = build_environment()
+        mailer = make_mailer(settings.mail.delivery, settings.mail.maildir, settings.smtp)
+        async with make_http_client(settings.parliament) as http:
+            yield Runtime(settings, engine, mailer, templates, http)
+    finally:
+        engine.dispose()
+
+
+class Daemon:
+    """Runs cycles one at a time; on SIGTERM/SIGINT it lets the current cycle finish."""
+
+    def __init__(self, runtime: Runtime, clock: Clock = utc_now) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self.cycles = 0
+        self._cycle_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Daemon cycles={self.cycles} stopping={self._stop.is_set()}>"
+
+    async def run_cycle(self, poll: bool = True) -> RunReport | None:
+        if self._stop.is_set():
+            return None
+        async with self._cycle_lock:
+            if self._stop.is_set():
+                return None
+            try:
+                report = await run_once(self.runtime, now=self.clock(), poll=poll)
+            except Exception:
+                # A bug in one cycle must not end the daemon; the next cycle retries.
+                log.exception("run failed")
+                return None
+            self.cycles += 1
+            return report
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        settings = self.runtime.settings
+        zone = settings.digest.zone
+        scheduler = AsyncIOScheduler(timezone=zone)
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
+        scheduler.add_job(
+            self.run_cycle,
+            IntervalTrigger(minutes=settings.parliament.poll_interval_minutes, timezone=zone),
+            next_run_time=self.clock(),
+            id="poll",
+            **common,
+        )
+        # Daily and weekly digests are due from daily_at; run_once knows which are due.
+        at = settings.digest.daily_at
+        scheduler.add_job(
+            self.run_cycle,
+            CronTrigger(hour=at.hour, minute=at.minute, timezone=zone),
+            kwargs={"poll": False},
+            id="digests",
+            **common,
+        )
+        return scheduler
+
+    async def serve(self, shutdown_timeout_s: float = 60.0) -> None:
+        """Run until a signal (or stop()), then wait for the cycle in flight."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        scheduler = self._scheduler()
+        scheduler.start()
+        log.info(
+            "alertd running: polling every %d min, digests at %s %s",
+            self.runtime.settings.parliament.poll_interval_minutes,
+            self.runtime.settings.digest.daily_at,
+            self.runtime.settings.digest.timezone,
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        try:
+            async with asyncio.timeout(shutdown_timeout_s):
+                async with self._cycle_lock:
+                    pass
+        except TimeoutError:
+            log.error("the cycle in flight did not finish within %.0fs", shutdown_timeout_s)
+        log.info("alertd stopped after %d cycles", self.cycles)

@@ -1,0 +1,91 @@
+"""The database: engine set-up (SQLite pragmas or PostgreSQL) and Alembic migrations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from alertd.config import DatabaseSettings
+from alertd.errors import ConfigError
+
+log = logging.getLogger("alertd.db")
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def create_db_engine(settings: DatabaseSettings) -> Engine:
+    """Create the engine; on SQLite turn on WAL, a busy timeout and foreign keys."""
+    url = sa.make_url(settings.url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
+    busy_timeout_ms = settings.busy_timeout_ms
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (pysqlite's own
+        # BEGIN handling breaks SAVEPOINT and delays locking in surprising ways).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every Alembic migration not yet applied (a no-op when up to date).
+
+    Raises:
+        ConfigError: the database cannot be reached or migrated.
+    """
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot migrate database {engine.url!r}: {exc}") from exc
+
+
+def open_database(settings: DatabaseSettings) -> Engine:
+    """Create the engine and bring the schema up to date."""
+    engine = create_db_engine(settings)
+    upgrade(engine)
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,20 @@
+"""Alembic environment: runs migrations on the engine alertd hands over."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+import alertd.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+engine: Engine = context.config.attributes["engine"]
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=SQLModel.metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,168 @@
+"""Database tables (sqlmodel): subscribers, alerts, questions, hits, ledger, outbox, sources."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores aware datetimes as naive UTC and gives them back aware, on SQLite too."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+def _utc(**kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kwargs)
+
+
+class Subscriber(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=254, unique=True)
+    created_at: datetime = _utc()
+    consecutive_bounces: int = 0
+    suspended_at: datetime | None = _utc(default=None, nullable=True)
+
+
+class Alert(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    query: str = Field(max_length=500)
+    # Equivalent queries share this form, so the engine compiles each once.
+    canonical: str = Field(max_length=1000, index=True)
+    frequency: str = Field(max_length=16)
+    confirmed: bool = False
+    confirmed_at: datetime | None = _utc(default=None, nullable=True)
+    created_at: datetime = _utc()
+    # Daily and weekly digests cover what matched since this moment.
+    last_digest_at: datetime | None = _utc(default=None, nullable=True)
+    unsubscribed_at: datetime | None = _utc(default=None, nullable=True)
+
+
+class Member(SQLModel, table=True):
+    """A Member of either House, as last seen in a question (ids are Members API ids)."""
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    name: str = Field(max_length=200, index=True)
+    party: str | None = Field(default=None, max_length=100)
+    constituency: str | None = Field(default=None, max_length=200)
+    house: str | None = Field(default=None, max_length=16)
+
+
+class Question(SQLModel, table=True):
+    """One answer version of one written question: a holding answer, the answer, a correction."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("api_id", "answer_version"),
+        sa.UniqueConstraint("api_id", "version_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    api_id: int = Field(index=True)
+    answer_version: int
+    version_key: str = Field(max_length=80)
+    uin: str = Field(max_length=32)
+    house: str = Field(max_length=16)
+    heading: str = Field(default="", sa_type=sa.Text)
+    question_text: str = Field(default="", sa_type=sa.Text)
+    answer_html: str = Field(default="", sa_type=sa.Text)
+    answer_text: str = Field(default="", sa_type=sa.Text)
+    asking_member_id: int | None = Field(default=None, index=True)
+    asking_member_name: str | None = Field(default=None, max_length=200)
+    asking_member_party: str | None = Field(default=None, max_length=100)
+    asking_member_constituency: str | None = Field(default=None, max_length=200)
+    answering_member_id: int | None = Field(default=None, index=True)
+    answering_member_name: str | None = Field(default=None, max_length=200)
+    answering_body_id: int | None = None
+    answering_body_name: str | None = Field(default=None, max_length=200)
+    date_tabled: date
+    date_answered: date | None = None
+    date_answer_corrected: date | None = None
+    is_holding: bool = False
+    is_correction: bool = False
+    is_withdrawn: bool = False
+    url: str = Field(max_length=300)
+    ingested_at: datetime = _utc(index=True)
+    # NULL until matched against the alerts: a crash between ingest and match loses nothing.
+    matched_at: datetime | None = _utc(default=None, nullable=True, index=True)
+
+
+class SourceState(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=100)
+    high_water: date | None = None
+    last_poll_at: datetime | None = _utc(default=None, nullable=True)
+    last_ok_at: datetime | None = _utc(default=None, nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    last_new_count: int = 0
+
+
+class Hit(SQLModel, table=True):
+    """An alert matched an answer version; it waits here until its digest is due."""
+
+    __table_args__ = (sa.UniqueConstraint("alert_id", "question_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="alert.id")
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    question_id: int = Field(foreign_key="question.id")
+    created_at: datetime = _utc()
+    outbox_id: int | None = Field(default=None, foreign_key="outbox.id", index=True)
+
+
+class Ledger(SQLModel, table=True):
+    """What each subscriber was sent: one row per (subscriber, question, answer version)."""
+
+    __table_args__ = (sa.UniqueConstraint("subscriber_id", "api_id", "answer_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id")
+    api_id: int
+    answer_version: int
+    question_id: int = Field(foreign_key="question.id")
+    outbox_id: int = Field(foreign_key="outbox.id", index=True)
+    created_at: datetime = _utc()
+
+
+class Outbox(SQLModel, table=True):
+    """A rendered digest waiting to be sent; status pending → sent, or retry, or dead."""
+
+    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    recipient: str = Field(max_length=254)
+    message_id: str = Field(max_length=250, unique=True)
+    subject: str = Field(default="", sa_type=sa.Text)
+    message: bytes = Field(sa_type=sa.LargeBinary)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    created_at: datetime = _utc()
+    next_attempt_at: datetime = _utc()
+    sent_at: datetime | None = _utc(default=None, nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class DigestRun(SQLModel, table=True):
+    """A daily or weekly digest period whose digests have all been composed."""
+
+    frequency: str = Field(primary_key=True, max_length=16)
+    period_start: datetime = _utc(primary_key=True)
+    completed_at: datetime = _utc()

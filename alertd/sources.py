@@ -1,0 +1,259 @@
+"""Sources: fetch answered written questions from the Parliament API as normalised items."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+
+from alertd.config import ParliamentSettings
+from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
+
+log = logging.getLogger("alertd.sources")
+LIST_PATH = "/api/writtenquestions/questions"
+OFFICIAL_URL = "https://questions-statements.parliament.uk/written-questions/detail/{tabled}/{uin}"
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    id: int
+    name: str
+    party: str | None
+    constituency: str | None
+    house: str | None
+
+
+@dataclass(frozen=True)
+class AnswerItem:
+    """One answer version of a written question, as the API describes it."""
+
+    api_id: int
+    uin: str
+    house: str
+    heading: str
+    question_text: str
+    answer_html: str
+    answer_text: str
+    asking_member: MemberInfo | None
+    answering_member: MemberInfo | None
+    answering_body_id: int | None
+    answering_body_name: str | None
+    date_tabled: date
+    date_answered: date | None
+    date_answer_corrected: date | None
+    is_holding: bool
+    is_correction: bool
+    is_withdrawn: bool
+
+    @property
+    def url(self) -> str:
+        return OFFICIAL_URL.format(tabled=self.date_tabled.isoformat(), uin=self.uin)
+
+    @property
+    def version_key(self) -> str:
+        """Names the answer version: it changes when a holding answer is replaced or corrected."""
+        answered = self.date_answered.isoformat() if self.date_answered else "-"
+        if self.is_holding:
+            return f"holding:{answered}"
+        corrected = self.date_answer_corrected.isoformat() if self.date_answer_corrected else "-"
+        return f"answer:{answered}:{corrected}"
+
+
+def _api_date(value: Any, field: str) -> date | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{field} is not a date string")
+    # The API sends UK dates as YYYY-MM-DDT00:00:00 with no zone: the date is what counts.
+    return datetime.fromisoformat(value).date()
+
+
+def _member(raw: Any, fallback_id: Any, house: str) -> MemberInfo | None:
+    if isinstance(raw, Mapping) and isinstance(raw.get("id"), int):
+        return MemberInfo(
+            id=raw["id"],
+            name=str(raw.get("name") or raw.get("listAs") or raw["id"]),
+            party=raw.get("party"),
+            constituency=raw.get("memberFrom"),
+            house=house,
+        )
+    if isinstance(fallback_id, int):
+        return MemberInfo(
+            id=fallback_id, name=str(fallback_id), party=None, constituency=None, house=house
+        )
+    return None
+
+
+def parse_item(value: Mapping[str, Any]) -> AnswerItem:
+    """Normalise one API ``value`` object.
+
+    Raises:
+        SourceInvalid: a required field is missing or has the wrong type.
+    """
+    try:
+        house = str(value["house"])
+        raw_answer = str(value.get("answerText") or "")
+        answer_html = sanitise_html(
+            raw_answer if looks_like_html(raw_answer) else _paragraphs(raw_answer)
+        )
+        date_tabled = _api_date(value["dateTabled"], "dateTabled")
+        if date_tabled is None:
+            raise ValueError("dateTabled is empty")
+        return AnswerItem(
+            api_id=int(value["id"]),
+            uin=str(value["uin"]),
+            house=house,
+            heading=str(value.get("heading") or "").strip(),
+            question_text=html_to_text(str(value.get("questionText") or "")),
+            answer_html=answer_html,
+            answer_text=html_to_text(answer_html),
+            asking_member=_member(value.get("askingMember"), value.get("askingMemberId"), house),
+            answering_member=_member(
+                value.get("answeringMember"), value.get("answeringMemberId"), house
+            ),
+            answering_body_id=value.get("answeringBodyId"),
+            answering_body_name=value.get("answeringBodyName"),
+            date_tabled=date_tabled,
+            date_answered=_api_date(value.get("dateAnswered"), "dateAnswered"),
+            date_answer_corrected=_api_date(
+                value.get("dateAnswerCorrected"), "dateAnswerCorrected"
+            ),
+            is_holding=bool(value.get("answerIsHolding")),
+            is_correction=bool(value.get("answerIsCorrection")),
+            is_withdrawn=bool(value.get("isWithdrawn")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SourceInvalid(f"question {value.get('id')!r} has a bad field: {exc}") from exc
+
+
+def _paragraphs(text: str) -> str:
+    return "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n") if p.strip())
+
+
+class ParliamentApi:
+    """A polite client of the Written Questions API: timeouts, paging, bounded concurrency."""
+
+    def __init__(self, settings: ParliamentSettings, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.client = client
+        self._detail_slots = asyncio.Semaphore(settings.detail_concurrency)
+
+    async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        url = self.settings.base_url.rstrip("/") + path
+        try:
+            response = await self.client.get(url, params=params)
+        except httpx.TimeoutException as exc:
+            raise SourceUnavailable(f"GET {url} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"GET {url} failed: {exc!r}") from exc
+        shown = str(response.url)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise SourceUnavailable(f"GET {shown} answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise SourceInvalid(f"GET {shown} answered HTTP {response.status_code}")
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise SourceInvalid(f"GET {shown} returned broken JSON: {exc}") from exc
+
+    async def list_answers(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Every ``value`` of a listing, paging with skip/take until ``totalResults``.
+
+        Raises:
+            SourceUnavailable, SourceInvalid: a page failed; nothing partial is returned.
+        """
+        take = self.settings.page_size
+        values: dict[int, dict[str, Any]] = {}
+        skip = 0
+        while True:
+            page = await self._get_json(
+                LIST_PATH, {**params, "expandMember": "true", "take": take, "skip": skip}
+            )
+            total, results = _page_results(page, skip)
+            for result in results:
+                value = result.get("value") if isinstance(result, Mapping) else None
+                if not isinstance(value, dict) or not isinstance(value.get("id"), int):
+                    raise SourceInvalid(f"listing page at skip={skip} has an item without a value")
+                values[value["id"]] = value
+            skip += len(results)
+            if skip >= total or not results:
+                break
+        return list(values.values())
+
+    async def fetch_detail(self, api_id: int) -> dict[str, Any]:
+        """The full record of one question (untruncated texts, answer as HTML)."""
+        async with self._detail_slots:
+            body = await self._get_json(f"{LIST_PATH}/{api_id}", {"expandMember": "true"})
+        value = body.get("value") if isinstance(body, Mapping) else None
+        if not isinstance(value, dict) or value.get("id") != api_id:
+            raise SourceInvalid(f"detail of question {api_id} has no matching value")
+        return value
+
+    async def answers_between(self, first: date, last: date) -> list[dict[str, Any]]:
+        """Summaries of questions answered, or corrected, between two UK dates inclusive."""
+        answered = await self.list_answers(
+            {"answeredWhenFrom": first.isoformat(), "answeredWhenTo": last.isoformat()}
+        )
+        corrected = await self.list_answers(
+            {"correctedWhenFrom": first.isoformat(), "correctedWhenTo": last.isoformat()}
+        )
+        merged = {value["id"]: value for value in answered}
+        merged.update({value["id"]: value for value in corrected})
+        return list(merged.values())
+
+    async def full_items(self, summaries: Sequence[Mapping[str, Any]]) -> list[AnswerItem]:
+        """Fetch the detail of each summary; keep the summary when the detail is gone (404).
+
+        Raises:
+            SourceUnavailable: a detail fetch failed for a reason worth retrying; the items
+                fetched before it are lost with it, which is safe: the next poll refetches.
+        """
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._detail_or_summary(s)) for s in summaries]
+        except ExceptionGroup as failures:
+            # The first failure names the URL; TaskGroup has already cancelled the rest.
+            raise _first_leaf(failures) from None
+        return [parse_item(task.result()) for task in tasks]
+
+    async def _detail_or_summary(self, summary: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            detail = await self.fetch_detail(int(summary["id"]))
+        except SourceInvalid as exc:
+            log.warning("using the truncated listing text: %s", exc)
+            return summary
+        # The detail endpoint's member objects can be missing; the listing's are expanded.
+        for key in ("askingMember", "answeringMember"):
+            if not detail.get(key) and summary.get(key):
+                detail[key] = summary[key]
+        return detail
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _page_results(page: Any, skip: int) -> tuple[int, list[Any]]:
+    if not isinstance(page, Mapping):
+        raise SourceInvalid(f"listing page at skip={skip} is not a JSON object")
+    total, results = page.get("totalResults"), page.get("results")
+    if not isinstance(total, int) or not isinstance(results, list):
+        raise SourceInvalid(f"listing page at skip={skip} lacks totalResults or results")
+    return total, results
+
+
+def make_http_client(settings: ParliamentSettings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.timeout_s),
+        headers={"User-Agent": settings.user_agent, "Accept": "application/json"},
+        follow_redirects=True,
+    )

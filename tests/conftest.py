@@ -1,0 +1,80 @@
+"""Shared fixtures: settings factory, real databases (SQLite file, PostgreSQL), stand-ins."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from alertd.config import Settings
+from alertd.db import open_database
+
+PG_URL_ENV = "ALERTD_TEST_DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's own ALERTD_* settings must not leak into tests.
+    for name in list(os.environ):
+        if name.startswith("ALERTD_") and name != PG_URL_ENV:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def pg_database_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    server_url = os.environ.get(PG_URL_ENV)
+    if not server_url:
+        pytest.skip(f"{PG_URL_ENV} is not set")
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"alertd_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/alertd.db"
+    url: str = request.getfixturevalue("pg_database_url")
+    return url
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: a SQLite file and a Maildir in tmp_path, overridable by section."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        data: dict[str, dict[str, Any]] = {
+            "database": {"url": f"sqlite:///{tmp_path}/alertd.db"},
+            "mail": {"maildir": str(tmp_path / "mail"), "from": "alerts@alertd.test"},
+            "web": {"base_url": "http://localhost:8000", "secret_key": "test-secret"},
+            "parliament": {"timeout_s": 5.0},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return Settings.model_validate(data)
+
+    return make
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database: a SQLite file, and the real PostgreSQL when configured."""
+    from alertd.config import DatabaseSettings
+
+    engine = open_database(DatabaseSettings(url=database_url))
+    yield engine
+    engine.dispose()
