@@ -15,6 +15,9 @@ from sqlalchemy.engine import Engine
 from alertd.config import Settings
 from alertd.db import open_database
 
+from smtp_server import SmtpSink
+from standin_api import StandinApi
+
 PG_URL_ENV = "ALERTD_TEST_DATABASE_URL"
 
 
@@ -78,3 +81,17 @@ def db_engine(database_url: str) -> Iterator[Engine]:
     engine = open_database(DatabaseSettings(url=database_url))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def standin_api() -> Iterator[StandinApi]:
+    """The local stand-in for the Parliament API, serving the 469 recorded answers of 1 Feb 2021."""
+    with StandinApi.from_fixtures(hang_seconds=10.0) as api:
+        yield api
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on loopback that records what it accepts."""
+    with SmtpSink() as sink:
+        yield sink

@@ -105,7 +105,9 @@ def test_more_than_shown_and_also_matches() -> None:
 
 
 def test_subject_names_count_and_alerts() -> None:
-    digest = _digest(_section("special educational needs", (SEN, SEN)), _section("Rushanara Ali", (SEN,)))
+    digest = _digest(
+        _section("special educational needs", (SEN, SEN)), _section("Rushanara Ali", (SEN,))
+    )
     assert digest_subject(digest) == "3 new answers: special educational needs, Rushanara Ali"
 
 

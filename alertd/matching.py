@@ -1,0 +1,197 @@
+"""Alert matching: analyse a question once, then evaluate parsed queries against it."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from alertd.query import (
+    And,
+    Field,
+    Leaf,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Prefix,
+    Query,
+    Resolver,
+    Scope,
+    Term,
+    iter_tokens,
+    parse_query,
+    stem_words,
+    tokenize,
+)
+
+__all__ = [
+    "AnalysedDocument",
+    "And",
+    "Document",
+    "Field",
+    "Highlights",
+    "Leaf",
+    "Node",
+    "Not",
+    "Or",
+    "Phrase",
+    "Prefix",
+    "Query",
+    "Resolver",
+    "Term",
+    "analyse",
+    "highlight_terms",
+    "match_batch",
+    "matches",
+    "parse_query",
+    "tokenize",
+]
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One answered question, as a query sees it."""
+
+    heading: str
+    question_text: str
+    answer_text: str
+    house: str
+    asking_member_id: int | None
+    answering_member_id: int | None
+    answering_body_id: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysedDocument:
+    """A document tokenised and stemmed once, ready for any number of queries.
+
+    Heading, question and answer share one token stream with a gap between them, so a
+    phrase never spans two of them; the heading holds positions below `heading_length`.
+    """
+
+    document: Document
+    stems: frozenset[str]
+    heading_stems: frozenset[str]
+    tokens: tuple[str, ...]
+    heading_tokens: tuple[str, ...]
+    positions: Mapping[str, frozenset[int]]
+    heading_length: int
+    house: str
+
+    def has_stem(self, stem: str, scope: Scope) -> bool:
+        return stem in (self.heading_stems if scope == "heading" else self.stems)
+
+    def has_prefix(self, prefix: str, scope: Scope) -> bool:
+        tokens = self.heading_tokens if scope == "heading" else self.tokens
+        at = bisect_left(tokens, prefix)
+        return at < len(tokens) and tokens[at].startswith(prefix)
+
+    def has_phrase(self, words: tuple[str, ...], scope: Scope) -> bool:
+        positions = self.positions
+        if not all(word in positions for word in words):
+            return False
+        first, *rest = (positions[word] for word in words)
+        if scope == "heading":
+            first = frozenset(start for start in first if start < self.heading_length)
+        return any(
+            all(start + offset in later for offset, later in enumerate(rest, 1)) for start in first
+        )
+
+    def has_field(self, name: str, value: int | str) -> bool:
+        doc = self.document
+        if name == "member":
+            return value in (doc.asking_member_id, doc.answering_member_id)
+        if name == "asker":
+            return value == doc.asking_member_id
+        if name == "answerer":
+            return value == doc.answering_member_id
+        if name == "department":
+            return value == doc.answering_body_id
+        return name == "house" and value == self.house
+
+
+def analyse(doc: Document) -> AnalysedDocument:
+    """Tokenise and stem a document once; reuse the result for every query."""
+    heading = tokenize(doc.heading)
+    stream = [*heading, "", *tokenize(doc.question_text), "", *tokenize(doc.answer_text)]
+    positions: dict[str, set[int]] = {}
+    for at, token in enumerate(stream):
+        if token:
+            positions.setdefault(token, set()).add(at)
+    distinct = sorted(positions)
+    stem_of = dict(zip(distinct, stem_words(distinct), strict=True))
+    heading_distinct = sorted(set(heading))
+    return AnalysedDocument(
+        document=doc,
+        stems=frozenset(stem_of.values()),
+        heading_stems=frozenset(stem_of[token] for token in heading_distinct),
+        tokens=tuple(distinct),
+        heading_tokens=tuple(heading_distinct),
+        positions={token: frozenset(at) for token, at in positions.items()},
+        heading_length=len(heading),
+        house=doc.house.strip().lower(),
+    )
+
+
+def matches(query: Query, doc: Document | AnalysedDocument) -> bool:
+    """Whether the query matches the document (analysed here if it is not already)."""
+    return query.matches(analyse(doc) if isinstance(doc, Document) else doc)
+
+
+def match_batch(queries: Mapping[K, Query], docs: Sequence[AnalysedDocument]) -> dict[K, list[int]]:
+    """Every query against every document: the indexes each query matched; no key if none."""
+    found: dict[K, list[int]] = {}
+    for key, query in queries.items():
+        indexes = [index for index, doc in enumerate(docs) if query.matches(doc)]
+        if indexes:
+            found[key] = indexes
+    return found
+
+
+@dataclass(frozen=True)
+class Highlights:
+    """The positive words (by stem), phrases and prefixes of a query, to mark in an excerpt."""
+
+    stems: frozenset[str]
+    phrases: frozenset[tuple[str, ...]]
+    prefixes: frozenset[str]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Sorted, merged (start, end) character ranges of `text` that the query looks for."""
+        found = list(iter_tokens(text))
+        tokens = [token for _, _, token in found]
+        spans = [
+            (start, end)
+            for (start, end, token), stem in zip(found, stem_words(tokens), strict=True)
+            if stem in self.stems or token.startswith(tuple(self.prefixes))
+        ]
+        for phrase in self.phrases:
+            size = len(phrase)
+            for first in range(len(tokens) - size + 1):
+                if tuple(tokens[first : first + size]) == phrase:
+                    spans.append((found[first][0], found[first + size - 1][1]))
+        return _merge(spans)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def highlight_terms(query: Query) -> Highlights:
+    """What a renderer may highlight: the query's words, phrases and prefixes not under NOT."""
+    leaves = list(query.positive_leaves())
+    return Highlights(
+        stems=frozenset(leaf.stem for leaf in leaves if isinstance(leaf, Term)),
+        phrases=frozenset(leaf.words for leaf in leaves if isinstance(leaf, Phrase)),
+        prefixes=frozenset(leaf.prefix for leaf in leaves if isinstance(leaf, Prefix)),
+    )

@@ -1,0 +1,243 @@
+"""The pipeline end to end, in process: stand-in API → SQLite/PostgreSQL → Maildir or SMTP."""
+
+from __future__ import annotations
+
+import mailbox
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+
+from alertd import alerts
+from alertd.config import Settings
+from alertd.db import open_database
+from alertd.delivery import make_mailer
+from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
+from alertd.pipeline import Runtime, run_once
+from alertd.render import build_environment
+
+from smtp_server import SmtpSink
+from standin_api import StandinApi
+
+# The recorded answers were all answered on Monday 1 February 2021.
+MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
+SEN_QUESTION = 1279581
+HYWEL_WILLIAMS = 1397  # asked 4 of the recorded questions; one has a holding answer
+HOLDING_OF_HYWEL = 1280713
+
+
+@pytest.fixture
+def settings(
+    make_settings: Callable[..., Settings], standin_api: StandinApi, database_url: str
+) -> Settings:
+    return make_settings(
+        database={"url": database_url},
+        parliament={"base_url": standin_api.base_url, "lookback_days": 1},
+    )
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    engine = open_database(settings.database)
+    mailer = make_mailer("maildir", settings.mail.maildir, settings.smtp)
+    yield Runtime(settings, engine, mailer, build_environment())
+    engine.dispose()
+
+
+def _maildir(settings: Settings) -> list[EmailMessage]:
+    box = mailbox.Maildir(settings.mail.maildir, create=True)
+    messages = []
+    for key in sorted(box.keys()):
+        parsed = message_from_bytes(box.get_bytes(key), policy=default)
+        assert isinstance(parsed, EmailMessage)
+        messages.append(parsed)
+    return messages
+
+
+def _text(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def _subscribe(runtime: Runtime, email: str, query: str, **kwargs: Any) -> int:
+    kwargs.setdefault("frequency", "immediate")
+    kwargs.setdefault("confirmed", True)
+    kwargs.setdefault("now", MONDAY_EVENING - timedelta(hours=1))
+    alert = alerts.subscribe(runtime.engine, email, query, **kwargs)
+    assert alert.id is not None
+    return alert.id
+
+
+async def test_keyword_and_member_alerts_get_one_digest_each(runtime: Runtime) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    _subscribe(runtime, "researcher@example.org", f"member:{HYWEL_WILLIAMS}")
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.errors == []
+    assert report.new_answers == 469
+    messages = {str(m["To"]): m for m in _maildir(runtime.settings)}
+    assert set(messages) == {"parent@example.org", "researcher@example.org"}
+    parent = _text(messages["parent@example.org"])
+    assert parent.count("Read it in full") == 1
+    assert "Special Educational Needs: Coronavirus" in parent
+    researcher = _text(messages["researcher@example.org"])
+    assert researcher.count("Read it in full") == 3
+    assert messages["researcher@example.org"]["Subject"].startswith("3 new answers:")
+
+
+async def test_second_run_sends_nothing(runtime: Runtime) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    await run_once(runtime, now=MONDAY_EVENING)
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
+    assert (report.new_answers, report.hits, report.digests_queued, report.sent) == (0, 0, 0, 0)
+    assert len(_maildir(runtime.settings)) == 1
+
+
+async def test_holding_answer_then_substantive_answer_is_sent_once(
+    runtime: Runtime, standin_api: StandinApi
+) -> None:
+    _subscribe(runtime, "researcher@example.org", f"member:{HYWEL_WILLIAMS}")
+    await run_once(runtime, now=MONDAY_EVENING)
+    first = _text(_maildir(runtime.settings)[0])
+    holding = standin_api.get(HOLDING_OF_HYWEL)
+    assert holding["heading"] not in first or first.count(holding["heading"]) < 2
+
+    standin_api.replace(
+        {
+            **holding,
+            "answerIsHolding": False,
+            "dateAnswered": "2021-02-02T00:00:00",
+            "answerText": "<p>The substantive answer follows the holding one.</p>",
+        }
+    )
+    tuesday = MONDAY_EVENING + timedelta(days=1)
+    report = await run_once(runtime, now=tuesday)
+    assert (report.new_answers, report.sent) == (1, 1)
+    second = _text(_maildir(runtime.settings)[1])
+    assert "The substantive answer follows the holding one." in second
+    await run_once(runtime, now=tuesday + timedelta(hours=1))
+    assert len(_maildir(runtime.settings)) == 2
+
+
+async def test_one_answer_matching_two_alerts_is_mailed_once(runtime: Runtime) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    _subscribe(runtime, "parent@example.org", "special needs coronavirus")
+    await run_once(runtime, now=MONDAY_EVENING)
+    (message,) = _maildir(runtime.settings)
+    text = _text(message)
+    assert text.count("Special Educational Needs: Coronavirus") == 1
+    assert "Also matches: special needs coronavirus" in text
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(Ledger)).all()) == 1
+
+
+async def test_unconfirmed_and_unsubscribed_alerts_get_nothing(runtime: Runtime) -> None:
+    _subscribe(runtime, "pending@example.org", '"special educational needs"', confirmed=False)
+    stopped = _subscribe(runtime, "gone@example.org", '"special educational needs"')
+    alerts.unsubscribe(runtime.engine, stopped, MONDAY_EVENING - timedelta(minutes=5))
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.hits == 0 and _maildir(runtime.settings) == []
+
+
+async def test_alert_confirmed_after_ingest_is_not_flooded(runtime: Runtime) -> None:
+    await run_once(runtime, now=MONDAY_EVENING)
+    _subscribe(runtime, "late@example.org", "education", now=MONDAY_EVENING + timedelta(hours=1))
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(hours=2))
+    assert report.hits == 0 and _maildir(runtime.settings) == []
+
+
+async def test_daily_digest_waits_for_daily_at(runtime: Runtime) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"', frequency="daily")
+    # A run after 07:00 London time composes that day's daily digests (none yet here).
+    await run_once(runtime, now=MONDAY_EVENING - timedelta(minutes=50), poll=False)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.hits == 1 and report.sent == 0
+    report = await run_once(runtime, now=datetime(2021, 2, 2, 7, 1, tzinfo=UTC))
+    assert report.sent == 1
+    report = await run_once(runtime, now=datetime(2021, 2, 2, 9, 0, tzinfo=UTC))
+    assert report.sent == 0
+    assert len(_maildir(runtime.settings)) == 1
+
+
+async def test_failed_poll_keeps_high_water_and_recovers(
+    runtime: Runtime, standin_api: StandinApi
+) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    standin_api.fail_next("list", 500)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.new_answers == 0 and len(report.errors) == 1
+    assert standin_api.base_url in report.errors[0]
+    with Session(runtime.engine) as session:
+        state = session.get(SourceState, "parliament")
+        assert state is not None and state.high_water is None and state.last_error
+        assert session.exec(select(Question)).all() == []
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
+    assert report.errors == [] and report.new_answers == 469 and report.sent == 1
+
+
+async def test_failed_detail_fetch_stores_nothing_partial(
+    runtime: Runtime, standin_api: StandinApi
+) -> None:
+    standin_api.fail_next(f"/api/writtenquestions/questions/{SEN_QUESTION}", "broken_json")
+    standin_api.fail_next(f"/api/writtenquestions/questions/{HOLDING_OF_HYWEL}", 503)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert len(report.errors) == 1
+    with Session(runtime.engine) as session:
+        state = session.get(SourceState, "parliament")
+        assert state is not None and state.high_water is None
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
+    assert report.errors == [] and report.new_answers == 469
+
+
+async def test_smtp_delivery_and_retry_after_451(settings: Settings, smtp_sink: SmtpSink) -> None:
+    smtp = settings.smtp.model_copy(update={"host": smtp_sink.host, "port": smtp_sink.port})
+    engine = open_database(settings.database)
+    runtime = Runtime(settings, engine, make_mailer("smtp", Path("."), smtp), build_environment())
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    _subscribe(runtime, "other@example.org", "coronavirus vaccine")
+    smtp_sink.fail_rcpt("parent@example.org", 451)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert (report.sent, report.deferred) == (1, 1)
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["other@example.org"]]
+    with Session(engine) as session:
+        retry = session.exec(select(Outbox).where(Outbox.status == "retry")).one()
+        assert retry.recipient == "parent@example.org" and retry.attempts == 1
+    # Not due yet: nothing is sent again a minute later.
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=1))
+    assert report.sent == 0
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(hours=1))
+    assert report.sent == 1
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == [
+        "other@example.org",
+        "parent@example.org",
+    ]
+    engine.dispose()
+
+
+async def test_permanent_rejections_suspend_after_max_bounces(
+    settings: Settings, smtp_sink: SmtpSink, standin_api: StandinApi
+) -> None:
+    smtp = settings.smtp.model_copy(update={"host": smtp_sink.host, "port": smtp_sink.port})
+    settings = settings.model_copy(
+        update={"delivery": settings.delivery.model_copy(update={"max_bounces": 1})}
+    )
+    engine = open_database(settings.database)
+    runtime = Runtime(settings, engine, make_mailer("smtp", Path("."), smtp), build_environment())
+    _subscribe(runtime, "nobody@example.org", '"special educational needs"')
+    smtp_sink.fail_rcpt("nobody@example.org", 550)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.rejected == 1
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber)).one()
+        assert subscriber.suspended_at is not None
+        assert session.exec(select(Outbox)).one().status == "dead"
+        assert session.exec(select(Question).where(col(Question.matched_at).is_(None))).all() == []
+    rows = alerts.list_alerts(engine)
+    assert rows[0].suspended
+    engine.dispose()

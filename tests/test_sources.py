@@ -1,0 +1,105 @@
+"""The Parliament API source: normalising real recorded items, paging, faults."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from alertd.config import ParliamentSettings
+from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.sources import ParliamentApi, make_http_client, parse_item
+
+from standin_api import StandinApi
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ANSWERED = FIXTURES / "list_answered_2021-02-01_bicameral_expandMember.json"
+
+
+def _recorded_values() -> list[dict[str, Any]]:
+    return [result["value"] for result in json.loads(ANSWERED.read_bytes())["results"]]
+
+
+def test_every_recorded_item_normalises() -> None:
+    items = [parse_item(value) for value in _recorded_values()]
+    assert len(items) == 469
+    assert {item.house for item in items} == {"Commons", "Lords"}
+    assert sum(item.is_holding for item in items) == 4
+    assert all(item.date_answered == date(2021, 2, 1) for item in items)
+    lords = next(item for item in items if item.uin.startswith("HL"))
+    assert lords.house == "Lords"
+
+
+def test_item_fields_from_a_real_question() -> None:
+    value = next(v for v in _recorded_values() if v["id"] == 1279581)
+    item = parse_item(value)
+    assert item.heading == "Special Educational Needs: Coronavirus"
+    assert item.answering_body_name == "Department for Education"
+    assert item.asking_member is not None and item.asking_member.party
+    assert item.url == (
+        "https://questions-statements.parliament.uk/written-questions/detail/"
+        f"{value['dateTabled'][:10]}/{value['uin']}"
+    )
+    assert item.answer_html.startswith("<p>")
+    assert item.version_key == "answer:2021-02-01:-"
+
+
+def test_version_key_changes_for_substantive_and_corrected_answers() -> None:
+    holding = next(v for v in _recorded_values() if v["answerIsHolding"])
+    substantive = {**holding, "answerIsHolding": False, "dateAnswered": "2021-02-08T00:00:00"}
+    corrected = {**substantive, "dateAnswerCorrected": "2021-02-15T00:00:00"}
+    keys = {parse_item(v).version_key for v in (holding, substantive, corrected)}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("missing", ["id", "uin", "house", "dateTabled"])
+def test_bad_item_is_source_invalid(missing: str) -> None:
+    value = dict(_recorded_values()[0])
+    del value[missing]
+    with pytest.raises(SourceInvalid):
+        parse_item(value)
+
+
+def _api(standin: StandinApi, **overrides: Any) -> tuple[ParliamentApi, httpx.AsyncClient]:
+    overrides.setdefault("timeout_s", 2.0)
+    settings = ParliamentSettings(base_url=standin.base_url, **overrides)
+    client = make_http_client(settings)
+    return ParliamentApi(settings, client), client
+
+
+async def test_listing_pages_until_total(standin_api: StandinApi) -> None:
+    api, client = _api(standin_api, page_size=100)
+    async with client:
+        values = await api.list_answers(
+            {"answeredWhenFrom": "2021-02-01", "answeredWhenTo": "2021-02-01"}
+        )
+    assert len(values) == 469
+    pages = [path for method, path in standin_api.requests if "skip=" in path]
+    assert len(pages) == 5
+
+
+async def test_detail_gives_full_text(standin_api: StandinApi) -> None:
+    api, client = _api(standin_api)
+    async with client:
+        detail = await api.fetch_detail(1279581)
+    assert detail["id"] == 1279581
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [(500, SourceUnavailable), (429, SourceUnavailable), ("hang", SourceUnavailable),
+     ("broken_json", SourceInvalid), ("drop", SourceUnavailable)],
+)  # fmt: skip
+async def test_listing_faults_are_typed_errors(
+    standin_api: StandinApi, fault: int | str, error: type[Exception]
+) -> None:
+    api, client = _api(standin_api, timeout_s=0.5)
+    standin_api.fail_next("list", fault)
+    async with client:
+        with pytest.raises(error) as caught:
+            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+    assert standin_api.base_url in str(caught.value)
