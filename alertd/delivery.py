@@ -52,6 +52,10 @@ class MaildirMailer:
         self.path = path
 
     async def __aenter__(self) -> Self:
+        try:
+            mailbox.Maildir(self.path, create=True)
+        except OSError as exc:
+            raise MailServerUnavailable(f"cannot create Maildir {self.path}: {exc}") from exc
         return self
 
     async def __aexit__(
@@ -196,13 +200,19 @@ async def drain_outbox(
             .order_by(col(Outbox.id))
             .limit(settings.batch_size)
         ).all()
-    async with mailer:
-        for outbox_id in due_ids:
-            assert outbox_id is not None
-            if not await _deliver_one(
-                engine, mailer, outbox_id, sender, settings, now, chance, report
-            ):
-                break
+    if not due_ids:
+        return report
+    try:
+        async with mailer:
+            for outbox_id in due_ids:
+                assert outbox_id is not None
+                if not await _deliver_one(
+                    engine, mailer, outbox_id, sender, settings, now, chance, report
+                ):
+                    break
+    except MailServerUnavailable as exc:
+        log.error("delivery stopped for this run: %s", exc)
+        report.halted = str(exc)
     return report
 
 

@@ -91,9 +91,14 @@ async def test_detail_gives_full_text(standin_api: StandinApi) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "error"),
-    [(500, SourceUnavailable), (429, SourceUnavailable), ("hang", SourceUnavailable),
-     ("broken_json", SourceInvalid), ("drop", SourceUnavailable)],
-)  # fmt: skip
+    [
+        (500, SourceUnavailable),
+        (429, SourceUnavailable),
+        ("hang", SourceUnavailable),
+        ("broken_json", SourceInvalid),
+        ("drop", SourceUnavailable),
+    ],
+)
 async def test_listing_faults_are_typed_errors(
     standin_api: StandinApi, fault: int | str, error: type[Exception]
 ) -> None:

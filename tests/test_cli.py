@@ -1,0 +1,196 @@
+"""The command line: one clear line and exit 2 on bad input; the whole job end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from alertd.cli import main
+
+from smtp_server import SmtpSink
+from standin_api import StandinApi
+
+RECORDED_DAY = date(2021, 2, 1)
+
+
+def _config(tmp_path: Path, standin: StandinApi, sink: SmtpSink | None = None) -> Path:
+    lookback = (date.today() - RECORDED_DAY).days + 1
+    mail = (
+        f'[mail]\ndelivery = "smtp"\nfrom = "alerts@alertd.test"\n'
+        f'[smtp]\nhost = "{sink.host}"\nport = {sink.port}\n'
+        if sink
+        else f'[mail]\nmaildir = "{tmp_path}/mail"\n'
+    )
+    path = tmp_path / "alertd.toml"
+    path.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/alertd.db"\n'
+        f'[parliament]\nbase_url = "{standin.base_url}"\nlookback_days = {lookback}\n'
+        f"timeout_s = 5.0\n{mail}"
+    )
+    return path
+
+
+def _rows(tmp_path: Path, table: str) -> int:
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/alertd.db")
+    with engine.connect() as connection:
+        count = connection.execute(sa.text(f"select count(*) from {table}")).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["subscribe", "not-an-address", "schools"], "invalid email address"),
+        (["subscribe", "a@example.org\r\nBcc: b@example.org", "schools"], "invalid email address"),
+        (["subscribe", "a@example.org", "   "], "empty"),
+        (["subscribe", "a@example.org", '"special needs'], "quote"),
+        (["subscribe", "a@example.org", "--", "-schools"], "exclu"),
+        (["subscribe", "a@example.org", "colour:red"], "unknown field"),
+        (["subscribe", "a@example.org", "schools", "--frequency", "hourly"], "unknown frequency"),
+        (["unsubscribe", "999"], "no active alert with id 999"),
+        (["preview", "schools", "--days", "0"], "--days"),
+        (["unsubscribe", "x"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path,
+    standin_api: StandinApi,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    config = _config(tmp_path, standin_api)
+    assert main(["db", "upgrade", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert _exit_code([args[0], "--config", str(config), *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("alertd: error:")
+    assert _rows(tmp_path, "subscriber") == 0 and _rows(tmp_path, "alert") == 0
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        assert isinstance(exit_.code, int)
+        return exit_.code
+
+
+@pytest.mark.parametrize(
+    "config_text", ["[smtp]\nport = 'twenty-five'\n", "[smtpp]\nhost = 'x'\n", "not toml ["]
+)
+def test_bad_config_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config_text: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(config_text + f'\n[database]\nurl = "sqlite:///{tmp_path}/x.db"\n')
+    assert main(["run", "--once", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alertd: error:") and err.count("\n") == 1
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_unreadable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_subscribe_list_preview_unsubscribe(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path, standin_api))
+    assert (
+        main(["subscribe", "Parent@Example.ORG", '"special educational needs"', "--config", config])
+        == 0
+    )
+    alert_id = capsys.readouterr().out.strip()
+    assert alert_id == "1"
+    assert main(["list", "--config", config]) == 0
+    listed = capsys.readouterr().out
+    assert listed == '1\tParent@example.org\tdaily\tpending\t"special educational needs"\n'
+    assert main(["run", "--once", "--config", config]) == 0
+    days = (date.today() - RECORDED_DAY).days + 1
+    assert (
+        main(["preview", "special educational needs", "--days", str(days), "--config", config]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "Special Educational Needs: Coronavirus" in captured.out
+    assert "1 matching answers" in captured.err and "week of 2021-02-01: 1" in captured.err
+    assert main(["unsubscribe", alert_id, "--config", config]) == 0
+    assert main(["list", "--config", config]) == 0
+    assert capsys.readouterr().out == "alert 1 stopped\n"
+    # The pending alert got nothing: it was never confirmed.
+    assert not (tmp_path / "mail").exists()
+
+
+def test_end_to_end_two_subscribers_over_smtp(
+    tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink
+) -> None:
+    config = str(_config(tmp_path, standin_api, smtp_sink))
+    common = ["--frequency", "immediate", "--confirmed", "--config", config]
+    assert main(["subscribe", "parent@example.org", '"special educational needs"', *common]) == 0
+    assert main(["subscribe", "researcher@example.org", "member:1397", *common]) == 0
+    assert main(["run", "--once", "--config", config]) == 0
+    by_recipient = {m.rcpt_tos[0]: m for m in smtp_sink.messages}
+    assert sorted(by_recipient) == ["parent@example.org", "researcher@example.org"]
+    assert len(smtp_sink.messages) == 2
+    parent = by_recipient["parent@example.org"].message
+    assert parent["Subject"] == '1 new answer: "special educational needs"'
+    # Hywel Williams asked four recorded questions; one has only a holding answer.
+    researcher = by_recipient["researcher@example.org"].message
+    assert researcher["Subject"] == "3 new answers: Hywel Williams"
+    holding = standin_api.get(1280713)
+    assert holding is not None
+    assert holding["uin"] not in researcher.as_string()
+    assert main(["run", "--once", "--config", config]) == 0
+    assert len(smtp_sink.messages) == 2
+
+
+def test_run_once_exits_1_when_the_api_fails(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    standin_api.fail_next("list", 503)
+    assert main(["run", "--once", "--config", str(_config(tmp_path, standin_api))]) == 1
+    assert standin_api.base_url in capsys.readouterr().err
+
+
+def test_daemon_stops_cleanly_on_sigterm(tmp_path: Path, standin_api: StandinApi) -> None:
+    config = _config(tmp_path, standin_api)
+    env = {**os.environ, "ALERTD_CONFIG": str(config)}
+    assert (
+        main(
+            [
+                "subscribe",
+                "parent@example.org",
+                '"special educational needs"',
+                "--frequency",
+                "immediate",
+                "--confirmed",
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alertd", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    maildir = tmp_path / "mail" / "new"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (maildir.exists() and any(maildir.iterdir())):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert len(list(maildir.iterdir())) == 1
+    assert "alertd stopped after 1 cycles" in err
