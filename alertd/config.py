@@ -71,6 +71,8 @@ class SmtpSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     timeout_s: float = Field(default=30.0, gt=0)
+    connections: int = Field(default=4, ge=1, le=64)
+    max_per_second: float | None = Field(default=None, gt=0)
 
 
 class WebSettings(_Section):
@@ -114,7 +116,9 @@ class DigestSettings(_Section):
 class DeliverySettings(_Section):
     retry_for_hours: float = Field(default=72.0, gt=0)
     max_bounces: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=5000, ge=1)
+    lease_s: float = Field(default=300.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class LogSettings(_Section):

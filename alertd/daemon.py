@@ -15,7 +15,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.delivery import make_mailer
+from alertd.delivery import mailer_factory
 from alertd.pipeline import RunReport, Runtime, run_once
 from alertd.render import build_environment
 from alertd.sources import make_http_client
@@ -38,9 +38,9 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
     engine = open_database(settings.database)
     try:
         templates = build_environment()
-        mailer = make_mailer(settings.mail.delivery, settings.mail.maildir, settings.smtp)
+        make_mailer = mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp)
         async with make_http_client(settings.parliament) as http:
-            yield Runtime(settings, engine, mailer, templates, http)
+            yield Runtime(settings, engine, make_mailer, templates, http)
     finally:
         engine.dispose()
 
@@ -53,7 +53,8 @@ class Daemon:
         self.clock = clock
         self.cycles = 0
         self._cycle_lock = asyncio.Lock()
-        self._stop = asyncio.Event()
+        self._stop = runtime.stopping
+        self._current: asyncio.Task[object] | None = None
 
     def __repr__(self) -> str:
         return f"<Daemon cycles={self.cycles} stopping={self._stop.is_set()}>"
@@ -64,6 +65,7 @@ class Daemon:
         async with self._cycle_lock:
             if self._stop.is_set():
                 return None
+            self._current = asyncio.current_task()
             try:
                 report = await run_once(self.runtime, now=self.clock(), poll=poll)
             except Exception:
@@ -99,8 +101,13 @@ class Daemon:
         )
         return scheduler
 
-    async def serve(self, shutdown_timeout_s: float = 60.0) -> None:
-        """Run until a signal (or stop()), then wait for the cycle in flight."""
+    async def serve(self) -> None:
+        """Run until a signal (or stop()), then let the cycle in flight finish.
+
+        The cycle stops taking new digests at once; after delivery.shutdown_timeout_s it
+        is cancelled, which is safe: every stage commits as it goes.
+        """
+        settings = self.runtime.settings
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
@@ -108,9 +115,9 @@ class Daemon:
         scheduler.start()
         log.info(
             "alertd running: polling every %d min, digests at %s %s",
-            self.runtime.settings.parliament.poll_interval_minutes,
-            self.runtime.settings.digest.daily_at,
-            self.runtime.settings.digest.timezone,
+            settings.parliament.poll_interval_minutes,
+            settings.digest.daily_at,
+            settings.digest.timezone,
         )
         try:
             await self._stop.wait()
@@ -118,10 +125,17 @@ class Daemon:
             scheduler.shutdown(wait=False)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        await self._finish_in_flight(settings.delivery.shutdown_timeout_s)
+        log.info("alertd stopped after %d cycles", self.cycles)
+
+    async def _finish_in_flight(self, timeout_s: float) -> None:
+        if not self._cycle_lock.locked():
+            return
         try:
-            async with asyncio.timeout(shutdown_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 async with self._cycle_lock:
                     pass
         except TimeoutError:
-            log.error("the cycle in flight did not finish within %.0fs", shutdown_timeout_s)
-        log.info("alertd stopped after %d cycles", self.cycles)
+            log.error("the cycle in flight did not finish within %.0fs: cancelled", timeout_s)
+            if self._current is not None:
+                self._current.cancel()

@@ -20,6 +20,7 @@ from alertd.errors import ConfigError
 
 log = logging.getLogger("alertd.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+WRITE_OPTION = "alertd_writes"
 
 
 def create_db_engine(settings: DatabaseSettings) -> Engine:
@@ -48,7 +49,10 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # Writing transactions take the write lock up front: a deferred one that read first
+        # could not upgrade after another process wrote (SQLITE_BUSY, with no waiting).
+        writing = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
 
@@ -81,8 +85,10 @@ def open_database(settings: DatabaseSettings) -> Engine:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    """A writing session: commits on success, rolls back on any error."""
+    with Session(
+        engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+    ) as session:
         with session.begin():
             yield session
 

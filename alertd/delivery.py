@@ -1,24 +1,18 @@
-"""Delivery: drain the outbox through SMTP (aiosmtplib) or into a Maildir, classifying failures."""
+"""Delivery: hand one message to SMTP (aiosmtplib) or a Maildir, and classify every failure."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import mailbox
-import random
-import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
 import aiosmtplib
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
-from alertd.config import DeliverySettings, SmtpSettings
-from alertd.db import transaction
+from alertd.config import SmtpSettings
 from alertd.errors import (
     AlertdError,
     DeliveryDeferred,
@@ -26,7 +20,6 @@ from alertd.errors import (
     DeliveryRejected,
     MailServerUnavailable,
 )
-from alertd.models import Outbox, Subscriber
 
 log = logging.getLogger("alertd.delivery")
 FIRST_RETRY_S = 300.0
@@ -166,158 +159,11 @@ async def _reset(smtp: aiosmtplib.SMTP) -> None:
         smtp.close()
 
 
-@dataclass
-class DeliveryReport:
-    sent: int = 0
-    deferred: int = 0
-    rejected: int = 0
-    halted: str | None = None
-    errors: list[str] = field(default_factory=list)
+MailerFactory = Callable[[], Mailer]
 
 
-def retry_delay(attempts: int, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter: about 5 min, 10, 20 … capped at 6 h."""
-    base = min(FIRST_RETRY_S * 2 ** max(attempts - 1, 0), LONGEST_RETRY_S)
-    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
-
-
-async def drain_outbox(
-    engine: Engine,
-    mailer: Mailer,
-    *,
-    sender: str,
-    settings: DeliverySettings,
-    now: datetime,
-    rng: random.Random | None = None,
-) -> DeliveryReport:
-    """Send every due outbox row once; each outcome is committed before the next send."""
-    chance = rng or random.Random()
-    report = DeliveryReport()
-    with Session(engine) as session:
-        due_ids = session.exec(
-            select(Outbox.id)
-            .where(col(Outbox.status).in_(["pending", "retry"]), Outbox.next_attempt_at <= now)
-            .order_by(col(Outbox.id))
-            .limit(settings.batch_size)
-        ).all()
-    if not due_ids:
-        return report
-    try:
-        async with mailer:
-            for outbox_id in due_ids:
-                assert outbox_id is not None
-                if not await _deliver_one(
-                    engine, mailer, outbox_id, sender, settings, now, chance, report
-                ):
-                    break
-    except MailServerUnavailable as exc:
-        log.error("delivery stopped for this run: %s", exc)
-        report.halted = str(exc)
-    return report
-
-
-async def _deliver_one(
-    engine: Engine,
-    mailer: Mailer,
-    outbox_id: int,
-    sender: str,
-    settings: DeliverySettings,
-    now: datetime,
-    rng: random.Random,
-    report: DeliveryReport,
-) -> bool:
-    """Send one row and record the outcome; False when the whole batch must stop."""
-    with Session(engine) as session:
-        row = session.get(Outbox, outbox_id)
-        if row is None or row.status not in ("pending", "retry"):
-            return True
-        recipient, message = row.recipient, row.message
-    started = time.monotonic()
-    try:
-        await mailer.send(sender, recipient, message)
-    except (DeliveryHalted, MailServerUnavailable) as exc:
-        log.error("delivery stopped for this run: %s", exc)
-        report.halted = str(exc)
-        return False
-    except DeliveryDeferred as exc:
-        _record_failure(engine, outbox_id, str(exc), settings, now, rng, permanent=False)
-        report.deferred += 1
-        report.errors.append(str(exc))
-        log.warning(
-            "%.2fs ✗ deferred outbox=%d to=%s: %s",
-            time.monotonic() - started,
-            outbox_id,
-            recipient,
-            exc,
-        )
-        return True
-    except DeliveryRejected as exc:
-        _record_failure(engine, outbox_id, str(exc), settings, now, rng, permanent=True)
-        report.rejected += 1
-        report.errors.append(str(exc))
-        log.warning(
-            "%.2fs ✗ rejected outbox=%d to=%s: %s",
-            time.monotonic() - started,
-            outbox_id,
-            recipient,
-            exc,
-        )
-        return True
-    _record_sent(engine, outbox_id, now)
-    report.sent += 1
-    log.info("%.2fs ✓ sent outbox=%d to=%s", time.monotonic() - started, outbox_id, recipient)
-    return True
-
-
-def _record_sent(engine: Engine, outbox_id: int, now: datetime) -> None:
-    with transaction(engine) as session:
-        row = session.get(Outbox, outbox_id)
-        assert row is not None
-        row.status, row.sent_at, row.last_error = "sent", now, None
-        row.attempts += 1
-        subscriber = session.get(Subscriber, row.subscriber_id)
-        if subscriber is not None:
-            subscriber.consecutive_bounces = 0
-
-
-def _record_failure(
-    engine: Engine,
-    outbox_id: int,
-    error: str,
-    settings: DeliverySettings,
-    now: datetime,
-    rng: random.Random,
-    *,
-    permanent: bool,
-) -> None:
-    with transaction(engine) as session:
-        row = session.get(Outbox, outbox_id)
-        assert row is not None
-        row.attempts += 1
-        row.last_error = error
-        expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
-        if permanent or expired:
-            row.status = "dead"
-            if permanent:
-                _count_bounce(session, row.subscriber_id, settings, now)
-        else:
-            row.status = "retry"
-            row.next_attempt_at = now + retry_delay(row.attempts, rng)
-
-
-def _count_bounce(
-    session: Session, subscriber_id: int, settings: DeliverySettings, now: datetime
-) -> None:
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return
-    subscriber.consecutive_bounces += 1
-    if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
-        subscriber.suspended_at = now
-        log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
-
-
-def make_mailer(delivery: str, maildir: Path, smtp: SmtpSettings) -> Mailer:
+def mailer_factory(delivery: str, maildir: Path, smtp: SmtpSettings) -> MailerFactory:
+    """Makes a new mailer per sending worker: each SMTP worker holds its own connection."""
     if delivery == "smtp":
-        return SmtpMailer(smtp)
-    return MaildirMailer(maildir)
+        return lambda: SmtpMailer(smtp)
+    return lambda: MaildirMailer(maildir)

@@ -11,6 +11,7 @@ from email.utils import make_msgid
 
 import jinja2
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from alertd.config import WEEKDAYS, DigestSettings, Settings
@@ -79,18 +80,51 @@ def compose_due_digests(
             )
             .distinct()
         ).all()
-    queued = 0
-    for subscriber_id in sorted(subscriber_ids):
-        with transaction(engine) as session:
-            if _compose_for(session, settings, env, subscriber_id, list(due), now):
-                queued += 1
-    with transaction(engine) as session:
-        for frequency, start in due.items():
-            if start is not None:
-                session.add(DigestRun(frequency=frequency, period_start=start, completed_at=now))
+    queued = sum(
+        _compose_one(engine, settings, env, subscriber_id, list(due), now)
+        for subscriber_id in sorted(subscriber_ids)
+    )
+    for frequency, start in due.items():
+        if start is not None:
+            _mark_period_done(engine, frequency, start, now)
     if queued:
         log.info("queued %d digests (%s)", queued, ", ".join(due))
     return queued
+
+
+def _compose_one(
+    engine: Engine,
+    settings: Settings,
+    env: jinja2.Environment,
+    subscriber_id: int,
+    frequencies: list[str],
+    now: datetime,
+) -> bool:
+    try:
+        with transaction(engine) as session:
+            # Several workers: the one holding the subscriber's row composes; others skip.
+            locked = session.exec(
+                select(Subscriber.id)
+                .where(Subscriber.id == subscriber_id)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if locked is None:
+                return False
+            return _compose_for(session, settings, env, subscriber_id, frequencies, now)
+    except IntegrityError as exc:
+        # A ledger row another worker wrote first: nothing was queued twice; the hits
+        # are settled by the next run, which sees that ledger row.
+        log.warning("digest for subscriber %d skipped: %s", subscriber_id, exc.orig)
+        return False
+
+
+def _mark_period_done(engine: Engine, frequency: str, start: datetime, now: datetime) -> None:
+    try:
+        with transaction(engine) as session:
+            if session.get(DigestRun, (frequency, start)) is None:
+                session.add(DigestRun(frequency=frequency, period_start=start, completed_at=now))
+    except IntegrityError:
+        pass  # another worker marked it done at the same moment
 
 
 def _pending_rows(session: Session, subscriber_id: int, frequencies: list[str]) -> list[_Row]:

@@ -65,7 +65,11 @@ def match_new_answers(engine: Engine, *, now: datetime) -> int:
     """
     with transaction(engine) as session:
         questions = session.exec(
-            select(Question).where(col(Question.matched_at).is_(None)).order_by(col(Question.id))
+            select(Question)
+            .where(col(Question.matched_at).is_(None))
+            .order_by(col(Question.id))
+            # Several workers: each matches the answers no other is matching right now.
+            .with_for_update(skip_locked=True)
         ).all()
         if not questions:
             return 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from alertd.db import transaction
@@ -34,8 +35,54 @@ def poll_window(high_water: date | None, today: date, lookback_days: int) -> tup
     return start, today
 
 
+@dataclass(frozen=True)
+class PollLease:
+    """Who polls: ``owner`` holds a source for ``lease_s``; nobody repolls within ``min_gap``."""
+
+    owner: str
+    lease_s: float
+    min_gap: timedelta
+
+
+def take_poll_lease(
+    engine: Engine, source: str, lease: PollLease, *, now: datetime
+) -> date | None | Literal[False]:
+    """Take the source for this worker; False when another holds it or it was just polled.
+
+    Returns the source's high-water mark (None before its first good poll).
+    """
+    wall = datetime.now(UTC)
+    try:
+        with transaction(engine) as session:
+            state = session.exec(
+                select(SourceState)
+                .where(SourceState.name == source)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if state is None:
+                if session.get(SourceState, source) is not None:
+                    return False  # locked by another worker right now
+                state = SourceState(name=source)
+            held = state.lease_until is not None and state.lease_until > wall
+            recent = state.last_ok_at is not None and now - state.last_ok_at < lease.min_gap
+            if (held and state.lease_owner != lease.owner) or recent:
+                return False
+            state.lease_owner = lease.owner
+            state.lease_until = wall + timedelta(seconds=lease.lease_s)
+            session.add(state)
+            return state.high_water
+    except IntegrityError:
+        return False  # another worker created the row first
+
+
 async def poll_parliament(
-    engine: Engine, api: ParliamentApi, *, now: datetime, zone: ZoneInfo, lookback_days: int
+    engine: Engine,
+    api: ParliamentApi,
+    *,
+    now: datetime,
+    zone: ZoneInfo,
+    lookback_days: int,
+    lease: PollLease,
 ) -> PollResult:
     """Fetch the window's answers, store new versions, then move the high-water mark.
 
@@ -46,9 +93,10 @@ async def poll_parliament(
         SourceUnavailable, SourceInvalid: the poll failed; the failure is also recorded.
     """
     today = now.astimezone(zone).date()
-    with Session(engine) as session:
-        state = session.get(SourceState, PARLIAMENT_SOURCE)
-        high_water = state.high_water if state else None
+    high_water = take_poll_lease(engine, PARLIAMENT_SOURCE, lease, now=now)
+    if high_water is False:
+        log.info("%s: polled recently or by another worker; skipped", PARLIAMENT_SOURCE)
+        return PollResult(PARLIAMENT_SOURCE, fetched=0, new_versions=0)
     first, last = poll_window(high_water, today, lookback_days)
     try:
         summaries = await api.answers_between(first, last)
@@ -179,6 +227,7 @@ def record_poll(
         state = session.get(SourceState, source) or SourceState(name=source)
         state.last_poll_at = now
         state.last_error = error
+        state.lease_owner, state.lease_until = None, None
         if error is None:
             state.last_ok_at = now
             state.last_new_count = new_count

@@ -112,6 +112,9 @@ class SourceState(SQLModel, table=True):
     last_ok_at: datetime | None = _utc(default=None, nullable=True)
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     last_new_count: int = 0
+    # Several workers: the one holding an unexpired lease polls this source; others skip it.
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _utc(default=None, nullable=True)
 
 
 class Hit(SQLModel, table=True):
@@ -154,6 +157,10 @@ class Outbox(SQLModel, table=True):
     message: bytes = Field(sa_type=sa.LargeBinary)
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
+    # While status is "sending", a worker holds the row until lease_until; a worker that
+    # died mid-send loses it then, and the message is sent again (same Message-ID).
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _utc(default=None, nullable=True)
     created_at: datetime = _utc()
     next_attempt_at: datetime = _utc()
     sent_at: datetime | None = _utc(default=None, nullable=True)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 import jinja2
 from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
-from alertd.delivery import Mailer, drain_outbox
+from alertd.delivery import MailerFactory
 from alertd.digests import compose_due_digests
 from alertd.errors import AlertdError
 from alertd.hits import match_new_answers
-from alertd.ingest import poll_parliament
+from alertd.ingest import PollLease, poll_parliament
+from alertd.outbox import DrainOptions, drain_outbox
 from alertd.sources import ParliamentApi, make_http_client
 
 log = logging.getLogger("alertd.pipeline")
@@ -44,15 +48,34 @@ class RunReport:
         )
 
 
+def make_worker_id() -> str:
+    """Names this process in leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 @dataclass
 class Runtime:
     """What run_once needs that lives longer than one run: built once by the caller."""
 
     settings: Settings
     engine: Engine
-    mailer: Mailer
+    make_mailer: MailerFactory
     templates: jinja2.Environment
     http: httpx.AsyncClient | None = None
+    worker_id: str = field(default_factory=make_worker_id)
+    # Set on SIGTERM: sending stops taking new digests, the one in flight finishes.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def drain_options(self) -> DrainOptions:
+        smtp = self.settings.smtp
+        use_pool = self.settings.mail.delivery == "smtp"
+        return DrainOptions(
+            sender=self.settings.mail.from_address,
+            delivery=self.settings.delivery,
+            connections=smtp.connections if use_pool else 1,
+            max_per_second=smtp.max_per_second if use_pool else None,
+            worker_id=self.worker_id,
+        )
 
 
 async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
@@ -67,6 +90,12 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
             now=now,
             zone=settings.digest.zone,
             lookback_days=settings.parliament.lookback_days,
+            lease=PollLease(
+                owner=runtime.worker_id,
+                lease_s=settings.delivery.lease_s,
+                # Several workers each run the poll job; one poll per interval is enough.
+                min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
+            ),
         )
     except AlertdError as exc:
         # One source failing must not stop matching and sending what is already stored.
@@ -93,6 +122,8 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     report = RunReport()
     if poll:
         await _poll(runtime, report, now)
+    if runtime.stopping.is_set():
+        return report
     # The database stages are synchronous: run them off the event loop.
     report.hits = await asyncio.to_thread(match_new_answers, runtime.engine, now=now)
     report.digests_queued = await asyncio.to_thread(
@@ -100,10 +131,10 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     )
     delivered = await drain_outbox(
         runtime.engine,
-        runtime.mailer,
-        sender=runtime.settings.mail.from_address,
-        settings=runtime.settings.delivery,
+        runtime.make_mailer,
+        runtime.drain_options(),
         now=now,
+        stopping=runtime.stopping,
     )
     report.sent, report.deferred, report.rejected = (
         delivered.sent,

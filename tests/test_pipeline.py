@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.delivery import make_mailer
+from alertd.delivery import mailer_factory
 from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.render import build_environment
@@ -45,9 +45,18 @@ def settings(
 @pytest.fixture
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     engine = open_database(settings.database)
-    mailer = make_mailer("maildir", settings.mail.maildir, settings.smtp)
+    mailer = mailer_factory("maildir", settings.mail.maildir, settings.smtp)
     yield Runtime(settings, engine, mailer, build_environment())
     engine.dispose()
+
+
+def smtp_runtime(settings: Settings, sink: SmtpSink) -> Runtime:
+    """A runtime sending through the in-process SMTP server."""
+    smtp = settings.smtp.model_copy(update={"host": sink.host, "port": sink.port})
+    mail = settings.mail.model_copy(update={"delivery": "smtp"})
+    settings = settings.model_copy(update={"smtp": smtp, "mail": mail})
+    engine = open_database(settings.database)
+    return Runtime(settings, engine, mailer_factory("smtp", Path("."), smtp), build_environment())
 
 
 def _maildir(settings: Settings) -> list[EmailMessage]:
@@ -198,7 +207,9 @@ async def test_failed_detail_fetch_stores_nothing_partial(
 async def test_smtp_delivery_and_retry_after_451(settings: Settings, smtp_sink: SmtpSink) -> None:
     smtp = settings.smtp.model_copy(update={"host": smtp_sink.host, "port": smtp_sink.port})
     engine = open_database(settings.database)
-    runtime = Runtime(settings, engine, make_mailer("smtp", Path("."), smtp), build_environment())
+    runtime = Runtime(
+        settings, engine, mailer_factory("smtp", Path("."), smtp), build_environment()
+    )
     _subscribe(runtime, "parent@example.org", '"special educational needs"')
     _subscribe(runtime, "other@example.org", "coronavirus vaccine")
     smtp_sink.fail_rcpt("parent@example.org", 451)
@@ -228,7 +239,9 @@ async def test_permanent_rejections_suspend_after_max_bounces(
         update={"delivery": settings.delivery.model_copy(update={"max_bounces": 1})}
     )
     engine = open_database(settings.database)
-    runtime = Runtime(settings, engine, make_mailer("smtp", Path("."), smtp), build_environment())
+    runtime = Runtime(
+        settings, engine, mailer_factory("smtp", Path("."), smtp), build_environment()
+    )
     _subscribe(runtime, "nobody@example.org", '"special educational needs"')
     smtp_sink.fail_rcpt("nobody@example.org", 550)
     report = await run_once(runtime, now=MONDAY_EVENING)

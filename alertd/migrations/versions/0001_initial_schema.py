@@ -88,6 +88,8 @@ def upgrade() -> None:
         sa.Column("last_ok_at", sa.DateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("last_new_count", sa.Integer(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
+        sa.Column("lease_until", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
@@ -132,6 +134,8 @@ def upgrade() -> None:
         sa.Column("message", sa.LargeBinary(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=100), nullable=True),
+        sa.Column("lease_until", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(), nullable=False),
         sa.Column("sent_at", sa.DateTime(), nullable=True),

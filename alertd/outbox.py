@@ -1,0 +1,286 @@
+"""The outbox: claim due digests under a lease, send them through a pool, record each outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd.config import DeliverySettings
+from alertd.db import transaction
+from alertd.delivery import Mailer, MailerFactory
+from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
+from alertd.models import Outbox, Subscriber
+
+log = logging.getLogger("alertd.outbox")
+FIRST_RETRY_S = 300.0
+LONGEST_RETRY_S = 6 * 3600.0
+SENDABLE = ("pending", "retry")
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    deferred: int = 0
+    rejected: int = 0
+    halted: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """How one run drains the outbox."""
+
+    sender: str
+    delivery: DeliverySettings
+    connections: int = 1
+    max_per_second: float | None = None
+    worker_id: str = "alertd"
+
+
+def retry_delay(attempts: int, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: about 5 min, 10, 20 … capped at 6 h."""
+    base = min(FIRST_RETRY_S * 2 ** max(attempts - 1, 0), LONGEST_RETRY_S)
+    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim_due(
+    engine: Engine, *, now: datetime, limit: int, lease_s: float, owner: str
+) -> list[int]:
+    """Take up to ``limit`` due rows for this worker; other workers skip them.
+
+    Due: pending or retrying rows whose time (``now``) has come, and rows whose sender's
+    lease ran out (it died mid-send). Leases run on the wall clock, whatever ``now`` is,
+    because they guard against other processes. On PostgreSQL the rows are picked
+    FOR UPDATE SKIP LOCKED.
+    """
+    lease_now = wall_clock()
+    due = (
+        select(Outbox.id)
+        .where(
+            sa.or_(
+                sa.and_(col(Outbox.status).in_(SENDABLE), col(Outbox.next_attempt_at) <= now),
+                sa.and_(col(Outbox.status) == "sending", col(Outbox.lease_until) < lease_now),
+            )
+        )
+        .order_by(col(Outbox.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    with transaction(engine) as session:
+        ids = list(session.exec(due).all())
+        if ids:
+            session.execute(
+                sa.update(Outbox)
+                .where(col(Outbox.id).in_(ids))
+                .values(
+                    status="sending",
+                    lease_owner=owner,
+                    lease_until=lease_now + timedelta(seconds=lease_s),
+                )
+            )
+    return [i for i in ids if i is not None]
+
+
+def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
+    """Give back claimed rows that were not attempted (stop or halt), due again at once."""
+    if not ids:
+        return
+    with transaction(engine) as session:
+        session.execute(
+            sa.update(Outbox)
+            .where(col(Outbox.id).in_(list(ids)), col(Outbox.lease_owner) == owner)
+            .values(
+                status=sa.case((col(Outbox.attempts) > 0, "retry"), else_="pending"),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+
+
+class _RateLimit:
+    """Spaces sends evenly over all connections: at most ``per_second`` a second."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self.interval_s = 1.0 / per_second if per_second else 0.0
+        self.next_slot = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval_s:
+            return
+        async with self.lock:
+            delay = self.next_slot - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.next_slot = max(time.monotonic(), self.next_slot) + self.interval_s
+
+
+@dataclass
+class _Drain:
+    engine: Engine
+    options: DrainOptions
+    now: datetime
+    rng: random.Random
+    stopping: asyncio.Event
+    report: DeliveryReport = field(default_factory=DeliveryReport)
+    halt: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.halt.is_set()
+
+    async def worker(self, make_mailer: MailerFactory, queue: list[int], limit: _RateLimit) -> None:
+        try:
+            async with make_mailer() as mailer:
+                while queue and not self.should_stop():
+                    outbox_id = queue.pop(0)
+                    await limit.wait()
+                    await self.deliver(mailer, outbox_id)
+        except (DeliveryHalted, MailServerUnavailable) as exc:
+            self.stop_batch(exc)
+
+    def stop_batch(self, exc: Exception) -> None:
+        if not self.halt.is_set():
+            log.error("delivery stopped for this run: %s", exc)
+            self.report.halted = str(exc)
+        self.halt.set()
+
+    async def deliver(self, mailer: Mailer, outbox_id: int) -> None:
+        with Session(self.engine) as session:
+            row = session.get(Outbox, outbox_id)
+            if row is None or row.lease_owner != self.options.worker_id:
+                return
+            recipient, message = row.recipient, row.message
+        started = time.monotonic()
+        try:
+            await mailer.send(self.options.sender, recipient, message)
+        except (DeliveryHalted, MailServerUnavailable) as exc:
+            release(self.engine, [outbox_id], self.options.worker_id)
+            self.stop_batch(exc)
+            return
+        except (DeliveryDeferred, DeliveryRejected) as exc:
+            permanent = isinstance(exc, DeliveryRejected)
+            record_failure(
+                self.engine,
+                outbox_id,
+                str(exc),
+                self.options.delivery,
+                self.now,
+                self.rng,
+                permanent=permanent,
+            )
+            self.report.errors.append(str(exc))
+            if permanent:
+                self.report.rejected += 1
+            else:
+                self.report.deferred += 1
+            log.warning(
+                "%.2fs ✗ %s outbox=%d to=%s: %s",
+                time.monotonic() - started,
+                "rejected" if permanent else "deferred",
+                outbox_id,
+                recipient,
+                exc,
+            )
+            return
+        record_sent(self.engine, outbox_id, self.now)
+        self.report.sent += 1
+        log.info("%.2fs ✓ sent outbox=%d to=%s", time.monotonic() - started, outbox_id, recipient)
+
+
+async def drain_outbox(
+    engine: Engine,
+    make_mailer: MailerFactory,
+    options: DrainOptions,
+    *,
+    now: datetime,
+    stopping: asyncio.Event | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryReport:
+    """Send the due digests through ``options.connections`` mailers at once.
+
+    Each outcome is committed as soon as it is known. A stop request (SIGTERM) or an
+    operator-level failure (authentication, policy, server down) stops taking new rows;
+    rows claimed but not tried are released for the next run.
+    """
+    drain = _Drain(engine, options, now, rng or random.Random(), stopping or asyncio.Event())
+    limit = _RateLimit(options.max_per_second)
+    budget = options.delivery.batch_size
+    while budget > 0 and not drain.should_stop():
+        claimed = claim_due(
+            engine,
+            now=now,
+            limit=min(budget, options.connections * 16),
+            lease_s=options.delivery.lease_s,
+            owner=options.worker_id,
+        )
+        if not claimed:
+            break
+        budget -= len(claimed)
+        queue = list(claimed)
+        workers = min(options.connections, len(queue))
+        await asyncio.gather(*(drain.worker(make_mailer, queue, limit) for _ in range(workers)))
+        release(engine, queue, options.worker_id)
+    return drain.report
+
+
+def record_sent(engine: Engine, outbox_id: int, now: datetime) -> None:
+    with transaction(engine) as session:
+        row = session.get(Outbox, outbox_id)
+        assert row is not None
+        row.status, row.sent_at, row.last_error = "sent", now, None
+        row.lease_owner, row.lease_until = None, None
+        row.attempts += 1
+        subscriber = session.get(Subscriber, row.subscriber_id)
+        if subscriber is not None:
+            subscriber.consecutive_bounces = 0
+
+
+def record_failure(
+    engine: Engine,
+    outbox_id: int,
+    error: str,
+    settings: DeliverySettings,
+    now: datetime,
+    rng: random.Random,
+    *,
+    permanent: bool,
+) -> None:
+    with transaction(engine) as session:
+        row = session.get(Outbox, outbox_id)
+        assert row is not None
+        row.attempts += 1
+        row.last_error = error
+        row.lease_owner, row.lease_until = None, None
+        expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
+        if permanent or expired:
+            row.status = "dead"
+            if permanent:
+                _count_bounce(session, row.subscriber_id, settings, now)
+        else:
+            row.status = "retry"
+            row.next_attempt_at = now + retry_delay(row.attempts, rng)
+
+
+def _count_bounce(
+    session: Session, subscriber_id: int, settings: DeliverySettings, now: datetime
+) -> None:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return
+    subscriber.consecutive_bounces += 1
+    if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
+        subscriber.suspended_at = now
+        log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
