@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
 from alertd.errors import QueryError
@@ -73,18 +75,70 @@ def match_new_answers(engine: Engine, *, now: datetime) -> int:
         ).all()
         if not questions:
             return 0
-        grouped = _live_alerts(session)
-        documents = [analyse(question_document(q)) for q in questions]
-        matched = match_batch(_compile(grouped), documents)
-        hits = 0
-        for canonical, indexes in matched.items():
-            for alert in grouped[canonical]:
-                hits += _record_hits(session, alert, [questions[i] for i in indexes], now)
+        corrections = {q.id for q in questions if _corrects_an_answer(session, q)}
+        hits = sum(_correction_hits(session, q, now) for q in questions if q.id in corrections)
+        fresh = [q for q in questions if q.id not in corrections]
+        hits += _match_fresh(session, fresh, now)
         for question in questions:
             question.matched_at = now
             session.add(question)
     log.info("matched %d new answer versions: %d hits", len(questions), hits)
     return hits
+
+
+def _match_fresh(session: Session, questions: Sequence[Question], now: datetime) -> int:
+    """Hits of answers seen for the first time (or substantive after a holding answer)."""
+    if not questions:
+        return 0
+    grouped = _live_alerts(session)
+    documents = [analyse(question_document(q)) for q in questions]
+    matched = match_batch(_compile(grouped), documents)
+    hits = 0
+    for canonical, indexes in matched.items():
+        for alert in grouped[canonical]:
+            hits += _record_hits(session, alert, [questions[i] for i in indexes], now)
+    return hits
+
+
+def _earlier_answers(question: Question) -> SelectOfScalar[int | None]:
+    return select(col(Question.id)).where(
+        Question.api_id == question.api_id,
+        col(Question.answer_version) < question.answer_version,
+        col(Question.is_holding).is_(False),
+    )
+
+
+def _corrects_an_answer(session: Session, question: Question) -> bool:
+    """A correction of an answer alertd stored (a first sight of a corrected one is fresh)."""
+    if question.date_answer_corrected is None or question.answer_version == 1:
+        return False
+    return session.exec(_earlier_answers(question)).first() is not None
+
+
+def _correction_hits(session: Session, correction: Question, now: datetime) -> int:
+    """A corrected answer goes to the people the earlier answer went to, under the same alert."""
+    assert correction.id is not None
+    earlier = _earlier_answers(correction)
+    mailed = session.exec(
+        select(Hit.alert_id, Hit.subscriber_id)
+        .join(Alert, col(Alert.id) == col(Hit.alert_id))
+        .where(
+            col(Hit.question_id).in_(earlier),
+            col(Hit.outbox_id).is_not(None),
+            col(Alert.unsubscribed_at).is_(None),
+        )
+        .distinct()
+    ).all()
+    for alert_id, subscriber_id in mailed:
+        session.add(
+            Hit(
+                alert_id=alert_id,
+                subscriber_id=subscriber_id,
+                question_id=correction.id,
+                created_at=now,
+            )
+        )
+    return len(mailed)
 
 
 def _record_hits(session: Session, alert: Alert, questions: list[Question], now: datetime) -> int:

@@ -1,0 +1,207 @@
+"""Sending the outbox through a real SMTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from smtp_server import SmtpSink
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
+from alertd.db import open_database, transaction
+from alertd.delivery import mailer_factory
+from alertd.models import Outbox, Subscriber
+from alertd.outbox import DeliveryReport, DrainOptions, claim_due, drain_outbox
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = open_database(DatabaseSettings(url=database_url))
+    yield engine
+    engine.dispose()
+
+
+def _queue(engine: Engine, *recipients: str) -> list[int]:
+    ids = []
+    with transaction(engine) as session:
+        for n, recipient in enumerate(recipients):
+            subscriber = session.exec(
+                select(Subscriber).where(Subscriber.email == recipient)
+            ).first() or Subscriber(email=recipient, created_at=NOW)
+            session.add(subscriber)
+            session.flush()
+            assert subscriber.id is not None
+            message = EmailMessage()
+            message["To"], message["Subject"] = recipient, f"digest {n}"
+            message["Message-ID"] = f"<digest-{n}@alertd.test>"
+            message.set_content("hello")
+            row = Outbox(
+                subscriber_id=subscriber.id,
+                recipient=recipient,
+                message_id=str(message["Message-ID"]),
+                message=message.as_bytes(),
+                created_at=NOW,
+                next_attempt_at=NOW,
+            )
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            ids.append(row.id)
+    return ids
+
+
+async def _drain(
+    engine: Engine,
+    sink: SmtpSink | None,
+    *,
+    connections: int = 1,
+    timeout_s: float = 5.0,
+    now: datetime = NOW,
+    stopping: asyncio.Event | None = None,
+    port: int | None = None,
+) -> DeliveryReport:
+    smtp = SmtpSettings(
+        host="127.0.0.1", port=port or (sink.port if sink else 1), timeout_s=timeout_s
+    )
+    options = DrainOptions(
+        sender="alerts@alertd.test",
+        delivery=DeliverySettings(),
+        connections=connections,
+        worker_id="test-worker",
+    )
+    return await drain_outbox(
+        engine, mailer_factory("smtp", Path("."), smtp), options, now=now, stopping=stopping
+    )
+
+
+def _statuses(engine: Engine) -> dict[str, str]:
+    with Session(engine) as session:
+        return {row.recipient: row.status for row in session.exec(select(Outbox)).all()}
+
+
+async def test_pool_sends_each_digest_exactly_once(engine: Engine, smtp_sink: SmtpSink) -> None:
+    recipients = [f"reader{n}@example.org" for n in range(40)]
+    _queue(engine, *recipients)
+    report = await _drain(engine, smtp_sink, connections=4)
+    assert report.sent == 40 and report.halted is None
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(recipients)
+    assert set(_statuses(engine).values()) == {"sent"}
+    assert (await _drain(engine, smtp_sink, connections=4)).sent == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "outcome"),
+    [
+        (("rcpt", "451 4.7.1 Try later"), "retry", "deferred"),
+        (("rcpt", "552 5.2.2 Mailbox full"), "retry", "deferred"),
+        (("rcpt", "421 4.3.2 Shutting down"), "retry", "deferred"),
+        (("rcpt", "550 5.1.1 No such user"), "dead", "rejected"),
+        (("data", "451 4.3.0 Try later"), "retry", "deferred"),
+        (("data", "554 5.6.0 Message rejected"), "dead", "rejected"),
+    ],
+)
+async def test_recipient_failures_are_classified(
+    engine: Engine, smtp_sink: SmtpSink, fault: tuple[str, str], status: str, outcome: str
+) -> None:
+    _queue(engine, "unlucky@example.org", "fine@example.org")
+    stage, reply = fault
+    smtp_sink.fail_next(stage, reply, address="unlucky@example.org")  # type: ignore[arg-type]
+    report = await _drain(engine, smtp_sink)
+    assert report.sent == 1 and getattr(report, outcome) == 1 and report.halted is None
+    assert _statuses(engine) == {"unlucky@example.org": status, "fine@example.org": "sent"}
+    with Session(engine) as session:
+        subscriber = session.exec(
+            select(Subscriber).where(Subscriber.email == "unlucky@example.org")
+        ).one()
+        assert subscriber.consecutive_bounces == (1 if status == "dead" else 0)
+
+
+async def test_dropped_connection_mid_data_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
+    _queue(engine, "a@example.org", "b@example.org")
+    smtp_sink.drop_next("data")
+    report = await _drain(engine, smtp_sink)
+    assert (report.deferred, report.sent) == (1, 1)
+    retry = await _drain(engine, smtp_sink, now=NOW + timedelta(hours=1))
+    assert retry.sent == 1
+    # The retried message is the stored one: same Message-ID as queued.
+    received = {m.rcpt_tos[0]: str(m.message["Message-ID"]) for m in smtp_sink.messages}
+    assert received == {
+        "a@example.org": "<digest-0@alertd.test>",
+        "b@example.org": "<digest-1@alertd.test>",
+    }
+
+
+async def test_stalled_server_times_out_and_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
+    _queue(engine, "a@example.org")
+    smtp_sink.stall_next("data", 3.0)
+    report = await _drain(engine, smtp_sink, timeout_s=0.5)
+    assert report.deferred == 1 and _statuses(engine) == {"a@example.org": "retry"}
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    [
+        ("mail", "530 5.7.0 Authentication required"),
+        ("mail", "553 5.7.1 Sender refused"),
+        ("rcpt", "550 5.7.1 Relaying denied"),
+    ],
+)
+async def test_operator_errors_stop_the_batch(
+    engine: Engine, smtp_sink: SmtpSink, stage: str, reply: str
+) -> None:
+    _queue(engine, "a@example.org", "b@example.org", "c@example.org")
+    smtp_sink.fail_next(stage, reply, count=None)  # type: ignore[arg-type]
+    report = await _drain(engine, smtp_sink)
+    assert report.halted and reply.split()[0] in report.halted
+    assert report.sent == report.rejected == report.deferred == 0
+    # Nobody's digest was burned: all are due again at once, no bounce counted.
+    assert set(_statuses(engine).values()) == {"pending"}
+    with Session(engine) as session:
+        bounces = session.exec(select(Subscriber.consecutive_bounces)).all()
+        assert set(bounces) == {0}
+
+
+async def test_unreachable_server_keeps_everything_pending(engine: Engine) -> None:
+    _queue(engine, "a@example.org", "b@example.org")
+    report = await _drain(engine, None, port=1)
+    assert report.halted and "cannot connect" in report.halted
+    assert set(_statuses(engine).values()) == {"pending"}
+
+
+async def test_retries_give_up_after_retry_for_hours(engine: Engine, smtp_sink: SmtpSink) -> None:
+    _queue(engine, "a@example.org")
+    smtp_sink.fail_rcpt("a@example.org", 451, count=None)
+    await _drain(engine, smtp_sink)
+    assert _statuses(engine) == {"a@example.org": "retry"}
+    await _drain(engine, smtp_sink, now=NOW + timedelta(hours=73))
+    assert _statuses(engine) == {"a@example.org": "dead"}
+
+
+async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpSink) -> None:
+    _queue(engine, "a@example.org", "b@example.org")
+    stopping = asyncio.Event()
+    stopping.set()
+    report = await _drain(engine, smtp_sink, stopping=stopping)
+    assert report.sent == 0 and set(_statuses(engine).values()) == {"pending"}
+
+
+def test_expired_lease_is_claimed_again(engine: Engine) -> None:
+    (row_id,) = _queue(engine, "a@example.org")
+    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="dead-worker") == [row_id]
+    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="other") == []
+    with transaction(engine) as session:
+        row = session.get(Outbox, row_id)
+        assert row is not None and row.lease_until is not None
+        row.lease_until = row.lease_until - timedelta(minutes=2)
+    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="other") == [row_id]
+    with Session(engine) as session:
+        owners = session.exec(select(Outbox.lease_owner).where(col(Outbox.id) == row_id)).all()
+        assert owners == ["other"]
