@@ -9,7 +9,6 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from smtp_server import SmtpSink
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -18,6 +17,8 @@ from alertd.db import open_database, transaction
 from alertd.delivery import mailer_factory
 from alertd.models import Outbox, Subscriber
 from alertd.outbox import DeliveryReport, DrainOptions, claim_due, drain_outbox
+
+from smtp_server import SmtpSink
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
