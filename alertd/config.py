@@ -117,6 +117,7 @@ class DeliverySettings(_Section):
     retry_for_hours: float = Field(default=72.0, gt=0)
     max_bounces: int = Field(default=3, ge=1)
     batch_size: int = Field(default=5000, ge=1)
+    send_interval_s: float = Field(default=60.0, gt=0)
     lease_s: float = Field(default=300.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
 

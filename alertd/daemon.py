@@ -90,6 +90,14 @@ class Daemon:
             id="poll",
             **common,
         )
+        # Retries and digests queued by another worker go out between polls too.
+        scheduler.add_job(
+            self.run_cycle,
+            IntervalTrigger(seconds=settings.delivery.send_interval_s, timezone=zone),
+            kwargs={"poll": False},
+            id="send",
+            **common,
+        )
         # Daily and weekly digests are due from daily_at; run_once knows which are due.
         at = settings.digest.daily_at
         scheduler.add_job(

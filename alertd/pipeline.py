@@ -144,5 +144,11 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     report.errors.extend(delivered.errors)
     if delivered.halted:
         report.errors.append(delivered.halted)
-    log.info("%.2fs run finished: %s", time.monotonic() - started, report.summary())
+    busy = report.fetched or report.hits or report.digests_queued or report.sent or report.errors
+    log.log(
+        logging.INFO if busy else logging.DEBUG,
+        "%.2fs run finished: %s",
+        time.monotonic() - started,
+        report.summary(),
+    )
     return report

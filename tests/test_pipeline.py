@@ -254,3 +254,42 @@ async def test_permanent_rejections_suspend_after_max_bounces(
     rows = alerts.list_alerts(engine)
     assert rows[0].suspended
     engine.dispose()
+
+
+async def test_corrected_answer_goes_once_to_those_sent_the_original(
+    runtime: Runtime, standin_api: StandinApi
+) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    await run_once(runtime, now=MONDAY_EVENING)
+    # Subscribed after the original went out: the correction is not news to send them.
+    _subscribe(
+        runtime,
+        "late@example.org",
+        '"special educational needs"',
+        now=MONDAY_EVENING + timedelta(hours=1),
+    )
+    original = standin_api.get(SEN_QUESTION)
+    assert original is not None
+    standin_api.replace(
+        {
+            **original,
+            "answerIsCorrection": True,
+            "dateAnswerCorrected": "2021-02-03T00:00:00",
+            "answerText": "<p>The corrected figure is 12,000, not 1,200.</p>",
+        }
+    )
+    wednesday = MONDAY_EVENING + timedelta(days=2)
+    report = await run_once(runtime, now=wednesday)
+    assert (report.new_answers, report.sent) == (1, 1)
+    messages = _maildir(runtime.settings)
+    assert [str(m["To"]) for m in messages] == ["parent@example.org", "parent@example.org"]
+    corrected = _text(messages[1])
+    assert "Corrected answer" in corrected
+    assert "The corrected figure is 12,000" in corrected
+    await run_once(runtime, now=wednesday + timedelta(hours=1))
+    assert len(_maildir(runtime.settings)) == 2
+    with Session(runtime.engine) as session:
+        versions = session.exec(
+            select(Ledger.answer_version).where(Ledger.api_id == SEN_QUESTION)
+        ).all()
+        assert sorted(versions) == [1, 2]
