@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import NoReturn
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd import alerts
+from alertd.backfill import backfill
 from alertd.config import FREQUENCIES, Settings, load_settings
 from alertd.daemon import Daemon, lifespan, utc_now
 from alertd.db import open_database
@@ -23,6 +25,8 @@ from alertd.logs import setup_logging
 from alertd.matching import analyse
 from alertd.models import Question
 from alertd.pipeline import run_once
+from alertd.progress import backfill_progress
+from alertd.status import collect_status, format_status
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -32,6 +36,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: scripts and people read it the same way.
         self.exit(EXIT_BAD_INPUT, f"alertd: error: {message} (see alertd --help)\n")
+
+
+def _date_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[common], help="run the daemon")
     run.add_argument("--once", action="store_true", help="one poll, match and send, then exit")
+
+    status = commands.add_parser("status", parents=[common], help="health at a glance")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    back = commands.add_parser("backfill", parents=[common], help="load past answers, no alerts")
+    back.add_argument("--from", dest="first", required=True, type=_date_arg, metavar="YYYY-MM-DD")
+    back.add_argument("--to", dest="last", type=_date_arg, metavar="YYYY-MM-DD")
 
     db = commands.add_parser("db", parents=[common], help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
@@ -145,6 +163,37 @@ def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = collect_status(open_database(settings.database), settings, now=utc_now())
+    if args.json:
+        print(json.dumps(status.as_json(), indent=2))
+    else:
+        print(format_status(status))
+    return EXIT_FAILED if status.problems else 0
+
+
+def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    today = utc_now().astimezone(settings.digest.zone).date()
+    last = args.last or today
+    if args.first > last:
+        raise UsageError(f"--from {args.first} is after --to {last}")
+    engine = open_database(settings.database)
+    with backfill_progress() as progress:
+        stored = asyncio.run(
+            backfill(
+                engine,
+                settings.parliament,
+                args.first,
+                last,
+                now=utc_now(),
+                progress=progress,
+                retry_base_s=settings.parliament.retry_base_s,
+            )
+        )
+    print(f"backfill done: {stored} answer versions stored, none alerted", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "subscribe": _cmd_subscribe,
     "list": _cmd_list,
@@ -152,6 +201,8 @@ COMMANDS = {
     "preview": _cmd_preview,
     "run": _cmd_run,
     "db": _cmd_db,
+    "status": _cmd_status,
+    "backfill": _cmd_backfill,
 }
 
 
@@ -160,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        setup_logging(args.verbose, settings.log.level)
+        setup_logging(args.verbose, settings.log.level, settings.log.format)
         return COMMANDS[args.command](args, settings)
     except (UsageError, ConfigError) as exc:
         print(f"alertd: error: {exc}", file=sys.stderr)

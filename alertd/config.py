@@ -47,6 +47,7 @@ class ParliamentSettings(_Section):
     page_size: int = Field(default=100, ge=1, le=1000)
     timeout_s: float = Field(default=30.0, gt=0)
     detail_concurrency: int = Field(default=4, ge=1, le=32)
+    retry_base_s: float = Field(default=2.0, gt=0)
     user_agent: str = "alertd/0.1 (+https://github.com/alertd)"
 
 
@@ -124,6 +125,7 @@ class DeliverySettings(_Section):
 
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(_Section):

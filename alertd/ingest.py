@@ -100,7 +100,7 @@ async def poll_parliament(
     first, last = poll_window(high_water, today, lookback_days)
     try:
         summaries = await api.answers_between(first, last)
-        unseen = _unseen_summaries(engine, summaries)
+        unseen = unseen_summaries(engine, summaries)
         items = await api.full_items(unseen)
         new_versions = store_items(engine, items, now=now)
     except AlertdError as exc:
@@ -110,7 +110,7 @@ async def poll_parliament(
     return PollResult(PARLIAMENT_SOURCE, fetched=len(summaries), new_versions=new_versions)
 
 
-def _unseen_summaries(
+def unseen_summaries(
     engine: Engine, summaries: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
     """Summaries whose answer version is not stored yet (only those need a detail fetch)."""
@@ -140,17 +140,23 @@ def _known_versions(engine: Engine, api_ids: Iterable[int]) -> set[tuple[int, st
     return known
 
 
-def store_items(engine: Engine, items: Iterable[AnswerItem], *, now: datetime) -> int:
-    """Insert the answer versions not stored yet, in one transaction; return how many."""
+def store_items(
+    engine: Engine, items: Iterable[AnswerItem], *, now: datetime, alert: bool = True
+) -> int:
+    """Insert the answer versions not stored yet, in one transaction; return how many.
+
+    With ``alert=False`` (backfill) they are stored as already matched: history is for
+    preview and estimates, never mailed.
+    """
     new = 0
     with transaction(engine) as session:
         for item in items:
-            if _store_item(session, item, now):
+            if _store_item(session, item, now, alert):
                 new += 1
     return new
 
 
-def _store_item(session: Session, item: AnswerItem, now: datetime) -> bool:
+def _store_item(session: Session, item: AnswerItem, now: datetime, alert: bool) -> bool:
     existing = session.exec(
         select(Question).where(
             Question.api_id == item.api_id, Question.version_key == item.version_key
@@ -162,7 +168,10 @@ def _store_item(session: Session, item: AnswerItem, now: datetime) -> bool:
     latest = session.exec(
         select(func.max(Question.answer_version)).where(Question.api_id == item.api_id)
     ).one()
-    session.add(_question_row(item, version=(latest or 0) + 1, now=now))
+    row = _question_row(item, version=(latest or 0) + 1, now=now)
+    if not alert:
+        row.matched_at = now
+    session.add(row)
     for member in (item.asking_member, item.answering_member):
         if member is not None:
             _upsert_member(session, member)

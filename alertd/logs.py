@@ -1,22 +1,41 @@
-"""Logging set-up: one line per event; -v turns on debug."""
+"""Logging set-up: one line per event, as text or JSON; -v turns on debug."""
 
 from __future__ import annotations
 
+import json
+import logging
 import logging.config
+from datetime import UTC, datetime
 from typing import Any
 
 
-def default_log_config(verbose: bool, level: str = "INFO") -> dict[str, Any]:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def default_log_config(verbose: bool, level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "json": {"()": JsonFormatter},
         },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
-                "formatter": "line",
+                "formatter": fmt,
                 "stream": "ext://sys.stderr",
             }
         },
@@ -24,5 +43,5 @@ def default_log_config(verbose: bool, level: str = "INFO") -> dict[str, Any]:
     }
 
 
-def setup_logging(verbose: bool, level: str = "INFO") -> None:
-    logging.config.dictConfig(default_log_config(verbose, level))
+def setup_logging(verbose: bool, level: str = "INFO", fmt: str = "text") -> None:
+    logging.config.dictConfig(default_log_config(verbose, level, fmt))

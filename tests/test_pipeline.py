@@ -293,3 +293,43 @@ async def test_corrected_answer_goes_once_to_those_sent_the_original(
             select(Ledger.answer_version).where(Ledger.api_id == SEN_QUESTION)
         ).all()
         assert sorted(versions) == [1, 2]
+
+
+@pytest.mark.parametrize("fault", [500, 429, "hang", "broken_json", "truncated", "drop"])
+async def test_a_failing_page_stores_nothing_and_sending_carries_on(
+    runtime: Runtime, standin_api: StandinApi, caplog: pytest.LogCaptureFixture, fault: int | str
+) -> None:
+    parliament = runtime.settings.parliament.model_copy(update={"timeout_s": 1.0})
+    runtime.settings = runtime.settings.model_copy(update={"parliament": parliament})
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    await run_once(runtime, now=MONDAY_EVENING - timedelta(hours=1, minutes=30), poll=False)
+    # A digest queued earlier and not yet sent (the server said "later").
+    with Session(runtime.engine) as session:
+        subscriber = session.exec(select(Subscriber)).one()
+        assert subscriber.id is not None
+        session.add(
+            Outbox(
+                subscriber_id=subscriber.id,
+                recipient=subscriber.email,
+                message_id="<queued@alertd.test>",
+                message=b"Subject: x\r\n\r\nx\r\n",
+                created_at=MONDAY_EVENING,
+                next_attempt_at=MONDAY_EVENING,
+            )
+        )
+        session.commit()
+    # Page 3 of 5 of the listing fails: pages 1 and 2 must not count as seen.
+    standin_api.fail_next("list", fault, skip=200, seconds=5.0)
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert len(report.errors) == 1 and standin_api.base_url in report.errors[0]
+    assert report.sent == 1
+    failures = [
+        r for r in caplog.records if r.name == "alertd.pipeline" and "poll failed" in r.message
+    ]
+    assert len(failures) == 1 and standin_api.base_url in failures[0].getMessage()
+    with Session(runtime.engine) as session:
+        assert session.exec(select(Question)).all() == []
+        state = session.get(SourceState, "parliament")
+        assert state is not None and state.high_water is None
+    report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
+    assert report.errors == [] and report.new_answers == 469 and report.sent == 1

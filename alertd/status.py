@@ -1,0 +1,189 @@
+"""Status: one screen (or JSON) on sources, subscribers, alerts and the outbox, with a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from alertd.config import Settings
+from alertd.digests import period_start
+from alertd.models import Alert, DigestRun, Outbox, Question, SourceState, Subscriber
+
+ATTENTION_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    name: str
+    last_poll_at: datetime | None
+    last_ok_at: datetime | None
+    last_new_count: int
+    last_error: str | None
+    high_water: str | None
+
+
+@dataclass
+class Status:
+    now: datetime
+    sources: list[SourceStatus]
+    questions_stored: int
+    subscribers: dict[str, int]
+    alerts_by_frequency: dict[str, int]
+    outbox: dict[str, int]
+    oldest_pending_age_s: float | None
+    last_digest_run: datetime | None
+    next_runs: dict[str, datetime]
+    problems: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.isoformat()
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return value
+
+        data: dict[str, Any] = plain(asdict(self))
+        data["healthy"] = not self.problems
+        return data
+
+
+def _count_by(session: Session, column: Any, *where: Any) -> dict[str, int]:
+    rows = session.exec(select(column, func.count()).where(*where).group_by(column)).all()
+    return {str(key): int(count) for key, count in rows}
+
+
+def _subscriber_counts(session: Session) -> dict[str, int]:
+    confirmed_alert = (
+        select(Alert.id)
+        .where(
+            Alert.subscriber_id == Subscriber.id,
+            col(Alert.confirmed).is_(True),
+            col(Alert.unsubscribed_at).is_(None),
+        )
+        .exists()
+    )
+    suspended = col(Subscriber.suspended_at).is_not(None)
+    total = session.exec(select(func.count()).select_from(Subscriber)).one()
+    confirmed = session.exec(
+        select(func.count()).select_from(Subscriber).where(confirmed_alert, ~suspended)
+    ).one()
+    suspended_count = session.exec(
+        select(func.count()).select_from(Subscriber).where(suspended)
+    ).one()
+    return {
+        "confirmed": int(confirmed),
+        "pending": int(total) - int(confirmed) - int(suspended_count),
+        "suspended": int(suspended_count),
+    }
+
+
+def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Status:
+    """Read everything an operator looks at first, and judge what needs attention."""
+    with Session(engine) as session:
+        sources = [
+            SourceStatus(
+                s.name,
+                s.last_poll_at,
+                s.last_ok_at,
+                s.last_new_count,
+                s.last_error,
+                s.high_water.isoformat() if s.high_water else None,
+            )
+            for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()
+        ]
+        oldest = session.exec(
+            select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(["pending", "retry"]))
+        ).one()
+        last_run = session.exec(select(func.max(DigestRun.completed_at))).one()
+        status = Status(
+            now=now,
+            sources=sources,
+            questions_stored=int(session.exec(select(func.count()).select_from(Question)).one()),
+            subscribers=_subscriber_counts(session),
+            alerts_by_frequency=_count_by(
+                session, Alert.frequency, col(Alert.unsubscribed_at).is_(None)
+            ),
+            outbox=_count_by(session, Outbox.status, sa.true()),
+            oldest_pending_age_s=(now - _aware(oldest)).total_seconds() if oldest else None,
+            last_digest_run=_aware(last_run) if last_run else None,
+            next_runs=_next_runs(settings, sources, now),
+        )
+    status.problems = _problems(status, settings)
+    return status
+
+
+def _aware(value: Any) -> datetime:
+    # Aggregates bypass the column type, so SQLite hands back naive UTC (or even text).
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _next_runs(
+    settings: Settings, sources: list[SourceStatus], now: datetime
+) -> dict[str, datetime]:
+    runs: dict[str, datetime] = {}
+    interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
+    polled = [s.last_poll_at for s in sources if s.name == "parliament" and s.last_poll_at]
+    runs["poll"] = max(polled[0] + interval, now) if polled else now
+    for frequency, period in (("daily", timedelta(days=1)), ("weekly", timedelta(days=7))):
+        start = period_start(frequency, now, settings.digest)
+        assert start is not None
+        runs[frequency] = (start + period).astimezone(UTC)
+    return runs
+
+
+def _problems(status: Status, settings: Settings) -> list[str]:
+    problems = []
+    for source in status.sources:
+        failing_since = source.last_ok_at or source.last_poll_at
+        if source.last_error and failing_since and status.now - failing_since > ATTENTION_AFTER:
+            problems.append(
+                f"source {source.name} failing since {failing_since:%Y-%m-%d %H:%M}Z: "
+                f"{source.last_error}"
+            )
+    dead = status.outbox.get("dead", 0)
+    if dead:
+        problems.append(f"{dead} digests are dead letters (see alertd list / the outbox)")
+    age = status.oldest_pending_age_s
+    if age is not None and age > ATTENTION_AFTER.total_seconds():
+        problems.append(f"the oldest unsent digest has waited {age / 3600:.1f} h")
+    return problems
+
+
+def format_status(status: Status) -> str:
+    """The one-screen text form."""
+    lines = [f"alertd status at {status.now:%Y-%m-%d %H:%M:%S}Z"]
+    for s in status.sources:
+        polled = f"{s.last_poll_at:%Y-%m-%d %H:%M}Z" if s.last_poll_at else "never"
+        outcome = f"error: {s.last_error}" if s.last_error else f"{s.last_new_count} new"
+        lines.append(f"  source {s.name}: last poll {polled}, {outcome}")
+    if not status.sources:
+        lines.append("  no source polled yet")
+    subs = status.subscribers
+    lines.append(f"  questions stored: {status.questions_stored}")
+    lines.append(
+        f"  subscribers: {subs['confirmed']} confirmed, {subs['pending']} pending, "
+        f"{subs['suspended']} suspended"
+    )
+    alerts = ", ".join(f"{k} {v}" for k, v in sorted(status.alerts_by_frequency.items()))
+    lines.append(f"  alerts: {alerts or 'none'}")
+    outbox = ", ".join(f"{k} {v}" for k, v in sorted(status.outbox.items()))
+    lines.append(f"  outbox: {outbox or 'empty'}")
+    if status.oldest_pending_age_s is not None:
+        lines.append(f"  oldest unsent digest: {status.oldest_pending_age_s / 60:.0f} min")
+    last = f"{status.last_digest_run:%Y-%m-%d %H:%M}Z" if status.last_digest_run else "never"
+    lines.append(f"  last daily/weekly digest run: {last}")
+    for name, moment in status.next_runs.items():
+        lines.append(f"  next {name}: {moment:%Y-%m-%d %H:%M}Z")
+    lines.extend(f"  ATTENTION: {problem}" for problem in status.problems)
+    lines.append("  healthy" if not status.problems else "  needs attention")
+    return "\n".join(lines)
