@@ -27,6 +27,7 @@ class PollResult:
     source: str
     fetched: int
     new_versions: int
+    polled: bool = True
 
 
 def poll_window(high_water: date | None, today: date, lookback_days: int) -> tuple[date, date]:
@@ -96,7 +97,7 @@ async def poll_parliament(
     high_water = take_poll_lease(engine, PARLIAMENT_SOURCE, lease, now=now)
     if high_water is False:
         log.info("%s: polled recently or by another worker; skipped", PARLIAMENT_SOURCE)
-        return PollResult(PARLIAMENT_SOURCE, fetched=0, new_versions=0)
+        return PollResult(PARLIAMENT_SOURCE, fetched=0, new_versions=0, polled=False)
     first, last = poll_window(high_water, today, lookback_days)
     try:
         summaries = await api.answers_between(first, last)

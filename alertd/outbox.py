@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -44,6 +44,7 @@ class DrainOptions:
     connections: int = 1
     max_per_second: float | None = None
     worker_id: str = "alertd"
+    observe_send_s: Callable[[float], None] | None = None
 
 
 def retry_delay(attempts: int, rng: random.Random) -> timedelta:
@@ -196,6 +197,8 @@ class _Drain:
             )
             return
         record_sent(self.engine, outbox_id, self.now)
+        if self.options.observe_send_s is not None:
+            self.options.observe_send_s(time.monotonic() - started)
         self.report.sent += 1
         log.info("%.2fs ✓ sent outbox=%d to=%s", time.monotonic() - started, outbox_id, recipient)
 

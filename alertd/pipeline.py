@@ -21,6 +21,7 @@ from alertd.digests import compose_due_digests
 from alertd.errors import AlertdError
 from alertd.hits import match_new_answers
 from alertd.ingest import PollLease, poll_parliament
+from alertd.metrics import Metrics
 from alertd.outbox import DrainOptions, drain_outbox
 from alertd.sources import ParliamentApi, make_http_client
 
@@ -31,6 +32,8 @@ log = logging.getLogger("alertd.pipeline")
 class RunReport:
     """What one run did; the summary line and tests read it."""
 
+    polled: bool = False
+    poll_failed: bool = False
     fetched: int = 0
     new_answers: int = 0
     hits: int = 0
@@ -65,6 +68,7 @@ class Runtime:
     worker_id: str = field(default_factory=make_worker_id)
     # Set on SIGTERM: sending stops taking new digests, the one in flight finishes.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def drain_options(self) -> DrainOptions:
         smtp = self.settings.smtp
@@ -75,6 +79,7 @@ class Runtime:
             connections=smtp.connections if use_pool else 1,
             max_per_second=smtp.max_per_second if use_pool else None,
             worker_id=self.worker_id,
+            observe_send_s=self.metrics.smtp_seconds.observe,
         )
 
 
@@ -101,10 +106,12 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
         # One source failing must not stop matching and sending what is already stored.
         log.error("poll failed: %s", exc)
         report.errors.append(str(exc))
+        report.polled = report.poll_failed = True
         return
     finally:
         if runtime.http is None:
             await client.aclose()
+    report.polled = result.polled
     report.fetched += result.fetched
     report.new_answers += result.new_versions
     log.info(
@@ -144,6 +151,7 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     report.errors.extend(delivered.errors)
     if delivered.halted:
         report.errors.append(delivered.halted)
+    runtime.metrics.record_run(report, time.monotonic() - started)
     busy = report.fetched or report.hits or report.digests_queued or report.sent or report.errors
     log.log(
         logging.INFO if busy else logging.DEBUG,

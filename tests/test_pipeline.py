@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
 
 from alertd import alerts
@@ -333,3 +334,18 @@ async def test_a_failing_page_stores_nothing_and_sending_carries_on(
         assert state is not None and state.high_water is None
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
     assert report.errors == [] and report.new_answers == 469 and report.sent == 1
+
+
+async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
+    _subscribe(runtime, "parent@example.org", '"special educational needs"')
+    await run_once(runtime, now=MONDAY_EVENING)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(runtime.metrics.exposition().decode())
+        for sample in family.samples
+    }
+    assert samples[("alertd_answers_ingested_total", ())] == 469
+    assert samples[("alertd_matches_total", ())] == 1
+    assert samples[("alertd_digests_total", (("outcome", "sent"),))] == 1
+    assert samples[("alertd_polls_total", (("outcome", "ok"), ("source", "parliament")))] == 1
+    assert samples[("alertd_run_seconds_count", ())] == 1

@@ -1,0 +1,55 @@
+"""Prometheus metrics: polls, answers ingested, matches, digests by outcome, SMTP latency."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from alertd.pipeline import RunReport
+
+
+class Metrics:
+    """One registry per process (not the global default), so tests and workers stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter(
+            "alertd_polls",
+            "Source polls by outcome.",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.questions = Counter(
+            "alertd_answers_ingested", "New answer versions stored.", registry=self.registry
+        )
+        self.matches = Counter("alertd_matches", "Alert hits recorded.", registry=self.registry)
+        self.digests = Counter(
+            "alertd_digests", "Digests by outcome.", ["outcome"], registry=self.registry
+        )
+        self.smtp_seconds = Histogram(
+            "alertd_send_seconds",
+            "Time to hand one digest to the mail server.",
+            registry=self.registry,
+        )
+        self.run_seconds = Histogram(
+            "alertd_run_seconds",
+            "Duration of one pipeline run.",
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+        )
+
+    def record_run(self, report: RunReport, duration_s: float) -> None:
+        if report.polled:
+            self.polls.labels("parliament", "error" if report.poll_failed else "ok").inc()
+        self.questions.inc(report.new_answers)
+        self.matches.inc(report.hits)
+        self.digests.labels("queued").inc(report.digests_queued)
+        self.digests.labels("sent").inc(report.sent)
+        self.digests.labels("retried").inc(report.deferred)
+        self.digests.labels("dead").inc(report.rejected)
+        self.run_seconds.observe(duration_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
