@@ -15,27 +15,10 @@ import sqlalchemy as sa
 
 from alertd.cli import main
 
+from configs import RECORDED_DAY
+from configs import write_config as _config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
-
-RECORDED_DAY = date(2021, 2, 1)
-
-
-def _config(tmp_path: Path, standin: StandinApi, sink: SmtpSink | None = None) -> Path:
-    lookback = (date.today() - RECORDED_DAY).days + 1
-    mail = (
-        f'[mail]\ndelivery = "smtp"\nfrom = "alerts@alertd.test"\n'
-        f'[smtp]\nhost = "{sink.host}"\nport = {sink.port}\n'
-        if sink
-        else f'[mail]\nmaildir = "{tmp_path}/mail"\n'
-    )
-    path = tmp_path / "alertd.toml"
-    path.write_text(
-        f'[database]\nurl = "sqlite:///{tmp_path}/alertd.db"\n'
-        f'[parliament]\nbase_url = "{standin.base_url}"\nlookback_days = {lookback}\n'
-        f"timeout_s = 5.0\n{mail}"
-    )
-    return path
 
 
 def _rows(tmp_path: Path, table: str) -> int:

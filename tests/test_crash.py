@@ -8,31 +8,29 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
 
+from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
 
-RECORDED_DAY = date(2021, 2, 1)
 TOPICS = ["coronavirus", "schools", "vaccine", "housing", "police", "nhs"]
 
 
 def _config(tmp_path: Path, database_url: str, standin: StandinApi, sink: SmtpSink) -> Path:
-    lookback = (date.today() - RECORDED_DAY).days + 1
-    path = tmp_path / "alertd.toml"
-    path.write_text(
-        f'[database]\nurl = "{database_url}"\n'
-        f'[parliament]\nbase_url = "{standin.base_url}"\nlookback_days = {lookback}\n'
-        f'[mail]\ndelivery = "smtp"\nfrom = "alerts@alertd.test"\n'
-        f'[smtp]\nhost = "{sink.host}"\nport = {sink.port}\nconnections = 2\n'
-        "[delivery]\nsend_interval_s = 0.5\nlease_s = 2.0\nshutdown_timeout_s = 5.0\n"
+    return write_config(
+        tmp_path,
+        standin,
+        sink,
+        database={"url": database_url},
+        smtp={"connections": 2},
+        delivery={"send_interval_s": 0.5, "lease_s": 2.0, "shutdown_timeout_s": 5.0},
     )
-    return path
 
 
 def _subscribe_many(database_url: str, count: int) -> set[str]:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
-from test_cli import _config
 
 from alertd.cli import main
 from alertd.config import DatabaseSettings
 from alertd.db import open_database, transaction
 from alertd.models import Outbox, Question, SourceState, Subscriber
 
+from configs import write_config as _config
 from standin_api import StandinApi
 
 
@@ -143,10 +143,7 @@ def test_backfill_stores_history_and_alerts_nobody(
 def test_backfill_resumes_where_it_stopped(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path, standin_api)
-    config.write_text(
-        config.read_text().replace("timeout_s = 5.0", "timeout_s = 5.0\nretry_base_s = 0.01")
-    )
+    config = _config(tmp_path, standin_api, parliament={"retry_base_s": 0.01})
     args = ["backfill", "--from", "2021-01-31", "--to", "2021-02-02", "--config", str(config)]
     standin_api.fail_next("detail", 503, count=None)
     assert main(args) == 1
@@ -186,8 +183,7 @@ def test_backfill_bad_dates(
 def test_json_logs_and_one_summary_line(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = _config(tmp_path, standin_api)
-    config.write_text(config.read_text() + '[log]\nformat = "json"\n')
+    config = _config(tmp_path, standin_api, log={"format": "json"})
     assert main(["run", "--once", "--config", str(config)]) == 0
     entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[-1])
