@@ -20,6 +20,7 @@ from alertd.config import FREQUENCIES, Settings, load_settings
 from alertd.daemon import Daemon, lifespan, utc_now
 from alertd.db import open_database
 from alertd.errors import AlertdError, ConfigError, UsageError
+from alertd.feeds import add_feed, list_feeds, remove_feed
 from alertd.hits import question_document
 from alertd.logs import setup_logging
 from alertd.matching import analyse
@@ -77,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     back = commands.add_parser("backfill", parents=[common], help="load past answers, no alerts")
     back.add_argument("--from", dest="first", required=True, type=_date_arg, metavar="YYYY-MM-DD")
     back.add_argument("--to", dest="last", type=_date_arg, metavar="YYYY-MM-DD")
+
+    feeds = commands.add_parser("feeds", parents=[common], help="RSS/Atom feeds as sources")
+    feed_actions = feeds.add_subparsers(dest="feed_action", required=True, parser_class=_Parser)
+    feed_add = feed_actions.add_parser("add", parents=[common], help="poll a feed")
+    feed_add.add_argument("name")
+    feed_add.add_argument("url")
+    feed_add.add_argument("--interval", type=int, metavar="MINUTES", help="poll interval")
+    feed_actions.add_parser("list", parents=[common], help="the feeds and their state")
+    feed_remove = feed_actions.add_parser("remove", parents=[common], help="stop polling a feed")
+    feed_remove.add_argument("name")
 
     db = commands.add_parser("db", parents=[common], help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
@@ -194,6 +205,23 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
+    engine = open_database(settings.database)
+    if args.feed_action == "add":
+        feed = add_feed(engine, args.name, args.url, args.interval)
+        print(f"feed {feed.name!r} added: {feed.url}")
+    elif args.feed_action == "remove":
+        remove_feed(engine, args.name)
+        print(f"feed {args.name!r} removed")
+    else:
+        for feed in list_feeds(engine):
+            state = "enabled" if feed.enabled else f"disabled ({feed.disabled_reason})"
+            polled = f"{feed.last_poll_at:%Y-%m-%d %H:%M}Z" if feed.last_poll_at else "never"
+            error = f"\terror: {feed.last_error}" if feed.last_error else ""
+            print(f"{feed.name}\t{feed.url}\t{state}\tlast poll {polled}{error}")
+    return 0
+
+
 COMMANDS = {
     "subscribe": _cmd_subscribe,
     "list": _cmd_list,
@@ -203,6 +231,7 @@ COMMANDS = {
     "db": _cmd_db,
     "status": _cmd_status,
     "backfill": _cmd_backfill,
+    "feeds": _cmd_feeds,
 }
 
 

@@ -128,6 +128,22 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class FeedConfig(_Section):
+    """One [[feeds]] entry: an RSS or Atom feed polled as a source."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w][\w .-]*$")
+    url: str
+    poll_interval_minutes: int | None = Field(default=None, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     parliament: ParliamentSettings = ParliamentSettings()
@@ -137,6 +153,7 @@ class Settings(_Section):
     digest: DigestSettings = DigestSettings()
     delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()
+    feeds: tuple[FeedConfig, ...] = ()
 
 
 def load_settings(

@@ -16,6 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.delivery import mailer_factory
+from alertd.feeds import sync_config_feeds
 from alertd.pipeline import RunReport, Runtime, run_once
 from alertd.render import build_environment
 from alertd.sources import make_http_client
@@ -36,6 +37,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
         ConfigError, TemplateError: start-up cannot go on.
     """
     engine = open_database(settings.database)
+    sync_config_feeds(engine, settings.feeds)
     try:
         templates = build_environment()
         make_mailer = mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp)

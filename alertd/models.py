@@ -76,7 +76,11 @@ class Question(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    # The Parliament question id; for an item of a feed, minus its FeedEntry id, so both
+    # kinds share matching, hits, the ledger and digests without colliding.
     api_id: int = Field(index=True)
+    # "parliament", or the name of the feed the item came from.
+    source: str = Field(default="parliament", max_length=100)
     answer_version: int
     version_key: str = Field(max_length=80)
     uin: str = Field(max_length=32)
@@ -99,7 +103,7 @@ class Question(SQLModel, table=True):
     is_holding: bool = False
     is_correction: bool = False
     is_withdrawn: bool = False
-    url: str = Field(max_length=300)
+    url: str = Field(max_length=2000)
     ingested_at: datetime = _utc(index=True)
     # NULL until matched against the alerts: a crash between ingest and match loses nothing.
     matched_at: datetime | None = _utc(default=None, nullable=True, index=True)
@@ -173,3 +177,32 @@ class DigestRun(SQLModel, table=True):
     frequency: str = Field(primary_key=True, max_length=16)
     period_start: datetime = _utc(primary_key=True)
     completed_at: datetime = _utc()
+
+
+class Feed(SQLModel, table=True):
+    """An RSS or Atom feed polled as a source (from config [[feeds]] or `alertd feeds add`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    url: str = Field(max_length=2000)
+    poll_interval_minutes: int | None = None
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=100)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, sa_type=sa.Text)
+    last_poll_at: datetime | None = _utc(default=None, nullable=True)
+    last_ok_at: datetime | None = _utc(default=None, nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    # The first good fetch seeds what the feed already holds as seen: no flood of old items.
+    seeded: bool = False
+
+
+class FeedEntry(SQLModel, table=True):
+    """One item seen in a feed, by its guid, else its link, else a hash of its content."""
+
+    __table_args__ = (sa.UniqueConstraint("feed_id", "uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    uid: str = Field(max_length=128)
+    first_seen_at: datetime = _utc()

@@ -19,6 +19,7 @@ from alertd.config import Settings
 from alertd.delivery import MailerFactory
 from alertd.digests import compose_due_digests
 from alertd.errors import AlertdError
+from alertd.feeds import poll_due_feeds
 from alertd.hits import match_new_answers
 from alertd.ingest import PollLease, poll_parliament
 from alertd.metrics import Metrics
@@ -85,9 +86,34 @@ class Runtime:
 
 async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
     settings = runtime.settings
-    if not settings.parliament.enabled:
-        return
     client = runtime.http or make_http_client(settings.parliament)
+    lease = PollLease(
+        owner=runtime.worker_id,
+        lease_s=settings.delivery.lease_s,
+        # Several workers each run the poll job; one poll per interval is enough.
+        min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
+    )
+    try:
+        if settings.parliament.enabled:
+            await _poll_parliament(runtime, client, lease, report, now)
+        feeds = await poll_due_feeds(
+            runtime.engine,
+            client,
+            now=now,
+            default_interval_minutes=settings.parliament.poll_interval_minutes,
+            lease=PollLease(lease.owner, lease.lease_s, min_gap=timedelta(0)),
+        )
+    finally:
+        if runtime.http is None:
+            await client.aclose()
+    report.new_answers += feeds.new_items
+    report.errors.extend(feeds.errors)
+
+
+async def _poll_parliament(
+    runtime: Runtime, client: httpx.AsyncClient, lease: PollLease, report: RunReport, now: datetime
+) -> None:
+    settings = runtime.settings
     try:
         result = await poll_parliament(
             runtime.engine,
@@ -95,12 +121,7 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
             now=now,
             zone=settings.digest.zone,
             lookback_days=settings.parliament.lookback_days,
-            lease=PollLease(
-                owner=runtime.worker_id,
-                lease_s=settings.delivery.lease_s,
-                # Several workers each run the poll job; one poll per interval is enough.
-                min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
-            ),
+            lease=lease,
         )
     except AlertdError as exc:
         # One source failing must not stop matching and sending what is already stored.
@@ -108,9 +129,6 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
         report.errors.append(str(exc))
         report.polled = report.poll_failed = True
         return
-    finally:
-        if runtime.http is None:
-            await client.aclose()
     report.polled = result.polled
     report.fetched += result.fetched
     report.new_answers += result.new_versions

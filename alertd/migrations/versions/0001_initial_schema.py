@@ -25,6 +25,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("frequency", "period_start"),
     )
     op.create_table(
+        "feed",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
+        sa.Column("poll_interval_minutes", sa.Integer(), nullable=True),
+        sa.Column("etag", sa.String(length=500), nullable=True),
+        sa.Column("last_modified", sa.String(length=100), nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("disabled_reason", sa.Text(), nullable=True),
+        sa.Column("last_poll_at", sa.DateTime(), nullable=True),
+        sa.Column("last_ok_at", sa.DateTime(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("seeded", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
         "member",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -40,6 +57,7 @@ def upgrade() -> None:
         "question",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("api_id", sa.Integer(), nullable=False),
+        sa.Column("source", sa.String(length=100), nullable=False),
         sa.Column("answer_version", sa.Integer(), nullable=False),
         sa.Column("version_key", sa.String(length=80), nullable=False),
         sa.Column("uin", sa.String(length=32), nullable=False),
@@ -62,7 +80,7 @@ def upgrade() -> None:
         sa.Column("is_holding", sa.Boolean(), nullable=False),
         sa.Column("is_correction", sa.Boolean(), nullable=False),
         sa.Column("is_withdrawn", sa.Boolean(), nullable=False),
-        sa.Column("url", sa.String(length=300), nullable=False),
+        sa.Column("url", sa.String(length=2000), nullable=False),
         sa.Column("ingested_at", sa.DateTime(), nullable=False),
         sa.Column("matched_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
@@ -123,6 +141,22 @@ def upgrade() -> None:
     with op.batch_alter_table("alert", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_alert_canonical"), ["canonical"], unique=False)
         batch_op.create_index(batch_op.f("ix_alert_subscriber_id"), ["subscriber_id"], unique=False)
+
+    op.create_table(
+        "feedentry",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("feed_id", sa.Integer(), nullable=False),
+        sa.Column("uid", sa.String(length=128), nullable=False),
+        sa.Column("first_seen_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["feed_id"],
+            ["feed.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("feed_id", "uid"),
+    )
+    with op.batch_alter_table("feedentry", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_feedentry_feed_id"), ["feed_id"], unique=False)
 
     op.create_table(
         "outbox",
@@ -227,6 +261,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbox_due")
 
     op.drop_table("outbox")
+    with op.batch_alter_table("feedentry", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_feedentry_feed_id"))
+
+    op.drop_table("feedentry")
     with op.batch_alter_table("alert", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_alert_subscriber_id"))
         batch_op.drop_index(batch_op.f("ix_alert_canonical"))
@@ -246,4 +284,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_member_name"))
 
     op.drop_table("member")
+    op.drop_table("feed")
     op.drop_table("digestrun")

@@ -1,0 +1,271 @@
+"""Feeds as sources: RSS 2.0, RSS 1.0 and Atom from a loopback server, end to end to the mail."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import pytest
+from sqlmodel import Session, select
+
+from alertd import alerts
+from alertd.cli import main
+from alertd.config import Settings
+from alertd.feeds import add_feed, parse_feed
+from alertd.models import Feed, FeedEntry, Question
+from alertd.pipeline import Runtime, run_once
+
+from feed_server import FeedServer, Route
+from smtp_server import SmtpSink
+from standin_api import load_2021_answered
+from test_pipeline import smtp_runtime
+
+NOW = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
+ETAG = '"v1"'
+MODIFIED = "Mon, 01 Feb 2021 18:00:00 GMT"
+
+
+def _records(count: int, offset: int = 0) -> list[dict[str, Any]]:
+    return load_2021_answered()[offset : offset + count]
+
+
+def _link(record: dict[str, Any]) -> str:
+    return f"https://example.org/answers/{record['uin']}"
+
+
+def rss2(records: list[dict[str, Any]], *, guid: bool = True, link: bool = True) -> bytes:
+    items = "".join(
+        "<item>"
+        f"<title>{escape(r['heading'])}</title>"
+        + (f"<link>{_link(r)}</link>" if link else "")
+        + (f'<guid isPermaLink="false">wq-{r["id"]}</guid>' if guid else "")
+        + f"<description>{escape('<p>' + r['questionText'] + '</p>')}</description>"
+        f"<pubDate>{format_datetime(NOW - timedelta(hours=1))}</pubDate>"
+        "</item>"
+        for r in records
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+        f"<title>Written answers</title><link>https://example.org/</link>"
+        f"<description>test</description>{items}</channel></rss>"
+    ).encode()
+
+
+def rss1(records: list[dict[str, Any]]) -> bytes:
+    items = "".join(
+        f'<item rdf:about="{_link(r)}"><title>{escape(r["heading"])}</title>'
+        f"<link>{_link(r)}</link><description>{escape(r['questionText'])}</description>"
+        "<dc:date>2021-02-01T12:00:00Z</dc:date></item>"
+        for r in records
+    )
+    return (
+        '<?xml version="1.0"?><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+        'xmlns="http://purl.org/rss/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        '<channel rdf:about="https://example.org/"><title>MP</title>'
+        "<link>https://example.org/</link><description>d</description></channel>"
+        f"{items}</rdf:RDF>"
+    ).encode()
+
+
+def atom(records: list[dict[str, Any]]) -> bytes:
+    entries = "".join(
+        f"<entry><id>urn:wq:{r['id']}</id><title>{escape(r['heading'])}</title>"
+        f'<link href="{_link(r)}"/><updated>2021-02-01T12:00:00Z</updated>'
+        f'<summary type="html">{escape(r["questionText"])}</summary></entry>'
+        for r in records
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        "<id>urn:test</id><title>Dept</title><updated>2021-02-01T12:00:00Z</updated>"
+        f"{entries}</feed>"
+    ).encode()
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    with FeedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def runtime(settings_no_api: Settings, smtp_sink: SmtpSink) -> Iterator[Runtime]:
+    runtime = smtp_runtime(settings_no_api, smtp_sink)
+    yield runtime
+    runtime.engine.dispose()
+
+
+@pytest.fixture
+def settings_no_api(make_settings: Any) -> Settings:
+    settings: Settings = make_settings(parliament={"enabled": False})
+    return settings
+
+
+@pytest.mark.parametrize("build", [rss2, rss1, atom])
+def test_each_format_parses_to_items(build: Any) -> None:
+    records = _records(3)
+    items = parse_feed(build(records), "http://test/feed")
+    assert [i.title for i in items] == [r["heading"] for r in records]
+    assert [i.link for i in items] == [_link(r) for r in records]
+    assert all(i.summary_text.startswith("To ask") for i in items)
+    assert all(i.published is not None and i.published.tzinfo is UTC for i in items)
+    assert len({i.uid for i in items}) == 3
+
+
+def test_uid_falls_back_to_link_then_content_hash() -> None:
+    records = _records(2)
+    by_link = parse_feed(rss2(records, guid=False), "u")
+    assert [i.uid for i in by_link] == [_link(r) for r in records]
+    by_hash = parse_feed(rss2(records, guid=False, link=False), "u")
+    assert all(i.uid.startswith("sha256:") for i in by_hash)
+    assert by_hash == parse_feed(rss2(records, guid=False, link=False), "u")
+
+
+def test_summary_html_is_sanitised() -> None:
+    body = rss2(_records(1)).replace(
+        b"&lt;/p&gt;</description>",
+        b"&lt;script&gt;alert(1)&lt;/script&gt;&lt;/p&gt;</description>",
+    )
+    (item,) = parse_feed(body, "u")
+    assert "script" not in item.summary_html
+
+
+async def test_new_items_alert_once_with_conditional_get(
+    runtime: Runtime, feed_server: FeedServer, smtp_sink: SmtpSink
+) -> None:
+    records = _records(5)
+    feed_server.serve("/rss", Route(rss2(records[:3]), etag=ETAG, last_modified=MODIFIED))
+    add_feed(runtime.engine, "answers", feed_server.url("/rss"))
+    alerts.subscribe(
+        runtime.engine,
+        "parent@example.org",
+        records[3]["heading"].split(":")[0],
+        "immediate",
+        confirmed=True,
+        now=NOW - timedelta(days=1),
+    )
+    # The first fetch only marks what the feed already holds as seen.
+    report = await run_once(runtime, now=NOW)
+    assert (report.new_answers, report.hits, report.sent) == (3, 0, 0)
+    report = await run_once(runtime, now=NOW + timedelta(minutes=30))
+    assert report.new_answers == 0
+    path, headers = feed_server.requests[-1]
+    assert headers["If-None-Match"] == ETAG and headers["If-Modified-Since"] == MODIFIED
+    feed_server.serve("/rss", Route(rss2(records[:5]), etag='"v2"'))
+    report = await run_once(runtime, now=NOW + timedelta(minutes=60))
+    assert report.new_answers == 2 and report.sent == 1
+    (message,) = smtp_sink.messages
+    text = message.message.get_body(("plain",))
+    assert text is not None and records[3]["heading"] in text.get_content()
+    assert _link(records[3]) in text.get_content()
+    report = await run_once(runtime, now=NOW + timedelta(minutes=90))
+    assert report.new_answers == 0 and len(smtp_sink.messages) == 1
+
+
+async def test_permanent_redirect_is_stored_temporary_is_not(
+    runtime: Runtime, feed_server: FeedServer
+) -> None:
+    feed_server.serve("/old", Route(status=301, location=feed_server.url("/new")))
+    feed_server.serve("/new", Route(rss2(_records(2))))
+    feed_server.serve("/tmp", Route(status=302, location=feed_server.url("/new")))
+    add_feed(runtime.engine, "moved", feed_server.url("/old"))
+    add_feed(runtime.engine, "visiting", feed_server.url("/tmp"))
+    report = await run_once(runtime, now=NOW)
+    assert report.errors == [] and report.new_answers == 4
+    with Session(runtime.engine) as session:
+        urls = {f.name: f.url for f in session.exec(select(Feed)).all()}
+    assert urls == {"moved": feed_server.url("/new"), "visiting": feed_server.url("/tmp")}
+
+
+async def test_gone_feed_is_disabled(
+    runtime: Runtime, feed_server: FeedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed_server.serve("/gone", Route(status=410))
+    add_feed(runtime.engine, "gone", feed_server.url("/gone"))
+    with caplog.at_level(logging.WARNING, logger="alertd.feeds"):
+        report = await run_once(runtime, now=NOW)
+    assert len(report.errors) == 1 and "410" in report.errors[0]
+    assert any("feed gone disabled" in r.getMessage() for r in caplog.records)
+    await run_once(runtime, now=NOW + timedelta(hours=2))
+    assert len(feed_server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (
+            Route(b"<html><body>Service unavailable</body></html>", content_type="text/html"),
+            "did not return a feed",
+        ),
+        (Route(status=500), "HTTP 500"),
+        (Route(status=404), "HTTP 404"),
+    ],
+)
+async def test_failures_are_errors_and_never_make_old_items_new(
+    runtime: Runtime, feed_server: FeedServer, route: Route, message: str
+) -> None:
+    records = _records(3)
+    feed_server.serve("/f", Route(rss2(records)))
+    add_feed(runtime.engine, "f", feed_server.url("/f"))
+    await run_once(runtime, now=NOW)
+    feed_server.serve("/f", route)
+    report = await run_once(runtime, now=NOW + timedelta(hours=1))
+    assert len(report.errors) == 1 and message in report.errors[0]
+    feed_server.serve("/f", Route(rss2(records)))
+    report = await run_once(runtime, now=NOW + timedelta(hours=2))
+    assert report.errors == [] and report.new_answers == 0
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(FeedEntry)).all()) == 3
+        feed = session.exec(select(Feed)).one()
+        assert feed.enabled and feed.last_error is None
+
+
+async def test_broken_xml_with_entries_is_used_with_a_warning(
+    runtime: Runtime, feed_server: FeedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = rss2(_records(2)).replace(b"</channel></rss>", b"<item><title>cut off")
+    feed_server.serve("/broken", Route(body))
+    add_feed(runtime.engine, "broken", feed_server.url("/broken"))
+    with caplog.at_level(logging.WARNING, logger="alertd.feeds"):
+        report = await run_once(runtime, now=NOW)
+    assert report.errors == [] and report.new_answers >= 2
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+    with Session(runtime.engine) as session:
+        titles = {q.heading for q in session.exec(select(Question)).all()}
+    assert {r["heading"] for r in _records(2)} <= titles
+
+
+def test_feeds_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n')
+    base = ["--config", str(config)]
+    assert main(["feeds", "add", "twfy", "https://www.theyworkforyou.com/rss/mp/1.rdf", *base]) == 0
+    assert main(["feeds", "add", "bad", "ftp://example.org/x", *base]) == 2
+    assert "feed url: must be an http:// or https:// URL" in capsys.readouterr().err
+    assert main(["feeds", "add", "twfy", "https://example.org/other", *base]) == 2
+    assert main(["feeds", "list", *base]) == 0
+    assert "twfy\thttps://www.theyworkforyou.com/rss/mp/1.rdf\tenabled\tlast poll never" in (
+        capsys.readouterr().out
+    )
+    assert main(["feeds", "remove", "twfy", *base]) == 0
+    assert main(["feeds", "remove", "twfy", *base]) == 2
+
+
+def test_feeds_from_the_config_file_are_polled(
+    tmp_path: Path, feed_server: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feed_server.serve("/rss", Route(rss2(_records(2))))
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n[parliament]\nenabled = false\n'
+        f'[[feeds]]\nname = "answers"\nurl = "{feed_server.url("/rss")}"\n'
+        "poll_interval_minutes = 60\n"
+    )
+    assert main(["run", "--once", "--config", str(config)]) == 0
+    assert main(["feeds", "list", "--config", str(config)]) == 0
+    assert "answers\t" in capsys.readouterr().out
+    assert len(feed_server.requests) == 1
