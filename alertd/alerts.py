@@ -5,15 +5,16 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.matching import Query, parse_query
+from alertd.hits import question_document
+from alertd.matching import Query, analyse, parse_query
 from alertd.models import Alert, Member, Question, Subscriber
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -21,6 +22,10 @@ _EMAIL = re.compile(
     r"^[^@\s<>(),;:\"\[\]\\]{1,64}@" + _DOMAIN_LABEL + r"(?:\." + _DOMAIN_LABEL + r")+$"
 )
 _MEMBER_FIELDS = ("member", "asker", "answerer")
+# Above this many matches a day over the stored history an alert is refused unless forced:
+# nobody reads such a digest (CourtListener refuses these too).
+BROAD_ALERT_PER_DAY = 30
+BREADTH_WINDOW_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -170,3 +175,31 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
             )
             for alert, subscriber in session.exec(statement).all()
         ]
+
+
+def matching_answers(engine: Engine, query_text: str, since: date) -> list[Question]:
+    """Stored answers (not holding ones) answered since a day that a query matches, newest first.
+
+    Raises:
+        QueryError: the query is malformed or names someone unknown.
+    """
+    with Session(engine) as session:
+        query = compile_query(session, query_text)
+        questions = session.exec(
+            select(Question)
+            .where(col(Question.is_holding).is_(False), col(Question.date_answered) >= since)
+            .order_by(col(Question.date_answered).desc(), col(Question.id))
+        ).all()
+    return [q for q in questions if query.matches(analyse(question_document(q)))]
+
+
+def daily_match_rate(engine: Engine, query_text: str) -> float:
+    """Average matches a day over the stored history (its last 90 days; 0 with no history)."""
+    with Session(engine) as session:
+        first, last = session.exec(
+            select(func.min(Question.date_answered), func.max(Question.date_answered))
+        ).one()
+    if first is None or last is None:
+        return 0.0
+    first = max(first, last - timedelta(days=BREADTH_WINDOW_DAYS - 1))
+    return len(matching_answers(engine, query_text, first)) / ((last - first).days + 1)

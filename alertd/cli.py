@@ -11,9 +11,6 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import NoReturn
 
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
-
 from alertd import alerts
 from alertd.backfill import backfill
 from alertd.config import FREQUENCIES, Settings, load_settings
@@ -21,10 +18,7 @@ from alertd.daemon import Daemon, lifespan, utc_now
 from alertd.db import open_database
 from alertd.errors import AlertdError, ConfigError, UsageError
 from alertd.feeds import add_feed, list_feeds, remove_feed
-from alertd.hits import question_document
 from alertd.logs import setup_logging
-from alertd.matching import analyse
-from alertd.models import Question
 from alertd.pipeline import run_once
 from alertd.progress import backfill_progress
 from alertd.status import collect_status, format_status
@@ -58,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query", help='e.g. "special educational needs" or member:4138')
     sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCIES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
+    sub.add_argument("--force", action="store_true", help="save even a very broad alert")
 
     listing = commands.add_parser("list", parents=[common], help="list alerts")
     listing.add_argument("email", nargs="?")
@@ -96,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_database(settings.database)
+    alerts.normalise_email(args.email)
+    alerts.parse_frequency(args.frequency)
+    rate = alerts.daily_match_rate(engine, args.query)
+    if rate > alerts.BROAD_ALERT_PER_DAY:
+        verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"
+        message = (
+            f"this alert would have matched {rate:.0f} answers a day over the stored history "
+            f"(more than {alerts.BROAD_ALERT_PER_DAY}); narrow it down, or {verdict}"
+        )
+        if not args.force:
+            raise UsageError(message)
+        print(f"alertd: warning: {message}", file=sys.stderr)
     alert = alerts.subscribe(
         engine, args.email, args.query, args.frequency, confirmed=args.confirmed, now=utc_now()
     )
@@ -123,25 +130,11 @@ def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _preview_matches(engine: Engine, query_text: str, days: int) -> list[Question]:
-    since = (utc_now() - timedelta(days=days)).date()
-    with Session(engine) as session:
-        query = alerts.compile_query(session, query_text)
-        questions = session.exec(
-            select(Question)
-            .where(
-                col(Question.is_holding).is_(False),
-                col(Question.date_answered) >= since,
-            )
-            .order_by(col(Question.date_answered).desc(), col(Question.id))
-        ).all()
-    return [q for q in questions if query.matches(analyse(question_document(q)))]
-
-
 def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         raise UsageError("--days must be at least 1")
-    found = _preview_matches(open_database(settings.database), args.query, args.days)
+    since = (utc_now() - timedelta(days=args.days)).date()
+    found = alerts.matching_answers(open_database(settings.database), args.query, since)
     for question in found:
         print(f"{question.date_answered}\t{question.uin}\t{question.heading}\t{question.url}")
     weeks = Counter(

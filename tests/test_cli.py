@@ -177,3 +177,38 @@ def test_daemon_stops_cleanly_on_sigterm(tmp_path: Path, standin_api: StandinApi
     assert process.returncode == 0, err
     assert len(list(maildir.iterdir())) == 1
     assert "alertd stopped after 1 cycles" in err
+
+
+def test_broad_alert_is_refused_unless_forced(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path, standin_api))
+    assert main(["run", "--once", "--config", config]) == 0  # stores the 469 answers of a day
+    capsys.readouterr()
+    assert main(["subscribe", "a@example.org", "department", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "answers a day over the stored history" in err and "--force" in err
+    assert main(["list", "--config", config]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["subscribe", "a@example.org", "department", "--force", "--config", config]) == 0
+    assert "warning: this alert would have matched" in capsys.readouterr().err
+    assert (
+        main(["subscribe", "a@example.org", '"special educational needs"', "--config", config]) == 0
+    )
+
+
+def test_unknown_member_name_suggests_close_matches(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path, standin_api))
+    assert main(["run", "--once", "--config", config]) == 0
+    capsys.readouterr()
+    assert main(["subscribe", "a@example.org", 'member:"Hywel Wiliams"', "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "unknown Member 'Hywel Wiliams'" in err and "Hywel Williams" in err
+    assert main(["subscribe", "a@example.org", 'member:"hywel williams"', "--config", config]) == 0
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/alertd.db")
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("select canonical from alert")).scalar_one()
+    engine.dispose()
+    assert stored == "member:1397"  # the id is what is stored, not the name
