@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import date, timedelta
+from pathlib import Path
 from typing import NoReturn
 
 from alertd import alerts
@@ -21,7 +22,10 @@ from alertd.feeds import add_feed, list_feeds, remove_feed
 from alertd.logs import setup_logging
 from alertd.pipeline import run_once
 from alertd.progress import backfill_progress
+from alertd.render import build_environment
+from alertd.sample import write_sample
 from alertd.status import collect_status, format_status
+from alertd.web import run_web, serve_web
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -83,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     feed_actions.add_parser("list", parents=[common], help="the feeds and their state")
     feed_remove = feed_actions.add_parser("remove", parents=[common], help="stop polling a feed")
     feed_remove.add_argument("name")
+
+    commands.add_parser("web", parents=[common], help="serve the web pages and JSON API")
+
+    sample = commands.add_parser(
+        "render-sample", parents=[common], help="write the digest someone would get now"
+    )
+    sample.add_argument("email")
+    sample.add_argument(
+        "--out", default="digest-sample", metavar="PATH", help="writes PATH.eml and PATH.html"
+    )
+    sample.add_argument("--days", type=int, default=30, help="answers to use if none pending")
 
     db = commands.add_parser("db", parents=[common], help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
@@ -153,7 +168,18 @@ async def _run(settings: Settings, once: bool) -> int:
         if once:
             report = await run_once(runtime, now=utc_now())
             return EXIT_FAILED if report.errors else 0
-        await Daemon(runtime).serve()
+        # The web app (sign-up, unsubscribe links, /metrics) runs beside the scheduler and
+        # stops with it: both watch runtime.stopping, which SIGTERM sets.
+        await asyncio.gather(
+            Daemon(runtime).serve(),
+            serve_web(
+                settings,
+                runtime.engine,
+                runtime.stopping,
+                mailer=runtime.make_mailer,
+                metrics=runtime.metrics,
+            ),
+        )
     return 0
 
 
@@ -198,6 +224,29 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(run_web(settings))
+
+
+def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    env = build_environment(settings)
+    files = write_sample(
+        open_database(settings.database),
+        settings,
+        env,
+        args.email,
+        Path(args.out),
+        now=utc_now(),
+        days=args.days,
+    )
+    print(files.eml)
+    print(files.html)
+    print(f"subject: {files.subject} (not sent)", file=sys.stderr)
+    return 0
+
+
 def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_database(settings.database)
     if args.feed_action == "add":
@@ -225,6 +274,8 @@ COMMANDS = {
     "status": _cmd_status,
     "backfill": _cmd_backfill,
     "feeds": _cmd_feeds,
+    "render-sample": _cmd_render_sample,
+    "web": _cmd_web,
 }
 
 

@@ -11,7 +11,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alertd.errors import ConfigError
 
@@ -56,13 +64,41 @@ class MailSettings(_Section):
     from_name: str = "alertd"
     delivery: Literal["maildir", "smtp"] = "maildir"
     maildir: Path = Path("./mail")
+    # DKIM signing (both set, or neither): a PEM RSA private key and its DNS selector.
+    dkim_selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dkim_key_path: Path | None = None
+    dkim_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+    # VERP: envelope sender bounces+<subscriber tag>@domain, from this base address.
+    verp_address: str | None = None
 
-    @field_validator("from_address")
+    @field_validator("from_address", "verp_address")
     @classmethod
-    def _address_shape(cls, address: str) -> str:
-        if "@" not in address or any(c in address for c in "\r\n <>"):
+    def _address_shape(cls, address: str | None) -> str | None:
+        if address is None:
+            return None
+        if "@" not in address or any(c in address for c in "\r\n\0 <>"):
             raise ValueError("must be a bare email address such as alerts@example.org")
         return address
+
+    @field_validator("verp_address")
+    @classmethod
+    def _verp_base(cls, address: str | None) -> str | None:
+        if address is not None and "+" in address:
+            raise ValueError("must have no '+': alertd adds +<tag> to it")
+        return address
+
+    @field_validator("from_name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        if any(c in name for c in "\r\n\0"):
+            raise ValueError("must be one line")
+        return name
+
+    @model_validator(mode="after")
+    def _dkim_pair(self) -> MailSettings:
+        if (self.dkim_selector is None) != (self.dkim_key_path is None):
+            raise ValueError("dkim_selector and dkim_key_path must be set together")
+        return self
 
 
 class SmtpSettings(_Section):
@@ -80,7 +116,16 @@ class WebSettings(_Section):
     base_url: str = "http://localhost:8000"
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    # 0 picks any free port (several workers on one machine, tests).
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+    confirm_days: int = Field(default=7, ge=1)
+    max_alerts_per_address: int = Field(default=50, ge=1)
+    signups_per_ip_per_hour: int = Field(default=20, ge=1)
+    mails_per_ip_per_hour: int = Field(default=20, ge=1)
+    mails_per_address_per_hour: int = Field(default=3, ge=1)
+    lookups_per_ip_per_minute: int = Field(default=60, ge=1)
 
     @field_validator("base_url")
     @classmethod
@@ -91,6 +136,14 @@ class WebSettings(_Section):
         return url.rstrip("/")
 
 
+class MembersSettings(_Section):
+    """The Members API, for finding Members by name (results cached in the database)."""
+
+    base_url: str = "https://members-api.parliament.uk"
+    timeout_s: float = Field(default=10.0, gt=0)
+    cache_hours: float = Field(default=24.0, ge=0)
+
+
 class DigestSettings(_Section):
     daily_at: time = time(7, 0)
     weekly_day: Literal[
@@ -99,6 +152,8 @@ class DigestSettings(_Section):
     timezone: str = "Europe/London"
     max_per_alert: int = Field(default=20, ge=1)
     excerpt_chars: int = Field(default=400, ge=50)
+    # A folder of templates (digest.txt, digest.html) that replace the shipped ones.
+    templates_dir: Path | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -150,6 +205,7 @@ class Settings(_Section):
     mail: MailSettings = MailSettings()
     smtp: SmtpSettings = SmtpSettings()
     web: WebSettings = WebSettings()
+    members: MembersSettings = MembersSettings()
     digest: DigestSettings = DigestSettings()
     delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()

@@ -39,7 +39,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
     engine = open_database(settings.database)
     sync_config_feeds(engine, settings.feeds)
     try:
-        templates = build_environment()
+        templates = build_environment(settings)
         make_mailer = mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp)
         async with make_http_client(settings.parliament) as http:
             yield Runtime(settings, engine, make_mailer, templates, http)

@@ -16,12 +16,23 @@ from sqlmodel import Session, col, select
 
 from alertd.config import WEEKDAYS, DigestSettings, Settings
 from alertd.db import transaction
+from alertd.errors import QueryError
+from alertd.excerpt import excerpt_around, flatten, mark, merge_highlights
+from alertd.matching import Highlights, highlight_terms, parse_query
 from alertd.models import Alert, DigestRun, Hit, Ledger, Member, Outbox, Question, Subscriber
-from alertd.render import Digest, DigestItem, DigestSection, excerpt, render_digest
+from alertd.render import (
+    Digest,
+    DigestItem,
+    DigestSection,
+    describe_alert,
+    message_bytes,
+    render_digest,
+)
 from alertd.tokens import make_token
 
 log = logging.getLogger("alertd.digests")
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
+_PARLIAMENT = "parliament"
 
 
 def period_start(frequency: str, now: datetime, settings: DigestSettings) -> datetime | None:
@@ -76,6 +87,7 @@ def compose_due_digests(
                 col(Hit.outbox_id).is_(None),
                 col(Alert.frequency).in_(list(due)),
                 col(Alert.unsubscribed_at).is_(None),
+                col(Alert.paused_at).is_(None),
                 col(Subscriber.suspended_at).is_(None),
             )
             .distinct()
@@ -137,6 +149,7 @@ def _pending_rows(session: Session, subscriber_id: int, frequencies: list[str]) 
             col(Hit.outbox_id).is_(None),
             col(Alert.frequency).in_(frequencies),
             col(Alert.unsubscribed_at).is_(None),
+            col(Alert.paused_at).is_(None),
         )
         .order_by(col(Alert.id), col(Question.date_answered).desc(), col(Question.id))
     ).all()
@@ -173,7 +186,7 @@ def _compose_for(
         recipient=subscriber.email,
         message_id=message_id,
         subject=str(message["Subject"]),
-        message=message.as_bytes(),
+        message=message_bytes(message, settings),
         created_at=now,
         next_attempt_at=now,
     )
@@ -228,13 +241,45 @@ def _claim(
 def _build_digest(
     session: Session, settings: Settings, subscriber: Subscriber, rows: list[_Row]
 ) -> Digest:
+    """A subscriber's digest: answers grouped by the first alert they matched, each once."""
     secret = settings.web.secret_key.get_secret_value()
     base = settings.web.base_url
+    assert subscriber.id is not None
+    manage_url = f"{base}/manage/{make_token(secret, 'manage', subscriber.id)}"
     labels = {row.alert.id: alert_label(session, row.alert) for row in rows}
-    alerts_of: dict[int, list[str]] = defaultdict(list)
+    order, by_alert = _group(rows, labels, settings)
+    sections = []
+    for alert in order:
+        assert alert.id is not None
+        items = by_alert[alert.id]
+        sections.append(
+            DigestSection(
+                label=labels[alert.id],
+                stop_url=f"{base}/alerts/stop/{make_token(secret, 'stop', alert.id)}",
+                items=tuple(items[: settings.digest.max_per_alert]),
+                total=len(items),
+                reason=_reason(alert, labels[alert.id]),
+                more_url=manage_url,
+            )
+        )
+    token = make_token(secret, "unsubscribe", subscriber.id)
+    return Digest(
+        recipient=subscriber.email,
+        sections=tuple(sections),
+        unsubscribe_url=f"{base}/unsubscribe/{token}",
+        manage_url=manage_url,
+    )
+
+
+def _group(
+    rows: list[_Row], labels: dict[int | None, str], settings: Settings
+) -> tuple[list[Alert], dict[int, list[DigestItem]]]:
+    """The alerts in order, and each one's items: an answer only under its first alert."""
+    alerts_of: dict[int, list[Alert]] = defaultdict(list)
     for row in rows:
         assert row.question.id is not None
-        alerts_of[row.question.id].append(labels[row.alert.id])
+        alerts_of[row.question.id].append(row.alert)
+    highlights = {row.alert.id: _highlights(row.alert) for row in rows}
     placed: set[int] = set()
     by_alert: dict[int, list[DigestItem]] = defaultdict(list)
     order: list[Alert] = []
@@ -246,27 +291,32 @@ def _build_digest(
         placed.add(question_id)
         if alert_id not in by_alert:
             order.append(row.alert)
-        others = tuple(label for label in alerts_of[question_id] if label != labels[alert_id])
-        by_alert[alert_id].append(_item(row.question, settings, others))
-    sections = []
-    for alert in order:
-        assert alert.id is not None
-        items = by_alert[alert.id]
-        sections.append(
-            DigestSection(
-                label=labels[alert.id],
-                stop_url=f"{base}/alerts/stop/{make_token(secret, 'stop', alert.id)}",
-                items=tuple(items[: settings.digest.max_per_alert]),
-                total=len(items),
-            )
+        matched = alerts_of[question_id]
+        others = tuple(
+            dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
         )
-    assert subscriber.id is not None
-    token = make_token(secret, "unsubscribe", subscriber.id)
-    return Digest(
-        recipient=subscriber.email,
-        sections=tuple(sections),
-        unsubscribe_url=f"{base}/unsubscribe/{token}",
-    )
+        marks = merge_highlights(h for a in matched if (h := highlights[a.id]) is not None)
+        by_alert[alert_id].append(_item(row.question, settings, others, marks))
+    return order, by_alert
+
+
+def _highlights(alert: Alert) -> Highlights | None:
+    try:
+        return highlight_terms(parse_query(alert.canonical))
+    except QueryError:
+        return None  # a query that no longer parses highlights nothing; it still shows
+
+
+def _reason(alert: Alert, label: str) -> str:
+    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
+    if follow is None or label == alert.query:
+        return describe_alert(label)
+    field = follow.group(1)
+    if field == "asker":
+        return f"you follow questions asked by {label}"
+    if field == "answerer":
+        return f"you follow answers given by {label}"
+    return describe_alert(label, member=True)
 
 
 def alert_label(session: Session, alert: Alert) -> str:
@@ -279,29 +329,46 @@ def alert_label(session: Session, alert: Alert) -> str:
     return alert.query
 
 
+def _name(name: str | None) -> str:
+    # Without expanded member data the API gives only an id, stored as the name.
+    if name is not None and name.isdigit():
+        return f"Member {name}"
+    return name or ""
+
+
 def _person(name: str | None, party: str | None, constituency: str | None) -> str:
     details = ", ".join(part for part in (party, constituency) if part)
-    shown = name or "a Member"
+    shown = _name(name) or "a Member"
     return f"{shown} ({details})" if details else shown
 
 
-def _item(question: Question, settings: Settings, also: tuple[str, ...]) -> DigestItem:
+def _item(
+    question: Question, settings: Settings, also: tuple[str, ...], highlights: Highlights
+) -> DigestItem:
+    feed = question.source != _PARLIAMENT
+    asked = _person(
+        question.asking_member_name,
+        question.asking_member_party,
+        question.asking_member_constituency,
+    )
+    text = mark(question.question_text, highlights)
+    answer = excerpt_around(question.answer_text, highlights, settings.digest.excerpt_chars)
     return DigestItem(
-        heading=question.heading or f"Question {question.uin}",
+        heading=flatten(question.heading) or f"Question {question.uin}",
         department=question.answering_body_name or "",
-        asked_by=_person(
-            question.asking_member_name,
-            question.asking_member_party,
-            question.asking_member_constituency,
-        ),
-        answered_by=question.answering_member_name or "",
+        asked_by="" if feed else asked,
+        answered_by=_name(question.answering_member_name),
         date_tabled=question.date_tabled,
         date_answered=question.date_answered,
-        question_text=question.question_text,
-        answer_excerpt=excerpt(question.answer_text, settings.digest.excerpt_chars),
+        question_text=text.text,
+        answer_excerpt=answer.text,
         url=question.url,
         uin=question.uin,
         house=question.house,
         corrected=question.date_answer_corrected is not None,
         also_matches=also,
+        question_marks=text.spans,
+        excerpt_marks=answer.spans,
+        source=question.source if feed else "",
+        answer_html=question.answer_html,
     )

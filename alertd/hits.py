@@ -12,8 +12,9 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
+from alertd.engine import MatchEngine
 from alertd.errors import QueryError
-from alertd.matching import Document, Query, analyse, match_batch, parse_query
+from alertd.matching import Document, Query, analyse, parse_query
 from alertd.models import Alert, Hit, Question, Subscriber
 
 log = logging.getLogger("alertd.hits")
@@ -39,6 +40,7 @@ def _live_alerts(session: Session) -> dict[str, list[Alert]]:
         .where(
             col(Alert.confirmed).is_(True),
             col(Alert.unsubscribed_at).is_(None),
+            col(Alert.paused_at).is_(None),
             col(Subscriber.suspended_at).is_(None),
         )
     ).all()
@@ -92,7 +94,7 @@ def _match_fresh(session: Session, questions: Sequence[Question], now: datetime)
         return 0
     grouped = _live_alerts(session)
     documents = [analyse(question_document(q)) for q in questions]
-    matched = match_batch(_compile(grouped), documents)
+    matched = MatchEngine(_compile(grouped)).match(documents)
     hits = 0
     for canonical, indexes in matched.items():
         for alert in grouped[canonical]:

@@ -55,6 +55,15 @@ class Alert(SQLModel, table=True):
     # Daily and weekly digests cover what matched since this moment.
     last_digest_at: datetime | None = _utc(default=None, nullable=True)
     unsubscribed_at: datetime | None = _utc(default=None, nullable=True)
+    # Paused by its owner (manage page): matches nothing until resumed.
+    paused_at: datetime | None = _utc(default=None, nullable=True)
+
+
+class MemberSearch(SQLModel, table=True):
+    """A name looked up in the Members API, and when; its results are in the Member table."""
+
+    name: str = Field(primary_key=True, max_length=100)
+    fetched_at: datetime = _utc()
 
 
 class Member(SQLModel, table=True):

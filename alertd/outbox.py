@@ -39,7 +39,8 @@ class DeliveryReport:
 class DrainOptions:
     """How one run drains the outbox."""
 
-    sender: str
+    # The envelope sender (MAIL FROM) of a subscriber's digests: mail.from, or a VERP address.
+    sender_for: Callable[[int], str]
     delivery: DeliverySettings
     connections: int = 1
     max_per_second: float | None = None
@@ -93,6 +94,25 @@ def claim_due(
                 )
             )
     return [i for i in ids if i is not None]
+
+
+def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> bool:
+    """Extend our lease on a row just before sending it; False if it is no longer ours.
+
+    A chunk claimed together may wait in the queue; renewing at the last moment means no
+    other worker can take a row over while it is being sent.
+    """
+    with transaction(engine) as session:
+        result = session.execute(
+            sa.update(Outbox)
+            .where(
+                col(Outbox.id) == outbox_id,
+                col(Outbox.lease_owner) == owner,
+                col(Outbox.status) == "sending",
+            )
+            .values(lease_until=wall_clock() + timedelta(seconds=lease_s))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
@@ -159,14 +179,17 @@ class _Drain:
         self.halt.set()
 
     async def deliver(self, mailer: Mailer, outbox_id: int) -> None:
+        if not renew_lease(
+            self.engine, outbox_id, self.options.worker_id, self.options.delivery.lease_s
+        ):
+            return  # our lease ran out and another worker took the row over
         with Session(self.engine) as session:
             row = session.get(Outbox, outbox_id)
-            if row is None or row.lease_owner != self.options.worker_id:
-                return
-            recipient, message = row.recipient, row.message
+            assert row is not None
+            recipient, message, subscriber_id = row.recipient, row.message, row.subscriber_id
         started = time.monotonic()
         try:
-            await mailer.send(self.options.sender, recipient, message)
+            await mailer.send(self.options.sender_for(subscriber_id), recipient, message)
         except (DeliveryHalted, MailServerUnavailable) as exc:
             release(self.engine, [outbox_id], self.options.worker_id)
             self.stop_batch(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from alertd.hits import match_new_answers
 from alertd.ingest import PollLease, poll_parliament
 from alertd.metrics import Metrics
 from alertd.outbox import DrainOptions, drain_outbox
+from alertd.signing import envelope_sender
 from alertd.sources import ParliamentApi, make_http_client
 
 log = logging.getLogger("alertd.pipeline")
@@ -75,7 +77,7 @@ class Runtime:
         smtp = self.settings.smtp
         use_pool = self.settings.mail.delivery == "smtp"
         return DrainOptions(
-            sender=self.settings.mail.from_address,
+            sender_for=functools.partial(envelope_sender, self.settings),
             delivery=self.settings.delivery,
             connections=smtp.connections if use_pool else 1,
             max_per_second=smtp.max_per_second if use_pool else None,

@@ -4,25 +4,96 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
+import css_inline
 import jinja2
+import jinja2.sandbox
+from markupsafe import Markup
 
 from alertd.config import Settings
-from alertd.errors import TemplateError
+from alertd.errors import ConfigError, TemplateError
+from alertd.excerpt import (
+    Span,
+    excerpt,
+    highlight_html,
+    highlight_text,
+    long_date,
+    wrap_text,
+)
+from alertd.htmltext import sanitise_html
+from alertd.signing import sign_message
+
+__all__ = [
+    "Digest",
+    "DigestItem",
+    "DigestSection",
+    "HeaderInjection",
+    "build_environment",
+    "digest_subject",
+    "excerpt",
+    "message_bytes",
+    "render_digest",
+    "templates_dir",
+]
 
 TEMPLATE_NAMES = ("digest.txt", "digest.html")
 SUBJECT_MAX_CHARS = 90
+# Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
+# <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+
+
+class HeaderInjection(ValueError):
+    """A value meant for a mail header holds a line break, or is not a single address."""
+
+
+_UNFOLDED = SMTP.clone(max_line_length=998)
+
+
+class _WirePolicy(EmailPolicy):
+    """SMTP's policy, but links and ASCII subjects are never folded.
+
+    Python folds a word longer than a line (a URL) into RFC 2047 encoded-words, which
+    would break List-Unsubscribe; a line of up to 998 characters is valid (RFC 5322).
+    """
+
+    def _whole(self, name: str, value: str) -> bool:
+        lowered = name.lower()
+        return lowered in ("list-unsubscribe", "list-id", "message-id") or (
+            lowered == "subject" and value.isascii()
+        )
+
+    def fold(self, name: str, value: str) -> str:
+        if self._whole(name, value):
+            whole: str = _UNFOLDED.fold(name, value)
+            return whole
+        folded: str = super().fold(name, value)
+        return folded
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if self._whole(name, value):
+            whole: bytes = _UNFOLDED.fold_binary(name, value)
+            return whole
+        return super().fold_binary(name, value)
+
+
+WIRE_POLICY = _WirePolicy(linesep="\r\n")
 
 
 @dataclass(frozen=True)
 class DigestItem:
-    """One answered question as a digest shows it."""
+    """One answered question as a digest shows it.
+
+    ``question_marks`` and ``excerpt_marks`` are the (start, end) ranges of
+    ``question_text`` and ``answer_excerpt`` that the alert's query looks for.
+    """
 
     heading: str
     department: str
@@ -37,27 +108,61 @@ class DigestItem:
     house: str
     corrected: bool
     also_matches: tuple[str, ...] = ()
+    question_marks: tuple[Span, ...] = ()
+    excerpt_marks: tuple[Span, ...] = ()
+    # The feed's name for an item of an RSS/Atom feed; empty for a written question.
+    source: str = ""
+    # The whole answer as HTML from outside: sanitised again whenever a template shows it.
+    answer_html: str = ""
+
+    @property
+    def answer_markup(self) -> Markup:
+        """The full answer as allowlisted HTML, safe to put in a mail."""
+        return Markup(sanitise_html(self.answer_html))
 
 
 @dataclass(frozen=True)
 class DigestSection:
-    """The answers one alert found, under that alert's query."""
+    """The answers one alert found, under that alert's label, with a count."""
 
     label: str
     stop_url: str
     items: tuple[DigestItem, ...]
     total: int
+    # Why these answers came: 'your alert "schools"', 'you follow Rushanara Ali'.
+    reason: str = ""
+    # Where the answers not shown (over digest.max_per_alert) can be seen.
+    more_url: str = ""
+
+    @property
+    def hidden(self) -> int:
+        """How many of the alert's answers this digest does not show."""
+        return max(self.total - len(self.items), 0)
+
+    @property
+    def why(self) -> str:
+        return self.reason or describe_alert(self.label)
 
 
 @dataclass(frozen=True)
 class Digest:
+    """One email: a subscriber's new answers, grouped by alert."""
+
     recipient: str
     sections: tuple[DigestSection, ...]
     unsubscribe_url: str
+    manage_url: str = ""
 
     @property
     def total(self) -> int:
-        return sum(len(section.items) for section in self.sections)
+        return sum(section.total for section in self.sections)
+
+
+def describe_alert(label: str, *, member: bool = False) -> str:
+    """Why an answer came, in words: ``your alert "schools"`` or ``you follow Jo Bloggs``."""
+    if member:
+        return f"you follow {label}"
+    return f"your alert {label}" if '"' in label else f'your alert "{label}"'
 
 
 def templates_dir() -> Path:
@@ -66,19 +171,35 @@ def templates_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
 
 
-def build_environment() -> jinja2.Environment:
-    """The Jinja2 environment, built once: strict about undefined names, HTML autoescaped.
+def build_environment(settings: Settings | None = None) -> jinja2.Environment:
+    """The Jinja2 sandbox, built once at start-up, and proven by rendering a sample digest.
+
+    Templates in ``digest.templates_dir`` replace the shipped ones of the same name. All
+    render in Jinja2's sandbox, strict about undefined names, HTML autoescaped. When DKIM
+    is configured the sample is signed too, so a bad key also stops start-up.
 
     Raises:
-        TemplateError: a template is missing or does not compile.
+        TemplateError: a template is missing, does not compile or fails on the sample
+            (the message names the file and line).
+        ConfigError: ``digest.templates_dir`` is not a folder, or the DKIM key is unusable.
     """
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
+    settings = settings or Settings()
+    folders = [templates_dir()]
+    override = settings.digest.templates_dir
+    if override is not None:
+        if not override.is_dir():
+            raise ConfigError(f"config error: digest.templates_dir: {override} is not a folder")
+        folders.insert(0, override)
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([str(folder) for folder in folders]),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+    )
+    env.filters.update(
+        longdate=long_date, wrap=wrap_text, highlight=highlight_html, stars=highlight_text
     )
     for name in TEMPLATE_NAMES:
         try:
@@ -86,7 +207,12 @@ def build_environment() -> jinja2.Environment:
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"template {exc.filename}:{exc.lineno}: {exc.message}") from exc
         except jinja2.TemplateNotFound as exc:
-            raise TemplateError(f"template {name} not found in {templates_dir()}") from exc
+            shown = ", ".join(str(folder) for folder in folders)
+            raise TemplateError(f"template {name} not found in {shown}") from exc
+    sample = render_digest(
+        startup_sample(settings), settings, env, message_id="<sample@alertd.invalid>", now=_EPOCH
+    )
+    message_bytes(sample, settings)
     return env
 
 
@@ -94,7 +220,8 @@ def digest_subject(digest: Digest) -> str:
     """E.g. ``3 new answers: special educational needs, Rushanara Ali``, cut sensibly."""
     count = digest.total
     head = f"{count} new answer{'s' if count != 1 else ''}: "
-    labels = [section.label for section in digest.sections]
+    # One line, whatever the labels hold: a line break can never start a new header.
+    labels = [" ".join(section.label.split()) for section in digest.sections]
     subject = head + ", ".join(labels)
     if len(subject) <= SUBJECT_MAX_CHARS:
         return subject
@@ -111,6 +238,42 @@ def digest_subject(digest: Digest) -> str:
     return head + ", ".join(shown)
 
 
+def _one_line(value: str, header: str) -> str:
+    if any(char in value for char in "\r\n\0"):
+        raise HeaderInjection(f"{header}: a line break or NUL in {value!r}")
+    return value
+
+
+def _single_address(value: str) -> Address:
+    try:
+        return Address(addr_spec=_one_line(value, "To"))
+    except (ValueError, IndexError) as exc:
+        raise HeaderInjection(f"To: not a single address: {value!r}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line`` of a template error: Jinja2 puts template frames in the traceback."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"{exc.filename or exc.name}:{exc.lineno}"
+    found = "?"
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.endswith(".py") and not filename.startswith("<"):
+            found = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except Exception as exc:
+        # An operator's template may fail in any way (a bad filter argument, a type error):
+        # all of them are a broken template, reported with its file and line.
+        raise TemplateError(f"template {_where(exc)}: {type(exc).__name__}: {exc}") from exc
+
+
 def render_digest(
     digest: Digest,
     settings: Settings,
@@ -123,36 +286,82 @@ def render_digest(
 
     Raises:
         TemplateError: a template failed while rendering.
+        HeaderInjection: the recipient is not one address, or a header value has a line break.
     """
-    context = {"digest": digest, "base_url": settings.web.base_url}
-    try:
-        text = env.get_template("digest.txt").render(context)
-        html = env.get_template("digest.html").render(context)
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"digest template failed: {exc}") from exc
-    message = EmailMessage(policy=SMTP)
-    message["Subject"] = digest_subject(digest)
-    message["From"] = Address(settings.mail.from_name, addr_spec=settings.mail.from_address)
-    message["To"] = digest.recipient
-    message["Date"] = format_datetime(now)
-    message["Message-ID"] = message_id
+    subject = digest_subject(digest)
+    context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
+    text = _render_template(env, "digest.txt", context)
+    html = _INLINER.inline(_render_template(env, "digest.html", context))
     domain = settings.mail.from_address.rpartition("@")[2]
+    message = EmailMessage(policy=WIRE_POLICY)
+    message["Subject"] = _one_line(subject, "Subject")
+    message["From"] = Address(settings.mail.from_name, addr_spec=settings.mail.from_address)
+    message["To"] = _single_address(digest.recipient)
+    message["Date"] = format_datetime(now)
+    message["Message-ID"] = _one_line(message_id, "Message-ID")
     message["List-Id"] = f"alertd digests <digests.{domain}>"
-    message["List-Unsubscribe"] = f"<{digest.unsubscribe_url}>"
+    message["List-Unsubscribe"] = f"<{_one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message["Auto-Submitted"] = "auto-generated"
     message["Precedence"] = "bulk"
-    message.set_content(text)
-    message.add_alternative(html, subtype="html")
+    message["X-Auto-Response-Suppress"] = "All"
+    # Quoted-printable keeps both parts readable in the raw message and 7-bit clean.
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(html, subtype="html", cte="quoted-printable")
     # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
     message.set_boundary("=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
     return message
 
 
-def excerpt(text: str, limit: int) -> str:
-    """The start of a text, cut at a word boundary near ``limit`` characters."""
-    flat = " ".join(text.split())
-    if len(flat) <= limit:
-        return flat
-    cut = flat[:limit].rsplit(" ", 1)[0]
-    return cut.rstrip(",.;:") + " …"
+def message_bytes(message: EmailMessage, settings: Settings) -> bytes:
+    """The bytes to store in the outbox and send as they are: CRLF lines, DKIM-signed if set.
+
+    Raises:
+        ConfigError: DKIM is configured but its key cannot be read or used.
+    """
+    return sign_message(message.as_bytes(), settings.mail)
+
+
+_EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
+
+
+def startup_sample(settings: Settings) -> Digest:
+    """A small digest using every feature the templates show, rendered at start-up."""
+    base = settings.web.base_url
+    item = DigestItem(
+        heading="Special Educational Needs: Coronavirus",
+        department="Department for Education",
+        asked_by="Tulip Siddiq (Labour, Hampstead and Kilburn)",
+        answered_by="Vicky Ford",
+        date_tabled=date(2021, 1, 25),
+        date_answered=date(2021, 2, 1),
+        question_text="To ask the Secretary of State for Education, what support is given to "
+        "pupils with special educational needs.",
+        answer_excerpt="… children with special educational needs and disabilities …",
+        url="https://questions-statements.parliament.uk/written-questions/detail/2021-01-25/1",
+        uin="1",
+        house="Commons",
+        corrected=True,
+        also_matches=("pupils",),
+        question_marks=((62, 87),),
+        excerpt_marks=((16, 41),),
+        answer_html="<p>Children with special educational needs.</p>",
+    )
+    feed_item = DigestItem(
+        **{**item.__dict__, "source": "A feed", "asked_by": "", "department": "", "uin": ""}
+    )
+    return Digest(
+        recipient="sample@alertd.invalid",
+        sections=(
+            DigestSection(
+                label='"special educational needs"',
+                stop_url=f"{base}/alerts/stop/sample",
+                items=(item, feed_item),
+                total=3,
+                reason=describe_alert('"special educational needs"'),
+                more_url=f"{base}/manage/sample",
+            ),
+        ),
+        unsubscribe_url=f"{base}/unsubscribe/sample",
+        manage_url=f"{base}/manage/sample",
+    )

@@ -35,6 +35,8 @@ def write_config(
             "timeout_s": 5.0,
         },
         "mail": {"maildir": f"{tmp_path}/mail", "from": "alerts@alertd.test"},
+        # `alertd run` serves the web app too: any free port, so tests never collide.
+        "web": {"port": 0},
     }
     if sink is not None:
         sections["mail"]["delivery"] = "smtp"

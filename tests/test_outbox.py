@@ -73,7 +73,7 @@ async def _drain(
         host="127.0.0.1", port=port or (sink.port if sink else 1), timeout_s=timeout_s
     )
     options = DrainOptions(
-        sender="alerts@alertd.test",
+        sender_for=lambda _id: "alerts@alertd.test",
         delivery=DeliverySettings(),
         connections=connections,
         worker_id="test-worker",

@@ -11,6 +11,7 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
@@ -22,6 +23,7 @@ from alertd.delivery import mailer_factory
 from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.render import build_environment
+from alertd.web import create_app
 
 from smtp_server import SmtpSink
 from standin_api import StandinApi
@@ -60,10 +62,18 @@ def smtp_runtime(settings: Settings, sink: SmtpSink) -> Runtime:
     return Runtime(settings, engine, mailer_factory("smtp", Path("."), smtp), build_environment())
 
 
+def _delivery_order(key: str) -> tuple[int, int, int]:
+    # Maildir keys are "<seconds>.M<microseconds>P<pid>Q<count>.<host>", not zero-padded.
+    seconds, _, rest = key.partition(".M")
+    micros, _, rest = rest.partition("P")
+    count = rest.partition("Q")[2].partition(".")[0]
+    return int(seconds), int(micros), int(count or 0)
+
+
 def _maildir(settings: Settings) -> list[EmailMessage]:
     box = mailbox.Maildir(settings.mail.maildir, create=True)
     messages = []
-    for key in sorted(box.keys()):
+    for key in sorted(box.keys(), key=_delivery_order):
         parsed = message_from_bytes(box.get_bytes(key), policy=default)
         assert isinstance(parsed, EmailMessage)
         messages.append(parsed)
@@ -339,9 +349,13 @@ async def test_a_failing_page_stores_nothing_and_sending_carries_on(
 async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
     _subscribe(runtime, "parent@example.org", '"special educational needs"')
     await run_once(runtime, now=MONDAY_EVENING)
+    app = create_app(runtime.settings, runtime.engine, metrics=runtime.metrics)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
+        response = await web.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(runtime.metrics.exposition().decode())
+        for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
     assert samples[("alertd_answers_ingested_total", ())] == 469

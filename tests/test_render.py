@@ -1,26 +1,43 @@
-"""Rendering: a pure function from digest data to a multipart email."""
+"""Rendering: digest data to a multipart email, excerpts, templates, golden files, samples."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import os
+import re
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
+from pathlib import Path
 
 import pytest
+from sqlmodel import Session, select
 
+from alertd import alerts
+from alertd.cli import main
 from alertd.config import Settings
+from alertd.db import open_database
+from alertd.errors import ConfigError, TemplateError
+from alertd.excerpt import ELLIPSIS, excerpt_around, mark, wrap_text
+from alertd.hits import match_new_answers
+from alertd.ingest import store_items
+from alertd.matching import highlight_terms, parse_query
+from alertd.models import Hit, Outbox
 from alertd.render import (
     Digest,
     DigestItem,
     DigestSection,
+    HeaderInjection,
     build_environment,
     digest_subject,
     excerpt,
     render_digest,
 )
+from alertd.sources import parse_item
 
-NOW = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
+from digest_cases import CASES, GOLDEN_DIR, NOW, RECIPIENT, case_settings, compose_case, mask
+from standin_api import load_2021_answered, load_2024_records
+
 SEN = DigestItem(
     heading="Special Educational Needs: Coronavirus",
     department="Department for Education",
@@ -36,13 +53,15 @@ SEN = DigestItem(
     house="Commons",
     corrected=False,
 )
+SURREY = 1726400  # 2024: "Special Educational Needs: Surrey", a long HTML answer
 
 
-def _digest(*sections: DigestSection) -> Digest:
+def _digest(*sections: DigestSection, recipient: str = "parent@example.org") -> Digest:
     return Digest(
-        recipient="parent@example.org",
+        recipient=recipient,
         sections=sections,
         unsubscribe_url="http://localhost:8000/unsubscribe/unsubscribe.1.sig",
+        manage_url="http://localhost:8000/manage/manage.1.sig",
     )
 
 
@@ -52,16 +71,31 @@ def _section(label: str, items: tuple[DigestItem, ...], total: int | None = None
         stop_url="http://localhost:8000/alerts/stop/stop.1.sig",
         items=items,
         total=len(items) if total is None else total,
+        more_url="http://localhost:8000/manage/manage.1.sig",
     )
 
 
-def _render(digest: Digest) -> EmailMessage:
+def _render(digest: Digest, settings: Settings | None = None) -> EmailMessage:
+    settings = settings or Settings()
     message = render_digest(
-        digest, Settings(), build_environment(), message_id="<m1@localhost>", now=NOW
+        digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
     )
     parsed = message_from_bytes(message.as_bytes(), policy=default)
     assert isinstance(parsed, EmailMessage)
     return parsed
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None and html is not None
+    return (
+        str(text.get_content()).replace("\r\n", "\n"),
+        str(html.get_content()).replace("\r\n", "\n"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The message
 
 
 def test_multipart_with_headers() -> None:
@@ -70,21 +104,20 @@ def test_multipart_with_headers() -> None:
     assert message["To"] == "parent@example.org"
     assert message["From"] == "alertd <alerts@localhost>"
     assert message["Message-ID"] == "<m1@localhost>"
+    assert message["List-Id"] == "alertd digests <digests.localhost>"
     assert message["Auto-Submitted"] == "auto-generated"
+    assert message["Precedence"] == "bulk"
     assert message["List-Unsubscribe"] == "<http://localhost:8000/unsubscribe/unsubscribe.1.sig>"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message.get_content_type() == "multipart/alternative"
-    text = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    assert text is not None and html is not None
-    plain, markup = text.get_content(), html.get_content()
+    plain, markup = _parts(message)
     for part in (plain, markup):
         assert "Special Educational Needs: Coronavirus" in part
         assert "Department for Education" in part
-        assert "Tulip Siddiq (Labour, Hampstead and Kilburn)" in part
-        assert "1 February 2021" in part
+        assert "Asked by Tulip Siddiq (Labour, Hampstead and Kilburn)" in part
+        assert "Answered by Vicky Ford" in part
+        assert "25 January 2021" in part and "1 February 2021" in part
         assert SEN.url in part
-    assert all(len(line) <= 72 or "http" in line for line in plain.splitlines())
     # The answer excerpt is text: autoescaped in HTML, verbatim in the text part.
     assert "&lt;b&gt;SEND&lt;/b&gt;" in markup and "<b>SEND</b>" not in markup
     assert "Children & young people with <b>SEND</b>" in plain
@@ -95,13 +128,122 @@ def test_rendering_is_pure() -> None:
     assert _render(digest).as_bytes() == _render(digest).as_bytes()
 
 
+def test_text_part_wraps_at_72_and_lists_links() -> None:
+    long_heading = "A heading " * 12
+    item = DigestItem(**{**SEN.__dict__, "heading": long_heading, "also_matches": ("x",) * 30})
+    plain, _ = _parts(_render(_digest(_section("sen", (item,), total=30))))
+    lines = plain.splitlines()
+    assert all(len(line) <= 72 for line in lines if "://" not in line)
+    # Every link stands whole on its own line.
+    for url in (SEN.url, "http://localhost:8000/alerts/stop/stop.1.sig"):
+        assert url in lines
+    assert "http://localhost:8000/manage/manage.1.sig" in lines
+    assert "http://localhost:8000/unsubscribe/unsubscribe.1.sig" in lines
+
+
+def test_wrap_never_breaks_a_word_or_url() -> None:
+    url = "https://example.org/" + "x" * 90
+    assert wrap_text(f"see {url} now", 20).splitlines() == ["see", url, "now"]
+    assert wrap_text("one\n\ntwo", 72) == "one\n\ntwo"
+
+
 def test_more_than_shown_and_also_matches() -> None:
     item = DigestItem(**{**SEN.__dict__, "also_matches": ("member:4138",)})
-    message = _render(_digest(_section("sen", (item,), total=5)))
-    text = message.get_body(("plain",))
-    assert text is not None
-    assert "and 4 more" in text.get_content()
-    assert "Also matches: member:4138" in text.get_content()
+    plain, markup = _parts(_render(_digest(_section("sen", (item,), total=5))))
+    assert "... and 4 more for this alert:\nhttp://localhost:8000/manage/manage.1.sig" in plain
+    assert "Also matches: member:4138" in plain
+    assert '<a href="http://localhost:8000/manage/manage.1.sig"' in markup
+    assert "and 4 more for this alert</a>" in markup
+    assert "also matches: member:4138" in markup
+
+
+def test_count_per_alert_and_why() -> None:
+    digest = _digest(
+        DigestSection(
+            label="Rushanara Ali",
+            stop_url="http://localhost:8000/alerts/stop/s",
+            items=(SEN,),
+            total=1,
+            reason="you follow Rushanara Ali",
+        ),
+        _section('"special educational needs"', (SEN, SEN)),
+    )
+    plain, markup = _parts(_render(digest))
+    assert "Rushanara Ali: 1 new answer\n" in plain
+    assert '"special educational needs": 2 new answers\n' in plain
+    assert "Why you got this: you follow Rushanara Ali" in plain
+    assert 'Why you got this: your alert "special educational needs"' in plain
+    assert "3 new answers to written questions" in plain
+    assert "\N{MIDDLE DOT} 2 new answers" in markup
+
+
+def test_corrected_answers_are_labelled() -> None:
+    item = DigestItem(**{**SEN.__dict__, "corrected": True})
+    plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
+    assert "Special Educational Needs: Coronavirus (Corrected answer)" in plain
+    assert ">Corrected answer</span>" in markup
+
+
+def test_feed_items_name_their_feed() -> None:
+    item = DigestItem(
+        **{**SEN.__dict__, "source": "TheyWorkForYou", "asked_by": "", "question_text": ""}
+    )
+    plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
+    assert "From TheyWorkForYou" in plain and "Asked by" not in plain
+    assert "Question:" not in plain and "Summary:" in plain
+    assert "TheyWorkForYou" in markup and "Asked by" not in markup
+
+
+def test_html_is_one_inlined_column_with_dark_mode_and_nothing_remote() -> None:
+    _, markup = _parts(_render(_digest(_section("sen", (SEN,)))))
+    assert 'name="viewport" content="width=device-width, initial-scale=1"' in markup
+    assert 'name="color-scheme" content="light dark"' in markup
+    assert "@media (prefers-color-scheme: dark)" in markup
+    # CSS inlined at render time: only the @media rules are left in a <style>.
+    assert re.search(r'<div class="wrap" style="[^"]*max-width: 640px', markup)
+    style = re.search(r"<style>(.*?)</style>", markup, re.S)
+    assert (
+        style is not None
+        and re.sub(r"@media[^{]*\{.*?\}\s*\}", "", style.group(1), flags=re.S).strip() == ""
+    )
+    assert "<img" not in markup and "<link" not in markup and "url(" not in markup
+    assert not re.search(r'src="https?:', markup)
+
+
+def test_highlights_are_marked() -> None:
+    query = parse_query('"special educational needs"')
+    marked = mark(SEN.question_text, highlight_terms(query))
+    item = DigestItem(
+        **{
+            **SEN.__dict__,
+            "question_text": marked.text,
+            "question_marks": marked.spans,
+            "answer_excerpt": "Pupils with special educational needs & disabilities",
+            "excerpt_marks": ((12, 37),),
+        }
+    )
+    plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
+    assert "children with *special educational needs* during" in plain
+    assert "Pupils with *special educational needs* & disabilities" in plain
+    assert "children with <mark" in markup and ">special educational needs</mark> during" in markup
+    assert ">special educational needs</mark> &amp; disabilities" in markup
+
+
+def test_answer_html_from_outside_is_sanitised(tmp_path: Path) -> None:
+    (tmp_path / "digest.html").write_text(
+        "{% for s in digest.sections %}{% for i in s.items %}{{ i.answer_markup }}"
+        "{% endfor %}{% endfor %}"
+    )
+    settings = Settings.model_validate({"digest": {"templates_dir": str(tmp_path)}})
+    evil = '<p onclick="x()">Fine <script>alert(1)</script><img src="https://t.example/p.gif"></p>'
+    item = DigestItem(**{**SEN.__dict__, "answer_html": evil})
+    _, markup = _parts(_render(_digest(_section("sen", (item,))), settings))
+    assert "<p>Fine </p>" in markup
+    assert "script" not in markup and "onclick" not in markup and "<img" not in markup
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject and header injection
 
 
 def test_subject_names_count_and_alerts() -> None:
@@ -109,6 +251,10 @@ def test_subject_names_count_and_alerts() -> None:
         _section("special educational needs", (SEN, SEN)), _section("Rushanara Ali", (SEN,))
     )
     assert digest_subject(digest) == "3 new answers: special educational needs, Rushanara Ali"
+
+
+def test_subject_counts_answers_not_shown() -> None:
+    assert digest_subject(_digest(_section("schools", (SEN,), total=25))).startswith("25 new")
 
 
 def test_long_subject_is_shortened() -> None:
@@ -119,14 +265,75 @@ def test_long_subject_is_shortened() -> None:
     assert subject.endswith("more alerts")
 
 
-def test_header_injection_is_refused() -> None:
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "parent@example.org\r\nBcc: victim@example.org",
+        "parent@example.org\nBcc: victim@example.org",
+        "parent@example.org, victim@example.org",
+        "Parent <parent@example.org>\r\n",
+    ],
+)
+def test_header_injection_in_the_address_is_refused(recipient: str) -> None:
+    with pytest.raises(HeaderInjection):
+        _render(_digest(_section("x", (SEN,)), recipient=recipient))
+
+
+def test_header_injection_in_a_link_is_refused() -> None:
     digest = Digest(
-        recipient="parent@example.org\r\nBcc: victim@example.org",
+        recipient="parent@example.org",
         sections=(_section("x", (SEN,)),),
-        unsubscribe_url="http://localhost/u",
+        unsubscribe_url="http://localhost/u>\r\nBcc: victim@example.org",
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(HeaderInjection):
         _render(digest)
+
+
+def test_line_breaks_in_a_query_never_make_a_header() -> None:
+    # Queries are saved on one line; even one that was not cannot add a header.
+    label = "schools\r\nBcc: victim@example.org"
+    message = _render(_digest(_section(label, (SEN,))))
+    assert message["Subject"] == "1 new answer: schools Bcc: victim@example.org"
+    assert message["Bcc"] is None
+    headers = message.as_bytes().split(b"\n\n", 1)[0]
+    assert b"\nBcc:" not in headers
+
+
+def test_line_breaks_in_names_stay_in_the_body() -> None:
+    item = DigestItem(**{**SEN.__dict__, "asked_by": "Jo\r\nBcc: victim@example.org"})
+    message = _render(_digest(_section("x", (item,))))
+    assert message["Bcc"] is None
+
+
+@pytest.mark.parametrize(
+    ("section", "values"),
+    [
+        ("mail", {"from_name": "alertd\r\nBcc: victim@example.org"}),
+        ("mail", {"from": "alerts@example.org\r\nBcc: victim@example.org"}),
+        ("mail", {"verp_address": "bounces+x@example.org"}),
+    ],
+)
+def test_config_refuses_header_values_with_line_breaks(
+    section: str, values: dict[str, str]
+) -> None:
+    from alertd.config import load_settings
+
+    with pytest.raises(ConfigError):
+        load_settings(
+            environ={f"ALERTD_{section.upper()}__{k.upper()}": v for k, v in values.items()}
+        )
+
+
+def test_saved_queries_are_one_line(tmp_path: Path) -> None:
+    engine = open_database(case_settings(tmp_path, "mixed").database)
+    for query in ("schools\r\nBcc: b@example.org", "schools\nfunding"):
+        alert = alerts.subscribe(engine, "a@example.org", query, "daily", confirmed=True, now=NOW)
+        assert "\n" not in alert.query and "\r" not in alert.query
+    engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Excerpts
 
 
 @pytest.mark.parametrize(
@@ -135,3 +342,214 @@ def test_header_injection_is_refused() -> None:
 )
 def test_excerpt(text: str, limit: int, expected: str) -> None:
     assert excerpt(text, limit) == expected
+
+
+def _surrey_answer() -> str:
+    (record,) = [r for r in load_2024_records(full_text_only=True) if r["id"] == SURREY]
+    return parse_item(record).answer_text
+
+
+def test_excerpt_is_about_400_characters_around_the_first_match() -> None:
+    answer = _surrey_answer()
+    highlights = highlight_terms(parse_query("safety valve"))
+    marked = excerpt_around(answer, highlights, 400)
+    assert len(answer) > 600
+    assert 300 <= len(marked.text) <= 400 + 4
+    assert marked.text.startswith(ELLIPSIS + " ") and not marked.text.startswith("Surrey had")
+    first = marked.spans[0]
+    assert marked.text[first[0] : first[1]] == "Safety"
+    # The match is near the end of the answer: the window is the answer's last 400 or so.
+    assert marked.text.endswith("local high needs system")
+    assert [marked.text[s:e].lower() for s, e in marked.spans] == ["safety", "valve"]
+
+
+def test_excerpt_window_starts_a_little_before_a_match_in_the_middle() -> None:
+    answer = _surrey_answer()
+    marked = excerpt_around(answer, highlight_terms(parse_query("track")), 400)
+    (first, *_) = marked.spans
+    assert marked.text[first[0] : first[1]] == "track"
+    # Some lead-in (from the start of its sentence), and the rest of the window after it.
+    assert marked.text.startswith(ELLIPSIS + " The department")
+    assert 20 < first[0] < 200
+    assert marked.text.endswith(" " + ELLIPSIS) and 300 < len(marked.text) <= 404
+
+
+def test_excerpt_marks_phrases_and_stems() -> None:
+    answer = _surrey_answer()
+    marked = excerpt_around(
+        answer, highlight_terms(parse_query('"special educational needs" inspect')), 400
+    )
+    shown = [marked.text[s:e] for s, e in marked.spans]
+    assert shown[:2] == ["special educational needs", "inspection"]
+    assert marked.text.startswith("Surrey had")  # the match is near the start: no cut before
+    assert marked.text.endswith(" " + ELLIPSIS)
+
+
+def test_excerpt_without_a_match_in_the_answer_is_its_start() -> None:
+    answer = _surrey_answer()
+    marked = excerpt_around(answer, highlight_terms(parse_query("heading:surrey")), 400)
+    assert marked.text.startswith("Surrey had") and len(marked.text) <= 402
+
+
+def test_excerpt_of_a_member_alert_marks_nothing() -> None:
+    marked = excerpt_around(_surrey_answer(), highlight_terms(parse_query("member:4138")), 400)
+    assert marked.spans == ()
+
+
+def test_excluded_words_are_not_marked() -> None:
+    marked = mark("Schools and academies", highlight_terms(parse_query("schools -academies")))
+    assert [marked.text[s:e] for s, e in marked.spans] == ["Schools"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates: overrides, the sandbox, start-up checks
+
+
+def _override(tmp_path: Path, name: str, source: str) -> Settings:
+    (tmp_path / name).write_text(source)
+    return Settings.model_validate({"digest": {"templates_dir": str(tmp_path)}})
+
+
+def test_operator_template_overrides_the_shipped_one(tmp_path: Path) -> None:
+    settings = _override(
+        tmp_path, "digest.txt", "Hello! {{ digest.total }} for {{ digest.recipient }}\n"
+    )
+    plain, markup = _parts(_render(_digest(_section("x", (SEN,))), settings))
+    assert plain == "Hello! 1 for parent@example.org\n"
+    assert "Special Educational Needs: Coronavirus" in markup  # the shipped HTML still used
+
+
+def test_broken_template_stops_start_up_with_file_and_line(tmp_path: Path) -> None:
+    settings = _override(
+        tmp_path, "digest.html", "<p>\n{{ digest.total }}\n{{ digest.nonesuch }}\n"
+    )
+    with pytest.raises(TemplateError) as raised:
+        build_environment(settings)
+    assert f"{tmp_path / 'digest.html'}:3" in str(raised.value)
+    assert "nonesuch" in str(raised.value)
+
+
+def test_template_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    settings = _override(tmp_path, "digest.txt", "ok\n{% for x in %}\n")
+    with pytest.raises(TemplateError, match=re.escape(f"{tmp_path / 'digest.txt'}:2")):
+        build_environment(settings)
+
+
+def test_templates_render_in_the_sandbox(tmp_path: Path) -> None:
+    settings = _override(tmp_path, "digest.txt", "{{ digest.__class__.__init__.__globals__ }}\n")
+    with pytest.raises(TemplateError, match="SecurityError|undefined"):
+        build_environment(settings)
+
+
+def test_missing_templates_dir_is_a_config_error(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"digest": {"templates_dir": str(tmp_path / "none")}})
+    with pytest.raises(ConfigError, match="digest.templates_dir"):
+        build_environment(settings)
+
+
+def test_render_sample_stops_on_a_broken_template(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "digest.txt").write_text("{{ digest.total + }}\n")
+    config = tmp_path / "alertd.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n'
+        f'[digest]\ntemplates_dir = "{tmp_path / "t"}"\n'
+    )
+    assert main(["render-sample", "x@example.org", "--config", str(config)]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden files: real recorded questions through store, match and compose
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_digest(tmp_path: Path, name: str) -> None:
+    rendered = mask(compose_case(tmp_path, name))
+    golden = GOLDEN_DIR / f"{name}.eml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert rendered == golden.read_text(), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
+
+
+def test_golden_mixed_digest_reads_right(tmp_path: Path) -> None:
+    parsed = message_from_bytes(compose_case(tmp_path, "mixed"), policy=default)
+    assert isinstance(parsed, EmailMessage)
+    plain, markup = _parts(parsed)
+    assert parsed["Subject"] == (
+        '27 new answers: "special educational needs", pupils, Nadhim Zahawi, carers'
+    )
+    # The SEN answer also matches "pupils": shown once, under the first alert.
+    assert plain.count("Special Educational Needs: Coronavirus") == 1
+    assert "Also matches: pupils" in plain
+    assert "Carers: Coronavirus (Corrected answer)" in plain
+    assert "Why you got this: you follow Nadhim Zahawi" in plain
+    assert "Answered by Nadhim Zahawi" in plain
+    assert "For those *pupils* and" in plain and ">special educational needs</mark>" in markup
+    assert "... and 16 more for this alert:" in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# alertd render-sample
+
+
+def _sample_config(tmp_path: Path) -> Path:
+    config = tmp_path / "alertd.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/alertd.db"\n[mail]\nfrom = "alerts@alertd.test"\n'
+    )
+    return config
+
+
+def _store_recorded(tmp_path: Path, *, alert: bool) -> None:
+    engine = open_database(_sample_settings(tmp_path).database)
+    alerts.subscribe(engine, RECIPIENT, "pupils", "daily", confirmed=True, now=NOW)
+    store_items(engine, [parse_item(r) for r in load_2021_answered()], now=NOW, alert=alert)
+    if alert:
+        assert match_new_answers(engine, now=NOW + timedelta(minutes=1)) == 6
+    engine.dispose()
+
+
+def _sample_settings(tmp_path: Path) -> Settings:
+    return Settings.model_validate({"database": {"url": f"sqlite:///{tmp_path}/alertd.db"}})
+
+
+def test_render_sample_from_recent_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store_recorded(tmp_path, alert=False)
+    days = (datetime.now(UTC).date() - date(2021, 2, 1)).days + 1
+    out = tmp_path / "sample"
+    argv = ["render-sample", RECIPIENT, "--config", str(_sample_config(tmp_path))]
+    assert main([*argv, "--out", str(out), "--days", str(days)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.split() == [f"{out}.eml", f"{out}.html"]
+    assert "6 new answers: pupils (not sent)" in printed.err
+    message = message_from_bytes((tmp_path / "sample.eml").read_bytes(), policy=default)
+    assert message["To"] == RECIPIENT and message["List-Unsubscribe"]
+    html = (tmp_path / "sample.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<mark" in html
+
+
+def test_render_sample_from_pending_hits_claims_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store_recorded(tmp_path, alert=True)
+    argv = ["render-sample", RECIPIENT, "--config", str(_sample_config(tmp_path))]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--days", "1"]) == 0
+    assert "6 new answers: pupils (not sent)" in capsys.readouterr().err
+    engine = open_database(_sample_settings(tmp_path).database)
+    with Session(engine) as session:
+        assert session.exec(select(Outbox)).all() == []
+        assert all(hit.outbox_id is None for hit in session.exec(select(Hit)).all())
+    engine.dispose()
+
+
+def test_render_sample_without_answers_or_subscriber(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_sample_config(tmp_path))
+    assert main(["render-sample", "nobody@example.org", "--config", config]) == 2
+    assert "no subscriber" in capsys.readouterr().err
+    _store_recorded(tmp_path, alert=False)
+    assert main(["render-sample", RECIPIENT, "--config", config, "--days", "1"]) == 1
+    assert "nothing to show" in capsys.readouterr().err

@@ -54,6 +54,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_member_name"), ["name"], unique=False)
 
     op.create_table(
+        "membersearch",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("fetched_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    op.create_table(
         "question",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("api_id", sa.Integer(), nullable=False),
@@ -132,6 +138,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("last_digest_at", sa.DateTime(), nullable=True),
         sa.Column("unsubscribed_at", sa.DateTime(), nullable=True),
+        sa.Column("paused_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["subscriber_id"],
             ["subscriber.id"],
@@ -280,6 +287,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_question_answering_member_id"))
 
     op.drop_table("question")
+    op.drop_table("membersearch")
     with op.batch_alter_table("member", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_member_name"))
 

@@ -1,0 +1,482 @@
+"""The match engine: distinct queries filed under a selective anchor, verified exactly per batch."""
+
+from __future__ import annotations
+
+import gc
+from abc import ABC, abstractmethod
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Generic, NamedTuple, TypeAlias, TypeVar
+
+from alertd.matching import AnalysedDocument
+from alertd.query import (
+    And,
+    Field,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Prefix,
+    Query,
+    Scope,
+    Term,
+    stem_words,
+)
+
+__all__ = ["MatchEngine"]
+
+K = TypeVar("K", bound=Hashable)
+
+Key: TypeAlias = tuple[str, Hashable]
+"""(space, value) of something a document contains; spaces are below."""
+DocSet: TypeAlias = frozenset[int]
+
+STEM, HEADING_STEM = "s", "hs"
+TOKEN, HEADING_TOKEN = "t", "ht"
+PREFIX, HEADING_PREFIX = "p", "hp"
+FIELD = "f"
+_PREFIX_TOKENS = {PREFIX: TOKEN, HEADING_PREFIX: HEADING_TOKEN}
+
+# Share of recorded written questions (tests/fixtures, 1,993 of 2021 and 2024) containing each
+# stem, bucketed: a prior for how many documents a word anchors, used to pick the rarest.
+_DF_BUCKETS = {
+    0.5: "the to ask of and for state secretari in a what on is govern",
+    0.2: "has with depart will are that have he this by made b as be uk we assess her plan work "
+    "an take from support provid",
+    0.1: "includ step she his it not servic their at health whether how which if local social "
+    "they care publish 19 nation been ensur year communiti peopl develop our covid make all "
+    "public potenti affair home 2024 commit coronavirus hous majesti 1 or set mani fund number "
+    "can out who educ england",
+    0.05: "2020 busi avail continu chancellor use author other offic had under discuss foreign new "
+    "januari review need minist data 2021 report pension i respons was secur polici help when "
+    "current impact inform exchequ through recent each access energi commonwealth 2 requir those "
+    "no level there receiv financi c these juli across follow sector scheme refer issu dure "
+    "effect sinc industri meet relat were protect ani deliv merit time improv place increas cost "
+    "food answer oper 2023 up right strategi over further million school transport decis "
+    "environ where question close last nhs estim chang into due part rural about employ such "
+    "area programm reduc propos payment announc within children more constitu independ",
+}
+_STEM_SHARE = {stem: share for share, stems in _DF_BUCKETS.items() for stem in stems.split()}
+_RARE_STEM = 0.01
+_HEADING_SHARE = 0.3
+_FIELD_SHARE = {"house": 0.5, "member": 0.004}
+_ID_FIELD_SHARE = 0.002
+_NEVER = float("inf")
+
+
+def _stem_share(stem: str, heading: bool) -> float:
+    share = _STEM_SHARE.get(stem, _RARE_STEM)
+    return share * _HEADING_SHARE if heading else share
+
+
+def _prefix_share(prefix: str, heading: bool) -> float:
+    share = 0.2 if len(prefix) <= 3 else 0.1 if len(prefix) == 4 else 0.05
+    return share * _HEADING_SHARE if heading else share
+
+
+# --- the batch index: what the documents of one batch contain, by space -------------------
+
+
+def _field_keys(doc: AnalysedDocument) -> Iterator[tuple[str, int | str]]:
+    source = doc.document
+    members = (source.asking_member_id, source.answering_member_id)
+    for member in {member for member in members if member is not None}:
+        yield "member", member
+    if source.asking_member_id is not None:
+        yield "asker", source.asking_member_id
+    if source.answering_member_id is not None:
+        yield "answerer", source.answering_member_id
+    if source.answering_body_id is not None:
+        yield "department", source.answering_body_id
+    yield "house", doc.house
+
+
+_CONTENTS: dict[str, Callable[[AnalysedDocument], Iterable[Hashable]]] = {
+    STEM: lambda doc: doc.stems,
+    HEADING_STEM: lambda doc: doc.heading_stems,
+    TOKEN: lambda doc: doc.tokens,
+    HEADING_TOKEN: lambda doc: doc.heading_tokens,
+    FIELD: _field_keys,
+}
+
+
+class _Batch:
+    """Posting lists of one batch of documents, built per space on first use."""
+
+    def __init__(self, docs: Sequence[AnalysedDocument]) -> None:
+        self.docs = docs
+        self.universe: DocSet = frozenset(range(len(docs)))
+        self._postings: dict[str, dict[Hashable, list[int]]] = {}
+        self._vocabulary: dict[str, list[str]] = {}
+        self._sets: dict[Key, DocSet] = {}
+        self._phrases: dict[tuple[tuple[str, ...], bool], DocSet] = {}
+
+    def postings(self, space: str) -> dict[Hashable, list[int]]:
+        """Value -> sorted indexes of the documents containing it, for one space."""
+        found = self._postings.get(space)
+        if found is None:
+            grouped: defaultdict[Hashable, list[int]] = defaultdict(list)
+            contents = _CONTENTS[space]
+            for index, doc in enumerate(self.docs):
+                for value in contents(doc):
+                    grouped[value].append(index)
+            found = self._postings[space] = dict(grouped)
+        return found
+
+    def vocabulary(self, space: str) -> list[str]:
+        """The sorted distinct tokens of the batch (space TOKEN or HEADING_TOKEN)."""
+        found = self._vocabulary.get(space)
+        if found is None:
+            found = self._vocabulary[space] = sorted(str(token) for token in self.postings(space))
+        return found
+
+    def present(self, space: str, wanted: Mapping[Hashable, object]) -> Iterable[Hashable]:
+        """The values of `wanted` that some document of the batch contains."""
+        if space in _PREFIX_TOKENS:
+            return self._present_prefixes(space, wanted)
+        return self.postings(space).keys() & wanted.keys()
+
+    def _present_prefixes(self, space: str, wanted: Mapping[Hashable, object]) -> set[Hashable]:
+        vocabulary = self.vocabulary(_PREFIX_TOKENS[space])
+        if len(wanted) <= len(vocabulary):
+            return {prefix for prefix in wanted if _has_prefix(vocabulary, str(prefix))}
+        lengths = sorted({len(str(prefix)) for prefix in wanted})
+        return {
+            token[:size]
+            for token in vocabulary
+            for size in lengths
+            if size <= len(token) and token[:size] in wanted
+        }
+
+    def docs_with(self, key: Key) -> DocSet:
+        """The documents containing a stem, token, prefix or field value."""
+        found = self._sets.get(key)
+        if found is None:
+            space, value = key
+            if space in _PREFIX_TOKENS:
+                found = self._prefixed(_PREFIX_TOKENS[space], str(value))
+            else:
+                found = frozenset(self.postings(space).get(value, ()))
+            self._sets[key] = found
+        return found
+
+    def sorted_docs_with(self, key: Key) -> list[int]:
+        space, value = key
+        if space in _PREFIX_TOKENS:
+            return sorted(self.docs_with(key))
+        return list(self.postings(space).get(value, ()))
+
+    def _prefixed(self, space: str, prefix: str) -> DocSet:
+        vocabulary, postings = self.vocabulary(space), self.postings(space)
+        lists: list[list[int]] = []
+        at = bisect_left(vocabulary, prefix)
+        while at < len(vocabulary) and vocabulary[at].startswith(prefix):
+            lists.append(postings[vocabulary[at]])
+            at += 1
+        return frozenset().union(*lists)
+
+    def docs_with_phrase(self, words: tuple[str, ...], heading: bool) -> DocSet:
+        """The documents containing every word of a phrase, next to each other, in order."""
+        found = self._phrases.get((words, heading))
+        if found is None:
+            space = HEADING_TOKEN if heading else TOKEN
+            sets = sorted((self.docs_with((space, word)) for word in words), key=len)
+            scope: Scope = "heading" if heading else "text"
+            docs = self.docs
+            found = frozenset(
+                index
+                for index in frozenset.intersection(*sets)
+                if docs[index].has_phrase(words, scope)
+            )
+            self._phrases[(words, heading)] = found
+        return found
+
+
+def _has_prefix(vocabulary: list[str], prefix: str) -> bool:
+    at = bisect_left(vocabulary, prefix)
+    return at < len(vocabulary) and vocabulary[at].startswith(prefix)
+
+
+# --- plans: a query compiled for set-at-a-time evaluation over a batch ---------------------
+
+
+class _Plan(ABC):
+    """A compiled node: `evaluate` gives the documents (of `within`, or all) it matches."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet: ...
+
+    def result(self, batch: _Batch) -> list[int]:
+        return sorted(self.evaluate(batch, None))
+
+
+class _Contains(_Plan):
+    """A term, prefix, one-word phrase or field: the documents containing one key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+        found = batch.docs_with(self.key)
+        return found if within is None else within & found
+
+    def result(self, batch: _Batch) -> list[int]:
+        return batch.sorted_docs_with(self.key)
+
+
+class _Phrase(_Plan):
+    __slots__ = ("heading", "words")
+
+    def __init__(self, words: tuple[str, ...], heading: bool) -> None:
+        self.words = words
+        self.heading = heading
+
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+        found = batch.docs_with_phrase(self.words, self.heading)
+        return found if within is None else within & found
+
+
+class _All(_Plan):
+    """AND: required keys rarest first, then other children, then excluded keys.
+
+    Each step narrows the documents left; it stops as soon as none are.
+    """
+
+    __slots__ = ("excluded", "required", "rest")
+
+    def __init__(
+        self, required: tuple[Key, ...], rest: tuple[_Plan, ...], excluded: tuple[Key, ...]
+    ) -> None:
+        self.required = required
+        self.rest = rest
+        self.excluded = excluded
+
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+        docs_with = batch.docs_with
+        for key in self.required:
+            found = docs_with(key)
+            within = found if within is None else within & found
+            if not within:
+                return within
+        for child in self.rest:
+            within = child.evaluate(batch, within)
+            if not within:
+                return within
+        if within is None:
+            within = batch.universe
+        for key in self.excluded:
+            within = within - docs_with(key)
+        return within
+
+
+class _Any(_Plan):
+    __slots__ = ("children",)
+
+    def __init__(self, children: tuple[_Plan, ...]) -> None:
+        self.children = children
+
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+        if not self.children:
+            return frozenset()
+        first, *others = [child.evaluate(batch, within) for child in self.children]
+        return first.union(*others)
+
+
+class _Without(_Plan):
+    __slots__ = ("child",)
+
+    def __init__(self, child: _Plan) -> None:
+        self.child = child
+
+    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+        base = batch.universe if within is None else within
+        return base - self.child.evaluate(batch, base)
+
+
+class _Compiled(NamedTuple):
+    """A plan, and anchors: keys one of which every document the node matches contains.
+
+    `anchors` is None when there are none (an exclusion); `share` estimates the fraction of
+    documents that contain one of the anchors, so the rarest can be chosen.
+    """
+
+    plan: _Plan
+    anchors: tuple[Key, ...] | None
+    share: float
+
+
+class _Compiler:
+    """Compiles query trees to plans, sharing one plan per distinct key (kept once made)."""
+
+    def __init__(self) -> None:
+        self._contains: dict[Key, _Contains] = {}
+
+    def compile(self, node: Node) -> _Compiled:
+        if isinstance(node, And):
+            return self._and([self.compile(child) for child in node.children])
+        if isinstance(node, Or):
+            return self._or([self.compile(child) for child in node.children])
+        if isinstance(node, Not):
+            return _Compiled(_Without(self.compile(node.child).plan), None, _NEVER)
+        if isinstance(node, Phrase):
+            return self._phrase(node)
+        return self._leaf(*_leaf_key(node))
+
+    def _leaf(self, key: Key, share: float) -> _Compiled:
+        plan = self._contains.get(key)
+        if plan is None:
+            plan = self._contains[key] = _Contains(key)
+        return _Compiled(plan, (key,), share)
+
+    def _phrase(self, node: Phrase) -> _Compiled:
+        heading = node.scope == "heading"
+        space = HEADING_TOKEN if heading else TOKEN
+        shares = [_stem_share(stem, heading) for stem in stem_words(list(node.words))]
+        share, rarest = min(zip(shares, node.words, strict=True), default=(_NEVER, ""))
+        if len(node.words) == 1:
+            return self._leaf((space, rarest), share)
+        return _Compiled(_Phrase(node.words, heading), ((space, rarest),), share)
+
+    @staticmethod
+    def _and(children: list[_Compiled]) -> _Compiled:
+        ordered = sorted(children, key=lambda child: child.share)
+        required = tuple(c.plan.key for c in ordered if isinstance(c.plan, _Contains))
+        excluded = tuple(
+            c.plan.child.key
+            for c in ordered
+            if isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains)
+        )
+        rest = tuple(
+            c.plan
+            for c in ordered
+            if not isinstance(c.plan, _Contains)
+            and not (isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains))
+        )
+        plan = _All(required, rest, excluded)
+        anchored = [child for child in ordered if child.anchors is not None]
+        if not anchored:
+            return _Compiled(plan, None, _NEVER)
+        return _Compiled(plan, anchored[0].anchors, anchored[0].share)
+
+    @staticmethod
+    def _or(children: list[_Compiled]) -> _Compiled:
+        plan = _Any(tuple(child.plan for child in children))
+        anchors: dict[Key, None] = {}
+        for child in children:
+            if child.anchors is None:
+                return _Compiled(plan, None, _NEVER)
+            anchors.update(dict.fromkeys(child.anchors))
+        return _Compiled(plan, tuple(anchors), min(1.0, sum(child.share for child in children)))
+
+
+def _leaf_key(node: Term | Prefix | Field) -> tuple[Key, float]:
+    if isinstance(node, Term):
+        heading = node.scope == "heading"
+        return (HEADING_STEM if heading else STEM, node.stem), _stem_share(node.stem, heading)
+    if isinstance(node, Prefix):
+        heading = node.scope == "heading"
+        space = HEADING_PREFIX if heading else PREFIX
+        return (space, node.prefix), _prefix_share(node.prefix, heading)
+    share = _FIELD_SHARE.get(node.name, _ID_FIELD_SHARE)
+    return (FIELD, (node.name, node.value)), share
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building acyclic structures in bulk.
+
+    Hundreds of thousands of allocations would otherwise trigger full collections that scan
+    every live object (the alerts' query trees included) again and again.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class MatchEngine(Generic[K]):
+    """Distinct queries by key, each filed under anchors that any document it matches contains.
+
+    `match` indexes a batch of documents, takes the queries filed under something the batch
+    contains (plus the few with no anchor), and evaluates each of those once over the whole
+    batch with set operations. The results are exactly those of `match_batch`.
+    """
+
+    def __init__(self, queries: Mapping[K, Query] | None = None) -> None:
+        self._compiler = _Compiler()
+        self._plans: dict[K, _Plan] = {}
+        self._anchors: dict[K, tuple[Key, ...] | None] = {}
+        self._filed: dict[str, dict[Hashable, dict[K, _Plan]]] = defaultdict(dict)
+        self._unanchored: dict[K, _Plan] = {}
+        with _collector_paused():
+            for key, query in (queries or {}).items():
+                self.add(key, query)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._plans
+
+    def add(self, key: K, query: Query) -> None:
+        """Add a query under `key` (replacing any query already under it)."""
+        if key in self._plans:
+            self.remove(key)
+        compiled = self._compiler.compile(query.root)
+        self._plans[key] = compiled.plan
+        self._anchors[key] = compiled.anchors
+        if compiled.anchors is None:
+            self._unanchored[key] = compiled.plan
+            return
+        for space, value in compiled.anchors:
+            self._filed[space].setdefault(value, {})[key] = compiled.plan
+
+    def remove(self, key: K) -> None:
+        """Remove the query under `key`; raises KeyError if there is none."""
+        del self._plans[key]
+        anchors = self._anchors.pop(key)
+        if anchors is None:
+            del self._unanchored[key]
+            return
+        for space, value in anchors:
+            filed = self._filed[space]
+            del filed[value][key]
+            if not filed[value]:
+                del filed[value]
+
+    def match(self, docs: Sequence[AnalysedDocument]) -> dict[K, list[int]]:
+        """The indexes of the documents each query matches; no key if none (as match_batch)."""
+        if not docs:
+            return {}
+        batch = _Batch(docs)
+        found: dict[K, list[int]] = {}
+        with _collector_paused():
+            for key, plan in self._candidates(batch).items():
+                indexes = plan.result(batch)
+                if indexes:
+                    found[key] = indexes
+        return found
+
+    def candidates(self, docs: Sequence[AnalysedDocument]) -> list[K]:
+        """The keys of the queries `match` would evaluate for these documents."""
+        return list(self._candidates(_Batch(docs))) if docs else []
+
+    def _candidates(self, batch: _Batch) -> dict[K, _Plan]:
+        found = dict(self._unanchored)
+        for space, filed in self._filed.items():
+            for value in batch.present(space, filed):
+                found.update(filed[value])
+        return found

@@ -1,0 +1,141 @@
+"""Sample digests: what a subscriber would get now, written to files and never sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import make_msgid
+from pathlib import Path
+
+import jinja2
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd.alerts import normalise_email
+from alertd.config import Settings
+from alertd.digests import _build_digest, _Row
+from alertd.errors import AlertdError, QueryError, UsageError
+from alertd.hits import question_document
+from alertd.matching import analyse, parse_query
+from alertd.models import Alert, Hit, Question, Subscriber
+from alertd.render import Digest, message_bytes, render_digest
+
+DEFAULT_DAYS = 30
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """Where a sample digest was written."""
+
+    eml: Path
+    html: Path
+    subject: str
+
+
+def sample_digest(
+    engine: Engine, settings: Settings, email: str, *, now: datetime, days: int = DEFAULT_DAYS
+) -> Digest:
+    """The digest a subscriber would get now: from their pending hits, or if they have none,
+    from the stored answers of the last ``days`` days that their alerts match.
+
+    Raises:
+        UsageError: no such subscriber.
+        AlertdError: nothing to show (no pending hits and no recent matching answers).
+    """
+    address = normalise_email(email)
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        if subscriber is None or subscriber.id is None:
+            raise UsageError(f"no subscriber with the address {address}")
+        rows = _pending(session, subscriber.id) or _recent(
+            session, subscriber.id, since=now - timedelta(days=days), now=now
+        )
+        if not rows:
+            raise AlertdError(
+                f"nothing to show for {address}: no pending answers, and none of the last "
+                f"{days} days matches their alerts"
+            )
+        return _build_digest(session, settings, subscriber, rows)
+
+
+def _pending(session: Session, subscriber_id: int) -> list[_Row]:
+    rows = session.exec(
+        select(Hit, Alert, Question)
+        .join(Alert, col(Alert.id) == col(Hit.alert_id))
+        .join(Question, col(Question.id) == col(Hit.question_id))
+        .where(
+            Hit.subscriber_id == subscriber_id,
+            col(Hit.outbox_id).is_(None),
+            col(Alert.unsubscribed_at).is_(None),
+        )
+        .order_by(col(Alert.id), col(Question.date_answered).desc(), col(Question.id))
+    ).all()
+    return [_Row(hit, alert, question) for hit, alert, question in rows]
+
+
+def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datetime) -> list[_Row]:
+    alerts = session.exec(
+        select(Alert)
+        .where(Alert.subscriber_id == subscriber_id, col(Alert.unsubscribed_at).is_(None))
+        .order_by(col(Alert.id))
+    ).all()
+    questions = session.exec(
+        select(Question)
+        .where(
+            col(Question.is_holding).is_(False),
+            col(Question.is_withdrawn).is_(False),
+            col(Question.date_answered) >= since.date(),
+        )
+        .order_by(col(Question.date_answered).desc(), col(Question.id))
+    ).all()
+    documents = [analyse(question_document(question)) for question in questions]
+    rows: list[_Row] = []
+    for alert in alerts:
+        assert alert.id is not None
+        try:
+            query = parse_query(alert.canonical)
+        except QueryError:
+            continue
+        for question, document in zip(questions, documents, strict=True):
+            if question.id is not None and query.matches(document):
+                # A hit in memory only: the sample changes nothing in the database.
+                hit = Hit(
+                    alert_id=alert.id,
+                    subscriber_id=subscriber_id,
+                    question_id=question.id,
+                    created_at=now,
+                )
+                rows.append(_Row(hit, alert, question))
+    return rows
+
+
+def write_sample(
+    engine: Engine,
+    settings: Settings,
+    env: jinja2.Environment,
+    email: str,
+    out: Path,
+    *,
+    now: datetime,
+    days: int = DEFAULT_DAYS,
+) -> SampleFiles:
+    """Write the digest a subscriber would get now to ``out``.eml and ``out``.html.
+
+    Raises:
+        UsageError, AlertdError: see ``sample_digest``; TemplateError: a template failed.
+    """
+    digest = sample_digest(engine, settings, email, now=now, days=days)
+    domain = settings.mail.from_address.rpartition("@")[2]
+    message = render_digest(
+        digest, settings, env, message_id=make_msgid(idstring="sample", domain=domain), now=now
+    )
+    html_part = message.get_body(("html",))
+    assert html_part is not None
+    files = SampleFiles(
+        eml=out.with_name(out.name + ".eml"),
+        html=out.with_name(out.name + ".html"),
+        subject=str(message["Subject"]),
+    )
+    files.eml.write_bytes(message_bytes(message, settings))
+    files.html.write_text(str(html_part.get_content()), encoding="utf-8")
+    return files

@@ -1,0 +1,167 @@
+"""The FastAPI app factory: pages, JSON API, error pages, security headers, /healthz."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from alertd import __version__
+from alertd.config import Settings
+from alertd.delivery import MailerFactory, mailer_factory
+from alertd.metrics import Metrics
+from alertd.tokens import InvalidToken, TokenExpired
+from alertd.web import api, pages
+from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
+from alertd.web.flows import MailFailed, RateLimited
+from alertd.web.limits import Limits
+from alertd.web.service import NotYours
+
+log = logging.getLogger("alertd.web")
+SECURITY_HEADERS = {
+    # Links carry tokens: never leak them in a Referer, never cache the pages.
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _problem(
+    request: Request, status: int, title: str, text: str, headers: dict[str, str] | None = None
+) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": f"{title}. {text}"}, status_code=status, headers=headers)
+    response: HTMLResponse = get_context(request).page(
+        "message.html", status, title=title, text=text
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+async def _invalid_token(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TokenExpired):
+        title, text = "This link has expired", "Nothing was changed. Sign up again for a new link."
+    else:
+        title = "This link is not valid"
+        text = "It may have been altered or cut short. Nothing was changed."
+    if _is_api(request):
+        return _problem(request, 401, title, text, {"WWW-Authenticate": "Bearer"})
+    return _problem(request, 400, title, text)
+
+
+async def _not_yours(request: Request, exc: Exception) -> Response:
+    return _problem(
+        request, 404, "No such alert", "It is not one of your alerts. Nothing was changed."
+    )
+
+
+async def _rate_limited(request: Request, exc: Exception) -> Response:
+    retry = exc.retry_after if isinstance(exc, RateLimited) else 60
+    text = f"Please try again in {max(1, retry // 60)} minute(s)."
+    return _problem(request, 429, "Too many requests", text, {"Retry-After": str(retry)})
+
+
+async def _mail_failed(request: Request, exc: Exception) -> Response:
+    text = "We could not send the email just now. Nothing was saved: please try again later."
+    return _problem(request, 503, "Email not sent", text, {"Retry-After": "300"})
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    response = await call_next(request)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    mailer: MailerFactory | None = None,
+    *,
+    clock: Clock = utc_now,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """The web app: sign-up, confirmation, manage and unsubscribe pages, and the JSON API.
+
+    Args:
+        mailer: makes the mailer for transactional emails; by default the configured
+            delivery (SMTP or Maildir), as the daemon uses.
+        clock: the current time (aware, UTC); tests move it to expire links.
+        metrics: the daemon's counters, served at /metrics (Prometheus text format).
+    """
+    app = FastAPI(
+        title="alertd",
+        version=__version__,
+        description="Email alerts for UK Parliament written answers: sign up, manage, stop.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.web = WebContext(
+        settings=settings,
+        engine=engine,
+        mailer_factory=mailer
+        or mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp),
+        clock=clock,
+        limits=Limits.from_settings(settings.web),
+        templates=web_templates(),
+    )
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    app.add_exception_handler(InvalidToken, _invalid_token)
+    app.add_exception_handler(NotYours, _not_yours)
+    app.add_exception_handler(RateLimited, _rate_limited)
+    app.add_exception_handler(MailFailed, _mail_failed)
+    app.middleware("http")(_security_headers)
+
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="Liveness and database check",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "The database is unavailable"}},
+    )
+    async def healthz() -> Health | JSONResponse:
+        try:
+            await run_in_threadpool(_ping, engine)
+        except SQLAlchemyError as exc:
+            log.error("health check: database unavailable: %s", exc)
+            body = {"status": "database unavailable", "version": __version__}
+            return JSONResponse(body, status_code=503)
+        return Health(status="ok", version=__version__)
+
+    exported = metrics or Metrics()
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(exported.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,94 @@
+"""What every request handler needs: settings, database, mailer, clock, limits, templates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, cast
+
+import jinja2
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.engine import Engine
+
+from alertd.config import Settings
+from alertd.delivery import MailerFactory
+from alertd.render import templates_dir
+from alertd.tokens import make_token, read_token
+from alertd.web.limits import Limits
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def web_templates() -> jinja2.Environment:
+    """Templates of the pages and the transactional emails; HTML is autoescaped."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """One app's state (the app factory makes one; nothing lives in module globals)."""
+
+    settings: Settings
+    engine: Engine
+    mailer_factory: MailerFactory
+    clock: Clock
+    limits: Limits
+    templates: jinja2.Environment
+
+    @property
+    def secret(self) -> str:
+        return self.settings.web.secret_key.get_secret_value()
+
+    @property
+    def confirm_window(self) -> timedelta:
+        return timedelta(days=self.settings.web.confirm_days)
+
+    def link(self, path: str) -> str:
+        return self.settings.web.base_url + path
+
+    def manage_path(self, subscriber_id: int) -> str:
+        return f"/manage/{make_token(self.secret, 'manage', subscriber_id)}"
+
+    def confirm_path(self, alert_id: int, now: datetime) -> str:
+        return f"/confirm/{make_token(self.secret, 'confirm', alert_id, issued_at=now)}"
+
+    def read(self, action: str, token: str) -> int:
+        """The id a link token is for; confirmation links expire after web.confirm_days.
+
+        Raises:
+            InvalidToken: forged, altered, for another action, or (TokenExpired) too old.
+        """
+        if action == "confirm":
+            return read_token(
+                self.secret, action, token, max_age=self.confirm_window, now=self.clock()
+            )
+        return read_token(self.secret, action, token)
+
+    def page(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(f"web/{template}").render(context)
+        return HTMLResponse(html, status_code=status_code)
+
+
+def get_context(request: Request) -> WebContext:
+    return cast(WebContext, request.app.state.web)
+
+
+def client_ip(request: Request) -> str:
+    """The client's address (uvicorn sets it from X-Forwarded-For for trusted proxies)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+Ctx = Annotated[WebContext, Depends(get_context)]

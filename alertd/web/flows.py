@@ -1,0 +1,307 @@
+"""Sign-up input checked field by field, the preview, and the sign-up and manage-link emails."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from alertd import alerts
+from alertd.config import Frequency
+from alertd.errors import AlertdError, QueryError, UsageError
+from alertd.models import Question
+from alertd.web import service
+from alertd.web.context import WebContext
+from alertd.web.mail import CONFIRM_SUBJECT, LINK_SUBJECT, MANAGE_SUBJECT, build_mail, send_mail
+from alertd.web.members import MemberHit, get_member, search_members
+
+log = logging.getLogger("alertd.web")
+PREVIEW_DAYS = 30
+PREVIEW_EXAMPLES = 5
+MAX_ID = 2**31 - 1
+FIELD_MAX = {"email": 254, "query": 500, "member": 100, "member_id": 12, "frequency": 16}
+EMAIL_ERROR = "Enter an email address like name@example.org"
+
+
+class RateLimited(AlertdError):
+    """Too many requests from one client; try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many requests: try again in {retry_after} s")
+
+
+class MailFailed(AlertdError):
+    """The email could not be handed to the mail server; nothing was saved."""
+
+
+def field_problem(name: str, value: str) -> str | None:
+    """Why a typed value is refused before it is even parsed: control characters, length."""
+    allowed = "\t\r\n" if name == "query" else ""
+    if (
+        any(unicodedata.category(c) in ("Cc", "Cs") and c not in allowed for c in value)
+        or "\0" in value
+    ):
+        return "Remove the control characters from this field"
+    if len(value) > FIELD_MAX.get(name, 500):
+        return f"Use at most {FIELD_MAX.get(name, 500)} characters"
+    return None
+
+
+@dataclass
+class SignupFields:
+    """What a person typed into the sign-up form (or sent to the API), unchecked."""
+
+    email: str = ""
+    follow: str = "topic"
+    query: str = ""
+    member: str = ""
+    member_id: str = ""
+    frequency: str = "daily"
+
+
+@dataclass
+class Checked:
+    """The outcome of checking sign-up fields: errors by field, else the alert to save."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    email: str = ""
+    query: str = ""
+    frequency: Frequency = "daily"
+    member: MemberHit | None = None
+    candidates: list[MemberHit] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def email_or_error(value: str) -> tuple[str, str | None]:
+    """The normalised address, or why it is refused."""
+    problem = field_problem("email", value)
+    if problem is not None:
+        return "", problem
+    try:
+        return alerts.normalise_email(value), None
+    except UsageError:
+        return "", EMAIL_ERROR
+
+
+def _check_email(fields: SignupFields, checked: Checked) -> None:
+    checked.email, error = email_or_error(fields.email)
+    if error is not None:
+        checked.errors["email"] = error
+
+
+def _check_frequency(fields: SignupFields, checked: Checked) -> None:
+    try:
+        checked.frequency = alerts.parse_frequency(fields.frequency)
+    except UsageError:
+        checked.errors["frequency"] = "Choose immediate, daily or weekly"
+
+
+def _compile(ctx: WebContext, text: str) -> str:
+    with Session(ctx.engine) as session:
+        return alerts.compile_query(session, text).canonical
+
+
+async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) -> None:
+    text = " ".join(fields.query.split())
+    if not text:
+        checked.errors["query"] = "Enter what to follow, for example: school funding"
+        return
+    try:
+        await run_in_threadpool(_compile, ctx, text)
+    except QueryError as exc:
+        checked.errors["query"] = str(exc)
+        return
+    checked.query = text
+
+
+def _chosen_id(fields: SignupFields) -> int | None:
+    value = fields.member_id.strip()
+    if value.isascii() and value.isdigit() and 0 < int(value) <= MAX_ID:
+        return int(value)
+    return None
+
+
+async def _check_member(ctx: WebContext, fields: SignupFields, checked: Checked) -> None:
+    name = " ".join(fields.member.split())
+    chosen_id = _chosen_id(fields)
+    if chosen_id is not None:
+        member = await run_in_threadpool(get_member, ctx.engine, chosen_id)
+        # A name typed over the chosen Member is a new search.
+        if member is not None and (not name or name.casefold() == member.name.casefold()):
+            checked.member, checked.query = member, f"member:{member.id}"
+            return
+        if member is None and not name:
+            checked.errors["member"] = "Unknown Member: search for them by name"
+            return
+    if len(name) < 2:
+        checked.errors["member"] = "Enter at least two letters of the Member's name"
+        return
+    found = await search_members(ctx.engine, ctx.settings.members, name, ctx.clock())
+    exact = [hit for hit in found if hit.name.casefold() == name.casefold()]
+    if len(found) == 1 or len(exact) == 1:
+        member = found[0] if len(found) == 1 else exact[0]
+        checked.member, checked.query = member, f"member:{member.id}"
+    elif not found:
+        checked.errors["member"] = f"No Member found named {name!r}"
+    else:
+        checked.candidates = found
+        checked.errors["member"] = "Several Members match: choose one"
+
+
+async def check_signup(ctx: WebContext, fields: SignupFields) -> Checked:
+    """Check every field (all errors at once); a Member is looked up by name if needed."""
+    checked = Checked()
+    for name in ("email", "query", "member", "member_id", "frequency"):
+        problem = field_problem(name, getattr(fields, name))
+        if problem is not None:
+            checked.errors[name] = problem
+    if checked.errors:
+        return checked
+    _check_email(fields, checked)
+    _check_frequency(fields, checked)
+    if fields.follow == "member":
+        await _check_member(ctx, fields, checked)
+    elif fields.follow == "topic":
+        await _check_query(ctx, fields, checked)
+    else:
+        checked.errors["follow"] = "Choose a topic or a Member"
+    return checked
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What an alert would have found in the stored answers of the last days."""
+
+    count: int
+    days: int
+    examples: tuple[Question, ...]
+
+
+def preview(ctx: WebContext, query_text: str) -> Preview:
+    """Stored answers of the last PREVIEW_DAYS days the query matches, newest first.
+
+    Raises:
+        QueryError: the query is malformed.
+    """
+    since: date = (ctx.clock() - timedelta(days=PREVIEW_DAYS)).date()
+    found = alerts.matching_answers(ctx.engine, query_text, since)
+    return Preview(len(found), PREVIEW_DAYS, tuple(found[:PREVIEW_EXAMPLES]))
+
+
+def too_broad(ctx: WebContext, query_text: str) -> str | None:
+    """Why an alert is refused as too broad to read (as `alertd subscribe` does), or None."""
+    rate = alerts.daily_match_rate(ctx.engine, query_text)
+    if rate <= alerts.BROAD_ALERT_PER_DAY:
+        return None
+    return (
+        f"This alert would match about {rate:.0f} answers a day "
+        f"(more than {alerts.BROAD_ALERT_PER_DAY}): narrow it down"
+    )
+
+
+def _check_mail_limits(ctx: WebContext, ip: str, email: str) -> bool:
+    """False when the address had its share of emails (sent nothing, says nothing).
+
+    Raises:
+        RateLimited: too many emails asked for from this IP.
+    """
+    now = ctx.clock().timestamp()
+    limits = ctx.limits
+    if not limits.mails_per_ip.allow(ip, now):
+        raise RateLimited(limits.mails_per_ip.retry_after(ip, now))
+    if not limits.mails_per_address.allow(email.casefold(), now):
+        log.warning("email to an address held back: its hourly limit is reached")
+        return False
+    return True
+
+
+async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
+    """Save the unconfirmed alert and email the confirmation (or the manage link).
+
+    The outcome is the same for a new and a known address, so the caller's page cannot tell.
+
+    Raises:
+        RateLimited: too many emails asked for from this IP.
+        MailFailed: the mail was not sent (and the alert not kept).
+    """
+    if not _check_mail_limits(ctx, ip, checked.email):
+        return
+    now = ctx.clock()
+    result = await run_in_threadpool(
+        service.register_signup,
+        ctx.engine,
+        checked.email,
+        checked.query,
+        checked.frequency,
+        max_alerts=ctx.settings.web.max_alerts_per_address,
+        confirm_window=ctx.confirm_window,
+        now=now,
+    )
+    confirm_url = None
+    if result.alert_id is not None and result.note is None:
+        confirm_url = ctx.link(ctx.confirm_path(result.alert_id, now))
+    context = {
+        "label": result.label,
+        "frequency": checked.frequency,
+        "confirm_url": confirm_url,
+        "confirm_days": ctx.settings.web.confirm_days,
+        "manage_url": ctx.link(ctx.manage_path(result.subscriber_id)),
+        "note": result.note,
+        "max_alerts": ctx.settings.web.max_alerts_per_address,
+    }
+    template, subject = (
+        ("manage", MANAGE_SUBJECT) if result.existing else ("confirm", CONFIRM_SUBJECT)
+    )
+    message = build_mail(
+        ctx.settings,
+        ctx.templates,
+        template,
+        recipient=result.email,
+        subject=subject,
+        context=context,
+        now=now,
+    )
+    try:
+        await send_mail(ctx.mailer_factory, ctx.settings, message)
+    except AlertdError as exc:
+        log.error("sign-up email not sent: %s", exc)
+        await run_in_threadpool(service.forget_signup, ctx.engine, result)
+        raise MailFailed("the email could not be sent") from exc
+
+
+async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
+    """Email the manage link to an address that has alerts (nothing otherwise, same outcome).
+
+    Raises:
+        RateLimited: too many emails asked for from this IP.
+        MailFailed: the mail was not sent.
+    """
+    if not _check_mail_limits(ctx, ip, email):
+        return
+    subscriber_id = await run_in_threadpool(service.subscriber_id_of, ctx.engine, email)
+    if subscriber_id is None:
+        return
+    now = ctx.clock()
+    context = {"manage_url": ctx.link(ctx.manage_path(subscriber_id))}
+    message = build_mail(
+        ctx.settings,
+        ctx.templates,
+        "manage_link",
+        recipient=email,
+        subject=LINK_SUBJECT,
+        context=context,
+        now=now,
+    )
+    try:
+        await send_mail(ctx.mailer_factory, ctx.settings, message)
+    except AlertdError as exc:
+        log.error("manage-link email not sent: %s", exc)
+        raise MailFailed("the email could not be sent") from exc

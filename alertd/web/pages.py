@@ -1,0 +1,277 @@
+"""The HTML pages: sign-up with preview, confirm, manage, unsubscribe, stop, Member lookup."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from alertd.config import FREQUENCIES
+from alertd.errors import QueryError
+from alertd.web import service
+from alertd.web.context import Ctx, client_ip
+from alertd.web.flows import (
+    MAX_ID,
+    Checked,
+    Preview,
+    RateLimited,
+    SignupFields,
+    check_signup,
+    email_or_error,
+    field_problem,
+    preview,
+    send_manage_link,
+    sign_up,
+    too_broad,
+)
+from alertd.web.members import get_member, search_members
+
+router = APIRouter(tags=["pages"], default_response_class=HTMLResponse)
+AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
+DONE = {
+    "confirmed": "Your alert is confirmed. Answers it matches from now on will be emailed to you.",
+    "paused": "The alert is paused: it sends nothing until you resume it.",
+    "resumed": "The alert is running again.",
+    "frequency": "The frequency is changed.",
+    "deleted": "The alert is deleted.",
+    "deleted-all": "All your alerts are deleted: you will get no more digests.",
+}
+
+
+class SignupForm(BaseModel):
+    """The sign-up form's fields; checked by hand so errors come back next to each field."""
+
+    email: str = ""
+    follow: str = "topic"
+    query: str = ""
+    member: str = ""
+    member_id: str = ""
+    frequency: str = "daily"
+    step: str = "preview"
+
+
+def _signup_page(
+    ctx: Ctx,
+    fields: SignupFields,
+    checked: Checked,
+    status: int = 200,
+    found: Preview | None = None,
+) -> HTMLResponse:
+    return ctx.page(
+        "signup.html",
+        status,
+        form=fields,
+        errors=checked.errors,
+        member=checked.member,
+        candidates=checked.candidates,
+        frequencies=FREQUENCIES,
+        preview=found,
+    )
+
+
+def _gone(ctx: Ctx) -> HTMLResponse:
+    return ctx.page(
+        "message.html",
+        404,
+        title="This alert no longer exists",
+        text="It was deleted. Nothing was changed.",
+    )
+
+
+@router.get("/", summary="Sign-up form")
+async def signup_form(
+    ctx: Ctx, member_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+) -> HTMLResponse:
+    fields, checked = SignupFields(), Checked()
+    if member_id is not None:
+        member = await run_in_threadpool(get_member, ctx.engine, member_id)
+        if member is not None:
+            fields.follow, fields.member, fields.member_id = "member", member.name, str(member.id)
+            checked.member = member
+    return _signup_page(ctx, fields, checked)
+
+
+def _rate_limit(ctx: Ctx, kind: Literal["signup", "lookup"], ip: str) -> None:
+    window = ctx.limits.signups_per_ip if kind == "signup" else ctx.limits.lookups_per_ip
+    now = ctx.clock().timestamp()
+    if not window.allow(ip, now):
+        raise RateLimited(window.retry_after(ip, now))
+
+
+@router.post("/signup", summary="Preview an alert, or sign up for it")
+async def signup_submit(
+    ctx: Ctx,
+    request: Request,
+    fields: Annotated[SignupForm, Form()],
+) -> HTMLResponse:
+    ip = client_ip(request)
+    subscribing = fields.step == "subscribe"
+    _rate_limit(ctx, "signup" if subscribing else "lookup", ip)
+    typed = SignupFields(
+        fields.email, fields.follow, fields.query, fields.member, fields.member_id, fields.frequency
+    )
+    checked = await check_signup(ctx, typed)
+    if checked.member is not None:
+        typed.member, typed.member_id = checked.member.name, str(checked.member.id)
+    if not checked.ok:
+        return _signup_page(ctx, typed, checked, 422)
+    if subscribing:
+        broad = await run_in_threadpool(too_broad, ctx, checked.query)
+        if broad is not None:
+            checked.errors["member" if typed.follow == "member" else "query"] = broad
+            return _signup_page(ctx, typed, checked, 422)
+        await sign_up(ctx, checked, ip)
+        return ctx.page("check_email.html", email=checked.email)
+    try:
+        found = await run_in_threadpool(preview, ctx, checked.query)
+    except QueryError as exc:  # a Member or department renamed since the check
+        checked.errors["query"] = str(exc)
+        return _signup_page(ctx, typed, checked, 422)
+    return _signup_page(ctx, typed, checked, found=found)
+
+
+@router.get("/confirm/{token}", summary="Confirmation link: a page with a button")
+async def confirm_page(ctx: Ctx, token: str) -> HTMLResponse:
+    alert_id = ctx.read("confirm", token)
+    alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
+    if alert is None:
+        return _gone(ctx)
+    return ctx.page("confirm.html", alert=alert, token=token)
+
+
+@router.post("/confirm/{token}", summary="Confirm an alert", response_model=None)
+async def confirm_submit(ctx: Ctx, token: str) -> HTMLResponse | RedirectResponse:
+    alert_id = ctx.read("confirm", token)
+    alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
+    if alert is None:
+        return _gone(ctx)
+    subscriber_id = await run_in_threadpool(service.confirm, ctx.engine, alert_id, ctx.clock())
+    return RedirectResponse(f"{ctx.manage_path(subscriber_id)}?done=confirmed", status_code=303)
+
+
+@router.get("/manage", summary="Ask for the manage link by email")
+async def manage_request_form(ctx: Ctx) -> HTMLResponse:
+    return ctx.page("manage_request.html", email="", error=None, sent=False)
+
+
+@router.post("/manage", summary="Email the manage link to an address that has alerts")
+async def manage_request(
+    ctx: Ctx, request: Request, email: Annotated[str, Form()] = ""
+) -> HTMLResponse:
+    address, error = email_or_error(email)
+    if error is not None:
+        return ctx.page("manage_request.html", 422, email=email, error=error, sent=False)
+    await send_manage_link(ctx, address, client_ip(request))
+    return ctx.page("manage_request.html", email=address, error=None, sent=True)
+
+
+@router.get("/manage/{token}", summary="An address's alerts, with pause, resume, delete")
+async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResponse:
+    subscriber_id = ctx.read("manage", token)
+    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
+    if found is None:
+        return ctx.page(
+            "message.html", 404, title="No alerts here", text="There are no alerts for this link."
+        )
+    email, alerts = found
+    return ctx.page(
+        "manage.html",
+        email=email,
+        alerts=alerts,
+        token=token,
+        done=DONE.get(done or ""),
+        frequencies=FREQUENCIES,
+        signup_url="/",
+    )
+
+
+def _back(ctx: Ctx, token: str, done: str) -> RedirectResponse:
+    return RedirectResponse(f"/manage/{token}?done={done}", status_code=303)
+
+
+@router.post(
+    "/manage/{token}/alerts/{alert_id}/frequency",
+    summary="Change the frequency",
+    response_model=None,
+)
+async def manage_frequency(
+    ctx: Ctx, token: str, alert_id: AlertId, frequency: Annotated[str, Form()] = ""
+) -> HTMLResponse | RedirectResponse:
+    subscriber_id = ctx.read("manage", token)
+    chosen = next((f for f in FREQUENCIES if f == frequency), None)
+    if chosen is None:
+        text = "Choose immediate, daily or weekly. Nothing was changed."
+        return ctx.page("message.html", 422, title="Unknown frequency", text=text)
+    now = ctx.clock()
+    await run_in_threadpool(
+        lambda: service.update_alert(ctx.engine, subscriber_id, alert_id, now=now, frequency=chosen)
+    )
+    return _back(ctx, token, "frequency")
+
+
+@router.post("/manage/{token}/alerts/{alert_id}/{action}", summary="Pause, resume or delete")
+async def manage_action(
+    ctx: Ctx, token: str, alert_id: AlertId, action: Literal["pause", "resume", "delete"]
+) -> RedirectResponse:
+    subscriber_id = ctx.read("manage", token)
+    now = ctx.clock()
+    if action == "delete":
+        await run_in_threadpool(service.stop_alert, ctx.engine, subscriber_id, alert_id, now)
+        return _back(ctx, token, "deleted")
+    paused = action == "pause"
+    await run_in_threadpool(
+        lambda: service.update_alert(ctx.engine, subscriber_id, alert_id, now=now, paused=paused)
+    )
+    return _back(ctx, token, "paused" if paused else "resumed")
+
+
+@router.post("/manage/{token}/delete-all", summary="Delete every alert of the address")
+async def manage_delete_all(ctx: Ctx, token: str) -> RedirectResponse:
+    subscriber_id = ctx.read("manage", token)
+    await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    return _back(ctx, token, "deleted-all")
+
+
+@router.get("/unsubscribe/{token}", summary="Unsubscribe link: a page with a button")
+async def unsubscribe_page(ctx: Ctx, token: str) -> HTMLResponse:
+    subscriber_id = ctx.read("unsubscribe", token)
+    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
+    count = len(found[1]) if found else 0
+    return ctx.page("unsubscribe.html", token=token, count=count, done=False)
+
+
+@router.post("/unsubscribe/{token}", summary="One-click unsubscribe (RFC 8058)")
+async def unsubscribe_submit(ctx: Ctx, token: str) -> HTMLResponse:
+    subscriber_id = ctx.read("unsubscribe", token)
+    count = await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    return ctx.page("unsubscribe.html", token=token, count=count, done=True)
+
+
+@router.get("/alerts/stop/{token}", summary="Stop-this-alert link: a page with a button")
+async def stop_page(ctx: Ctx, token: str) -> HTMLResponse:
+    alert_id = ctx.read("stop", token)
+    alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
+    return ctx.page("stop.html", token=token, alert=alert, done=False)
+
+
+@router.post("/alerts/stop/{token}", summary="Stop one alert")
+async def stop_submit(ctx: Ctx, token: str) -> HTMLResponse:
+    alert_id = ctx.read("stop", token)
+    alert = await run_in_threadpool(service.stop_alert_by_id, ctx.engine, alert_id, ctx.clock())
+    return ctx.page("stop.html", token=token, alert=alert, done=True)
+
+
+@router.get("/members", summary="Find a Member by name")
+async def members_page(ctx: Ctx, request: Request, q: str = "") -> HTMLResponse:
+    name = " ".join(q.split())
+    if not name:
+        return ctx.page("members.html", q="", error=None, members=None)
+    error = field_problem("member", q) or ("Enter at least two letters" if len(name) < 2 else None)
+    if error is not None:
+        return ctx.page("members.html", 422, q=q, error=error, members=None)
+    _rate_limit(ctx, "lookup", client_ip(request))
+    found = await search_members(ctx.engine, ctx.settings.members, name, ctx.clock())
+    return ctx.page("members.html", q=name, error=None, members=found)

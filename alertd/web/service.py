@@ -1,0 +1,279 @@
+"""What the web pages and API do to the database: sign up, confirm, list, pause, stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, and_, col, delete, or_, select
+
+from alertd import alerts
+from alertd.config import Frequency
+from alertd.db import transaction
+from alertd.digests import alert_label
+from alertd.errors import UsageError
+from alertd.models import Alert, Subscriber
+
+Status = Literal["pending", "active", "paused"]
+Note = Literal["limit", "duplicate"]
+
+
+class NotYours(UsageError):
+    """No such alert among this subscriber's active alerts."""
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """An alert as the manage page and the API show it."""
+
+    id: int
+    label: str
+    query: str
+    frequency: str
+    status: Status
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SignupResult:
+    """What a sign-up did; the mail to send follows from it, the page says the same for all."""
+
+    email: str
+    subscriber_id: int
+    alert_id: int | None
+    label: str
+    # The address already has confirmed alerts: it is sent the manage link.
+    existing: bool
+    note: Note | None
+    created_alert: bool
+    created_subscriber: bool
+
+
+def _status(alert: Alert) -> Status:
+    if not alert.confirmed:
+        return "pending"
+    return "paused" if alert.paused_at is not None else "active"
+
+
+def _view(session: Session, alert: Alert) -> AlertView:
+    assert alert.id is not None
+    return AlertView(
+        id=alert.id,
+        label=alert_label(session, alert),
+        query=alert.query,
+        frequency=alert.frequency,
+        status=_status(alert),
+        created_at=alert.created_at,
+    )
+
+
+def _active(subscriber_id: int) -> ColumnElement[bool]:
+    return and_(col(Alert.subscriber_id) == subscriber_id, col(Alert.unsubscribed_at).is_(None))
+
+
+def subscriber_alerts(engine: Engine, subscriber_id: int) -> tuple[str, list[AlertView]] | None:
+    """The address and its active alerts, oldest first; None if there is no such subscriber."""
+    with Session(engine) as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            return None
+        rows = session.exec(select(Alert).where(_active(subscriber_id)).order_by(col(Alert.id)))
+        return subscriber.email, [_view(session, alert) for alert in rows]
+
+
+def subscriber_id_of(engine: Engine, email: str) -> int | None:
+    with Session(engine) as session:
+        return session.exec(select(Subscriber.id).where(Subscriber.email == email)).first()
+
+
+def _counting(subscriber_id: int, now: datetime, confirm_window: timedelta) -> ColumnElement[bool]:
+    # Pending alerts whose confirmation link has expired no longer take up a place.
+    fresh = or_(col(Alert.confirmed).is_(True), col(Alert.created_at) > now - confirm_window)
+    return and_(_active(subscriber_id), fresh)
+
+
+def register_signup(
+    engine: Engine,
+    email: str,
+    query_text: str,
+    frequency: Frequency,
+    *,
+    max_alerts: int,
+    confirm_window: timedelta,
+    now: datetime,
+) -> SignupResult:
+    """Save an unconfirmed alert unless the address is at its limit or already has it.
+
+    Raises:
+        UsageError: a bad address or query (nothing saved).
+    """
+    try:
+        return _register(engine, email, query_text, frequency, max_alerts, confirm_window, now)
+    except IntegrityError:
+        # The same new address signed up twice at once: the other request made the row.
+        return _register(engine, email, query_text, frequency, max_alerts, confirm_window, now)
+
+
+def _register(
+    engine: Engine,
+    email: str,
+    query_text: str,
+    frequency: Frequency,
+    max_alerts: int,
+    confirm_window: timedelta,
+    now: datetime,
+) -> SignupResult:
+    address = alerts.normalise_email(email)
+    with transaction(engine) as session:
+        canonical = alerts.compile_query(session, query_text).canonical
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        if subscriber is None:
+            subscriber = Subscriber(email=address, created_at=now)
+            session.add(subscriber)
+            session.flush()
+            created_subscriber = True
+        else:
+            created_subscriber = False
+        assert subscriber.id is not None
+        counted = session.exec(
+            select(Alert).where(_counting(subscriber.id, now, confirm_window))
+        ).all()
+        existing = any(alert.confirmed for alert in counted)
+        same = next((a for a in counted if a.canonical == canonical), None)
+        if same is not None and not same.confirmed:
+            same.frequency, same.created_at = frequency, now  # a fresh link for the same alert
+            session.add(same)
+        note: Note | None = None
+        if same is not None and same.confirmed:
+            note = "duplicate"
+        elif same is None and len(counted) >= max_alerts:
+            note = "limit"
+        result = SignupResult(
+            email=address,
+            subscriber_id=subscriber.id,
+            alert_id=same.id if same else None,
+            label=alert_label(session, same) if same else " ".join(query_text.split()),
+            existing=existing or note is not None,
+            note=note,
+            created_alert=False,
+            created_subscriber=created_subscriber,
+        )
+    if same is not None or note is not None:
+        return result
+    alert = alerts.subscribe(engine, address, query_text, frequency, confirmed=False, now=now)
+    assert alert.id is not None
+    with Session(engine) as session:
+        label = alert_label(session, alert)
+    return SignupResult(
+        address, result.subscriber_id, alert.id, label, existing, None, True, created_subscriber
+    )
+
+
+def forget_signup(engine: Engine, result: SignupResult) -> None:
+    """Undo a sign-up whose email could not be sent: no half-made alert stays behind."""
+    with transaction(engine) as session:
+        if result.created_alert and result.alert_id is not None:
+            session.exec(delete(Alert).where(col(Alert.id) == result.alert_id))
+        if result.created_subscriber:
+            left = session.exec(
+                select(Alert.id).where(Alert.subscriber_id == result.subscriber_id)
+            ).first()
+            if left is None:
+                session.exec(delete(Subscriber).where(col(Subscriber.id) == result.subscriber_id))
+
+
+def pending_alert(engine: Engine, alert_id: int) -> AlertView | None:
+    """The alert a confirmation link is for, if it still exists (confirmed or not)."""
+    with Session(engine) as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.unsubscribed_at is not None:
+            return None
+        return _view(session, alert)
+
+
+def confirm(engine: Engine, alert_id: int, now: datetime) -> int:
+    """Confirm an alert (idempotent); the owner's bounce suspension is lifted. Its subscriber id.
+
+    Raises:
+        UsageError: the alert was deleted.
+    """
+    alert = alerts.confirm_alert(engine, alert_id, now)
+    with transaction(engine) as session:
+        subscriber = session.get(Subscriber, alert.subscriber_id)
+        assert subscriber is not None
+        # Following the link proves mail reaches the address again.
+        subscriber.suspended_at, subscriber.consecutive_bounces = None, 0
+        session.add(subscriber)
+    return alert.subscriber_id
+
+
+def _owned(session: Session, subscriber_id: int, alert_id: int) -> Alert:
+    alert = session.get(Alert, alert_id)
+    if alert is None or alert.subscriber_id != subscriber_id or alert.unsubscribed_at is not None:
+        raise NotYours(f"you have no alert with id {alert_id}")
+    return alert
+
+
+def update_alert(
+    engine: Engine,
+    subscriber_id: int,
+    alert_id: int,
+    *,
+    now: datetime,
+    paused: bool | None = None,
+    frequency: Frequency | None = None,
+) -> AlertView:
+    """Pause, resume or change the frequency of one of the subscriber's alerts.
+
+    Raises:
+        NotYours: the alert is not one of the subscriber's active alerts.
+    """
+    with transaction(engine) as session:
+        alert = _owned(session, subscriber_id, alert_id)
+        if paused is not None and paused != (alert.paused_at is not None):
+            alert.paused_at = now if paused else None
+            if not paused and alert.confirmed:
+                # Resumed alerts carry on from now: what came while paused is not sent.
+                alert.last_digest_at = now
+        if frequency is not None:
+            alert.frequency = frequency
+        session.add(alert)
+        session.flush()
+        return _view(session, alert)
+
+
+def stop_alert(engine: Engine, subscriber_id: int, alert_id: int, now: datetime) -> None:
+    """Delete one alert (kept on record as unsubscribed).
+
+    Raises:
+        NotYours: the alert is not one of the subscriber's active alerts.
+    """
+    with transaction(engine) as session:
+        alert = _owned(session, subscriber_id, alert_id)
+        alert.unsubscribed_at = now
+        session.add(alert)
+
+
+def stop_alert_by_id(engine: Engine, alert_id: int, now: datetime) -> AlertView | None:
+    """Stop an alert from its own link; None if it was already stopped or never existed."""
+    with transaction(engine) as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.unsubscribed_at is not None:
+            return None
+        alert.unsubscribed_at = now
+        session.add(alert)
+        return _view(session, alert)
+
+
+def stop_all(engine: Engine, subscriber_id: int, now: datetime) -> int:
+    """Delete every active alert of a subscriber; how many there were."""
+    with transaction(engine) as session:
+        rows = session.exec(select(Alert).where(_active(subscriber_id))).all()
+        for alert in rows:
+            alert.unsubscribed_at = now
+            session.add(alert)
+        return len(rows)

@@ -1,0 +1,746 @@
+"""Matching benchmark: 5,000 recorded-question documents against 1,000,000 generated alerts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import random
+import re
+import resource
+import sqlite3
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alertd.engine import MatchEngine, _Batch, _collector_paused
+from alertd.htmltext import html_to_text, looks_like_html
+from alertd.matching import (
+    AnalysedDocument,
+    And,
+    Document,
+    Query,
+    Term,
+    analyse,
+    match_batch,
+    parse_query,
+)
+from alertd.query import stem_words, tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from standin_api import load_2021_answered, load_2024_records  # noqa: E402
+
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+SECTION = "## Matching"
+COMMAND = ".venv/bin/python bench/match_bench.py"
+SEED = 20240801
+T = TypeVar("T")
+
+# --- documents -------------------------------------------------------------------------------
+
+
+def _document(record: Mapping[str, Any], **changes: Any) -> Document:
+    answer = record["answerText"] or ""
+    if looks_like_html(answer):
+        answer = html_to_text(answer)
+    fields: dict[str, Any] = {
+        "heading": record["heading"] or "",
+        "question_text": record["questionText"] or "",
+        "answer_text": answer,
+        "house": record["house"],
+        "asking_member_id": record["askingMemberId"],
+        "answering_member_id": record["answeringMemberId"],
+        "answering_body_id": record["answeringBodyId"],
+    }
+    fields.update(changes)
+    return Document(**fields)
+
+
+def recorded_records() -> list[dict[str, Any]]:
+    """The 469 answered 2021 records and the 1,004 August 2024 ones (223 with full texts)."""
+    return [*load_2021_answered(), *load_2024_records()]
+
+
+def build_documents(
+    records: list[dict[str, Any]], count: int, rng: random.Random
+) -> list[Document]:
+    """Every recorded question once, then variants: another asker, another answer text of
+    the same department, until `count`."""
+    members = sorted({r["askingMemberId"] for r in records} - {None})
+    by_department: dict[int | None, list[dict[str, Any]]] = {}
+    for record in records:
+        by_department.setdefault(record["answeringBodyId"], []).append(record)
+    documents = [_document(record) for record in records[:count]]
+    while len(documents) < count:
+        record = rng.choice(records)
+        other = rng.choice(by_department[record["answeringBodyId"]])
+        documents.append(
+            _document(
+                record,
+                answer_text=_document(other).answer_text,
+                asking_member_id=rng.choice(members),
+            )
+        )
+    return documents
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+_COMMON = re.compile(r"^(\d+|[a-z]{1,2})$")
+
+
+@dataclass
+class Vocabulary:
+    """Topic words and phrases ranked by how often the recorded questions use them."""
+
+    words: list[str]
+    heading_words: list[str]
+    phrases: list[tuple[str, ...]]
+    members: list[int]
+    departments: list[int]
+
+
+def _ranked(counts: Counter[T]) -> list[T]:
+    return [item for item, _ in counts.most_common()]
+
+
+def build_vocabulary(records: list[dict[str, Any]]) -> Vocabulary:
+    documents = [_document(record) for record in records]
+    stop = _boilerplate_stems(documents)
+    words: Counter[str] = Counter()
+    heading_words: Counter[str] = Counter()
+    phrases: Counter[tuple[str, ...]] = Counter()
+    for doc in documents:
+        heading = tokenize(doc.heading)
+        for word in _topic_words(heading, stop):
+            words[word] += 5
+            heading_words[word] += 1
+        words.update(_topic_words(tokenize(doc.question_text), stop))
+        for part in re.split(r"[:,;()]", doc.heading):
+            part_words = tokenize(part)
+            if 2 <= len(part_words) <= 4:
+                phrases[tuple(part_words)] += 3
+        question = tokenize(doc.question_text)
+        for at in range(len(question) - 1):
+            pair = tuple(question[at : at + 2])
+            if not _topic_words(list(pair), stop) == list(pair):
+                continue
+            phrases[pair] += 1
+    members: Counter[int] = Counter()
+    for record in records:
+        for name in ("askingMemberId", "answeringMemberId"):
+            if record[name] is not None:
+                members[record[name]] += 1
+    seen = _ranked(members)
+    plausible = [member for member in range(1, 5200, 3) if member not in members]
+    departments = _ranked(Counter(r["answeringBodyId"] for r in records if r["answeringBodyId"]))
+    return Vocabulary(
+        words=_ranked(words),
+        heading_words=_ranked(heading_words),
+        phrases=[phrase for phrase, count in phrases.most_common() if count >= 2],
+        members=seen + plausible,
+        departments=departments,
+    )
+
+
+def _boilerplate_stems(documents: list[Document]) -> set[str]:
+    counts: Counter[str] = Counter()
+    for doc in documents:
+        counts.update(set(stem_words(tokenize(doc.question_text))))
+    return {stem for stem, count in counts.items() if count >= len(documents) * 0.15}
+
+
+def _topic_words(words: list[str], stop: set[str]) -> list[str]:
+    return [
+        word
+        for word, stem in zip(words, stem_words(words), strict=True)
+        if stem not in stop and not _COMMON.match(word)
+    ]
+
+
+class Zipf:
+    """Draws items ranked by popularity with probability proportional to 1 / rank**exponent."""
+
+    def __init__(self, items: Sequence[T], rng: random.Random, exponent: float = 1.0) -> None:
+        self.items = items
+        self.rng = rng
+        self.weights = list(accumulate(1 / (rank**exponent) for rank in range(1, len(items) + 1)))
+
+    def __call__(self) -> Any:
+        return self.rng.choices(self.items, cum_weights=self.weights)[0]
+
+
+class AlertGenerator:
+    """Alert query texts: 70 % keyword, 25 % member follows, 5 % department/house/combined."""
+
+    def __init__(self, vocabulary: Vocabulary, rng: random.Random) -> None:
+        self.rng = rng
+        self.word = Zipf(vocabulary.words, rng)
+        self.heading_word = Zipf(vocabulary.heading_words, rng)
+        self.long_word = Zipf([w for w in vocabulary.words if len(w) >= 6], rng)
+        self.phrase = Zipf(vocabulary.phrases, rng)
+        self.member = Zipf(vocabulary.members, rng, 0.8)
+        self.department = Zipf(vocabulary.departments, rng)
+        self.keyword_shapes = self._weighted(
+            [
+                (35, lambda: self.word()),
+                (18, lambda: f"{self.word()} {self.word()}"),
+                (7, lambda: f"{self.word()} {self.word()} {self.word()}"),
+                (15, lambda: self._quoted(self.phrase())),
+                (6, lambda: f"{self.word()} -{self.word()}"),
+                (6, lambda: f"{self.word()} OR {self.word()}"),
+                (5, lambda: self._prefix(self.long_word())),
+                (4, lambda: f"heading:{self.heading_word()}"),
+                (4, lambda: f"{self._quoted(self.phrase())} {self.word()}"),
+            ]
+        )
+        self.member_shapes = self._weighted(
+            [
+                (70, lambda: f"member:{self.member()}"),
+                (20, lambda: f"asker:{self.member()}"),
+                (10, lambda: f"answerer:{self.member()}"),
+            ]
+        )
+        self.other_shapes = self._weighted(
+            [
+                (40, lambda: f"department:{self.department()}"),
+                (10, lambda: f"house:{rng.choice(['commons', 'lords'])}"),
+                (15, lambda: f"department:{self.department()} house:commons"),
+                (20, lambda: f"department:{self.department()} {self.word()}"),
+                (15, lambda: f"member:{self.member()} {self.word()}"),
+            ]
+        )
+
+    def _weighted(self, shapes: list[tuple[int, Callable[[], str]]]) -> Callable[[], str]:
+        weights = [weight for weight, _ in shapes]
+        makers = [maker for _, maker in shapes]
+        return lambda: self.rng.choices(makers, weights)[0]()
+
+    @staticmethod
+    def _quoted(words: tuple[str, ...]) -> str:
+        return '"' + " ".join(words) + '"'
+
+    def _prefix(self, word: str) -> str:
+        return word[: max(4, len(word) - self.rng.randint(2, 4))] + "*"
+
+    def __call__(self) -> str:
+        roll = self.rng.random()
+        if roll < 0.70:
+            return self.keyword_shapes()
+        if roll < 0.95:
+            return self.member_shapes()
+        return self.other_shapes()
+
+
+@dataclass
+class AlertSet:
+    """Alerts as their distinct canonical queries and how many alerts share each."""
+
+    alerts: int
+    queries: dict[str, Query]
+    subscribers: Counter[str]
+    parse_seconds: float
+
+
+def compile_alerts(texts: Sequence[str]) -> AlertSet:
+    started = time.perf_counter()
+    parsed: dict[str, Query] = {}
+    subscribers: Counter[str] = Counter()
+    for text in texts:
+        query = parsed.get(text)
+        if query is None:
+            query = parsed[text] = parse_query(text)
+        subscribers[query.canonical] += 1
+    queries = {query.canonical: query for query in parsed.values()}
+    return AlertSet(len(texts), queries, subscribers, time.perf_counter() - started)
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def timed(action: Callable[[], T], repeat: int = 1) -> tuple[T, float]:
+    """The result of the last run and the fastest of `repeat` runs (the least disturbed)."""
+    seconds: list[float] = []
+    result: T | None = None
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        result = action()
+        seconds.append(time.perf_counter() - started)
+    assert result is not None
+    return result, min(seconds)
+
+
+@dataclass
+class EngineRun:
+    """The engine over one alert set: build, one batch (fastest of repeats), single questions."""
+
+    alerts: int
+    distinct: int
+    parse_seconds: float
+    build_seconds: float
+    match_seconds: float
+    candidates: int
+    matched_queries: int
+    matched_pairs: int
+    alert_hits: int
+    latencies: list[float]
+
+
+def run_engine(
+    alerts: AlertSet, docs: Sequence[AnalysedDocument], repeat: int, singles: list[int]
+) -> tuple[MatchEngine[str], EngineRun]:
+    engine, build = timed(lambda: MatchEngine(alerts.queries))
+
+    def match_and_fan_out() -> tuple[dict[str, list[int]], int]:
+        found = engine.match(docs)
+        return found, sum(len(hits) * alerts.subscribers[key] for key, hits in found.items())
+
+    (found, alert_hits), seconds = timed(match_and_fan_out, repeat)
+    run = EngineRun(
+        alerts=alerts.alerts,
+        distinct=len(alerts.queries),
+        parse_seconds=alerts.parse_seconds,
+        build_seconds=build,
+        match_seconds=seconds,
+        candidates=len(engine.candidates(docs)),
+        matched_queries=len(found),
+        matched_pairs=sum(len(hits) for hits in found.values()),
+        alert_hits=alert_hits,
+        latencies=per_question_latency(engine, [docs[index] for index in singles]),
+    )
+    print(f"{run.alerts:,} alerts: batch {run.match_seconds:.2f} s", flush=True)
+    return engine, run
+
+
+def per_question_latency(engine: MatchEngine[str], docs: list[AnalysedDocument]) -> list[float]:
+    """Seconds to match single questions (batches of one) against every alert."""
+    seconds = []
+    for doc in docs:
+        started = time.perf_counter()
+        engine.match([doc])
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def straightforward(
+    alerts: AlertSet, engine: MatchEngine[str], docs: list[AnalysedDocument]
+) -> float:
+    """Seconds per question of match_batch over every distinct query; checks equal results."""
+    with _collector_paused():
+        expected, seconds = timed(lambda: match_batch(alerts.queries, docs))
+    if engine.match(docs) != expected:
+        raise SystemExit("engine and match_batch disagree on the sample")
+    return seconds / len(docs)
+
+
+@dataclass
+class Designs:
+    """The alternatives, measured at the large alert set (seconds)."""
+
+    presearch_per_question: float
+    presearch_sample: int
+    every_query_batch: float
+    every_query_single: float
+    single_sample: int
+    fts5_per_query: float
+    fts5_queries: int
+
+
+def presearch_then_verify(
+    alerts: AlertSet, engine: MatchEngine[str], docs: list[AnalysedDocument]
+) -> float:
+    """Monitor-style: per question, its candidates verified one by one with Query.matches."""
+    queries = alerts.queries
+    gc.collect()
+    started = time.perf_counter()
+    with _collector_paused():
+        for doc in docs:
+            found = [key for key in engine.candidates([doc]) if queries[key].matches(doc)]
+            del found
+    return (time.perf_counter() - started) / len(docs)
+
+
+def every_query(engine: MatchEngine[str], docs: Sequence[AnalysedDocument]) -> float:
+    """The batch indexed, every distinct query evaluated once over it (no presearcher).
+
+    Reaches into the engine's compiled plans: the same code, minus the candidate filter.
+    """
+    plans = engine._plans
+    gc.collect()
+    started = time.perf_counter()
+    batch = _Batch(docs)
+    with _collector_paused():
+        found = {key: hits for key, plan in plans.items() if (hits := plan.result(batch))}
+    seconds = time.perf_counter() - started
+    del found
+    return seconds
+
+
+def fts5_per_query(alerts: AlertSet, docs: Sequence[AnalysedDocument], limit: int) -> float:
+    """SQLite FTS5 over the batch's stems, one MATCH per distinct query of text terms only."""
+    terms = [
+        [leaf.stem for leaf in query.positive_leaves() if isinstance(leaf, Term)]
+        for query in alerts.queries.values()
+        if all(isinstance(node, Term | And) for node in query.nodes())
+    ][:limit]
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.execute("CREATE VIRTUAL TABLE batch USING fts5(stems)")
+        db.executemany(
+            "INSERT INTO batch(rowid, stems) VALUES (?, ?)",
+            [(index, " ".join(doc.stems)) for index, doc in enumerate(docs)],
+        )
+        started = time.perf_counter()
+        for stems in terms:
+            expression = " AND ".join(f'"{stem}"' for stem in stems)
+            db.execute("SELECT rowid FROM batch WHERE batch MATCH ?", (expression,)).fetchall()
+        return (time.perf_counter() - started) / len(terms)
+
+
+def measure_designs(
+    alerts: AlertSet, engine: MatchEngine[str], docs: list[AnalysedDocument], rng: random.Random
+) -> Designs:
+    presearch = rng.sample(docs, 100)
+    singles = rng.sample(docs, 5)
+    every_single = statistics.median(every_query(engine, [doc]) for doc in singles)
+    return Designs(
+        presearch_per_question=presearch_then_verify(alerts, engine, presearch),
+        presearch_sample=len(presearch),
+        every_query_batch=every_query(engine, docs),
+        every_query_single=every_single,
+        single_sample=len(singles),
+        fts5_per_query=fts5_per_query(alerts, docs, 5_000),
+        fts5_queries=5_000,
+    )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    questions: int
+    analyse_seconds: float
+    small: EngineRun
+    large: EngineRun
+    naive_per_question: float
+    naive_sample: int
+    designs: Designs
+    peak_rss_mib: float
+    seconds: float
+    repeat: int
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.3f} ms" if seconds < 0.01 else f"{seconds * 1e3:,.1f} ms"
+
+
+def _markdown(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[at]) for row in [header, *rows]) for at in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return (
+            "| "
+            + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            + " |"
+        )
+
+    return [line(header), "|" + "|".join("-" * (width + 2) for width in widths) + "|"] + [
+        line(row) for row in rows
+    ]
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def main_table(report: Report) -> list[str]:
+    large, questions = report.large, report.questions
+    per_q = large.match_seconds / questions
+    rows = [
+        ("alerts / distinct canonical queries", f"{large.alerts:,} / {large.distinct:,}"),
+        ("parse the distinct queries (not in index build)", f"{large.parse_seconds:.2f} s"),
+        ("index build: `MatchEngine(queries)`", f"{large.build_seconds:.2f} s"),
+        (
+            f"analyse {questions:,} questions (not in batch match)",
+            f"{report.analyse_seconds:.2f} s",
+        ),
+        (
+            f"**batch match: {questions:,} questions + fan-out count**",
+            f"**{large.match_seconds:.2f} s**",
+        ),
+        ("per question in the batch", _ms(per_q)),
+        ("candidate queries evaluated for the batch", f"{large.candidates:,}"),
+        (
+            f"single-question match p50 / p99 ({len(large.latencies)} questions)",
+            f"{_ms(percentile(large.latencies, 0.5))} / {_ms(percentile(large.latencies, 0.99))}",
+        ),
+        ("matches: (query, question) pairs", f"{large.matched_pairs:,}"),
+        ("matches: (alert, question) pairs after fan-out", f"{large.alert_hits:,}"),
+        ("distinct queries matching something", f"{large.matched_queries:,}"),
+        (
+            f"straightforward `match_batch`, per question ({report.naive_sample} sampled)",
+            _ms(report.naive_per_question),
+        ),
+        ("**speed-up over straightforward**", f"**{report.naive_per_question / per_q:,.0f}×**"),
+        ("peak RSS (whole bench process)", f"{report.peak_rss_mib:,.0f} MiB"),
+    ]
+    return _markdown(("measure", "value"), rows)
+
+
+def growth_table(report: Report) -> list[str]:
+    small, large, questions = report.small, report.large, report.questions
+    analyse_per_q = report.analyse_seconds / questions
+
+    def rows(
+        name: str, value: Callable[[EngineRun], float], show: Callable[[float], str]
+    ) -> tuple[str, ...]:
+        a, b = value(small), value(large)
+        return (name, show(a), show(b), f"{b / a:.2f}×")
+
+    return _markdown(
+        ("", f"{small.alerts:,} alerts", f"{large.alerts:,} alerts", "growth"),
+        [
+            rows("distinct queries", lambda r: r.distinct, _count),
+            rows("candidates for the batch", lambda r: r.candidates, _count),
+            rows("(query, question) matches", lambda r: r.matched_pairs, _count),
+            rows("batch match", lambda r: r.match_seconds, lambda x: f"{x:.2f} s"),
+            rows("**per question in the batch**", lambda r: r.match_seconds / questions, _ms),
+            rows(
+                "per question, analyse + match",
+                lambda r: r.match_seconds / questions + analyse_per_q,
+                _ms,
+            ),
+            rows("single question p50", lambda r: percentile(r.latencies, 0.5), _ms),
+            rows("single question p99", lambda r: percentile(r.latencies, 0.99), _ms),
+        ],
+    )
+
+
+def design_table(report: Report) -> list[str]:
+    designs, large, questions = report.designs, report.large, report.questions
+    engine_single = percentile(large.latencies, 0.5)
+    fts5_batch = designs.fts5_per_query * large.distinct
+    return _markdown(
+        ("design", f"batch of {questions:,}", "batch of one"),
+        [
+            (
+                "**presearcher + set-at-a-time over the batch index (chosen)**",
+                f"{large.match_seconds:.2f} s",
+                _ms(engine_single),
+            ),
+            (
+                "batch index, every distinct query evaluated once (no presearcher)",
+                f"{designs.every_query_batch:.2f} s",
+                _ms(designs.every_query_single),
+            ),
+            (
+                f"presearcher per question, candidates verified by `Query.matches` "
+                f"({designs.presearch_sample} sampled)",
+                f"≈ {designs.presearch_per_question * questions:.0f} s",
+                _ms(designs.presearch_per_question),
+            ),
+            (
+                f"SQLite FTS5 over the batch, one MATCH per query (text terms only, "
+                f"{designs.fts5_queries:,} timed, × {large.distinct:,})",
+                f"≈ {fts5_batch:.0f} s",
+                "n/a",
+            ),
+            (
+                "straightforward `match_batch`",
+                f"≈ {report.naive_per_question * questions:.0f} s",
+                _ms(report.naive_per_question),
+            ),
+        ],
+    )
+
+
+def verdict(report: Report) -> list[str]:
+    large, small, questions = report.large, report.small, report.questions
+    per_q = large.match_seconds / questions
+    growth = large.match_seconds / small.match_seconds
+    speedup = report.naive_per_question / per_q
+    checks = [
+        (f"batch ≤ 5 s: {large.match_seconds:.2f} s", large.match_seconds <= 5),
+        (f"peak RSS ≤ 2 GB: {report.peak_rss_mib:,.0f} MiB", report.peak_rss_mib <= 2048),
+        (f"≥ 100× straightforward: {speedup:,.0f}×", speedup >= 100),
+        (
+            f"per question growth {small.alerts:,} → {large.alerts:,} alerts ≤ 3×: {growth:.2f}×",
+            growth <= 3,
+        ),
+    ]
+    return [f"- {'MET' if met else 'MISSED'}: {text}" for text, met in checks]
+
+
+def write_section(text: str, path: Path = RESULTS_MD) -> None:
+    """Replace (or append) the Matching section, leaving every other section as it is."""
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    body = text.rstrip() + "\n"
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: body + "\n", current, count=1).rstrip() + "\n"
+    else:
+        updated = current.rstrip() + "\n\n" + body
+    path.write_text(updated)
+
+
+def growth_note(report: Report) -> str:
+    small, large, questions = report.small, report.large, report.questions
+    analyse_per_q = report.analyse_seconds / questions
+    with_analysis = (large.match_seconds / questions + analyse_per_q) / (
+        small.match_seconds / questions + analyse_per_q
+    )
+    per_question = large.matched_pairs / questions
+    return (
+        f"Why per-question time grows: the exact answer grows. From {small.alerts:,} to "
+        f"{large.alerts:,} alerts the distinct queries grow "
+        f"{large.distinct / small.distinct:.1f}× and the (query, question) matches to return "
+        f"{large.matched_pairs / small.matched_pairs:.1f}× (about {per_question:,.0f} matching "
+        "distinct queries per question at the large size); each is an entry of a result list, "
+        "and after fan-out a hit row. Per match returned the engine got cheaper "
+        f"({small.match_seconds / small.matched_pairs * 1e9:.0f} → "
+        f"{large.match_seconds / large.matched_pairs * 1e9:.0f} ns), but in pure Python a set "
+        "operation plus the sort still cost ~10–20 ns per document index and each candidate "
+        "query ~1–2 µs of interpreter time, so the batch time follows the output more than "
+        "the 3× target allows, and a batch of one (all output, no shared work) grows almost "
+        "as the output does. Counted with the analysis every new question needs anyway, the "
+        f"growth is {with_analysis:.2f}×. Shared popular queries cost nothing extra: fan-out "
+        "is a count per distinct query."
+    )
+
+
+def design_note(report: Report) -> str:
+    designs, large, questions = report.designs, report.large, report.questions
+    single = percentile(large.latencies, 0.5)
+    every = designs.every_query_batch / large.match_seconds
+    every_single = designs.every_query_single / single
+    presearch = designs.presearch_per_question * questions / large.match_seconds
+    return (
+        "Chosen: each distinct query is filed under one anchor per conjunct (for an AND the "
+        "rarest required stem, phrase word, prefix or field value by a built-in prior of stem "
+        "frequencies in recorded questions; for an OR every branch's anchor; exclusions never "
+        "anchor; queries with no possible anchor are always checked). A batch is indexed once "
+        "(posting sets per stem, token, heading stem/token, field value; prefixes by bisecting "
+        "the batch's sorted vocabulary); only queries with an anchor in the batch are "
+        "evaluated, each once over the whole batch with frozenset operations (rarest required "
+        "key first, stop when empty, exclusions last; phrases verified with the exact "
+        "`has_phrase`). Small batches (what hits.py sees between polls) cost in proportion "
+        "to their candidates, large ones run set-at-a-time in C. In this run, verifying "
+        f"candidates one question at a time (Lucene Monitor style) was {presearch:.0f}× "
+        "slower on the 5,000 batch; evaluating every query over the batch index without the "
+        f"presearcher was {every:.1f}× the time on the 5,000 batch and {every_single:.0f}× on "
+        "a batch of one; FTS5 pays a SQL statement per query, and its stemmer, phrase and "
+        "field semantics differ, so it would still need the exact evaluator after it."
+    )
+
+
+def section(report: Report, command: str) -> str:
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"Command: `{command}` (the whole run took {report.seconds:.0f} s); every number "
+            "below is from that one run.",
+            "",
+            f"Machine: {os.cpu_count()} cores, shared with other work and noisy; Python "
+            f"{sys.version.split()[0]}, one process. One run: trust ratios more than absolutes.",
+            "",
+            f"Data: {report.questions:,} questions (the 469 answered 2021 records and the 1,004 "
+            "August 2024 records, 223 of them with full texts, then variants with another asker "
+            "and another answer of the same department); alerts generated Zipf-like from "
+            f"topic words and phrases of those records: {SHAPES}. The engine works over the "
+            "distinct canonical queries; the fan-out to alerts sharing a query is counted "
+            "inside the batch timing, as hits.py uses it. Batch times are the fastest of "
+            f"{report.repeat} runs in the process; the alternatives and `match_batch` run with "
+            "the same collector pause as the engine.",
+            "",
+            *main_table(report),
+            "",
+            *verdict(report),
+            "",
+            "### Growth with the number of alerts",
+            "",
+            *growth_table(report),
+            "",
+            growth_note(report),
+            "",
+            "### Designs measured",
+            "",
+            *design_table(report),
+            "",
+            design_note(report),
+        ]
+    )
+
+
+SHAPES = (
+    "70 % keyword queries (1–3 words, phrases, exclusions, OR, prefixes, heading:), 25 % "
+    "member/asker/answerer follows (ids in the data first, then plausible others), 5 % "
+    "department/house or combined"
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--alerts", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100_000, help="alerts for the growth row")
+    parser.add_argument("--questions", type=int, default=5_000)
+    parser.add_argument("--repeat", type=int, default=5, help="batch matches (fastest kept)")
+    parser.add_argument("--singles", type=int, default=300, help="single-question matches")
+    parser.add_argument("--naive-sample", type=int, default=20)
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args()
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    records = recorded_records()
+    generate = AlertGenerator(build_vocabulary(records), rng)
+    texts = [generate() for _ in range(args.alerts)]
+    documents = build_documents(records, args.questions, rng)
+    docs, analyse_seconds = timed(lambda: [analyse(doc) for doc in documents])
+    singles = rng.sample(range(len(docs)), args.singles)
+    print(f"{len(texts):,} alerts, {len(docs):,} questions", flush=True)
+    _, small = run_engine(compile_alerts(texts[: args.small]), docs, args.repeat, singles)
+    alerts = compile_alerts(texts)
+    del texts
+    engine, large = run_engine(alerts, docs, args.repeat, singles)
+    naive = straightforward(alerts, engine, rng.sample(docs, args.naive_sample))
+    designs = measure_designs(alerts, engine, docs, rng)
+    report = Report(
+        questions=len(docs),
+        analyse_seconds=analyse_seconds,
+        small=small,
+        large=large,
+        naive_per_question=naive,
+        naive_sample=args.naive_sample,
+        designs=designs,
+        peak_rss_mib=peak_rss_mib(),
+        seconds=time.monotonic() - started,
+        repeat=args.repeat,
+    )
+    text = section(report, " ".join([COMMAND, *sys.argv[1:]]))
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

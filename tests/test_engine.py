@@ -1,0 +1,227 @@
+"""The match engine gives exactly what the straightforward evaluator gives on recorded questions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Literal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alertd.engine import MatchEngine
+from alertd.matching import (
+    And,
+    Document,
+    Field,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Prefix,
+    Query,
+    Term,
+    analyse,
+    match_batch,
+    parse_query,
+    tokenize,
+)
+from alertd.query import make_and, make_or
+
+from standin_api import load_2021_answered
+
+RECORDS = load_2021_answered()
+DOCS = [
+    analyse(
+        Document(
+            heading=record["heading"] or "",
+            question_text=record["questionText"] or "",
+            answer_text=record["answerText"] or "",
+            house=record["house"],
+            asking_member_id=record["askingMemberId"],
+            answering_member_id=record["answeringMemberId"],
+            answering_body_id=record["answeringBodyId"],
+        )
+    )
+    for record in RECORDS
+]
+
+
+def _document_frequency(tokens: Callable[[int], tuple[str, ...]]) -> list[str]:
+    counts = Counter(token for index in range(len(DOCS)) for token in tokens(index))
+    return [token for token, _ in counts.most_common()]
+
+
+ALL_WORDS = sorted(_document_frequency(lambda index: DOCS[index].tokens))
+COMMON_WORDS = _document_frequency(lambda index: DOCS[index].tokens)[:150]
+HEADING_WORDS = _document_frequency(lambda index: DOCS[index].heading_tokens)
+
+
+def _ngrams(text: str) -> list[tuple[str, ...]]:
+    words = tokenize(text)
+    return [tuple(words[at : at + size]) for size in (2, 3) for at in range(len(words) - size + 1)]
+
+
+TEXT_PHRASES = sorted({gram for r in RECORDS for gram in _ngrams(r["questionText"] or "")})
+HEADING_PHRASES = sorted({gram for r in RECORDS for gram in _ngrams(r["heading"] or "")})
+MEMBERS = sorted(
+    {r[name] for r in RECORDS for name in ("askingMemberId", "answeringMemberId")} - {None}
+)
+DEPARTMENTS = sorted({r["answeringBodyId"] for r in RECORDS} - {None})
+
+WORDS = st.one_of(st.sampled_from(COMMON_WORDS), st.sampled_from(ALL_WORDS))
+TERMS = st.one_of(
+    WORDS.map(Term), st.sampled_from(HEADING_WORDS).map(lambda word: Term(word, "heading"))
+)
+PHRASES = st.one_of(
+    st.sampled_from(TEXT_PHRASES).map(Phrase),
+    st.sampled_from(HEADING_PHRASES).map(lambda words: Phrase(words, "heading")),
+    WORDS.map(lambda word: Phrase((word,))),
+    st.sampled_from(HEADING_WORDS).map(lambda word: Phrase((word,), "heading")),
+)
+PREFIXES = st.builds(
+    lambda word, size, heading: Prefix(word[:size], "heading" if heading else "text"),
+    st.sampled_from([word for word in ALL_WORDS if len(word) >= 3]),
+    st.integers(3, 8),
+    st.booleans(),
+)
+FIELDS = st.one_of(
+    st.builds(
+        Field,
+        st.sampled_from(["member", "asker", "answerer"]),
+        st.one_of(st.sampled_from(MEMBERS), st.just(999_999)),
+    ),
+    st.builds(Field, st.just("department"), st.sampled_from(DEPARTMENTS)),
+    st.builds(Field, st.just("house"), st.sampled_from(["commons", "lords"])),
+)
+LEAVES: st.SearchStrategy[Node] = st.one_of(TERMS, PHRASES, PREFIXES, FIELDS)
+
+
+def _extend(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
+    some = st.lists(children, min_size=1, max_size=3)
+    return st.one_of(
+        some.map(make_and),
+        some.map(make_or),
+        some.map(lambda nodes: And(tuple(nodes))),  # not normalised: nested, single child
+        some.map(lambda nodes: Or(tuple(nodes))),
+        children.map(Not),
+    )
+
+
+NODES = st.recursive(LEAVES, _extend, max_leaves=8)
+QUERIES = st.lists(NODES.map(Query), min_size=1, max_size=10)
+BATCHES = st.lists(st.integers(0, len(DOCS) - 1), min_size=0, max_size=40)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(QUERIES, BATCHES)
+def test_property_engine_matches_exactly_like_match_batch(
+    queries: list[Query], batch: list[int]
+) -> None:
+    docs = [DOCS[index] for index in batch]
+    keyed = dict(enumerate(queries))
+    assert MatchEngine(keyed).match(docs) == match_batch(keyed, docs)
+
+
+@settings(max_examples=50, deadline=None)
+@given(QUERIES, st.data())
+def test_property_add_and_remove_keep_results_exact(
+    queries: list[Query], data: st.DataObject
+) -> None:
+    keyed = dict(enumerate(queries))
+    engine = MatchEngine(keyed)
+    removed = data.draw(st.sets(st.sampled_from(sorted(keyed))))
+    for key in removed:
+        engine.remove(key)
+    replacement = data.draw(NODES.map(Query))
+    engine.add(0, replacement)
+    kept = {key: query for key, query in keyed.items() if key not in removed} | {0: replacement}
+    assert len(engine) == len(kept)
+    assert engine.match(DOCS[:60]) == match_batch(kept, DOCS[:60])
+
+
+QUERY_TEXTS = [
+    "coronavirus",
+    "vaccine",
+    "vaccin*",
+    "heading:coronavirus",
+    '"test and trace"',
+    'heading:"universal credit"',
+    "schools funding",
+    "covid OR coronavirus",
+    "coronavirus -vaccine",
+    "(nhs OR health) -coronavirus",
+    "house:lords",
+    "house:commons department:17",
+    "department:17 -heading:coronavirus",
+    "pension* house:lords",
+    "asker:4797",
+    "answerer:4527 OR answerer:4099",
+    '"social care" -"test and trace"',
+    "brexit OR (trade -eu)",
+    "zebra",
+    "member:999999",
+]
+
+
+def test_every_recorded_question_against_typical_queries() -> None:
+    queries = {text: parse_query(text) for text in QUERY_TEXTS}
+    found = MatchEngine(queries).match(DOCS)
+    assert found == match_batch(queries, DOCS)
+    assert "coronavirus" in found and "zebra" not in found and "member:999999" not in found
+
+
+def test_only_queries_anchored_in_the_batch_are_candidates() -> None:
+    queries = {
+        "rare first": parse_query("ask zebra"),  # filed under zebra, not the ubiquitous "ask"
+        "absent member": parse_query("member:999999"),
+        "absent phrase": parse_query('"zebra crossing" ask'),
+        "absent prefix": parse_query("zebr* OR heading:quagg*"),
+        "present": parse_query("ask"),
+        "exclusion only": Query(Not(Term("ask"))),
+    }
+    engine = MatchEngine(queries)
+    assert sorted(engine.candidates(DOCS)) == ["exclusion only", "present"]
+    assert engine.candidates([]) == []
+    found = engine.match(DOCS)
+    assert found == match_batch(queries, DOCS)
+    assert sorted(found) == ["exclusion only", "present"]
+
+
+def test_empty_engine_and_empty_batch() -> None:
+    assert MatchEngine[str]().match(DOCS) == {}
+    assert MatchEngine({"q": parse_query("coronavirus")}).match([]) == {}
+
+
+def test_add_replaces_and_remove_forgets() -> None:
+    engine = MatchEngine({"q": parse_query("coronavirus"), "not": Query(Not(Term("zebra")))})
+    engine.add("q", parse_query("zebra"))
+    assert len(engine) == 2 and engine.match(DOCS) == {"not": list(range(len(DOCS)))}
+    engine.remove("q")
+    engine.remove("not")
+    assert "q" not in engine and len(engine) == 0 and engine.candidates(DOCS) == []
+    with pytest.raises(KeyError):
+        engine.remove("q")
+
+
+def test_degenerate_trees_match_like_the_evaluator() -> None:
+    queries = {
+        "empty or": Query(Or(())),
+        "empty and": Query(And(())),
+        "double negation": Query(Not(Not(Term("coronavirus")))),
+        "unknown field": Query(Field("colour", "red")),
+        "short prefix": Query(Prefix("a")),
+        "heading prefix": Query(Prefix("corona", "heading")),
+    }
+    assert MatchEngine(queries).match(DOCS) == match_batch(queries, DOCS)
+
+
+@pytest.mark.parametrize("scope", ["text", "heading"])
+def test_many_prefixes_against_a_small_batch(scope: Literal["text", "heading"]) -> None:
+    """More prefixes than the batch has tokens: found by cutting the batch's tokens instead."""
+    prefixes = sorted({word[:size] for word in ALL_WORDS[::7] for size in (3, 5) if len(word) >= 3})
+    queries = {prefix: Query(Prefix(prefix, scope)) for prefix in prefixes}
+    for batch in (DOCS[:1], DOCS[5:8]):
+        found = MatchEngine(queries).match(batch)
+        assert found == match_batch(queries, batch) and found

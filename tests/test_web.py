@@ -1,0 +1,792 @@
+"""The web app in process: sign-up, double opt-in, manage, unsubscribe, tokens, limits, API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+import sqlalchemy as sa
+from schemathesis import BaseSchema, Case
+from schemathesis.checks import not_a_server_error
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from alertd.cli import main
+from alertd.config import DatabaseSettings, Settings
+from alertd.db import open_database
+from alertd.hits import match_new_answers
+from alertd.ingest import store_items
+from alertd.models import Alert, Hit, Member, Subscriber
+from alertd.sources import parse_item
+from alertd.tokens import InvalidToken, TokenExpired, make_token, read_token
+from alertd.web import create_app, serve_web
+from alertd.web.limits import SlidingWindow
+
+from smtp_server import ReceivedMessage, SmtpSink
+from standin_api import StandinApi, load_2021_answered
+
+# The recorded answers are of 1 Feb 2021: the app's clock stands nine days later.
+NOW = datetime(2021, 2, 10, 12, 0, tzinfo=UTC)
+SECRET = "test-secret"
+BASE = "http://localhost:8000"
+TOPIC = '"special educational needs"'
+IP = "203.0.113.7"
+
+
+class Clock:
+    """The app's clock, moved by the tests (links expire, windows slide)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class Web:
+    client: httpx.AsyncClient
+    engine: Engine
+    settings: Settings
+    sink: SmtpSink
+    clock: Clock
+    standin: StandinApi
+
+    def client_from(self, ip: str) -> httpx.AsyncClient:
+        return _client(self.client._transport, ip)  # type: ignore[arg-type]
+
+    def alerts(self) -> list[Alert]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Alert).order_by(Alert.id)))  # type: ignore[arg-type]
+
+    def subscribers(self) -> list[Subscriber]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Subscriber)))
+
+
+def _client(transport: httpx.ASGITransport, ip: str) -> httpx.AsyncClient:
+    app = transport.app
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 4321)), base_url="http://testserver"
+    )
+
+
+@pytest.fixture(scope="session")
+def stored_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding the 469 recorded answers of 1 Feb 2021, made once and copied."""
+    path = tmp_path_factory.mktemp("stored") / "stored.db"
+    engine = open_database(DatabaseSettings(url=f"sqlite:///{path}"))
+    items = [parse_item(record) for record in load_2021_answered()]
+    store_items(engine, items, now=NOW - timedelta(days=9), alert=False)
+    engine.dispose()
+    return path
+
+
+def _stored(settings: Settings, stored_db: Path) -> Engine:
+    """A migrated database holding the recorded answers (a copy of stored_db on SQLite)."""
+    url = sa.make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite":
+        shutil.copy(stored_db, str(url.database))
+        return open_database(settings.database)
+    engine = open_database(settings.database)
+    items = [parse_item(record) for record in load_2021_answered()]
+    store_items(engine, items, now=NOW - timedelta(days=9), alert=False)
+    return engine
+
+
+@pytest.fixture
+async def make_web(
+    make_settings: Callable[..., Settings],
+    smtp_sink: SmtpSink,
+    standin_api: StandinApi,
+    stored_db: Path,
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Web]]:
+    """Builds the app (SMTP sink, stand-in Members API, stored answers) and a client."""
+    made: list[Web] = []
+
+    def make(ip: str = IP, database_url: str | None = None, **web: Any) -> Web:
+        settings = make_settings(
+            database={"url": database_url or f"sqlite:///{tmp_path}/alertd.db"},
+            mail={"delivery": "smtp"},
+            smtp={"host": smtp_sink.host, "port": smtp_sink.port},
+            members={"base_url": standin_api.base_url},
+            web={"mails_per_address_per_hour": 20, **web},
+        )
+        engine = _stored(settings, stored_db)
+        clock = Clock(NOW)
+        app = create_app(settings, engine, clock=clock)
+        client = _client(httpx.ASGITransport(app=app), ip)
+        made.append(Web(client, engine, settings, smtp_sink, clock, standin_api))
+        return made[-1]
+
+    yield make
+    for web in made:
+        await web.client.aclose()
+        web.engine.dispose()
+
+
+@pytest.fixture
+def web(make_web: Callable[..., Web]) -> Web:
+    """The app on a SQLite database."""
+    return make_web()
+
+
+@pytest.fixture
+def any_web(make_web: Callable[..., Web], database_url: str) -> Web:
+    """The app on SQLite, and on PostgreSQL when ALERTD_TEST_DATABASE_URL is set."""
+    return make_web(database_url=database_url)
+
+
+def _text(message: ReceivedMessage) -> str:
+    body = message.message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())  # type: ignore[attr-defined]
+
+
+def _path(message: ReceivedMessage, kind: str) -> str:
+    """The path of the first link of a kind (confirm, manage) in a mail's text part."""
+    found = re.search(rf"{re.escape(BASE)}(/{kind}/\S+)", _text(message))
+    assert found, _text(message)
+    return found.group(1)
+
+
+def _form(email: str, query: str = TOPIC, **extra: str) -> dict[str, str]:
+    return {"email": email, "follow": "topic", "query": query, "frequency": "daily", **extra}
+
+
+async def _subscribe(web: Web, email: str, query: str = TOPIC, **extra: str) -> httpx.Response:
+    return await web.client.post("/signup", data=_form(email, query, step="subscribe", **extra))
+
+
+async def _confirmed(web: Web, email: str, query: str = TOPIC) -> str:
+    """Sign up and confirm an alert; the manage path it leads to."""
+    before = len(web.sink.messages_to(email))
+    assert (await _subscribe(web, email, query)).status_code == 200
+    mail = web.sink.messages_to(email)[before]
+    response = await web.client.post(_path(mail, "confirm"))
+    assert response.status_code == 303
+    return response.headers["location"].split("?")[0]
+
+
+def _main(html: str) -> str:
+    """The page's main text, tags stripped, whitespace collapsed."""
+    inner = html[html.index("<main>") : html.index("</main>")]
+    return " ".join(re.sub(r"<[^>]+>", " ", inner).split())
+
+
+# -- sign-up, preview and double opt-in ----------------------------------------------------------
+
+
+async def test_signup_form_has_labelled_fields(web: Web) -> None:
+    response = await web.client.get("/")
+    assert response.status_code == 200
+    for field in ("email", "follow-topic", "follow-member", "query", "member", "frequency"):
+        assert f'id="{field}"' in response.text and f'for="{field}"' in response.text
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert "no-store" in response.headers["cache-control"]
+
+
+async def test_preview_counts_stored_answers_and_saves_nothing(web: Web) -> None:
+    response = await web.client.post("/signup", data=_form("a@example.org", "visas"))
+    assert response.status_code == 200
+    text = _main(response.text)
+    assert "In the last 30 days this alert would have found 6 answers" in text
+    assert text.count("(2021-02-01") == 5  # five examples
+    assert 'value="subscribe"' in response.text
+    assert web.alerts() == [] and web.sink.messages == []
+
+
+async def test_signup_confirm_manage(any_web: Web) -> None:
+    web = any_web
+    response = await _subscribe(web, "Parent@Example.ORG")
+    assert response.status_code == 200
+    assert "Check your email" in response.text
+    [alert] = web.alerts()
+    assert not alert.confirmed and alert.query == TOPIC
+    [mail] = web.sink.messages_to("Parent@example.org")
+    assert mail.subject == "Confirm your alert"
+    assert mail.message["Auto-Submitted"] == "auto-generated"
+    assert mail.message["To"] == "Parent@example.org"
+    assert mail.message.get_body(("html",)) is not None
+    confirm = _path(mail, "confirm")
+
+    page = await web.client.get(confirm)  # a mail scanner's GET confirms nothing
+    assert page.status_code == 200 and "Confirm my alert" in page.text
+    assert not web.alerts()[0].confirmed
+
+    response = await web.client.post(confirm)
+    assert response.status_code == 303
+    manage = response.headers["location"]
+    assert manage.startswith("/manage/")
+    assert web.alerts()[0].confirmed and web.alerts()[0].last_digest_at == NOW
+    page = await web.client.get(manage)
+    text = _main(page.text)
+    assert "Your alert is confirmed" in text
+    assert "Alerts for Parent@example.org" in text
+    assert "special educational needs" in text and "Active" in text
+
+
+async def test_a_known_address_gets_the_manage_link_and_the_same_page(any_web: Web) -> None:
+    web = any_web
+    manage = await _confirmed(web, "known@example.org")
+    known = await _subscribe(web, "known@example.org", "visas")
+    unknown = await _subscribe(web, "new@example.org", "visas")
+    assert known.status_code == unknown.status_code == 200
+    assert _main(known.text).replace("known@", "new@") == _main(unknown.text)
+    assert known.headers.keys() == unknown.headers.keys()
+
+    mail = web.sink.messages_to("known@example.org")[-1]
+    assert mail.subject == "You already have alerts \N{EM DASH} manage them here"
+    assert _path(mail, "manage") == manage
+    assert web.sink.messages_to("new@example.org")[-1].subject == "Confirm your alert"
+    # The new alert of the known address waits for its own confirmation.
+    assert (await web.client.post(_path(mail, "confirm"))).status_code == 303
+    assert [a.confirmed for a in web.alerts()] == [True, True, False]
+
+
+async def test_signing_up_again_for_the_same_alert_adds_nothing(web: Web) -> None:
+    await _subscribe(web, "twice@example.org")
+    await _subscribe(web, "twice@example.org")  # pending: the same alert, a fresh link
+    assert len(web.alerts()) == 1
+    first, second = web.sink.messages_to("twice@example.org")
+    assert (await web.client.post(_path(second, "confirm"))).status_code == 303
+    await _subscribe(web, "twice@example.org")  # confirmed: nothing added
+    assert len(web.alerts()) == 1
+    assert "You already have this alert" in _text(web.sink.messages_to("twice@example.org")[-1])
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "message"),
+    [
+        ({"email": "not-an-address"}, "email", "Enter an email address"),
+        ({"email": "a@example.org\r\nBcc: b@example.org"}, "email", "control characters"),
+        ({"email": "a@example.org\nBcc: b@example.org"}, "email", "control characters"),
+        ({"email": "a\0@example.org"}, "email", "control characters"),
+        ({"email": "x" * 300 + "@example.org"}, "email", "at most 254"),
+        ({"query": '"special needs'}, "query", "quote"),
+        ({"query": "   "}, "query", "Enter what to follow"),
+        ({"query": "-schools"}, "query", "exclu"),
+        ({"query": "colour:red"}, "query", "unknown field"),
+        ({"query": "schools\0"}, "query", "control characters"),
+        ({"query": "x " * 300}, "query", "at most 500"),
+        ({"query": "schools"}, "query", "narrow it down"),  # 31 a day: too broad to read
+        ({"frequency": "hourly"}, "frequency", "Choose immediate, daily or weekly"),
+        ({"follow": "everything"}, "follow", "Choose a topic or a Member"),
+        ({"follow": "member", "member": "Nobody Atall"}, "member", "No Member found"),
+        ({"follow": "member", "member": "x"}, "member", "at least two letters"),
+        ({"follow": "member", "member_id": "99999999999999999999"}, "member_id", "at most 12"),
+        ({"follow": "member", "member_id": "999999999"}, "member", "Unknown Member"),
+    ],
+)
+async def test_bad_input_comes_back_next_to_its_field(
+    any_web: Web, form: dict[str, str], field: str, message: str
+) -> None:
+    web = any_web
+    data = {**_form("a@example.org"), "step": "subscribe", **form}
+    response = await web.client.post("/signup", data=data)
+    assert response.status_code == 422
+    error = re.search(rf'<p class="error" id="{field}-error">(.*?)</p>', response.text)
+    assert error and message in error.group(1), response.text
+    assert 'aria-invalid="true"' in response.text
+    assert web.alerts() == [] and web.subscribers() == [] and web.sink.messages == []
+
+
+async def test_cr_lf_in_a_query_never_reaches_a_header(web: Web) -> None:
+    queries = ("special\r\nBcc: evil@example.org needs", "special\r\neducational\nneeds")
+    for query in queries:
+        assert (await _subscribe(web, "crlf@example.org", query)).status_code == 200
+    assert [a.query for a in web.alerts()] == [" ".join(q.split()) for q in queries]
+    for mail in web.sink.messages:
+        assert mail.rcpt_tos == ["crlf@example.org"]
+        assert not any("evil" in str(value) for value in mail.message.values())
+        assert sorted(mail.message.keys()) == sorted(
+            ["Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted",
+             "X-Auto-Response-Suppress", "Content-Type", "MIME-Version"]
+        )  # fmt: skip
+
+
+async def test_typed_html_is_escaped_in_pages_and_mails(web: Web) -> None:
+    query = "visas <script>alert(1)</script>"
+    manage = await _confirmed(web, "xss@example.org", query)
+    html = web.sink.messages[0].message.get_body(("html",))
+    assert html is not None
+    for text in (html.get_content(), (await web.client.get(manage)).text):  # type: ignore[attr-defined]
+        assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+async def test_a_mail_server_failure_saves_nothing(web: Web) -> None:
+    web.sink.fail_rcpt("down@example.org", 550)
+    response = await _subscribe(web, "down@example.org")
+    assert response.status_code == 503
+    assert "Nothing was saved" in response.text
+    assert web.alerts() == [] and web.subscribers() == []
+
+
+# -- following a Member --------------------------------------------------------------------------
+
+
+async def test_follow_a_member_by_name(web: Web) -> None:
+    data = {**_form("m@example.org"), "follow": "member", "member": "navendu"}
+    response = await web.client.post("/signup", data=data)
+    assert response.status_code == 200
+    assert "would have found 12 answers" in _main(response.text)
+    assert 'name="member_id" value="4811"' in response.text
+    assert 'value="Navendu Mishra"' in response.text
+    response = await web.client.post("/signup", data={**data, "step": "subscribe"})
+    assert response.status_code == 200
+    [alert] = web.alerts()
+    assert alert.query == "member:4811"
+    assert "Navendu Mishra" in _text(web.sink.messages_to("m@example.org")[0])
+
+
+async def test_an_ambiguous_name_offers_a_choice(web: Web) -> None:
+    data = {**_form("m@example.org"), "follow": "member", "member": "smith"}
+    response = await web.client.post("/signup", data=data)
+    assert response.status_code == 422
+    assert "Several Members match" in response.text
+    assert 'name="member_id" value="4436"' in response.text  # Cat Smith, a radio button
+    chosen = {**data, "member": "smith", "member_id": "4436"}
+    response = await web.client.post("/signup", data=chosen)
+    assert response.status_code == 422  # the typed name is not the chosen Member's
+    response = await web.client.post("/signup", data={**chosen, "member": "Cat Smith"})
+    assert response.status_code == 200 and "Following: Cat Smith (Labour" in response.text
+
+
+async def test_member_lookup_uses_the_api_once_and_caches_it(any_web: Web) -> None:
+    web = any_web
+    response = await web.client.get("/members", params={"q": "keir"})
+    assert response.status_code == 200
+    assert 'href="/?member_id=4514"' in response.text and "Sir Keir Starmer" in response.text
+    searches = [path for _, path in web.standin.requests if "Members/Search" in path]
+    assert len(searches) == 1 and "Name=keir" in searches[0]
+    with Session(web.engine) as session:
+        member = session.get(Member, 4514)
+        assert member is not None and member.party == "Labour"
+    again = await web.client.get("/api/members", params={"q": "KEIR"})
+    assert [m["id"] for m in again.json()] == [4514]
+    assert again.json()[0]["query"] == "member:4514"
+    assert len([p for _, p in web.standin.requests if "Members/Search" in p]) == 1
+    page = await web.client.get("/", params={"member_id": 4514})
+    assert 'value="Sir Keir Starmer"' in page.text and 'value="member" checked' in page.text
+
+
+async def test_member_lookup_falls_back_to_known_members(web: Web) -> None:
+    web.standin.fail_next("members", 503)
+    response = await web.client.get("/api/members", params={"q": "cat smith"})
+    assert response.status_code == 200
+    assert [m["name"] for m in response.json()] == ["Cat Smith"]
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def test_expiring_tokens() -> None:
+    token = make_token("k", "confirm", 7, issued_at=NOW)
+    week = timedelta(days=7)
+    assert read_token("k", "confirm", token, max_age=week, now=NOW + timedelta(days=6)) == 7
+    with pytest.raises(TokenExpired):
+        read_token("k", "confirm", token, max_age=week, now=NOW + timedelta(days=7, seconds=1))
+    with pytest.raises(TokenExpired):
+        read_token("k", "confirm", token, max_age=week, now=NOW - timedelta(hours=1))
+    with pytest.raises(InvalidToken):  # a non-expiring token where an expiring one is needed
+        read_token("k", "confirm", make_token("k", "confirm", 7), max_age=week, now=NOW)
+    with pytest.raises(InvalidToken):  # the issue time altered
+        read_token("k", "confirm", token.replace(".1612", ".1712"), max_age=week, now=NOW)
+    for odd in ("confirm.\u00b2.1.x", "unsubscribe.1.\u00e9", "a" * 1000):
+        with pytest.raises(InvalidToken):
+            read_token("k", "unsubscribe", odd)
+
+
+async def test_an_expired_confirmation_link_does_nothing(web: Web) -> None:
+    await _subscribe(web, "late@example.org")
+    confirm = _path(web.sink.messages[0], "confirm")
+    web.clock.advance(days=7, minutes=1)
+    for response in (await web.client.get(confirm), await web.client.post(confirm)):
+        assert response.status_code == 400
+        assert "This link has expired" in response.text
+    assert not web.alerts()[0].confirmed
+
+
+async def test_forged_altered_and_swapped_tokens_do_nothing(any_web: Web) -> None:
+    web = any_web
+    manage = await _confirmed(web, "victim@example.org")
+    other = await _confirmed(web, "other@example.org", "visas")
+    victim_alert, other_alert = web.alerts()
+    assert victim_alert.id is not None and other_alert.id is not None
+    alert_id, subscriber_id = victim_alert.id, victim_alert.subscriber_id
+    forged = [
+        make_token("another-secret", "unsubscribe", subscriber_id),
+        make_token(SECRET, "unsubscribe", subscriber_id).replace(f".{subscriber_id}.", ".99."),
+        make_token(SECRET, "stop", alert_id),  # a stop token used to unsubscribe
+        make_token(SECRET, "manage", subscriber_id),  # a manage token used to unsubscribe
+        "unsubscribe.1",
+        "%00",
+    ]
+    for token in forged:
+        for method in ("GET", "POST"):
+            response = await web.client.request(method, f"/unsubscribe/{token}")
+            assert response.status_code == 400, (method, token)
+            assert "This link is not valid" in response.text
+    swapped = [
+        ("POST", f"/alerts/stop/{make_token(SECRET, 'unsubscribe', subscriber_id)}"),
+        ("POST", f"/alerts/stop/{make_token(SECRET, 'stop', alert_id)}x"),
+        ("GET", f"/manage/{make_token(SECRET, 'unsubscribe', subscriber_id)}"),
+        ("POST", f"/confirm/{make_token(SECRET, 'confirm', alert_id)}"),  # no issue time
+        ("POST", f"/manage/{make_token(SECRET, 'manage', subscriber_id)[:-1]}/delete-all"),
+    ]
+    for method, path in swapped:
+        response = await web.client.request(method, path)
+        assert response.status_code == 400 and "Nothing was changed" in response.text, path
+    # The other subscriber's manage link cannot touch the victim's alert.
+    for action in ("pause", "delete"):
+        response = await web.client.post(f"{other}/alerts/{alert_id}/{action}")
+        assert response.status_code == 404 and "Nothing was changed" in response.text
+    assert [(a.unsubscribed_at, a.paused_at) for a in web.alerts()] == [(None, None)] * 2
+    assert "special educational needs" in (await web.client.get(manage)).text
+
+
+# -- manage, unsubscribe, stop -------------------------------------------------------------------
+
+
+async def test_manage_pause_resume_frequency_delete(any_web: Web) -> None:
+    web = any_web
+    manage = await _confirmed(web, "me@example.org")
+    await _confirmed(web, "me@example.org", "visas")
+    first, second = (a.id for a in web.alerts())
+
+    response = await web.client.post(f"{manage}/alerts/{first}/pause")
+    assert response.status_code == 303
+    page = await web.client.get(response.headers["location"])
+    assert "The alert is paused" in page.text and "Paused" in _main(page.text)
+    assert web.alerts()[0].paused_at == NOW
+
+    # A paused alert matches nothing: new answers reach only the other alert.
+    records = [r for r in load_2021_answered() if "visa" in str(r).lower()]
+    for record in records:
+        record["id"] += 10_000_000
+        record["heading"] += " special educational needs"
+    store_items(web.engine, [parse_item(r) for r in records], now=NOW + timedelta(hours=1))
+    match_new_answers(web.engine, now=NOW + timedelta(hours=1))
+    with Session(web.engine) as session:
+        assert {hit.alert_id for hit in session.exec(select(Hit))} == {second}
+
+    web.clock.advance(hours=2)
+    assert (await web.client.post(f"{manage}/alerts/{first}/resume")).status_code == 303
+    assert web.alerts()[0].paused_at is None
+    assert web.alerts()[0].last_digest_at == NOW + timedelta(hours=2)
+
+    data = {"frequency": "weekly"}
+    assert (await web.client.post(f"{manage}/alerts/{first}/frequency", data=data)).is_redirect
+    assert web.alerts()[0].frequency == "weekly"
+    bad = await web.client.post(f"{manage}/alerts/{first}/frequency", data={"frequency": "x"})
+    assert bad.status_code == 422 and web.alerts()[0].frequency == "weekly"
+
+    assert (await web.client.post(f"{manage}/alerts/{first}/delete")).status_code == 303
+    assert web.alerts()[0].unsubscribed_at is not None and web.alerts()[1].unsubscribed_at is None
+    assert (await web.client.post(f"{manage}/alerts/{first}/pause")).status_code == 404
+    response = await web.client.post(f"{manage}/delete-all")
+    page = await web.client.get(response.headers["location"])
+    assert "All your alerts are deleted" in page.text and "You have no alerts" in page.text
+    assert all(a.unsubscribed_at is not None for a in web.alerts())
+
+
+async def test_one_click_unsubscribe(any_web: Web) -> None:
+    web = any_web
+    await _confirmed(web, "bye@example.org")
+    await _confirmed(web, "bye@example.org", "visas")
+    subscriber_id = web.alerts()[0].subscriber_id
+    path = f"/unsubscribe/{make_token(SECRET, 'unsubscribe', subscriber_id)}"
+    for _ in range(2):  # a mail scanner following the link changes nothing
+        page = await web.client.get(path)
+        assert page.status_code == 200 and "Unsubscribe from all alerts" in page.text
+        assert "Stop all 2 of your alerts" in _main(page.text)
+    assert all(a.unsubscribed_at is None for a in web.alerts())
+    # RFC 8058: the mail provider POSTs this body, with no cookie and no confirmation.
+    response = await web.client.post(
+        path,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert "You are unsubscribed" in response.text and "2 alerts stopped" in response.text
+    assert all(a.unsubscribed_at == NOW for a in web.alerts())
+    assert (await web.client.post(path)).status_code == 200  # again: still fine
+
+
+async def test_stop_one_alert(web: Web) -> None:
+    await _confirmed(web, "stop@example.org")
+    await _confirmed(web, "stop@example.org", "visas")
+    first = web.alerts()[0]
+    assert first.id is not None
+    path = f"/alerts/stop/{make_token(SECRET, 'stop', first.id)}"
+    page = await web.client.get(path)
+    assert "Stop the alert" in page.text and "special educational needs" in page.text
+    assert web.alerts()[0].unsubscribed_at is None
+    response = await web.client.post(path)
+    assert response.status_code == 200 and "is stopped" in response.text
+    assert [a.unsubscribed_at for a in web.alerts()] == [NOW, None]
+    assert "already stopped" in (await web.client.get(path)).text
+
+
+async def test_lost_manage_link_is_mailed_without_enumeration(web: Web) -> None:
+    manage = await _confirmed(web, "lost@example.org")
+    known = await web.client.post("/manage", data={"email": "lost@example.org"})
+    unknown = await web.client.post("/manage", data={"email": "nobody@example.org"})
+    assert known.status_code == unknown.status_code == 200
+    assert _main(known.text).replace("lost@", "nobody@") == _main(unknown.text)
+    assert _path(web.sink.messages_to("lost@example.org")[-1], "manage") == manage
+    assert web.sink.messages_to("nobody@example.org") == []
+    bad = await web.client.post("/manage", data={"email": "lost@example.org\r\nBcc: x@y.org"})
+    assert bad.status_code == 422 and 'id="email-error"' in bad.text
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+def test_sliding_window() -> None:
+    window = SlidingWindow(2, 60.0)
+    assert window.allow("a", 0.0) and window.allow("a", 10.0) and not window.allow("a", 59.0)
+    assert window.allow("b", 59.0)
+    assert window.retry_after("a", 59.0) == 1
+    assert window.allow("a", 60.5) and not window.allow("a", 61.0)
+
+
+async def test_signups_are_limited_per_ip(make_web: Callable[..., Web]) -> None:
+    web = make_web(signups_per_ip_per_hour=2)
+    for n in range(2):
+        assert (await _subscribe(web, f"ip{n}@example.org")).status_code == 200
+    response = await _subscribe(web, "ip3@example.org")
+    assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
+    assert "Too many requests" in response.text
+    async with web.client_from("198.51.100.1") as elsewhere:
+        data = _form("ip3@example.org", step="subscribe")
+        assert (await elsewhere.post("/signup", data=data)).status_code == 200
+    web.clock.advance(hours=1)
+    assert (await _subscribe(web, "ip4@example.org")).status_code == 200
+
+
+async def test_mails_are_limited_per_address_without_saying_so(
+    make_web: Callable[..., Web],
+) -> None:
+    web = make_web(mails_per_address_per_hour=2)
+    pages = [await _subscribe(web, "flood@example.org", q) for q in (TOPIC, "visas", "fishing")]
+    assert [p.status_code for p in pages] == [200, 200, 200]
+    assert _main(pages[2].text) == _main(pages[0].text)
+    assert len(web.sink.messages_to("flood@example.org")) == 2
+    assert [a.query for a in web.alerts()] == [TOPIC, "visas"]  # the third was not saved
+
+
+async def test_mails_are_limited_per_ip(make_web: Callable[..., Web]) -> None:
+    web = make_web(mails_per_ip_per_hour=1)
+    assert (await _subscribe(web, "one@example.org")).status_code == 200
+    assert (await web.client.post("/manage", data={"email": "one@example.org"})).status_code == 429
+    assert len(web.sink.messages) == 1
+
+
+async def test_alerts_per_address_are_capped(make_web: Callable[..., Web]) -> None:
+    web = make_web(max_alerts_per_address=2)
+    manage = await _confirmed(web, "cap@example.org")
+    await _subscribe(web, "cap@example.org", "visas")
+    response = await _subscribe(web, "cap@example.org", "fishing")
+    assert response.status_code == 200 and "Check your email" in response.text
+    assert len(web.alerts()) == 2
+    mail = web.sink.messages_to("cap@example.org")[-1]
+    assert "reached the limit of 2 alerts" in _text(mail)
+    assert _path(mail, "manage") == manage and "/confirm/" not in _text(mail)
+    # Unconfirmed alerts whose link has expired give their place back.
+    web.clock.advance(days=8)
+    await _subscribe(web, "cap@example.org", "fishing")
+    assert len(web.alerts()) == 3
+
+
+# -- JSON API ------------------------------------------------------------------------------------
+
+
+async def test_api_create_list_update_delete(any_web: Web) -> None:
+    web = any_web
+    body = {"email": "api@example.org", "query": TOPIC, "frequency": "weekly"}
+    response = await web.client.post("/api/alerts", json=body)
+    assert response.status_code == 202 and response.json()["status"] == "accepted"
+    again = await web.client.post("/api/alerts", json={**body, "query": "visas"})
+    assert again.status_code == 202 and again.json() == response.json()
+    first = web.sink.messages_to("api@example.org")[0]
+    assert (await web.client.post(_path(first, "confirm"))).status_code == 303
+    manage = await _confirmed(web, "api@example.org", "fishing")
+    auth = {"Authorization": f"Bearer {manage.removeprefix('/manage/')}"}
+
+    listing = await web.client.get("/api/alerts", headers=auth)
+    assert listing.status_code == 200
+    assert listing.json()["email"] == "api@example.org"
+    alerts = listing.json()["alerts"]
+    assert [(a["query"], a["status"], a["frequency"]) for a in alerts] == [
+        (TOPIC, "active", "weekly"),
+        ("visas", "pending", "weekly"),
+        ("fishing", "active", "daily"),
+    ]
+    first_id = alerts[0]["id"]
+    patched = await web.client.patch(
+        f"/api/alerts/{first_id}", json={"paused": True, "frequency": "daily"}, headers=auth
+    )
+    assert patched.status_code == 200
+    assert (patched.json()["status"], patched.json()["frequency"]) == ("paused", "daily")
+    assert (await web.client.delete(f"/api/alerts/{first_id}", headers=auth)).status_code == 204
+    assert (await web.client.delete(f"/api/alerts/{first_id}", headers=auth)).status_code == 404
+    listing = await web.client.get("/api/alerts", headers=auth)
+    assert [a["query"] for a in listing.json()["alerts"]] == ["visas", "fishing"]
+
+
+async def test_api_member_alert_and_errors(web: Web) -> None:
+    ok = await web.client.post("/api/alerts", json={"email": "m@example.org", "member_id": 4811})
+    assert ok.status_code == 202 and web.alerts()[0].query == "member:4811"
+    cases = [
+        ({"email": "bad", "query": TOPIC}, "email"),
+        ({"email": "a@example.org\r\nX: y", "query": TOPIC}, "email"),
+        ({"email": "a@example.org", "query": '"open'}, "query"),
+        ({"email": "a@example.org"}, "query"),
+        ({"email": "a@example.org", "query": TOPIC, "member_id": 4811}, "query"),
+        ({"email": "a@example.org", "member_id": 123456}, "member_id"),
+        ({"email": "a@example.org", "query": "the"}, "query"),
+        ({"email": "a@example.org", "query": TOPIC, "frequency": "hourly"}, "frequency"),
+    ]
+    for body, field in cases:
+        response = await web.client.post("/api/alerts", json=body)
+        assert response.status_code == 422, body
+        assert field in [error["loc"][-1] for error in response.json()["detail"]], body
+    assert len(web.alerts()) == 1 and len(web.sink.messages) == 1
+
+
+async def test_api_tokens(web: Web) -> None:
+    await _confirmed(web, "owner@example.org")
+    other = await _confirmed(web, "other@example.org", "visas")
+    owner_alert = web.alerts()[0]
+    assert (await web.client.get("/api/alerts")).status_code == 401
+    for token in (
+        make_token(SECRET, "unsubscribe", owner_alert.subscriber_id),
+        make_token("other-secret", "manage", owner_alert.subscriber_id),
+        "nonsense",
+    ):
+        response = await web.client.get("/api/alerts", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    auth = {"Authorization": f"Bearer {other.removeprefix('/manage/')}"}
+    response = await web.client.delete(f"/api/alerts/{owner_alert.id}", headers=auth)
+    assert response.status_code == 404
+    response = await web.client.patch(
+        f"/api/alerts/{owner_alert.id}", json={"paused": True}, headers=auth
+    )
+    assert response.status_code == 404
+    assert web.alerts()[0].unsubscribed_at is None and web.alerts()[0].paused_at is None
+
+
+async def test_api_preview_health_and_schema(web: Web) -> None:
+    preview = await web.client.get("/api/preview", params={"q": "visas"})
+    assert preview.status_code == 200 and preview.json()["count"] == 6
+    assert len(preview.json()["examples"]) == 5
+    bad = await web.client.get("/api/preview", params={"q": "(visas"})
+    assert bad.status_code == 422
+    health = await web.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    schema = (await web.client.get("/openapi.json")).json()
+    for path in ("/api/alerts", "/api/alerts/{alert_id}", "/api/members", "/healthz"):
+        assert path in schema["paths"]
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+async def test_healthz_reports_a_broken_database(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    broken = sa.create_engine(f"sqlite:///{tmp_path}/no/such/dir/alertd.db")
+    app = create_app(make_settings(), broken)
+    async with _client(httpx.ASGITransport(app=app), IP) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503 and response.json()["status"] == "database unavailable"
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+async def test_serve_web_serves_until_stopped(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    engine = open_database(settings.database)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_web(settings, engine, stop, sock=sock))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(100):
+            try:
+                response = await client.get("/healthz")
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+        assert response.status_code == 200
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    sock.close()
+    engine.dispose()
+
+
+def test_alertd_web_refuses_a_port_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = tmp_path / "alertd.toml"
+        config.write_text(
+            f'[database]\nurl = "sqlite:///{tmp_path}/alertd.db"\n'
+            f"[web]\nport = {busy.getsockname()[1]}\n"
+        )
+        assert main(["web", "--config", str(config)]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+# -- schemathesis: no input found by fuzzing the OpenAPI schema makes a server error -------------
+
+
+@pytest.fixture
+def web_schema(
+    make_settings: Callable[..., Settings],
+    standin_api: StandinApi,
+    stored_db: Path,
+    database_url: str,
+) -> Iterator[BaseSchema]:
+    settings = make_settings(
+        database={"url": database_url},
+        members={"base_url": standin_api.base_url},
+        web={"signups_per_ip_per_hour": 10_000, "lookups_per_ip_per_minute": 10_000},
+    )
+    engine = _stored(settings, stored_db)
+    app = create_app(settings, engine, clock=Clock(NOW))
+    yield schemathesis.openapi.from_asgi("/openapi.json", app)
+    engine.dispose()
+
+
+def test_fuzzing_finds_no_server_error(web_schema: BaseSchema) -> None:
+    operations = [result.ok() for result in web_schema.get_all_operations()]
+    assert len(operations) >= 15
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=15, deadline=None, database=None)
+        def fuzz(case: Case) -> None:
+            case.call_and_validate(checks=[not_a_server_error])
+
+        fuzz()
