@@ -18,6 +18,7 @@ from alertd.config import WEEKDAYS, DigestSettings, Settings
 from alertd.db import transaction
 from alertd.errors import QueryError
 from alertd.excerpt import excerpt_around, flatten, mark, merge_highlights
+from alertd.links import alert_feed_url
 from alertd.matching import Highlights, highlight_terms, parse_query
 from alertd.models import Alert, DigestRun, Hit, Ledger, Member, Outbox, Question, Subscriber
 from alertd.render import (
@@ -260,6 +261,7 @@ def _build_digest(
                 total=len(items),
                 reason=_reason(alert, labels[alert.id]),
                 more_url=manage_url,
+                feed_url=alert_feed_url(base, secret, alert.id),
             )
         )
     token = make_token(secret, "unsubscribe", subscriber.id)

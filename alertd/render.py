@@ -133,6 +133,8 @@ class DigestSection:
     reason: str = ""
     # Where the answers not shown (over digest.max_per_alert) can be seen.
     more_url: str = ""
+    # The alert's private Atom feed, for people who prefer a feed reader.
+    feed_url: str = ""
 
     @property
     def hidden(self) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+import feedparser
+import httpx
 import pytest
 from sqlmodel import Session, select
 
@@ -17,8 +19,10 @@ from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.feeds import add_feed, parse_feed
+from alertd.links import alert_feed_url
 from alertd.models import Feed, FeedEntry, Question
 from alertd.pipeline import Runtime, run_once
+from alertd.web import create_app
 
 from feed_server import FeedServer, Route
 from smtp_server import SmtpSink
@@ -269,3 +273,38 @@ def test_feeds_from_the_config_file_are_polled(
     assert main(["feeds", "list", "--config", str(config)]) == 0
     assert "answers\t" in capsys.readouterr().out
     assert len(feed_server.requests) == 1
+
+
+async def test_every_alert_is_a_valid_private_atom_feed(
+    runtime: Runtime, feed_server: FeedServer
+) -> None:
+    records = _records(4)
+    feed_server.serve("/rss", Route(rss2(records[:1])))
+    add_feed(runtime.engine, "answers", feed_server.url("/rss"))
+    alert = alerts.subscribe(
+        runtime.engine,
+        "parent@example.org",
+        "To ask",
+        "immediate",
+        confirmed=True,
+        now=NOW - timedelta(days=1),
+    )
+    await run_once(runtime, now=NOW)
+    feed_server.serve("/rss", Route(rss2(records)))
+    await run_once(runtime, now=NOW + timedelta(hours=1))
+    assert alert.id is not None
+    secret = runtime.settings.web.secret_key.get_secret_value()
+    url = alert_feed_url(runtime.settings.web.base_url, secret, alert.id)
+    app = create_app(runtime.settings, runtime.engine)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
+        response = await web.get(url.removeprefix(runtime.settings.web.base_url))
+        forged = await web.get(url.removeprefix(runtime.settings.web.base_url)[:-3] + "abc")
+        other = await web.get(alert_feed_url("", secret, alert.id + 1).replace("feed.", "stop.", 1))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/atom+xml")
+    parsed = feedparser.parse(response.content)
+    assert parsed.version == "atom10" and not parsed.bozo
+    assert sorted(e.title for e in parsed.entries) == sorted(r["heading"] for r in records[1:])
+    assert {e.link for e in parsed.entries} == {_link(r) for r in records[1:]}
+    assert forged.status_code >= 400 and b"<feed" not in forged.content
+    assert other.status_code >= 400

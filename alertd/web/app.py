@@ -19,7 +19,7 @@ from alertd.config import Settings
 from alertd.delivery import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
 from alertd.tokens import InvalidToken, TokenExpired
-from alertd.web import api, pages
+from alertd.web import api, atom, pages
 from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
 from alertd.web.flows import MailFailed, RateLimited
 from alertd.web.limits import Limits
@@ -136,6 +136,7 @@ def create_app(
     )
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(atom.router)
     app.add_exception_handler(InvalidToken, _invalid_token)
     app.add_exception_handler(NotYours, _not_yours)
     app.add_exception_handler(RateLimited, _rate_limited)

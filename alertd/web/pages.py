@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.config import FREQUENCIES
 from alertd.errors import QueryError
+from alertd.links import alert_feed_url
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -181,6 +182,9 @@ async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResp
         "manage.html",
         email=email,
         alerts=alerts,
+        feed_urls={
+            a.id: alert_feed_url(ctx.settings.web.base_url, ctx.secret, a.id) for a in alerts
+        },
         token=token,
         done=DONE.get(done or ""),
         frequencies=FREQUENCIES,
