@@ -31,6 +31,14 @@ FREQUENCIES: tuple[Frequency, ...] = ("immediate", "daily", "weekly")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
+def http_url(url: str) -> str:
+    """The URL, if it is an absolute http(s) one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -130,10 +138,7 @@ class WebSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL")
-        return url.rstrip("/")
+        return http_url(url).rstrip("/")
 
 
 class MembersSettings(_Section):
@@ -193,10 +198,7 @@ class FeedConfig(_Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL")
-        return url
+        return http_url(url)
 
 
 class Settings(_Section):
