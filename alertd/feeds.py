@@ -15,7 +15,7 @@ import feedparser
 import httpx
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from alertd.config import FeedConfig
 from alertd.db import transaction
@@ -270,7 +270,7 @@ async def poll_due_feeds(
 
 def due_feeds(engine: Engine, now: datetime, default_interval_minutes: int) -> list[Feed]:
     with Session(engine) as session:
-        feeds = session.exec(select(Feed).where(Feed.enabled == True)).all()  # noqa: E712
+        feeds = session.exec(select(Feed).where(col(Feed.enabled).is_(True))).all()
     due = []
     for feed in feeds:
         interval_s = 60 * (feed.poll_interval_minutes or default_interval_minutes)
