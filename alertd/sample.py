@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.alerts import normalise_email
-from alertd.config import Settings
-from alertd.digests import _build_digest, _Row
+from alertd.config import FREQUENCIES, Settings
+from alertd.digests import _build_digest, _pending_rows, _Row
 from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.hits import question_document
 from alertd.matching import analyse, parse_query
@@ -47,7 +47,7 @@ def sample_digest(
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
         if subscriber is None or subscriber.id is None:
             raise UsageError(f"no subscriber with the address {address}")
-        rows = _pending(session, subscriber.id) or _recent(
+        rows = _pending_rows(session, subscriber.id, list(FREQUENCIES)) or _recent(
             session, subscriber.id, since=now - timedelta(days=days), now=now
         )
         if not rows:
@@ -56,21 +56,6 @@ def sample_digest(
                 f"{days} days matches their alerts"
             )
         return _build_digest(session, settings, subscriber, rows)
-
-
-def _pending(session: Session, subscriber_id: int) -> list[_Row]:
-    rows = session.exec(
-        select(Hit, Alert, Question)
-        .join(Alert, col(Alert.id) == col(Hit.alert_id))
-        .join(Question, col(Question.id) == col(Hit.question_id))
-        .where(
-            Hit.subscriber_id == subscriber_id,
-            col(Hit.outbox_id).is_(None),
-            col(Alert.unsubscribed_at).is_(None),
-        )
-        .order_by(col(Alert.id), col(Question.date_answered).desc(), col(Question.id))
-    ).all()
-    return [_Row(hit, alert, question) for hit, alert, question in rows]
 
 
 def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datetime) -> list[_Row]:
