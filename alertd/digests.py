@@ -26,8 +26,7 @@ from alertd.render import (
     DigestItem,
     DigestSection,
     describe_alert,
-    message_bytes,
-    render_digest,
+    render_message,
 )
 from alertd.tokens import make_token
 
@@ -181,13 +180,13 @@ def _compose_for(
     domain = settings.mail.from_address.rpartition("@")[2]
     message_id = make_msgid(idstring="digest", domain=domain)
     digest = _build_digest(session, settings, subscriber, fresh)
-    message = render_digest(digest, settings, env, message_id=message_id, now=now)
+    rendered = render_message(digest, settings, env, message_id=message_id, now=now)
     outbox = Outbox(
         subscriber_id=subscriber_id,
         recipient=subscriber.email,
         message_id=message_id,
-        subject=str(message["Subject"]),
-        message=message_bytes(message, settings),
+        subject=rendered.subject,
+        message=rendered.message,
         created_at=now,
         next_attempt_at=now,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -147,13 +148,23 @@ def long_date(value: date | None) -> str:
     return "" if value is None else f"{value.day} {value:%B %Y}"
 
 
+# Digests repeat the same answers for everyone following the same topic; these filters are
+# pure and were the costliest part of rendering, so their results are kept (bounded).
+_MEMO_ENTRIES = 8192
+
+
 def wrap_text(text: str, width: int = TEXT_WIDTH, indent: str = "", first: str = "") -> str:
     """Each paragraph (line) of the text wrapped at ``width`` columns, never breaking a word.
 
     A word longer than the width (a URL) stays whole on its own line.
     """
+    return _wrap(str(text), int(width), str(indent), str(first))
+
+
+@functools.lru_cache(maxsize=_MEMO_ENTRIES)
+def _wrap(text: str, width: int, indent: str, first: str) -> str:
     lines: list[str] = []
-    for paragraph in str(text).split("\n"):
+    for paragraph in text.split("\n"):
         if not paragraph.strip():
             lines.append("")
             continue
@@ -176,9 +187,19 @@ def _spans(value: Iterable[Sequence[int]]) -> tuple[Span, ...]:
 
 def highlight_html(text: str, spans: Iterable[Sequence[int]] = ()) -> Markup:
     """The text escaped, with each range in ``<mark>``."""
-    return Marked(str(text), _spans(spans)).html()
+    return _html(str(text), _spans(spans))
 
 
 def highlight_text(text: str, spans: Iterable[Sequence[int]] = ()) -> str:
     """The text with each range between asterisks."""
-    return Marked(str(text), _spans(spans)).starred()
+    return _starred(str(text), _spans(spans))
+
+
+@functools.lru_cache(maxsize=_MEMO_ENTRIES)
+def _html(text: str, spans: tuple[Span, ...]) -> Markup:
+    return Marked(text, spans).html()
+
+
+@functools.lru_cache(maxsize=_MEMO_ENTRIES)
+def _starred(text: str, spans: tuple[Span, ...]) -> str:
+    return Marked(text, spans).starred()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+import email
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -38,8 +40,9 @@ __all__ = [
     "build_environment",
     "digest_subject",
     "excerpt",
-    "message_bytes",
+    "RenderedDigest",
     "render_digest",
+    "render_message",
     "templates_dir",
 ]
 
@@ -160,6 +163,23 @@ class Digest:
         return sum(section.total for section in self.sections)
 
 
+class _DigestSandbox(jinja2.sandbox.SandboxedEnvironment):
+    """Jinja2's sandbox, with a shortcut for the digest's own plain data classes.
+
+    For them the general check reduces to "no leading underscore" (they are no functions,
+    types, frames or generators); skipping the rest of it for the ~200 attribute reads
+    of every digest makes rendering about a quarter cheaper.
+    """
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if type(obj) in _DIGEST_DATA:
+            return not attr.startswith("_")
+        return bool(super().is_safe_attribute(obj, attr, value))
+
+
+_DIGEST_DATA = frozenset({Digest, DigestSection, DigestItem})
+
+
 def describe_alert(label: str, *, member: bool = False) -> str:
     """Why an answer came, in words: ``your alert "schools"`` or ``you follow Jo Bloggs``."""
     if member:
@@ -192,7 +212,7 @@ def build_environment(settings: Settings | None = None) -> jinja2.Environment:
         if not override.is_dir():
             raise ConfigError(f"config error: digest.templates_dir: {override} is not a folder")
         folders.insert(0, override)
-    env = jinja2.sandbox.SandboxedEnvironment(
+    env = _DigestSandbox(
         loader=jinja2.FileSystemLoader([str(folder) for folder in folders]),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
@@ -211,10 +231,9 @@ def build_environment(settings: Settings | None = None) -> jinja2.Environment:
         except jinja2.TemplateNotFound as exc:
             shown = ", ".join(str(folder) for folder in folders)
             raise TemplateError(f"template {name} not found in {shown}") from exc
-    sample = render_digest(
+    render_message(
         startup_sample(settings), settings, env, message_id="<sample@alertd.invalid>", now=_EPOCH
     )
-    message_bytes(sample, settings)
     return env
 
 
@@ -276,6 +295,100 @@ def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]
         raise TemplateError(f"template {_where(exc)}: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class RenderedDigest:
+    """A digest ready for the outbox: its subject, and the exact bytes to send."""
+
+    subject: str
+    # CRLF lines, DKIM-signed when configured: sent as they are, never re-serialised.
+    message: bytes
+
+
+def render_message(
+    digest: Digest,
+    settings: Settings,
+    env: jinja2.Environment,
+    *,
+    message_id: str,
+    now: datetime,
+) -> RenderedDigest:
+    """Build the digest email; the same inputs always give the same bytes.
+
+    The MIME structure is written directly rather than through ``EmailMessage``: composing
+    is the costly half of a mail run, and the email package's header parsing and
+    pure-Python quoted-printable were most of it. Headers that are not plain short ASCII
+    still go through the email package's folding and RFC 2047 encoding.
+
+    Raises:
+        TemplateError: a template failed while rendering.
+        HeaderInjection: the recipient is not one address, or a header value has a line break.
+        ConfigError: DKIM is configured but its key cannot be read or used.
+    """
+    subject = digest_subject(digest)
+    context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
+    text = _render_template(env, "digest.txt", context)
+    html = _INLINER.inline(_render_template(env, "digest.html", context))
+    mail = settings.mail
+    domain = mail.from_address.rpartition("@")[2]
+    # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
+    boundary = "=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
+    headers = (
+        ("Subject", _one_line(subject, "Subject")),
+        ("From", str(Address(mail.from_name, addr_spec=mail.from_address))),
+        ("To", str(_single_address(digest.recipient))),
+        ("Date", format_datetime(now)),
+        ("Message-ID", _one_line(message_id, "Message-ID")),
+        ("List-Id", f"alertd digests <digests.{domain}>"),
+        ("List-Unsubscribe", f"<{_one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ("Auto-Submitted", "auto-generated"),
+        ("Precedence", "bulk"),
+        ("X-Auto-Response-Suppress", "All"),
+    )
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    wire = b"".join(
+        [
+            *(_header_line(name, value) for name, value in headers),
+            b"MIME-Version: 1.0\r\n",
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
+            delimiter,
+            _part_head("plain"),
+            _quoted_printable(text),
+            b"\r\n",
+            delimiter,
+            _part_head("html", mime_version=True),
+            _quoted_printable(html),
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        ]
+    )
+    return RenderedDigest(subject, sign_message(wire, mail))
+
+
+def _part_head(subtype: str, *, mime_version: bool = False) -> bytes:
+    # add_alternative() gave the second part its own MIME-Version; kept, byte for byte.
+    extra = "MIME-Version: 1.0\r\n" if mime_version else ""
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: quoted-printable\r\n{extra}\r\n"
+    ).encode("ascii")
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """One header as the wire policy writes it; the email package only when it must fold."""
+    line = f"{name}: {value}\r\n"
+    if value.isascii() and (len(line) <= 80 or WIRE_POLICY._whole(name, value)):
+        return line.encode("ascii")
+    return WIRE_POLICY.fold_binary(name, WIRE_POLICY.header_factory(name, value))
+
+
+def _quoted_printable(body: str) -> bytes:
+    """A text part's body: UTF-8, CRLF lines, quoted-printable with lines of at most 76."""
+    lines = body.encode("utf-8").splitlines()
+    # binascii's encoder is C, several times faster than the email package's pure Python
+    # one; given CRLF lines it writes CRLF soft breaks too.
+    return binascii.b2a_qp(b"\r\n".join(lines) + b"\r\n", istext=True)
+
+
 def render_digest(
     digest: Digest,
     settings: Settings,
@@ -284,44 +397,11 @@ def render_digest(
     message_id: str,
     now: datetime,
 ) -> EmailMessage:
-    """Build the digest email; the same inputs always give the same message.
-
-    Raises:
-        TemplateError: a template failed while rendering.
-        HeaderInjection: the recipient is not one address, or a header value has a line break.
-    """
-    subject = digest_subject(digest)
-    context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
-    text = _render_template(env, "digest.txt", context)
-    html = _INLINER.inline(_render_template(env, "digest.html", context))
-    domain = settings.mail.from_address.rpartition("@")[2]
-    message = EmailMessage(policy=WIRE_POLICY)
-    message["Subject"] = _one_line(subject, "Subject")
-    message["From"] = Address(settings.mail.from_name, addr_spec=settings.mail.from_address)
-    message["To"] = _single_address(digest.recipient)
-    message["Date"] = format_datetime(now)
-    message["Message-ID"] = _one_line(message_id, "Message-ID")
-    message["List-Id"] = f"alertd digests <digests.{domain}>"
-    message["List-Unsubscribe"] = f"<{_one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message["Auto-Submitted"] = "auto-generated"
-    message["Precedence"] = "bulk"
-    message["X-Auto-Response-Suppress"] = "All"
-    # Quoted-printable keeps both parts readable in the raw message and 7-bit clean.
-    message.set_content(text, cte="quoted-printable")
-    message.add_alternative(html, subtype="html", cte="quoted-printable")
-    # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
-    message.set_boundary("=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
-    return message
-
-
-def message_bytes(message: EmailMessage, settings: Settings) -> bytes:
-    """The bytes to store in the outbox and send as they are: CRLF lines, DKIM-signed if set.
-
-    Raises:
-        ConfigError: DKIM is configured but its key cannot be read or used.
-    """
-    return sign_message(message.as_bytes(), settings.mail)
+    """The digest email of ``render_message``, parsed: for reading its parts and headers."""
+    rendered = render_message(digest, settings, env, message_id=message_id, now=now)
+    parsed = email.message_from_bytes(rendered.message, policy=WIRE_POLICY)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
 from email.utils import make_msgid
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.hits import question_document
 from alertd.matching import analyse, parse_query
 from alertd.models import Alert, Hit, Question, Subscriber
-from alertd.render import Digest, message_bytes, render_digest
+from alertd.render import Digest, render_message
 
 DEFAULT_DAYS = 30
 
@@ -111,16 +114,18 @@ def write_sample(
     """
     digest = sample_digest(engine, settings, email, now=now, days=days)
     domain = settings.mail.from_address.rpartition("@")[2]
-    message = render_digest(
+    rendered = render_message(
         digest, settings, env, message_id=make_msgid(idstring="sample", domain=domain), now=now
     )
+    message = message_from_bytes(rendered.message, policy=default)
+    assert isinstance(message, EmailMessage)
     html_part = message.get_body(("html",))
     assert html_part is not None
     files = SampleFiles(
         eml=out.with_name(out.name + ".eml"),
         html=out.with_name(out.name + ".html"),
-        subject=str(message["Subject"]),
+        subject=rendered.subject,
     )
-    files.eml.write_bytes(message_bytes(message, settings))
+    files.eml.write_bytes(rendered.message)
     files.html.write_text(str(html_part.get_content()), encoding="utf-8")
     return files

@@ -32,6 +32,7 @@ from alertd.render import (
     digest_subject,
     excerpt,
     render_digest,
+    render_message,
 )
 from alertd.sources import parse_item
 
@@ -126,6 +127,38 @@ def test_multipart_with_headers() -> None:
 def test_rendering_is_pure() -> None:
     digest = _digest(_section("schools", (SEN,)))
     assert _render(digest).as_bytes() == _render(digest).as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("from_name", "label"),
+    [
+        ("alertd", "schools"),
+        ("Alertes «Parlement» Café", "écoles et collèges"),
+        ('Jo "the" Bloggs, Alerts Ltd', "x" * 200),
+        ("A display name long enough that the From header must be folded over lines", "a=b"),
+    ],
+)
+def test_wire_bytes_are_crlf_seven_bit_and_read_back(from_name: str, label: str) -> None:
+    settings = Settings.model_validate({"mail": {"from_name": from_name}})
+    digest = _digest(_section(label, (SEN,)))
+    rendered = render_message(
+        digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
+    )
+    wire = rendered.message
+    assert wire.isascii() and b"\n" not in wire.replace(b"\r\n", b"")
+    head, _, body = wire.partition(b"\r\n\r\n")
+    # Quoted-printable lines stay within RFC 2045's 76 characters.
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    parsed = message_from_bytes(wire, policy=default)
+    assert isinstance(parsed, EmailMessage)
+    assert parsed["Subject"] == rendered.subject == digest_subject(digest)
+    assert parsed["From"].addresses[0].display_name == from_name
+    assert parsed["To"] == "parent@example.org"
+    plain, markup = _parts(parsed)
+    assert SEN.url in plain and SEN.url in markup
+    assert render_message(
+        digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
+    ) == rendered
 
 
 def test_text_part_wraps_at_72_and_lists_links() -> None:
