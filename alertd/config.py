@@ -118,6 +118,8 @@ class SmtpSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     connections: int = Field(default=4, ge=1, le=64)
     max_per_second: float | None = Field(default=None, gt=0)
+    # Reconnect after this many messages: relays cap messages per session (421 past it).
+    messages_per_connection: int = Field(default=100, ge=1)
 
 
 class WebSettings(_Section):

@@ -89,11 +89,16 @@ def classify_smtp_error(exc: aiosmtplib.SMTPException, host: str) -> AlertdError
 
 
 class SmtpMailer:
-    """One SMTP connection reused for a batch, reopened after the server drops it."""
+    """One SMTP connection reused for a batch, reopened after the server drops it.
+
+    It is also reopened after ``smtp.messages_per_connection`` messages, before a relay that
+    caps a session answers 421 and defers a digest.
+    """
 
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._smtp: aiosmtplib.SMTP | None = None
+        self._sent_on_connection = 0
 
     async def __aenter__(self) -> Self:
         return self
@@ -122,7 +127,7 @@ class SmtpMailer:
             raise DeliveryHalted(f"SMTP {s.host}:{s.port} refused our login", exc.code) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise MailServerUnavailable(f"cannot connect to SMTP {s.host}:{s.port}: {exc}") from exc
-        self._smtp = smtp
+        self._smtp, self._sent_on_connection = smtp, 0
         return smtp
 
     async def _close(self) -> None:
@@ -150,6 +155,9 @@ class SmtpMailer:
         if recipient in refused:
             response = refused[recipient]
             raise _classify_code(response.code, response.message, f"SMTP {self.settings.host}")
+        self._sent_on_connection += 1
+        if self._sent_on_connection >= self.settings.messages_per_connection:
+            await self._close()
 
 
 async def _reset(smtp: aiosmtplib.SMTP) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
-from alertd.db import transaction
+from alertd.db import WRITE_OPTION, transaction
 from alertd.delivery import Mailer, MailerFactory
 from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
 from alertd.models import Outbox, Subscriber
@@ -96,23 +98,68 @@ def claim_due(
     return [i for i in ids if i is not None]
 
 
-def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> bool:
-    """Extend our lease on a row just before sending it; False if it is no longer ours.
+# Prebuilt: they run once or twice per message sent.
+_RENEW_LEASE = (
+    sa.update(Outbox)
+    .where(
+        col(Outbox.id) == sa.bindparam("outbox_id"),
+        col(Outbox.lease_owner) == sa.bindparam("owner"),
+        col(Outbox.status) == "sending",
+    )
+    .values(lease_until=sa.bindparam("until"))
+    .returning(col(Outbox.recipient), col(Outbox.message), col(Outbox.subscriber_id))
+)
+_MARK_SENT = (
+    sa.update(Outbox)
+    .where(col(Outbox.id) == sa.bindparam("outbox_id"))
+    .values(
+        status="sent",
+        sent_at=sa.bindparam("now"),
+        last_error=None,
+        lease_owner=None,
+        lease_until=None,
+        attempts=col(Outbox.attempts) + 1,
+    )
+)
+# Only a subscriber who bounced before is written to: the common case writes nothing.
+_CLEAR_BOUNCES = (
+    sa.update(Subscriber)
+    .where(
+        col(Subscriber.id) == sa.bindparam("subscriber_id"),
+        col(Subscriber.consecutive_bounces) != 0,
+    )
+    .values(consecutive_bounces=0)
+)
 
+
+@contextmanager
+def _writing(engine: Engine) -> Iterator[sa.Connection]:
+    """Like ``transaction`` (BEGIN IMMEDIATE on SQLite), on a bare connection: no ORM."""
+    with engine.connect() as connection:
+        # Cheaper than engine.execution_options(), which builds a new engine per call.
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            yield connection
+
+
+def renew_lease(
+    engine: Engine, outbox_id: int, owner: str, lease_s: float
+) -> tuple[str, bytes, int] | None:
+    """Extend our lease on a row just before sending it, and read what to send.
+
+    Returns (recipient, message, subscriber id), or None if the row is no longer ours.
     A chunk claimed together may wait in the queue; renewing at the last moment means no
-    other worker can take a row over while it is being sent.
+    other worker can take a row over while it is being sent, so this commits before sending.
     """
-    with transaction(engine) as session:
-        result = session.execute(
-            sa.update(Outbox)
-            .where(
-                col(Outbox.id) == outbox_id,
-                col(Outbox.lease_owner) == owner,
-                col(Outbox.status) == "sending",
-            )
-            .values(lease_until=wall_clock() + timedelta(seconds=lease_s))
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    until = wall_clock() + timedelta(seconds=lease_s)
+    with _writing(engine) as connection:
+        row = connection.execute(
+            _RENEW_LEASE, {"outbox_id": outbox_id, "owner": owner, "until": until}
+        ).one_or_none()
+    if row is None:
+        return None
+    recipient, message, subscriber_id = row
+    return recipient, message, subscriber_id
 
 
 def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
@@ -158,19 +205,38 @@ class _Drain:
     stopping: asyncio.Event
     report: DeliveryReport = field(default_factory=DeliveryReport)
     halt: asyncio.Event = field(default_factory=asyncio.Event)
+    mailers: list[Mailer] = field(default_factory=list)
 
     def should_stop(self) -> bool:
         return self.stopping.is_set() or self.halt.is_set()
 
-    async def worker(self, make_mailer: MailerFactory, queue: list[int], limit: _RateLimit) -> None:
+    async def open_mailers(
+        self, stack: AsyncExitStack, make_mailer: MailerFactory, wanted: int
+    ) -> list[Mailer]:
+        """``wanted`` mailers, kept open for the whole drain: no reconnect per chunk."""
         try:
-            async with make_mailer() as mailer:
-                while queue and not self.should_stop():
-                    outbox_id = queue.pop(0)
-                    await limit.wait()
-                    await self.deliver(mailer, outbox_id)
+            while len(self.mailers) < wanted:
+                self.mailers.append(await stack.enter_async_context(make_mailer()))
         except (DeliveryHalted, MailServerUnavailable) as exc:
             self.stop_batch(exc)
+        return self.mailers[:wanted]
+
+    async def send_chunk(self, mailers: list[Mailer], queue: deque[int], limit: _RateLimit) -> None:
+        workers = [asyncio.create_task(self.worker(mailer, queue, limit)) for mailer in mailers]
+        try:
+            await asyncio.gather(*workers)
+        except Exception:
+            # The mailers outlive this chunk: after a bug in one worker the others must not
+            # go on sending through mailers the drain is about to close.
+            self.halt.set()
+            await asyncio.wait(workers)
+            raise
+
+    async def worker(self, mailer: Mailer, queue: deque[int], limit: _RateLimit) -> None:
+        while queue and not self.should_stop():
+            outbox_id = queue.popleft()
+            await limit.wait()
+            await self.deliver(mailer, outbox_id)
 
     def stop_batch(self, exc: Exception) -> None:
         if not self.halt.is_set():
@@ -179,14 +245,12 @@ class _Drain:
         self.halt.set()
 
     async def deliver(self, mailer: Mailer, outbox_id: int) -> None:
-        if not renew_lease(
+        leased = renew_lease(
             self.engine, outbox_id, self.options.worker_id, self.options.delivery.lease_s
-        ):
+        )
+        if leased is None:
             return  # our lease ran out and another worker took the row over
-        with Session(self.engine) as session:
-            row = session.get(Outbox, outbox_id)
-            assert row is not None
-            recipient, message, subscriber_id = row.recipient, row.message, row.subscriber_id
+        recipient, message, subscriber_id = leased
         started = time.monotonic()
         try:
             await mailer.send(self.options.sender_for(subscriber_id), recipient, message)
@@ -219,7 +283,7 @@ class _Drain:
                 exc,
             )
             return
-        record_sent(self.engine, outbox_id, self.now)
+        record_sent(self.engine, outbox_id, subscriber_id, self.now)
         if self.options.observe_send_s is not None:
             self.options.observe_send_s(time.monotonic() - started)
         self.report.sent += 1
@@ -239,39 +303,41 @@ async def drain_outbox(
 
     Each outcome is committed as soon as it is known. A stop request (SIGTERM) or an
     operator-level failure (authentication, policy, server down) stops taking new rows;
-    rows claimed but not tried are released for the next run.
+    rows claimed but not tried are released for the next run. The mailers are opened
+    when the first rows are claimed and stay open until the drain ends.
     """
     drain = _Drain(engine, options, now, rng or random.Random(), stopping or asyncio.Event())
     limit = _RateLimit(options.max_per_second)
     budget = options.delivery.batch_size
-    while budget > 0 and not drain.should_stop():
-        claimed = claim_due(
-            engine,
-            now=now,
-            limit=min(budget, options.connections * 16),
-            lease_s=options.delivery.lease_s,
-            owner=options.worker_id,
-        )
-        if not claimed:
-            break
-        budget -= len(claimed)
-        queue = list(claimed)
-        workers = min(options.connections, len(queue))
-        await asyncio.gather(*(drain.worker(make_mailer, queue, limit) for _ in range(workers)))
-        release(engine, queue, options.worker_id)
+    try:
+        async with AsyncExitStack() as stack:
+            while budget > 0 and not drain.should_stop():
+                claimed = claim_due(
+                    engine,
+                    now=now,
+                    limit=min(budget, options.connections * 16),
+                    lease_s=options.delivery.lease_s,
+                    owner=options.worker_id,
+                )
+                if not claimed:
+                    break
+                budget -= len(claimed)
+                queue = deque(claimed)
+                wanted = min(options.connections, len(queue))
+                mailers = await drain.open_mailers(stack, make_mailer, wanted)
+                await drain.send_chunk(mailers, queue, limit)
+                release(engine, queue, options.worker_id)
+    except (DeliveryHalted, MailServerUnavailable) as exc:
+        # Closing a mailer can fail as opening one can; every outcome is recorded by now.
+        drain.stop_batch(exc)
     return drain.report
 
 
-def record_sent(engine: Engine, outbox_id: int, now: datetime) -> None:
-    with transaction(engine) as session:
-        row = session.get(Outbox, outbox_id)
-        assert row is not None
-        row.status, row.sent_at, row.last_error = "sent", now, None
-        row.lease_owner, row.lease_until = None, None
-        row.attempts += 1
-        subscriber = session.get(Subscriber, row.subscriber_id)
-        if subscriber is not None:
-            subscriber.consecutive_bounces = 0
+def record_sent(engine: Engine, outbox_id: int, subscriber_id: int, now: datetime) -> None:
+    """Mark one message sent, at once: a crash after this never sends it again."""
+    with _writing(engine) as connection:
+        connection.execute(_MARK_SENT, {"outbox_id": outbox_id, "now": now})
+        connection.execute(_CLEAR_BOUNCES, {"subscriber_id": subscriber_id})
 
 
 def record_failure(

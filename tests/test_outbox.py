@@ -7,16 +7,26 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any, Self
 
+import aiosmtplib
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from alertd import outbox
 from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
 from alertd.db import open_database, transaction
 from alertd.delivery import mailer_factory
 from alertd.models import Outbox, Subscriber
-from alertd.outbox import DeliveryReport, DrainOptions, claim_due, drain_outbox
+from alertd.outbox import (
+    DeliveryReport,
+    DrainOptions,
+    claim_due,
+    drain_outbox,
+    renew_lease,
+    wall_clock,
+)
 
 from smtp_server import SmtpSink
 
@@ -68,9 +78,13 @@ async def _drain(
     now: datetime = NOW,
     stopping: asyncio.Event | None = None,
     port: int | None = None,
+    messages_per_connection: int = 100,
 ) -> DeliveryReport:
     smtp = SmtpSettings(
-        host="127.0.0.1", port=port or (sink.port if sink else 1), timeout_s=timeout_s
+        host="127.0.0.1",
+        port=port or (sink.port if sink else 1),
+        timeout_s=timeout_s,
+        messages_per_connection=messages_per_connection,
     )
     options = DrainOptions(
         sender_for=lambda _id: "alerts@alertd.test",
@@ -206,3 +220,154 @@ def test_expired_lease_is_claimed_again(engine: Engine) -> None:
     with Session(engine) as session:
         owners = session.exec(select(Outbox.lease_owner).where(col(Outbox.id) == row_id)).all()
         assert owners == ["other"]
+
+
+def _options(connections: int = 1) -> DrainOptions:
+    return DrainOptions(
+        sender_for=lambda _id: "alerts@alertd.test",
+        delivery=DeliverySettings(),
+        connections=connections,
+        worker_id="test-worker",
+    )
+
+
+@pytest.fixture
+def smtp_connects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the SMTP connections opened (one entry each)."""
+    opened: list[int] = []
+    connect = aiosmtplib.SMTP.connect
+
+    async def counting(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return await connect(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "connect", counting)
+    return opened
+
+
+async def test_mailers_stay_open_across_claimed_chunks(
+    engine: Engine, smtp_sink: SmtpSink, smtp_connects: list[int]
+) -> None:
+    # 2 connections claim 32 rows at a time: 40 rows are two chunks.
+    _queue(engine, *(f"reader{n}@example.org" for n in range(40)))
+    report = await _drain(engine, smtp_sink, connections=2)
+    assert report.sent == 40 and len(smtp_sink.messages) == 40
+    assert len(smtp_connects) == 2
+
+
+async def test_connection_is_reopened_after_messages_per_connection(
+    engine: Engine, smtp_sink: SmtpSink, smtp_connects: list[int]
+) -> None:
+    _queue(engine, *(f"reader{n}@example.org" for n in range(7)))
+    report = await _drain(engine, smtp_sink, messages_per_connection=3)
+    assert report.sent == 7 and len(smtp_sink.messages) == 7
+    # 3 + 3 + 1: the relay never sees a fourth message in one session.
+    assert len(smtp_connects) == 3
+
+
+@pytest.mark.parametrize(
+    "fault", ["drop", "421 4.3.2 Shutting down"], ids=["dropped", "closed-after-421"]
+)
+async def test_kept_connection_reconnects_after_the_server_closes_it(
+    engine: Engine, smtp_sink: SmtpSink, smtp_connects: list[int], fault: str
+) -> None:
+    recipients = [f"reader{n}@example.org" for n in range(20)]
+    _queue(engine, *recipients)
+    if fault == "drop":
+        smtp_sink.drop_next("data")
+    else:
+        smtp_sink.fail_next("data", fault)
+    report = await _drain(engine, smtp_sink)
+    assert (report.deferred, report.sent, report.halted) == (1, 19, None)
+    statuses = _statuses(engine)
+    assert statuses.pop("reader0@example.org") == "retry"
+    assert set(statuses.values()) == {"sent"}
+    assert len(smtp_connects) == 2
+
+
+async def test_mailer_that_cannot_open_stops_the_batch(engine: Engine, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    make_mailer = mailer_factory("maildir", blocker / "mail", SmtpSettings())
+    assert (await drain_outbox(engine, make_mailer, _options(), now=NOW)).halted is None
+    _queue(engine, "a@example.org", "b@example.org")
+    report = await drain_outbox(engine, make_mailer, _options(connections=2), now=NOW)
+    assert report.halted and "Maildir" in report.halted and report.sent == 0
+    assert set(_statuses(engine).values()) == {"pending"}
+
+
+async def test_sent_digest_clears_only_its_subscribers_bounces(
+    engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    _queue(engine, "a@example.org")
+    with transaction(engine) as session:
+        session.add(Subscriber(email="other@example.org", created_at=NOW, consecutive_bounces=2))
+        for subscriber in session.exec(select(Subscriber)).all():
+            subscriber.consecutive_bounces = 2
+    assert (await _drain(engine, smtp_sink)).sent == 1
+    with Session(engine) as session:
+        bounces = dict(session.exec(select(Subscriber.email, Subscriber.consecutive_bounces)).all())
+        row = session.exec(select(Outbox)).one()
+    assert bounces == {"a@example.org": 0, "other@example.org": 2}
+    assert (row.status, row.attempts, row.sent_at, row.last_error) == ("sent", 1, NOW, None)
+    assert (row.lease_owner, row.lease_until) == (None, None)
+
+
+def test_lease_is_renewed_only_by_its_owner(engine: Engine) -> None:
+    (row_id,) = _queue(engine, "a@example.org")
+    assert renew_lease(engine, row_id, "test-worker", 60) is None  # not claimed yet
+    claim_due(engine, now=NOW, limit=10, lease_s=1, owner="test-worker")
+    assert renew_lease(engine, row_id, "other", 600) is None
+    leased = renew_lease(engine, row_id, "test-worker", 600)
+    assert leased is not None
+    recipient, message, subscriber_id = leased
+    assert recipient == "a@example.org" and b"digest 0" in message
+    with Session(engine) as session:
+        row = session.get(Outbox, row_id)
+        assert row is not None and row.subscriber_id == subscriber_id
+        assert row.lease_until is not None and row.lease_until > wall_clock() + timedelta(
+            seconds=500
+        )
+
+
+class _SlowMailer:
+    """Records when it sends and closes; each send takes a little while."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.events.append("close")
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> None:
+        self.events.append("send")
+        await asyncio.sleep(0.05 if recipient == "slow@example.org" else 0.01)
+        self.events.append("sent")
+
+
+async def test_a_failing_worker_stops_the_others_before_mailers_close(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _queue(engine, "fast@example.org", "slow@example.org", "c@example.org", "d@example.org")
+    record_sent = outbox.record_sent
+
+    def failing_once(engine: Engine, outbox_id: int, *args: Any) -> None:
+        monkeypatch.setattr(outbox, "record_sent", record_sent)
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(outbox, "record_sent", failing_once)
+    events: list[str] = []
+    with pytest.raises(RuntimeError, match="bug"):
+        await drain_outbox(engine, lambda: _SlowMailer(events), _options(connections=2), now=NOW)
+    # The slow send in flight finished; nothing was sent after; then both mailers closed.
+    assert events == ["send", "send", "sent", "sent", "close", "close"]
+    # As after a crash: the rows not recorded wait for their lease to run out.
+    assert _statuses(engine) == {
+        "fast@example.org": "sending",
+        "slow@example.org": "sent",
+        "c@example.org": "sending",
+        "d@example.org": "sending",
+    }

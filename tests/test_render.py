@@ -156,9 +156,12 @@ def test_wire_bytes_are_crlf_seven_bit_and_read_back(from_name: str, label: str)
     assert parsed["To"] == "parent@example.org"
     plain, markup = _parts(parsed)
     assert SEN.url in plain and SEN.url in markup
-    assert render_message(
-        digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
-    ) == rendered
+    assert (
+        render_message(
+            digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
+        )
+        == rendered
+    )
 
 
 def test_text_part_wraps_at_72_and_lists_links() -> None:
