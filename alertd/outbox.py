@@ -60,9 +60,20 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """An outbox row this worker holds under a lease until ``lease_until``, with what to send."""
+
+    id: int
+    recipient: str
+    message: bytes
+    subscriber_id: int
+    lease_until: datetime
+
+
 def claim_due(
     engine: Engine, *, now: datetime, limit: int, lease_s: float, owner: str
-) -> list[int]:
+) -> list[Claimed]:
     """Take up to ``limit`` due rows for this worker; other workers skip them.
 
     Due: pending or retrying rows whose time (``now``) has come, and rows whose sender's
@@ -71,8 +82,9 @@ def claim_due(
     FOR UPDATE SKIP LOCKED.
     """
     lease_now = wall_clock()
+    until = lease_now + timedelta(seconds=lease_s)
     due = (
-        select(Outbox.id)
+        select(Outbox.id, Outbox.recipient, Outbox.message, Outbox.subscriber_id)
         .where(
             sa.or_(
                 sa.and_(col(Outbox.status).in_(SENDABLE), col(Outbox.next_attempt_at) <= now),
@@ -84,21 +96,22 @@ def claim_due(
         .with_for_update(skip_locked=True)
     )
     with transaction(engine) as session:
-        ids = list(session.exec(due).all())
-        if ids:
+        rows = session.exec(due).all()
+        claimed = [
+            Claimed(row_id, recipient, message, subscriber_id, until)
+            for row_id, recipient, message, subscriber_id in rows
+            if row_id is not None
+        ]
+        if claimed:
             session.execute(
                 sa.update(Outbox)
-                .where(col(Outbox.id).in_(ids))
-                .values(
-                    status="sending",
-                    lease_owner=owner,
-                    lease_until=lease_now + timedelta(seconds=lease_s),
-                )
+                .where(col(Outbox.id).in_([c.id for c in claimed]))
+                .values(status="sending", lease_owner=owner, lease_until=until)
             )
-    return [i for i in ids if i is not None]
+    return claimed
 
 
-# Prebuilt: they run once or twice per message sent.
+# Prebuilt: they run for every message sent.
 _RENEW_LEASE = (
     sa.update(Outbox)
     .where(
@@ -107,7 +120,6 @@ _RENEW_LEASE = (
         col(Outbox.status) == "sending",
     )
     .values(lease_until=sa.bindparam("until"))
-    .returning(col(Outbox.recipient), col(Outbox.message), col(Outbox.subscriber_id))
 )
 _MARK_SENT = (
     sa.update(Outbox)
@@ -142,24 +154,26 @@ def _writing(engine: Engine) -> Iterator[sa.Connection]:
             yield connection
 
 
-def renew_lease(
-    engine: Engine, outbox_id: int, owner: str, lease_s: float
-) -> tuple[str, bytes, int] | None:
-    """Extend our lease on a row just before sending it, and read what to send.
-
-    Returns (recipient, message, subscriber id), or None if the row is no longer ours.
-    A chunk claimed together may wait in the queue; renewing at the last moment means no
-    other worker can take a row over while it is being sent, so this commits before sending.
-    """
+def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> datetime | None:
+    """Extend our lease on a row; the new end of the lease, or None if it is no longer ours."""
     until = wall_clock() + timedelta(seconds=lease_s)
     with _writing(engine) as connection:
-        row = connection.execute(
+        result = connection.execute(
             _RENEW_LEASE, {"outbox_id": outbox_id, "owner": owner, "until": until}
-        ).one_or_none()
-    if row is None:
-        return None
-    recipient, message, subscriber_id = row
-    return recipient, message, subscriber_id
+        )
+        return until if result.rowcount else None
+
+
+def _holds_lease(engine: Engine, row: Claimed, owner: str, lease_s: float) -> bool:
+    """Whether we may send ``row`` now, renewing its lease if half of it has passed.
+
+    A chunk claimed together may wait in the queue; a send lasts well under half a lease
+    (a few SMTP timeouts), so a row sent within that half needs no write of its own, and one
+    sent later is renewed first: no other worker can take it over while it is being sent.
+    """
+    if wall_clock() < row.lease_until - timedelta(seconds=lease_s / 2):
+        return True
+    return renew_lease(engine, row.id, owner, lease_s) is not None
 
 
 def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
@@ -221,7 +235,9 @@ class _Drain:
             self.stop_batch(exc)
         return self.mailers[:wanted]
 
-    async def send_chunk(self, mailers: list[Mailer], queue: deque[int], limit: _RateLimit) -> None:
+    async def send_chunk(
+        self, mailers: list[Mailer], queue: deque[Claimed], limit: _RateLimit
+    ) -> None:
         workers = [asyncio.create_task(self.worker(mailer, queue, limit)) for mailer in mailers]
         try:
             await asyncio.gather(*workers)
@@ -232,11 +248,11 @@ class _Drain:
             await asyncio.wait(workers)
             raise
 
-    async def worker(self, mailer: Mailer, queue: deque[int], limit: _RateLimit) -> None:
+    async def worker(self, mailer: Mailer, queue: deque[Claimed], limit: _RateLimit) -> None:
         while queue and not self.should_stop():
-            outbox_id = queue.popleft()
+            row = queue.popleft()
             await limit.wait()
-            await self.deliver(mailer, outbox_id)
+            await self.deliver(mailer, row)
 
     def stop_batch(self, exc: Exception) -> None:
         if not self.halt.is_set():
@@ -244,16 +260,15 @@ class _Drain:
             self.report.halted = str(exc)
         self.halt.set()
 
-    async def deliver(self, mailer: Mailer, outbox_id: int) -> None:
-        leased = renew_lease(
-            self.engine, outbox_id, self.options.worker_id, self.options.delivery.lease_s
-        )
-        if leased is None:
+    async def deliver(self, mailer: Mailer, row: Claimed) -> None:
+        if not _holds_lease(
+            self.engine, row, self.options.worker_id, self.options.delivery.lease_s
+        ):
             return  # our lease ran out and another worker took the row over
-        recipient, message, subscriber_id = leased
+        outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
         started = time.monotonic()
         try:
-            await mailer.send(self.options.sender_for(subscriber_id), recipient, message)
+            await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
         except (DeliveryHalted, MailServerUnavailable) as exc:
             release(self.engine, [outbox_id], self.options.worker_id)
             self.stop_batch(exc)
@@ -326,7 +341,7 @@ async def drain_outbox(
                 wanted = min(options.connections, len(queue))
                 mailers = await drain.open_mailers(stack, make_mailer, wanted)
                 await drain.send_chunk(mailers, queue, limit)
-                release(engine, queue, options.worker_id)
+                release(engine, [row.id for row in queue], options.worker_id)
     except (DeliveryHalted, MailServerUnavailable) as exc:
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)

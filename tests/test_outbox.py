@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -20,6 +21,7 @@ from alertd.db import open_database, transaction
 from alertd.delivery import mailer_factory
 from alertd.models import Outbox, Subscriber
 from alertd.outbox import (
+    Claimed,
     DeliveryReport,
     DrainOptions,
     claim_due,
@@ -208,15 +210,19 @@ async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpS
     assert report.sent == 0 and set(_statuses(engine).values()) == {"pending"}
 
 
+def _claimed_ids(engine: Engine, owner: str) -> list[int]:
+    return [row.id for row in claim_due(engine, now=NOW, limit=10, lease_s=60, owner=owner)]
+
+
 def test_expired_lease_is_claimed_again(engine: Engine) -> None:
     (row_id,) = _queue(engine, "a@example.org")
-    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="dead-worker") == [row_id]
-    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="other") == []
+    assert _claimed_ids(engine, "dead-worker") == [row_id]
+    assert _claimed_ids(engine, "other") == []
     with transaction(engine) as session:
         row = session.get(Outbox, row_id)
         assert row is not None and row.lease_until is not None
         row.lease_until = row.lease_until - timedelta(minutes=2)
-    assert claim_due(engine, now=NOW, limit=10, lease_s=60, owner="other") == [row_id]
+    assert _claimed_ids(engine, "other") == [row_id]
     with Session(engine) as session:
         owners = session.exec(select(Outbox.lease_owner).where(col(Outbox.id) == row_id)).all()
         assert owners == ["other"]
@@ -316,18 +322,38 @@ async def test_sent_digest_clears_only_its_subscribers_bounces(
 def test_lease_is_renewed_only_by_its_owner(engine: Engine) -> None:
     (row_id,) = _queue(engine, "a@example.org")
     assert renew_lease(engine, row_id, "test-worker", 60) is None  # not claimed yet
-    claim_due(engine, now=NOW, limit=10, lease_s=1, owner="test-worker")
+    (claimed,) = claim_due(engine, now=NOW, limit=10, lease_s=1, owner="test-worker")
+    assert (claimed.id, claimed.recipient) == (row_id, "a@example.org")
+    assert b"digest 0" in claimed.message
     assert renew_lease(engine, row_id, "other", 600) is None
-    leased = renew_lease(engine, row_id, "test-worker", 600)
-    assert leased is not None
-    recipient, message, subscriber_id = leased
-    assert recipient == "a@example.org" and b"digest 0" in message
+    until = renew_lease(engine, row_id, "test-worker", 600)
+    assert until is not None and until > wall_clock() + timedelta(seconds=500)
     with Session(engine) as session:
         row = session.get(Outbox, row_id)
-        assert row is not None and row.subscriber_id == subscriber_id
-        assert row.lease_until is not None and row.lease_until > wall_clock() + timedelta(
-            seconds=500
-        )
+        assert row is not None and row.subscriber_id == claimed.subscriber_id
+        assert row.lease_until == until
+
+
+async def test_a_row_whose_lease_was_taken_over_is_not_sent(
+    engine: Engine, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Half the lease has passed before the send, and meanwhile another worker took the row:
+    # the renewal fails and the row is left to it.
+    _queue(engine, "a@example.org", "b@example.org")
+    real_claim = outbox.claim_due
+
+    def stale_claim(*args: Any, **kwargs: Any) -> list[Claimed]:
+        rows = real_claim(*args, **kwargs)
+        with transaction(engine) as session:
+            taken = session.exec(select(Outbox).where(Outbox.recipient == "a@example.org")).one()
+            taken.lease_owner = "other-worker"
+            session.add(taken)
+        return [dataclasses.replace(row, lease_until=wall_clock()) for row in rows]
+
+    monkeypatch.setattr(outbox, "claim_due", stale_claim)
+    report = await _drain(engine, smtp_sink)
+    assert report.sent == 1 and [m.rcpt_tos for m in smtp_sink.messages] == [["b@example.org"]]
+    assert _statuses(engine) == {"a@example.org": "sending", "b@example.org": "sent"}
 
 
 class _SlowMailer:
