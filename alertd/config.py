@@ -161,6 +161,9 @@ class DigestSettings(_Section):
     excerpt_chars: int = Field(default=400, ge=50)
     # A folder of templates (digest.txt, digest.html) that replace the shipped ones.
     templates_dir: Path | None = None
+    # Worker processes that render digests, for a machine with cores to spare; 0: render in
+    # the daemon's own process.
+    render_processes: int = Field(default=0, ge=0, le=64)
 
     @field_validator("timezone")
     @classmethod

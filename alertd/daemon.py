@@ -19,6 +19,7 @@ from alertd.delivery import mailer_factory
 from alertd.feeds import sync_config_feeds
 from alertd.pipeline import RunReport, Runtime, run_once
 from alertd.render import build_environment
+from alertd.render_pool import RenderPool
 from alertd.sources import make_http_client
 
 log = logging.getLogger("alertd.daemon")
@@ -41,8 +42,14 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         templates = build_environment(settings)
         make_mailer = mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp)
-        async with make_http_client(settings.parliament) as http:
-            yield Runtime(settings, engine, make_mailer, templates, http)
+        processes = settings.digest.render_processes
+        pool = RenderPool(settings, processes) if processes else None
+        try:
+            async with make_http_client(settings.parliament) as http:
+                yield Runtime(settings, engine, make_mailer, templates, http, render_pool=pool)
+        finally:
+            if pool is not None:
+                pool.close()
     finally:
         engine.dispose()
 

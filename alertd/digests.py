@@ -3,36 +3,30 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
+from typing import Any
 
 import jinja2
+from sqlalchemy import ColumnElement, and_, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from alertd.config import WEEKDAYS, DigestSettings, Settings
 from alertd.db import transaction
-from alertd.errors import QueryError
-from alertd.excerpt import excerpt_around, flatten, mark, merge_highlights
-from alertd.links import alert_feed_url
-from alertd.matching import Highlights, highlight_terms, parse_query
-from alertd.models import Alert, DigestRun, Hit, Ledger, Member, Outbox, Question, Subscriber
-from alertd.render import (
-    Digest,
-    DigestItem,
-    DigestSection,
-    describe_alert,
-    render_message,
-)
-from alertd.tokens import make_token
+from alertd.digest_items import ComposeMemo, Row, build_digest
+from alertd.models import Alert, DigestRun, Hit, Ledger, Outbox, Question, Subscriber
+from alertd.render import RenderedDigest
+from alertd.render_pool import RenderJob, RenderPool, render_here
 
 log = logging.getLogger("alertd.digests")
-_MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
-_PARLIAMENT = "parliament"
+# Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
+# conflict still loses (or redoes) no more than one chunk of work.
+CHUNK_SIZE = 200
 
 
 def period_start(frequency: str, now: datetime, settings: DigestSettings) -> datetime | None:
@@ -63,19 +57,30 @@ def _due(engine: Engine, settings: DigestSettings, now: datetime) -> dict[str, d
 
 
 @dataclass(frozen=True)
-class _Row:
-    hit: Hit
-    alert: Alert
-    question: Question
+class _Run:
+    """What every chunk of one compose run shares."""
+
+    settings: Settings
+    env: jinja2.Environment
+    frequencies: list[str]
+    now: datetime
+    memo: ComposeMemo
+    pool: RenderPool | None = None
 
 
 def compose_due_digests(
-    engine: Engine, settings: Settings, env: jinja2.Environment, *, now: datetime
+    engine: Engine,
+    settings: Settings,
+    env: jinja2.Environment,
+    *,
+    now: datetime,
+    pool: RenderPool | None = None,
 ) -> int:
     """Queue one digest per subscriber with hits on due alerts; return how many were queued.
 
-    Each subscriber is one transaction: ledger rows, the outbox row and the claimed hits
-    commit together, so a crash leaves either a queued digest or untouched hits.
+    Subscribers are composed a chunk per transaction: each one's ledger rows, outbox row and
+    claimed hits commit together, so a crash leaves either a queued digest or untouched hits.
+    With a ``pool``, each chunk's digests are rendered in its worker processes.
     """
     due = _due(engine, settings.digest, now)
     with Session(engine) as session:
@@ -92,10 +97,11 @@ def compose_due_digests(
             )
             .distinct()
         ).all()
-    queued = sum(
-        _compose_one(engine, settings, env, subscriber_id, list(due), now)
-        for subscriber_id in sorted(subscriber_ids)
-    )
+    # The memo lives for this run only: its items are of the answers pending now.
+    run = _Run(settings, env, list(due), now, ComposeMemo(settings), pool)
+    ids = sorted(subscriber_ids)
+    size = max(CHUNK_SIZE, 1)
+    queued = sum(_compose_chunk(engine, run, ids[i : i + size]) for i in range(0, len(ids), size))
     for frequency, start in due.items():
         if start is not None:
             _mark_period_done(engine, frequency, start, now)
@@ -104,30 +110,28 @@ def compose_due_digests(
     return queued
 
 
-def _compose_one(
-    engine: Engine,
-    settings: Settings,
-    env: jinja2.Environment,
-    subscriber_id: int,
-    frequencies: list[str],
-    now: datetime,
-) -> bool:
+def _compose_chunk(engine: Engine, run: _Run, subscriber_ids: list[int]) -> int:
+    if len(subscriber_ids) == 1:
+        return _compose_one(engine, run, subscriber_ids[0])
     try:
         with transaction(engine) as session:
-            # Several workers: the one holding the subscriber's row composes; others skip.
-            locked = session.exec(
-                select(Subscriber.id)
-                .where(Subscriber.id == subscriber_id)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if locked is None:
-                return False
-            return _compose_for(session, settings, env, subscriber_id, frequencies, now)
+            return _compose_locked(session, run, subscriber_ids)
+    except IntegrityError:
+        # A ledger row another worker wrote first: the whole chunk rolled back, so redo it
+        # one subscriber at a time; only one whose claim still conflicts is skipped.
+        log.info("ledger conflict in a chunk of %d subscribers: one by one", len(subscriber_ids))
+        return sum(_compose_one(engine, run, subscriber_id) for subscriber_id in subscriber_ids)
+
+
+def _compose_one(engine: Engine, run: _Run, subscriber_id: int) -> int:
+    try:
+        with transaction(engine) as session:
+            return _compose_locked(session, run, [subscriber_id])
     except IntegrityError as exc:
-        # A ledger row another worker wrote first: nothing was queued twice; the hits
-        # are settled by the next run, which sees that ledger row.
+        # Nothing was queued twice; the hits are settled by the next run, which sees the
+        # ledger row.
         log.warning("digest for subscriber %d skipped: %s", subscriber_id, exc.orig)
-        return False
+        return 0
 
 
 def _mark_period_done(engine: Engine, frequency: str, start: datetime, now: datetime) -> None:
@@ -139,237 +143,178 @@ def _mark_period_done(engine: Engine, frequency: str, start: datetime, now: date
         pass  # another worker marked it done at the same moment
 
 
-def _pending_rows(session: Session, subscriber_id: int, frequencies: list[str]) -> list[_Row]:
+def _compose_locked(session: Session, run: _Run, subscriber_ids: list[int]) -> int:
+    """Queue the digests of those subscribers whose rows this worker locks; return how many."""
+    # Several workers: the one holding a subscriber's row composes; others skip it.
+    subscribers = session.exec(
+        select(Subscriber)
+        .where(col(Subscriber.id).in_(subscriber_ids))
+        .order_by(col(Subscriber.id))
+        .with_for_update(skip_locked=True)
+    ).all()
+    locked = {subscriber.id: subscriber for subscriber in subscribers if subscriber.id is not None}
+    if not locked:
+        return 0
+    pending = _pending_for(session, list(locked), run.frequencies)
+    sent_before = _ledger_for(session, list(locked))
+    run.memo.load_members(session, (row.alert for rows in pending.values() for row in rows))
+    done: list[dict[str, Any]] = []
+    composed: list[tuple[Subscriber, list[Row], RenderJob]] = []
+    for subscriber_id, subscriber in locked.items():
+        fresh = _settle(pending.get(subscriber_id, []), sent_before, done)
+        if fresh:
+            composed.append((subscriber, fresh, _render_job(session, run, subscriber, fresh)))
+    jobs = [job for _, _, job in composed]
+    if run.pool is not None and len(jobs) > 1:
+        rendered = run.pool.render(jobs, run.env)
+    else:
+        rendered = render_here(jobs, run.settings, run.env)
+    queued = [
+        (_outbox(subscriber, job, message, run.now), rows)
+        for (subscriber, rows, job), message in zip(composed, rendered, strict=True)
+    ]
+    _write(session, queued, done, run.now)
+    return len(queued)
+
+
+def _pending_for(
+    session: Session, subscriber_ids: Sequence[int], frequencies: list[str]
+) -> dict[int, list[Row]]:
+    """Each subscriber's unsent hits on due alerts, by alert, newest answer first."""
     rows = session.exec(
         select(Hit, Alert, Question)
         .join(Alert, col(Alert.id) == col(Hit.alert_id))
         .join(Question, col(Question.id) == col(Hit.question_id))
         .where(
-            Hit.subscriber_id == subscriber_id,
-            col(Hit.outbox_id).is_(None),
+            col(Hit.subscriber_id).in_(subscriber_ids),
+            _unsent(),
             col(Alert.frequency).in_(frequencies),
             col(Alert.unsubscribed_at).is_(None),
             col(Alert.paused_at).is_(None),
         )
         .order_by(col(Alert.id), col(Question.date_answered).desc(), col(Question.id))
     ).all()
-    return [_Row(hit, alert, question) for hit, alert, question in rows]
+    pending: dict[int, list[Row]] = defaultdict(list)
+    for hit, alert, question in rows:
+        pending[hit.subscriber_id].append(Row(hit, alert, question))
+    return pending
 
 
-def _compose_for(
-    session: Session,
-    settings: Settings,
-    env: jinja2.Environment,
-    subscriber_id: int,
-    frequencies: list[str],
-    now: datetime,
-) -> bool:
-    subscriber = session.get(Subscriber, subscriber_id)
-    rows = _pending_rows(session, subscriber_id, frequencies)
-    if subscriber is None or not rows:
-        return False
-    sent_before = _ledger_outboxes(session, subscriber_id, [row.question for row in rows])
-    fresh = [row for row in rows if row.question.id not in sent_before]
-    for row in rows:
-        # Already mailed through another alert: the hit is done, not mailed again.
-        if row.question.id in sent_before:
-            row.hit.outbox_id = sent_before[row.question.id]
-            session.add(row.hit)
-    if not fresh:
-        return False
-    domain = settings.mail.from_address.rpartition("@")[2]
-    message_id = make_msgid(idstring="digest", domain=domain)
-    digest = _build_digest(session, settings, subscriber, fresh)
-    rendered = render_message(digest, settings, env, message_id=message_id, now=now)
-    outbox = Outbox(
-        subscriber_id=subscriber_id,
-        recipient=subscriber.email,
-        message_id=message_id,
-        subject=rendered.subject,
-        message=rendered.message,
-        created_at=now,
-        next_attempt_at=now,
-    )
-    session.add(outbox)
-    session.flush()
-    assert outbox.id is not None
-    _claim(session, subscriber_id, fresh, outbox.id, now)
-    return True
+def _unsent() -> ColumnElement[bool]:
+    # "+ 0" keeps SQLite off the outbox_id index, which it prefers to an IN list of
+    # subscribers: it would read every pending hit of every subscriber for each chunk.
+    return (col(Hit.outbox_id) + 0).is_(None)
 
 
-def _ledger_outboxes(
-    session: Session, subscriber_id: int, questions: list[Question]
-) -> dict[int, int]:
-    """Question ids (of these) this subscriber was already sent, with the digest that did."""
-    api_ids = sorted({q.api_id for q in questions})
+def pending_rows(session: Session, subscriber_id: int, frequencies: list[str]) -> list[Row]:
+    """One subscriber's unsent hits on alerts of these frequencies (what a digest would show)."""
+    return _pending_for(session, [subscriber_id], frequencies).get(subscriber_id, [])
+
+
+def _ledger_for(session: Session, subscriber_ids: Sequence[int]) -> dict[tuple[int, int], int]:
+    """The digest that already sent each (subscriber id, question id) of their unsent hits.
+
+    Joined through the hits, so the query's size does not grow with the answers pending.
+    """
     entries = session.exec(
-        select(Ledger).where(Ledger.subscriber_id == subscriber_id, col(Ledger.api_id).in_(api_ids))
+        select(Hit.subscriber_id, Hit.question_id, Ledger.outbox_id)
+        .join(Question, col(Question.id) == col(Hit.question_id))
+        .join(
+            Ledger,
+            and_(
+                col(Ledger.subscriber_id) == col(Hit.subscriber_id),
+                col(Ledger.api_id) == col(Question.api_id),
+                col(Ledger.answer_version) == col(Question.answer_version),
+            ),
+        )
+        .where(col(Hit.subscriber_id).in_(subscriber_ids), _unsent())
     ).all()
-    sent = {(entry.api_id, entry.answer_version): entry.outbox_id for entry in entries}
+    return {(subscriber_id, question_id): outbox for subscriber_id, question_id, outbox in entries}
+
+
+def _settle(
+    rows: list[Row], sent_before: dict[tuple[int, int], int], done: list[dict[str, Any]]
+) -> list[Row]:
+    """The rows still to mail; those already mailed through another alert are done."""
+    fresh = []
+    for row in rows:
+        outbox_id = sent_before.get((row.hit.subscriber_id, row.hit.question_id))
+        if outbox_id is None:
+            fresh.append(row)
+        else:
+            done.append({"id": row.hit.id, "outbox_id": outbox_id})
+    return fresh
+
+
+def _render_job(session: Session, run: _Run, subscriber: Subscriber, rows: list[Row]) -> RenderJob:
+    domain = run.settings.mail.from_address.rpartition("@")[2]
+    message_id = make_msgid(idstring="digest", domain=domain)
+    digest = build_digest(session, run.settings, subscriber, rows, run.memo)
+    return RenderJob(digest, message_id, run.now)
+
+
+def _outbox(
+    subscriber: Subscriber, job: RenderJob, rendered: RenderedDigest, now: datetime
+) -> dict[str, Any]:
+    """The outbox row of a subscriber's rendered digest."""
     return {
-        q.id: sent[(q.api_id, q.answer_version)]
-        for q in questions
-        if q.id is not None and (q.api_id, q.answer_version) in sent
+        "subscriber_id": subscriber.id,
+        "recipient": subscriber.email,
+        "message_id": job.message_id,
+        "subject": rendered.subject,
+        "message": rendered.message,
+        "created_at": now,
+        "next_attempt_at": now,
     }
 
 
+def _write(
+    session: Session,
+    queued: list[tuple[dict[str, Any], list[Row]]],
+    done: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Insert the outbox and ledger rows and mark the hits: a few statements, not a few
+    per digest (the hits' ORM objects are left stale: the chunk is done with them)."""
+    ledger: list[dict[str, Any]] = []
+    if queued:
+        inserted = session.exec(
+            insert(Outbox).returning(col(Outbox.message_id), col(Outbox.id)),
+            params=[outbox for outbox, _ in queued],
+        )
+        # RETURNING need not follow the VALUES' order (SQLite): match rows by Message-ID.
+        outbox_ids = {message_id: outbox_id for message_id, outbox_id in inserted}
+        for outbox, rows in queued:
+            _claim(rows, outbox_ids[outbox["message_id"]], now, done, ledger)
+    if done:
+        session.exec(update(Hit), params=done)
+    if ledger:
+        # Unique on (subscriber, api_id, answer_version): a racing duplicate aborts the
+        # whole transaction, so no answer can ever be mailed twice to one person.
+        session.exec(insert(Ledger), params=ledger)
+
+
 def _claim(
-    session: Session, subscriber_id: int, rows: list[_Row], outbox_id: int, now: datetime
+    rows: list[Row],
+    outbox_id: int,
+    now: datetime,
+    done: list[dict[str, Any]],
+    ledger: list[dict[str, Any]],
 ) -> None:
     claimed: set[int] = set()
     for row in rows:
-        row.hit.outbox_id = outbox_id
-        session.add(row.hit)
+        done.append({"id": row.hit.id, "outbox_id": outbox_id})
         question = row.question
         if question.id is None or question.id in claimed:
             continue
         claimed.add(question.id)
-        # Unique on (subscriber, api_id, answer_version): a racing duplicate aborts the
-        # whole transaction, so no answer can ever be mailed twice to one person.
-        session.add(
-            Ledger(
-                subscriber_id=subscriber_id,
-                api_id=question.api_id,
-                answer_version=question.answer_version,
-                question_id=question.id,
-                outbox_id=outbox_id,
-                created_at=now,
-            )
+        ledger.append(
+            {
+                "subscriber_id": row.hit.subscriber_id,
+                "api_id": question.api_id,
+                "answer_version": question.answer_version,
+                "question_id": question.id,
+                "outbox_id": outbox_id,
+                "created_at": now,
+            }
         )
-
-
-def _build_digest(
-    session: Session, settings: Settings, subscriber: Subscriber, rows: list[_Row]
-) -> Digest:
-    """A subscriber's digest: answers grouped by the first alert they matched, each once."""
-    secret = settings.web.secret_key.get_secret_value()
-    base = settings.web.base_url
-    assert subscriber.id is not None
-    manage_url = f"{base}/manage/{make_token(secret, 'manage', subscriber.id)}"
-    labels = {row.alert.id: alert_label(session, row.alert) for row in rows}
-    order, by_alert = _group(rows, labels, settings)
-    sections = []
-    for alert in order:
-        assert alert.id is not None
-        items = by_alert[alert.id]
-        sections.append(
-            DigestSection(
-                label=labels[alert.id],
-                stop_url=f"{base}/alerts/stop/{make_token(secret, 'stop', alert.id)}",
-                items=tuple(items[: settings.digest.max_per_alert]),
-                total=len(items),
-                reason=_reason(alert, labels[alert.id]),
-                more_url=manage_url,
-                feed_url=alert_feed_url(base, secret, alert.id),
-            )
-        )
-    token = make_token(secret, "unsubscribe", subscriber.id)
-    return Digest(
-        recipient=subscriber.email,
-        sections=tuple(sections),
-        unsubscribe_url=f"{base}/unsubscribe/{token}",
-        manage_url=manage_url,
-    )
-
-
-def _group(
-    rows: list[_Row], labels: dict[int | None, str], settings: Settings
-) -> tuple[list[Alert], dict[int, list[DigestItem]]]:
-    """The alerts in order, and each one's items: an answer only under its first alert."""
-    alerts_of: dict[int, list[Alert]] = defaultdict(list)
-    for row in rows:
-        assert row.question.id is not None
-        alerts_of[row.question.id].append(row.alert)
-    highlights = {row.alert.id: _highlights(row.alert) for row in rows}
-    placed: set[int] = set()
-    by_alert: dict[int, list[DigestItem]] = defaultdict(list)
-    order: list[Alert] = []
-    for row in rows:
-        question_id, alert_id = row.question.id, row.alert.id
-        assert question_id is not None and alert_id is not None
-        if question_id in placed:
-            continue
-        placed.add(question_id)
-        if alert_id not in by_alert:
-            order.append(row.alert)
-        matched = alerts_of[question_id]
-        others = tuple(
-            dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
-        )
-        marks = merge_highlights(h for a in matched if (h := highlights[a.id]) is not None)
-        by_alert[alert_id].append(_item(row.question, settings, others, marks))
-    return order, by_alert
-
-
-def _highlights(alert: Alert) -> Highlights | None:
-    try:
-        return highlight_terms(parse_query(alert.canonical))
-    except QueryError:
-        return None  # a query that no longer parses highlights nothing; it still shows
-
-
-def _reason(alert: Alert, label: str) -> str:
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    if follow is None or label == alert.query:
-        return describe_alert(label)
-    field = follow.group(1)
-    if field == "asker":
-        return f"you follow questions asked by {label}"
-    if field == "answerer":
-        return f"you follow answers given by {label}"
-    return describe_alert(label, member=True)
-
-
-def alert_label(session: Session, alert: Alert) -> str:
-    """How a digest names an alert: its query, or the Member's name for a plain follow."""
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    if follow:
-        member = session.get(Member, int(follow.group(2)))
-        if member is not None:
-            return member.name
-    return alert.query
-
-
-def _name(name: str | None) -> str:
-    # Without expanded member data the API gives only an id, stored as the name.
-    if name is not None and name.isdigit():
-        return f"Member {name}"
-    return name or ""
-
-
-def _person(name: str | None, party: str | None, constituency: str | None) -> str:
-    details = ", ".join(part for part in (party, constituency) if part)
-    shown = _name(name) or "a Member"
-    return f"{shown} ({details})" if details else shown
-
-
-def _item(
-    question: Question, settings: Settings, also: tuple[str, ...], highlights: Highlights
-) -> DigestItem:
-    feed = question.source != _PARLIAMENT
-    asked = _person(
-        question.asking_member_name,
-        question.asking_member_party,
-        question.asking_member_constituency,
-    )
-    text = mark(question.question_text, highlights)
-    answer = excerpt_around(question.answer_text, highlights, settings.digest.excerpt_chars)
-    return DigestItem(
-        heading=flatten(question.heading) or f"Question {question.uin}",
-        department=question.answering_body_name or "",
-        asked_by="" if feed else asked,
-        answered_by=_name(question.answering_member_name),
-        date_tabled=question.date_tabled,
-        date_answered=question.date_answered,
-        question_text=text.text,
-        answer_excerpt=answer.text,
-        url=question.url,
-        uin=question.uin,
-        house=question.house,
-        corrected=question.date_answer_corrected is not None,
-        also_matches=also,
-        question_marks=text.spans,
-        excerpt_marks=answer.spans,
-        source=question.source if feed else "",
-        answer_html=question.answer_html,
-    )

@@ -25,6 +25,7 @@ from alertd.hits import match_new_answers
 from alertd.ingest import PollLease, poll_parliament
 from alertd.metrics import Metrics
 from alertd.outbox import DrainOptions, drain_outbox
+from alertd.render_pool import RenderPool
 from alertd.signing import envelope_sender
 from alertd.sources import ParliamentApi, make_http_client
 
@@ -72,6 +73,8 @@ class Runtime:
     # Set on SIGTERM: sending stops taking new digests, the one in flight finishes.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=Metrics)
+    # Worker processes rendering digests (digest.render_processes); None renders here.
+    render_pool: RenderPool | None = None
 
     def drain_options(self) -> DrainOptions:
         smtp = self.settings.smtp
@@ -154,7 +157,12 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     # The database stages are synchronous: run them off the event loop.
     report.hits = await asyncio.to_thread(match_new_answers, runtime.engine, now=now)
     report.digests_queued = await asyncio.to_thread(
-        compose_due_digests, runtime.engine, runtime.settings, runtime.templates, now=now
+        compose_due_digests,
+        runtime.engine,
+        runtime.settings,
+        runtime.templates,
+        now=now,
+        pool=runtime.render_pool,
     )
     delivered = await drain_outbox(
         runtime.engine,

@@ -16,7 +16,8 @@ from sqlmodel import Session, col, select
 
 from alertd.alerts import normalise_email
 from alertd.config import FREQUENCIES, Settings
-from alertd.digests import _build_digest, _pending_rows, _Row
+from alertd.digest_items import Row, build_digest
+from alertd.digests import pending_rows
 from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.hits import question_document
 from alertd.matching import analyse, parse_query
@@ -50,7 +51,7 @@ def sample_digest(
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
         if subscriber is None or subscriber.id is None:
             raise UsageError(f"no subscriber with the address {address}")
-        rows = _pending_rows(session, subscriber.id, list(FREQUENCIES)) or _recent(
+        rows = pending_rows(session, subscriber.id, list(FREQUENCIES)) or _recent(
             session, subscriber.id, since=now - timedelta(days=days), now=now
         )
         if not rows:
@@ -58,10 +59,10 @@ def sample_digest(
                 f"nothing to show for {address}: no pending answers, and none of the last "
                 f"{days} days matches their alerts"
             )
-        return _build_digest(session, settings, subscriber, rows)
+        return build_digest(session, settings, subscriber, rows)
 
 
-def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datetime) -> list[_Row]:
+def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datetime) -> list[Row]:
     alerts = session.exec(
         select(Alert)
         .where(Alert.subscriber_id == subscriber_id, col(Alert.unsubscribed_at).is_(None))
@@ -77,7 +78,7 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
         .order_by(col(Question.date_answered).desc(), col(Question.id))
     ).all()
     documents = [analyse(question_document(question)) for question in questions]
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for alert in alerts:
         assert alert.id is not None
         try:
@@ -93,7 +94,7 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
                     question_id=question.id,
                     created_at=now,
                 )
-                rows.append(_Row(hit, alert, question))
+                rows.append(Row(hit, alert, question))
     return rows
 
 

@@ -43,10 +43,11 @@ from alertd.errors import SourceInvalid
 from alertd.hits import match_new_answers, question_document
 from alertd.ingest import store_items
 from alertd.matching import AnalysedDocument, analyse, parse_query
-from alertd.models import Alert, Hit, Outbox, Question, Subscriber
+from alertd.models import Alert, Hit, Ledger, Outbox, Question, Subscriber
 from alertd.outbox import DeliveryReport, drain_outbox
 from alertd.pipeline import Runtime, run_once
 from alertd.render import build_environment
+from alertd.render_pool import RenderPool
 from alertd.sources import AnswerItem, parse_item
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -414,7 +415,17 @@ class Outcome:
     mean_kib: float
 
 
-def run_bench(count: int, sample: int, connections: list[int], profile: Profiler) -> Outcome:
+def reset_composed(engine: Engine) -> None:
+    """Undo composing: no outbox or ledger rows, every hit pending again."""
+    with transaction(engine) as session:
+        session.execute(sa.update(Hit).values(outbox_id=None))
+        session.execute(sa.delete(Ledger))
+        session.execute(sa.delete(Outbox))
+
+
+def run_bench(
+    count: int, sample: int, connections: list[int], processes: int, profile: Profiler
+) -> Outcome:
     """Every measurement in one process against one database and one sink."""
     sink = Sink()
     try:
@@ -442,13 +453,25 @@ def run_bench(count: int, sample: int, connections: list[int], profile: Profiler
                 rows.append(_ceiling(sink, messages, n))
                 if n != pool:
                     rows.append(_deliver(sink, make_runtime(settings, engine, n), sample, now))
+            if processes:
+                # The same cycle again, rendering in worker processes.
+                reset_composed(engine)
+                runtime = make_runtime(settings, engine, pool)
+                runtime.render_pool = RenderPool(runtime.settings, processes)
+                try:
+                    label = f", {processes} render processes"
+                    rows += _cycle(sink, runtime, count, now, Profiler(None), label)
+                finally:
+                    runtime.render_pool.close()
             engine.dispose()
     finally:
         sink.close()
     return Outcome(rows, population, mean_kib)
 
 
-def _cycle(sink: Sink, runtime: Runtime, count: int, now: datetime, profile: Profiler) -> list[Row]:
+def _cycle(
+    sink: Sink, runtime: Runtime, count: int, now: datetime, profile: Profiler, label: str = ""
+) -> list[Row]:
     """The pipeline from pending hits to sent mail: ``run_once(poll=False)``, stages timed."""
     stages = StageClock(profile)
     connections = runtime.settings.smtp.connections
@@ -458,9 +481,9 @@ def _cycle(sink: Sink, runtime: Runtime, count: int, now: datetime, profile: Pro
         report = asyncio.run(run_once(runtime, now=now, poll=False))
     sink.wait_for(before + report.sent)
     return [
-        measured("compose+render", None, count, report.digests_queued, stages.compose),
-        measured("deliver (drain_outbox)", connections, count, report.sent, stages.deliver),
-        measured("render+deliver (run_once)", connections, count, report.sent, total),
+        measured(f"compose+render{label}", None, count, report.digests_queued, stages.compose),
+        measured(f"deliver (drain_outbox){label}", connections, count, report.sent, stages.deliver),
+        measured(f"render+deliver (run_once){label}", connections, count, report.sent, total),
     ]
 
 
@@ -598,6 +621,10 @@ def generated(outcome: Outcome, count: int, sample: int, command: str, took_s: f
             f"- *ceiling* sends the first {sample:,} outbox rows' bytes with bare aiosmtplib, one "
             "reused connection per worker; the other pool size's *deliver* drains those same "
             f"{sample:,} rows made due again (steady-state rates; a sample keeps the run short).",
+            "- rows ending *N render processes* repeat that whole cycle from the same pending "
+            "hits (outbox and ledger emptied) with `digest.render_processes` = N: the render "
+            "workers' start-up is inside their compose time, and their CPU is not in the "
+            "client CPU column (it is this process's only).",
             "- client CPU is this process's CPU time (all threads) per digest; the sink's is not "
             "in it. Peak RSS is the process's high-water mark when the row finished.",
             "",
@@ -635,13 +662,25 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=int, nargs="+", default=[1, 4], help="SMTP pool sizes"
     )
+    parser.add_argument(
+        "--render-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for the second cycle (digest.render_processes); 0 skips it",
+    )
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the stages here")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     sample = min(args.sample, args.digests)
-    outcome = run_bench(args.digests, sample, sorted(set(args.connections)), Profiler(args.profile))
+    outcome = run_bench(
+        args.digests,
+        sample,
+        sorted(set(args.connections)),
+        args.render_processes,
+        Profiler(args.profile),
+    )
     command = " ".join([COMMAND, *sys.argv[1:]])
     block = generated(outcome, args.digests, sample, command, time.monotonic() - started)
     print()

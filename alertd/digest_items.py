@@ -1,0 +1,248 @@
+"""Digest contents: how alerts are labelled, and the sections and items one digest shows."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from alertd.config import Settings
+from alertd.errors import QueryError
+from alertd.excerpt import excerpt_around, flatten, mark, merge_highlights
+from alertd.links import alert_feed_url
+from alertd.matching import Highlights, highlight_terms, parse_query
+from alertd.models import Alert, Hit, Member, Question, Subscriber
+from alertd.render import Digest, DigestItem, DigestSection, describe_alert
+from alertd.tokens import make_token
+
+_MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
+_PARLIAMENT = "parliament"
+# Distinct (answer, queries, also-labels) items one run keeps; past it the memo starts over.
+ITEM_MEMO_LIMIT = 20_000
+
+# (question id, answer version, the matched alerts' canonical queries, also-matches)
+_ItemKey = tuple[int, int, frozenset[str], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A pending hit with its alert and answer, as a digest is built from them."""
+
+    hit: Hit
+    alert: Alert
+    question: Question
+
+
+class ComposeMemo:
+    """Pure work that one compose run's digests share: Member names, highlights, items.
+
+    It holds no ORM objects, so it outlives the run's sessions; the run drops it at the end.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._names: dict[int, str | None] = {}
+        self._highlights: dict[str, Highlights | None] = {}
+        self._items: dict[_ItemKey, DigestItem] = {}
+
+    def load_members(self, session: Session, alerts: Iterable[Alert]) -> None:
+        """Fetch, in one query, the Members these alerts follow that are not known yet."""
+        wanted = {m for a in alerts if (m := _followed(a)) is not None and m not in self._names}
+        if not wanted:
+            return
+        found = dict(
+            session.exec(
+                select(Member.id, Member.name).where(col(Member.id).in_(sorted(wanted)))
+            ).all()
+        )
+        for member_id in wanted:
+            self._names[member_id] = found.get(member_id)
+
+    def labels(self, session: Session, alerts: Iterable[Alert]) -> dict[int | None, str]:
+        """Each alert's label by alert id (see ``alert_label``)."""
+        alerts = list(alerts)
+        self.load_members(session, alerts)
+        labels = {}
+        for alert in alerts:
+            member_id = _followed(alert)
+            name = None if member_id is None else self._names[member_id]
+            labels[alert.id] = alert.query if name is None else name
+        return labels
+
+    def highlights(self, canonical: str) -> Highlights | None:
+        if canonical not in self._highlights:
+            self._highlights[canonical] = _highlights(canonical)
+        return self._highlights[canonical]
+
+    def item(
+        self, question: Question, also: tuple[str, ...], queries: frozenset[str]
+    ) -> DigestItem:
+        """The item for an answer matched by alerts with these canonical queries."""
+        assert question.id is not None
+        key = (question.id, question.answer_version, queries, also)
+        item = self._items.get(key)
+        if item is None:
+            marks = merge_highlights(h for q in queries if (h := self.highlights(q)) is not None)
+            item = _item(question, self.settings, also, marks)
+            if len(self._items) >= ITEM_MEMO_LIMIT:
+                self._items.clear()
+            self._items[key] = item
+        return item
+
+
+def _followed(alert: Alert) -> int | None:
+    """The Member id a plain member follow names; None for any other query."""
+    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
+    return int(follow.group(2)) if follow else None
+
+
+def alert_label(session: Session, alert: Alert) -> str:
+    """How a digest names an alert: its query, or the Member's name for a plain follow."""
+    member_id = _followed(alert)
+    if member_id is not None:
+        member = session.get(Member, member_id)
+        if member is not None:
+            return member.name
+    return alert.query
+
+
+def build_digest(
+    session: Session,
+    settings: Settings,
+    subscriber: Subscriber,
+    rows: list[Row],
+    memo: ComposeMemo | None = None,
+) -> Digest:
+    """A subscriber's digest: answers grouped by the first alert they matched, each once."""
+    if memo is None:
+        memo = ComposeMemo(settings)
+    secret = settings.web.secret_key.get_secret_value()
+    base = settings.web.base_url
+    assert subscriber.id is not None
+    manage_url = f"{base}/manage/{make_token(secret, 'manage', subscriber.id)}"
+    labels = memo.labels(session, (row.alert for row in rows))
+    order, shown, totals = _group(rows, labels, memo)
+    sections = []
+    for alert in order:
+        assert alert.id is not None
+        sections.append(
+            DigestSection(
+                label=labels[alert.id],
+                stop_url=f"{base}/alerts/stop/{make_token(secret, 'stop', alert.id)}",
+                items=tuple(shown[alert.id]),
+                total=totals[alert.id],
+                reason=_reason(alert, labels[alert.id]),
+                more_url=manage_url,
+                feed_url=alert_feed_url(base, secret, alert.id),
+            )
+        )
+    token = make_token(secret, "unsubscribe", subscriber.id)
+    return Digest(
+        recipient=subscriber.email,
+        sections=tuple(sections),
+        unsubscribe_url=f"{base}/unsubscribe/{token}",
+        manage_url=manage_url,
+    )
+
+
+def _group(
+    rows: list[Row], labels: dict[int | None, str], memo: ComposeMemo
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int]]:
+    """The alerts in order, the items each shows and how many answers each has.
+
+    An answer is counted only under its first alert; only those shown are built.
+    """
+    alerts_of: dict[int, list[Alert]] = defaultdict(list)
+    for row in rows:
+        assert row.question.id is not None
+        alerts_of[row.question.id].append(row.alert)
+    limit = memo.settings.digest.max_per_alert
+    placed: set[int] = set()
+    shown: dict[int, list[DigestItem]] = defaultdict(list)
+    totals: Counter[int] = Counter()
+    order: list[Alert] = []
+    for row in rows:
+        question_id, alert_id = row.question.id, row.alert.id
+        assert question_id is not None and alert_id is not None
+        if question_id in placed:
+            continue
+        placed.add(question_id)
+        if alert_id not in totals:
+            order.append(row.alert)
+        totals[alert_id] += 1
+        if totals[alert_id] > limit:
+            continue
+        matched = alerts_of[question_id]
+        others = tuple(
+            dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
+        )
+        queries = frozenset(a.canonical for a in matched)
+        shown[alert_id].append(memo.item(row.question, others, queries))
+    return order, shown, totals
+
+
+def _highlights(canonical: str) -> Highlights | None:
+    try:
+        return highlight_terms(parse_query(canonical))
+    except QueryError:
+        return None  # a query that no longer parses highlights nothing; it still shows
+
+
+def _reason(alert: Alert, label: str) -> str:
+    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
+    if follow is None or label == alert.query:
+        return describe_alert(label)
+    field = follow.group(1)
+    if field == "asker":
+        return f"you follow questions asked by {label}"
+    if field == "answerer":
+        return f"you follow answers given by {label}"
+    return describe_alert(label, member=True)
+
+
+def _name(name: str | None) -> str:
+    # Without expanded member data the API gives only an id, stored as the name.
+    if name is not None and name.isdigit():
+        return f"Member {name}"
+    return name or ""
+
+
+def _person(name: str | None, party: str | None, constituency: str | None) -> str:
+    details = ", ".join(part for part in (party, constituency) if part)
+    shown = _name(name) or "a Member"
+    return f"{shown} ({details})" if details else shown
+
+
+def _item(
+    question: Question, settings: Settings, also: tuple[str, ...], highlights: Highlights
+) -> DigestItem:
+    feed = question.source != _PARLIAMENT
+    asked = _person(
+        question.asking_member_name,
+        question.asking_member_party,
+        question.asking_member_constituency,
+    )
+    text = mark(question.question_text, highlights)
+    answer = excerpt_around(question.answer_text, highlights, settings.digest.excerpt_chars)
+    return DigestItem(
+        heading=flatten(question.heading) or f"Question {question.uin}",
+        department=question.answering_body_name or "",
+        asked_by="" if feed else asked,
+        answered_by=_name(question.answering_member_name),
+        date_tabled=question.date_tabled,
+        date_answered=question.date_answered,
+        question_text=text.text,
+        answer_excerpt=answer.text,
+        url=question.url,
+        uin=question.uin,
+        house=question.house,
+        corrected=question.date_answer_corrected is not None,
+        also_matches=also,
+        question_marks=text.spans,
+        excerpt_marks=answer.spans,
+        source=question.source if feed else "",
+        answer_html=question.answer_html,
+    )

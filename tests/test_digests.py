@@ -1,0 +1,373 @@
+"""Composing digests a chunk of subscribers at a time: each queued once, conflicts redone."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd import digest_items, digests
+from alertd.alerts import compile_query
+from alertd.config import DatabaseSettings, Settings
+from alertd.db import is_postgres, open_database, transaction
+from alertd.digests import compose_due_digests
+from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
+from alertd.render import build_environment, startup_sample
+from alertd.render_pool import RenderJob, RenderPool, render_here
+
+NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
+ZAHAWI = 4113
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+def _question(session: Session, api_id: int, words: str) -> Question:
+    question = Question(
+        api_id=api_id,
+        answer_version=1,
+        version_key="1",
+        uin=f"U{api_id}",
+        house="Commons",
+        heading=f"Heading {api_id}",
+        question_text=f"What is being done about {words}?",
+        answer_text=f"The Government is working hard on {words} across the country.",
+        date_tabled=date(2024, 9, 1),
+        date_answered=date(2024, 9, 2),
+        url=f"https://questions.example/{api_id}",
+        ingested_at=NOW,
+        matched_at=NOW,
+    )
+    session.add(question)
+    return question
+
+
+def _alert(session: Session, subscriber: Subscriber, query: str) -> Alert:
+    assert subscriber.id is not None
+    alert = Alert(
+        subscriber_id=subscriber.id,
+        query=query,
+        canonical=compile_query(session, query).canonical,
+        frequency="immediate",
+        confirmed=True,
+        confirmed_at=NOW,
+        created_at=NOW,
+    )
+    session.add(alert)
+    session.flush()
+    return alert
+
+
+def _hit(session: Session, alert: Alert, question: Question) -> None:
+    assert alert.id is not None and question.id is not None
+    session.add(
+        Hit(
+            alert_id=alert.id,
+            subscriber_id=alert.subscriber_id,
+            question_id=question.id,
+            created_at=NOW,
+        )
+    )
+
+
+def _subscribers(engine: Engine, count: int, alerted: dict[str, Sequence[int]]) -> list[Subscriber]:
+    """``count`` subscribers, each with these alerts hitting these questions (by api id)."""
+    with transaction(engine) as session:
+        questions = {}
+        for query, api_ids in alerted.items():
+            for api_id in api_ids:
+                if api_id not in questions:
+                    questions[api_id] = _question(session, api_id, query)
+        session.add(Member(id=ZAHAWI, name="Nadhim Zahawi"))
+        session.flush()
+        made = []
+        for n in range(count):
+            subscriber = Subscriber(email=f"reader{n}@example.org", created_at=NOW)
+            session.add(subscriber)
+            session.flush()
+            for query, api_ids in alerted.items():
+                alert = _alert(session, subscriber, query)
+                for api_id in api_ids:
+                    _hit(session, alert, questions[api_id])
+            made.append(subscriber)
+        return made
+
+
+def _sent_before(engine: Engine, subscriber: Subscriber, api_id: int) -> int:
+    """A digest this subscriber already got with that answer, as the ledger records it."""
+    assert subscriber.id is not None
+    with transaction(engine) as session:
+        question = session.exec(select(Question).where(Question.api_id == api_id)).one()
+        assert question.id is not None
+        outbox = Outbox(
+            subscriber_id=subscriber.id,
+            recipient=subscriber.email,
+            message_id=f"<earlier.{subscriber.id}@alertd.test>",
+            message=b"",
+            status="sent",
+            created_at=NOW,
+            next_attempt_at=NOW,
+        )
+        session.add(outbox)
+        session.flush()
+        assert outbox.id is not None
+        session.add(
+            Ledger(
+                subscriber_id=subscriber.id,
+                api_id=api_id,
+                answer_version=1,
+                question_id=question.id,
+                outbox_id=outbox.id,
+                created_at=NOW,
+            )
+        )
+        return outbox.id
+
+
+def _compose(engine: Engine, settings: Settings) -> int:
+    return compose_due_digests(engine, settings, build_environment(settings), now=NOW)
+
+
+def _text(outbox: Outbox) -> str:
+    message = message_from_bytes(outbox.message, policy=default)
+    assert isinstance(message, EmailMessage)
+    body = message.get_body(("plain",))
+    assert body is not None
+    return " ".join(str(body.get_content()).split())
+
+
+def _outboxes(engine: Engine) -> dict[str, list[Outbox]]:
+    with Session(engine) as session:
+        found: dict[str, list[Outbox]] = {}
+        for outbox in session.exec(select(Outbox).order_by(col(Outbox.id))).all():
+            found.setdefault(outbox.recipient, []).append(outbox)
+        return found
+
+
+@pytest.fixture
+def statements(db_engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements run on the engine (an executemany counts once)."""
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])
+
+    sa.event.listen(db_engine, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(db_engine, "before_cursor_execute", record)
+
+
+def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
+    db_engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    statements: list[str],
+) -> None:
+    monkeypatch.setattr(digests, "CHUNK_SIZE", 200)
+    chunks: list[int] = []
+    compose_locked = digests._compose_locked
+
+    def spy_chunks(session: Session, run: Any, subscriber_ids: list[int]) -> int:
+        chunks.append(len(subscriber_ids))
+        return compose_locked(session, run, subscriber_ids)
+
+    monkeypatch.setattr(digests, "_compose_locked", spy_chunks)
+    built = Counter[int]()
+    make_item = digest_items._item
+
+    def spy_items(question: Question, *args: Any) -> Any:
+        built[question.api_id] += 1
+        return make_item(question, *args)
+
+    monkeypatch.setattr(digest_items, "_item", spy_items)
+    readers = _subscribers(db_engine, 450, {"schools": [1, 2], f"member:{ZAHAWI}": [3]})
+    earlier = _sent_before(db_engine, readers[7], 2)
+    statements.clear()
+
+    assert _compose(db_engine, settings) == 450
+
+    assert chunks == [200, 200, 50]
+    # Statements per chunk, not per subscriber (one per subscriber would be thousands).
+    assert len(statements) < 12 * len(chunks) + 10, statements
+    # Every subscriber shares the queries and answers: each item is excerpted once.
+    assert built == {1: 1, 2: 1, 3: 1}
+    sent = _outboxes(db_engine)
+    assert sorted(len(boxes) for boxes in sent.values()) == [1] * 449 + [2]
+    queued = [boxes[-1] for boxes in sent.values()]
+    assert all(box.status == "pending" and box.attempts == 0 for box in queued)
+    assert "Nadhim Zahawi" in _text(sent["reader0@example.org"][0])
+    seventh = _text(sent[readers[7].email][1])
+    assert "Heading 1" in seventh and "Heading 2" not in seventh
+    with Session(db_engine) as session:
+        hits = session.exec(select(Hit)).all()
+        assert all(hit.outbox_id is not None for hit in hits)
+        of_seventh = {h.question_id: h.outbox_id for h in hits if h.subscriber_id == readers[7].id}
+        assert list(of_seventh.values()).count(earlier) == 1
+        assert len(session.exec(select(Ledger)).all()) == 450 * 3
+    assert _compose(db_engine, settings) == 0
+
+
+def test_an_item_is_shared_only_by_digests_showing_it_the_same_way(
+    db_engine: Engine, settings: Settings
+) -> None:
+    [both] = _subscribers(db_engine, 1, {"schools": [1], "teachers": [1]})
+    with transaction(db_engine) as session:
+        only = Subscriber(email="only@example.org", created_at=NOW)
+        session.add(only)
+        session.flush()
+        question = session.exec(select(Question)).one()
+        _hit(session, _alert(session, only, "schools"), question)
+
+    assert _compose(db_engine, settings) == 2
+
+    sent = _outboxes(db_engine)
+    assert "Also matches: teachers" in _text(sent[both.email][0])
+    assert "Also matches" not in _text(sent["only@example.org"][0])
+
+
+def _hide_ledger(monkeypatch: pytest.MonkeyPatch, *, times: int) -> None:
+    """The chunk does not see the ledger ``times`` times: a racing worker's row, written
+    after the chunk looked, so that only its claim runs into it."""
+    ledger_for = digests._ledger_for
+    hidden = [times]
+
+    def late(session: Session, subscriber_ids: Sequence[int]) -> dict[tuple[int, int], int]:
+        found = ledger_for(session, subscriber_ids)
+        if hidden[0] > 0:
+            hidden[0] -= 1
+            return {}
+        return found
+
+    monkeypatch.setattr(digests, "_ledger_for", late)
+
+
+def test_a_ledger_conflict_redoes_the_chunk_one_by_one(
+    db_engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readers = _subscribers(db_engine, 5, {"schools": [1]})
+    earlier = _sent_before(db_engine, readers[2], 1)
+    _hide_ledger(monkeypatch, times=1)
+
+    with caplog.at_level(logging.INFO, logger="alertd.digests"):
+        assert _compose(db_engine, settings) == 4
+
+    assert any("one by one" in record.getMessage() for record in caplog.records)
+    sent = _outboxes(db_engine)
+    assert sorted(len(boxes) for boxes in sent.values()) == [1] * 5
+    assert sent[readers[2].email][0].id == earlier  # nothing new for the one already sent it
+    with Session(db_engine) as session:
+        hit = session.exec(select(Hit).where(Hit.subscriber_id == readers[2].id)).one()
+        assert hit.outbox_id == earlier
+        assert len(session.exec(select(Ledger)).all()) == 5
+
+
+def test_a_conflict_that_persists_skips_only_that_subscriber(
+    db_engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    readers = _subscribers(db_engine, 5, {"schools": [1]})
+    _sent_before(db_engine, readers[2], 1)
+    _hide_ledger(monkeypatch, times=1_000)
+
+    with caplog.at_level(logging.WARNING, logger="alertd.digests"):
+        assert _compose(db_engine, settings) == 4
+
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and f"subscriber {readers[2].id} " in skipped[0]
+    with Session(db_engine) as session:
+        hit = session.exec(select(Hit).where(Hit.subscriber_id == readers[2].id)).one()
+        assert hit.outbox_id is None
+        assert len(session.exec(select(Outbox)).all()) == 5
+    monkeypatch.undo()
+    assert _compose(db_engine, settings) == 0  # the next run settles it without mailing
+
+
+def test_subscribers_locked_by_another_worker_are_left_to_it(
+    db_engine: Engine, settings: Settings
+) -> None:
+    if not is_postgres(db_engine):
+        pytest.skip("SQLite has one writer at a time: no row locks to skip")
+    readers = _subscribers(db_engine, 5, {"schools": [1]})
+    with Session(db_engine) as other, other.begin():
+        other.exec(select(Subscriber).where(Subscriber.id == readers[3].id).with_for_update()).one()
+        assert _compose(db_engine, settings) == 4
+    assert readers[3].email not in _outboxes(db_engine)
+    assert _compose(db_engine, settings) == 1
+
+
+@pytest.fixture
+def render_pool(settings: Settings) -> Iterator[RenderPool]:
+    pool = RenderPool(settings, 2)
+    yield pool
+    pool.close()
+
+
+def _bodies(engine: Engine) -> dict[str, tuple[str, str]]:
+    """Each recipient's subject and text part (Message-IDs differ from run to run)."""
+    return {
+        recipient: (str(rows[0].subject), _text(rows[0]))
+        for recipient, rows in _outboxes(engine).items()
+    }
+
+
+def test_render_workers_give_the_digests_rendered_here(
+    db_engine: Engine,
+    make_settings: Callable[..., Settings],
+    settings: Settings,
+    render_pool: RenderPool,
+    tmp_path: Path,
+) -> None:
+    alerted = {"schools": [1, 2], f"member:{ZAHAWI}": [3]}
+    _subscribers(db_engine, 30, alerted)
+    env = build_environment(settings)
+    assert compose_due_digests(db_engine, settings, env, now=NOW, pool=render_pool) == 30
+    other = open_database(DatabaseSettings(url=f"sqlite:///{tmp_path}/here.db"))
+    try:
+        _subscribers(other, 30, alerted)
+        assert compose_due_digests(other, settings, env, now=NOW) == 30
+        assert _bodies(db_engine) == _bodies(other)
+    finally:
+        other.dispose()
+    assert "Nadhim Zahawi" in next(iter(_bodies(db_engine).values()))[1]
+
+
+def test_dead_render_workers_are_replaced_and_nothing_is_lost(
+    db_engine: Engine,
+    settings: Settings,
+    render_pool: RenderPool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _subscribers(db_engine, 5, {"schools": [1]})
+    env = build_environment(settings)
+    jobs = [RenderJob(startup_sample(settings), f"<m{n}@x>", NOW) for n in range(3)]
+    assert len(render_pool.render(jobs, env)) == 3  # the workers are up
+    workers = list(render_pool._executor._processes.values())
+    assert workers
+    for process in workers:
+        process.kill()
+        process.join()
+    assert compose_due_digests(db_engine, settings, env, now=NOW, pool=render_pool) == 5
+    assert len(_outboxes(db_engine)) == 5
+    assert "render workers died" in caplog.text
+    # The replacement workers render the next batch.
+    assert [r.subject for r in render_pool.render(jobs, env)] == [
+        r.subject for r in render_here(jobs, settings, env)
+    ]
