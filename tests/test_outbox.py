@@ -214,6 +214,31 @@ def _claimed_ids(engine: Engine, owner: str) -> list[int]:
     return [row.id for row in claim_due(engine, now=NOW, limit=10, lease_s=60, owner=owner)]
 
 
+def test_claims_take_lost_leases_then_retries_then_the_oldest_pending(engine: Engine) -> None:
+    ids = _queue(engine, *(f"r{n}@example.org" for n in range(6)))
+    early, late = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
+    states = [
+        ("pending", NOW, None),  # due
+        ("pending", early, None),  # due, and waiting longer
+        ("pending", late, None),  # not due yet
+        ("retry", early, None),  # due
+        ("sending", NOW, wall_clock() - timedelta(seconds=1)),  # its worker died
+        ("sending", NOW, wall_clock() + timedelta(hours=1)),  # being sent
+    ]
+    with transaction(engine) as session:
+        for row_id, (status, due_at, lease_until) in zip(ids, states, strict=True):
+            row = session.get(Outbox, row_id)
+            assert row is not None
+            row.status, row.next_attempt_at, row.lease_until = status, due_at, lease_until
+            row.lease_owner = "someone" if lease_until else None
+            session.add(row)
+    first = claim_due(engine, now=NOW, limit=3, lease_s=60, owner="me")
+    assert [row.id for row in first] == [ids[4], ids[3], ids[1]]
+    assert [row.id for row in claim_due(engine, now=NOW, limit=3, lease_s=60, owner="me")] == [
+        ids[0]
+    ]
+
+
 def test_expired_lease_is_claimed_again(engine: Engine) -> None:
     (row_id,) = _queue(engine, "a@example.org")
     assert _claimed_ids(engine, "dead-worker") == [row_id]
