@@ -21,7 +21,7 @@ from alertd.db import transaction
 from alertd.digest_items import ComposeMemo, Row, build_digest
 from alertd.models import Alert, DigestRun, Hit, Ledger, Outbox, Question, Subscriber
 from alertd.render import RenderedDigest
-from alertd.render_pool import RenderJob, RenderPool, render_here
+from alertd.render_pool import RenderBatch, RenderJob, RenderPool
 
 log = logging.getLogger("alertd.digests")
 # Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
@@ -160,18 +160,16 @@ def _compose_locked(session: Session, run: _Run, subscriber_ids: list[int]) -> i
     run.memo.load_members(session, (row.alert for rows in pending.values() for row in rows))
     done: list[dict[str, Any]] = []
     composed: list[tuple[Subscriber, list[Row], RenderJob]] = []
+    batch = RenderBatch(run.pool, run.settings, run.env)
     for subscriber_id, subscriber in locked.items():
         fresh = _settle(pending.get(subscriber_id, []), sent_before, done)
         if fresh:
-            composed.append((subscriber, fresh, _render_job(session, run, subscriber, fresh)))
-    jobs = [job for _, _, job in composed]
-    if run.pool is not None and len(jobs) > 1:
-        rendered = run.pool.render(jobs, run.env)
-    else:
-        rendered = render_here(jobs, run.settings, run.env)
+            job = _render_job(session, run, subscriber, fresh)
+            batch.add(job)
+            composed.append((subscriber, fresh, job))
     queued = [
         (_outbox(subscriber, job, message, run.now), rows)
-        for (subscriber, rows, job), message in zip(composed, rendered, strict=True)
+        for (subscriber, rows, job), message in zip(composed, batch.results(), strict=True)
     ]
     _write(session, queued, done, run.now)
     return len(queued)

@@ -622,9 +622,9 @@ def generated(outcome: Outcome, count: int, sample: int, command: str, took_s: f
             "reused connection per worker; the other pool size's *deliver* drains those same "
             f"{sample:,} rows made due again (steady-state rates; a sample keeps the run short).",
             "- rows ending *N render processes* repeat that whole cycle from the same pending "
-            "hits (outbox and ledger emptied) with `digest.render_processes` = N: the render "
-            "workers' start-up is inside their compose time, and their CPU is not in the "
-            "client CPU column (it is this process's only).",
+            "hits (outbox and ledger emptied) with `digest.render_processes` = N, the workers "
+            "started beforehand as the daemon starts them; their CPU is not in the client CPU "
+            "column (it is this process's only).",
             "- client CPU is this process's CPU time (all threads) per digest; the sink's is not "
             "in it. Peak RSS is the process's high-water mark when the row finished.",
             "",

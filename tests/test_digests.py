@@ -23,8 +23,8 @@ from alertd.config import DatabaseSettings, Settings
 from alertd.db import is_postgres, open_database, transaction
 from alertd.digests import compose_due_digests
 from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
-from alertd.render import build_environment, startup_sample
-from alertd.render_pool import RenderJob, RenderPool, render_here
+from alertd.render import RenderedDigest, build_environment, startup_sample
+from alertd.render_pool import RenderBatch, RenderJob, RenderPool, render_here
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113
@@ -320,6 +320,15 @@ def render_pool(settings: Settings) -> Iterator[RenderPool]:
     pool.close()
 
 
+def _render_batch(
+    pool: RenderPool, settings: Settings, jobs: list[RenderJob]
+) -> list[RenderedDigest]:
+    batch = RenderBatch(pool, settings, build_environment(settings))
+    for job in jobs:
+        batch.add(job)
+    return batch.results()
+
+
 def _bodies(engine: Engine) -> dict[str, tuple[str, str]]:
     """Each recipient's subject and text part (Message-IDs differ from run to run)."""
     return {
@@ -358,7 +367,7 @@ def test_dead_render_workers_are_replaced_and_nothing_is_lost(
     _subscribers(db_engine, 5, {"schools": [1]})
     env = build_environment(settings)
     jobs = [RenderJob(startup_sample(settings), f"<m{n}@x>", NOW) for n in range(3)]
-    assert len(render_pool.render(jobs, env)) == 3  # the workers are up
+    assert len(_render_batch(render_pool, settings, jobs)) == 3  # the workers are up
     workers = list(render_pool._executor._processes.values())
     assert workers
     for process in workers:
@@ -368,6 +377,4 @@ def test_dead_render_workers_are_replaced_and_nothing_is_lost(
     assert len(_outboxes(db_engine)) == 5
     assert "render workers died" in caplog.text
     # The replacement workers render the next batch.
-    assert [r.subject for r in render_pool.render(jobs, env)] == [
-        r.subject for r in render_here(jobs, settings, env)
-    ]
+    assert _render_batch(render_pool, settings, jobs) == render_here(jobs, settings, env)
