@@ -616,8 +616,9 @@ def generated(outcome: Outcome, count: int, sample: int, command: str, took_s: f
             "",
             f"- *compose+render*, *deliver* at {max(r.connections or 0 for r in outcome.rows)} "
             "connections and *render+deliver* come from one `run_once(poll=False)` over all "
-            "digests (the stages timed inside it): `compose_due_digests` (per subscriber: ledger "
-            "rows + rendered outbox row), then `drain_outbox` with the real `SmtpMailer` pool.",
+            "digests (the stages timed inside it): `compose_due_digests` (200 subscribers a "
+            "transaction: ledger rows + rendered outbox rows), then `drain_outbox` with the "
+            "real `SmtpMailer` pool.",
             f"- *ceiling* sends the first {sample:,} outbox rows' bytes with bare aiosmtplib, one "
             "reused connection per worker; the other pool size's *deliver* drains those same "
             f"{sample:,} rows made due again (steady-state rates; a sample keeps the run short).",
