@@ -143,6 +143,7 @@ def excerpt(text: str, limit: int) -> str:
     return excerpt_around(text, None, limit).text
 
 
+@functools.lru_cache(maxsize=4096)
 def long_date(value: date | None) -> str:
     """``1 February 2021``; empty for no date."""
     return "" if value is None else f"{value.day} {value:%B %Y}"
