@@ -7,8 +7,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
-from alertd.db import WRITE_OPTION, transaction
+from alertd.db import transaction, write_connection
 from alertd.delivery import Mailer, MailerFactory
 from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
 from alertd.models import Outbox, Subscriber
@@ -85,9 +85,9 @@ def claim_due(
     # One index range per state, each already in order: an OR of them, or ORDER BY id, made
     # the database sort every due row for each claim (quadratic over a big mail run).
     wanted = (
-        (sa.and_(col(Outbox.status) == "sending", col(Outbox.lease_until) < lease_now)),
-        (sa.and_(col(Outbox.status) == "retry", col(Outbox.next_attempt_at) <= now)),
-        (sa.and_(col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now)),
+        sa.and_(col(Outbox.status) == "sending", col(Outbox.lease_until) < lease_now),
+        sa.and_(col(Outbox.status) == "retry", col(Outbox.next_attempt_at) <= now),
+        sa.and_(col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now),
     )
     claimed: list[Claimed] = []
     with transaction(engine) as session:
@@ -148,20 +148,10 @@ _CLEAR_BOUNCES = (
 )
 
 
-@contextmanager
-def _writing(engine: Engine) -> Iterator[sa.Connection]:
-    """Like ``transaction`` (BEGIN IMMEDIATE on SQLite), on a bare connection: no ORM."""
-    with engine.connect() as connection:
-        # Cheaper than engine.execution_options(), which builds a new engine per call.
-        connection.execution_options(**{WRITE_OPTION: True})
-        with connection.begin():
-            yield connection
-
-
 def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> datetime | None:
     """Extend our lease on a row; the new end of the lease, or None if it is no longer ours."""
     until = wall_clock() + timedelta(seconds=lease_s)
-    with _writing(engine) as connection:
+    with write_connection(engine) as connection:
         result = connection.execute(
             _RENEW_LEASE, {"outbox_id": outbox_id, "owner": owner, "until": until}
         )
@@ -354,7 +344,7 @@ async def drain_outbox(
 
 def record_sent(engine: Engine, outbox_id: int, subscriber_id: int, now: datetime) -> None:
     """Mark one message sent, at once: a crash after this never sends it again."""
-    with _writing(engine) as connection:
+    with write_connection(engine) as connection:
         connection.execute(_MARK_SENT, {"outbox_id": outbox_id, "now": now})
         connection.execute(_CLEAR_BOUNCES, {"subscriber_id": subscriber_id})
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import binascii
-import email
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.headerregistry import Address
-from email.message import EmailMessage
 from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime
 from pathlib import Path
@@ -41,7 +39,6 @@ __all__ = [
     "digest_subject",
     "excerpt",
     "RenderedDigest",
-    "render_digest",
     "render_message",
     "templates_dir",
 ]
@@ -387,21 +384,6 @@ def _quoted_printable(body: str) -> bytes:
     # binascii's encoder is C, several times faster than the email package's pure Python
     # one; given CRLF lines it writes CRLF soft breaks too.
     return binascii.b2a_qp(b"\r\n".join(lines) + b"\r\n", istext=True)
-
-
-def render_digest(
-    digest: Digest,
-    settings: Settings,
-    env: jinja2.Environment,
-    *,
-    message_id: str,
-    now: datetime,
-) -> EmailMessage:
-    """The digest email of ``render_message``, parsed: for reading its parts and headers."""
-    rendered = render_message(digest, settings, env, message_id=message_id, now=now)
-    parsed = email.message_from_bytes(rendered.message, policy=WIRE_POLICY)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)

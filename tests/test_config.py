@@ -59,6 +59,8 @@ def test_settings_are_frozen() -> None:
         ("[digest]\ntimezone = 'Mars/Olympus'\n", {}, "unknown time zone"),
         ("[database]\nurl = 'mysql://x'\n", {}, "database.url"),
         ("[smtp\n", {}, "not valid TOML"),
+        ("[smtp]\nmessages_per_connection = 0\n", {}, "smtp.messages_per_connection"),
+        ("", {"ALERTD_DIGEST__RENDER_PROCESSES": "-1"}, "digest.render_processes"),
         ("[web]\nbase_url = 'https://alerts.example.org'\n", {}, "web.secret_key"),
     ],
 )

@@ -31,7 +31,6 @@ from alertd.render import (
     build_environment,
     digest_subject,
     excerpt,
-    render_digest,
     render_message,
 )
 from alertd.sources import parse_item
@@ -78,10 +77,10 @@ def _section(label: str, items: tuple[DigestItem, ...], total: int | None = None
 
 def _render(digest: Digest, settings: Settings | None = None) -> EmailMessage:
     settings = settings or Settings()
-    message = render_digest(
+    rendered = render_message(
         digest, settings, build_environment(settings), message_id="<m1@localhost>", now=NOW
     )
-    parsed = message_from_bytes(message.as_bytes(), policy=default)
+    parsed = message_from_bytes(rendered.message, policy=default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
