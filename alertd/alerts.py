@@ -13,8 +13,8 @@ from sqlmodel import Session, col, func, select
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.hits import question_document
-from alertd.matching import Query, analyse, parse_query
+from alertd.matching.analysis import Query, analyse, parse_query
+from alertd.matching.hits import question_document
 from alertd.models import Alert, Member, Question, Subscriber
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

@@ -15,9 +15,9 @@ from sqlmodel import Session
 from alertd.config import ParliamentSettings
 from alertd.db import transaction
 from alertd.errors import SourceUnavailable
-from alertd.ingest import store_items, unseen_summaries
 from alertd.models import SourceState
-from alertd.sources import ParliamentApi, make_http_client
+from alertd.sources.ingest import store_items, unseen_summaries
+from alertd.sources.parliament import ParliamentApi, make_http_client
 
 log = logging.getLogger("alertd.backfill")
 BACKFILL_SOURCE = "parliament-backfill"

@@ -17,13 +17,13 @@ from alertd.backfill import backfill
 from alertd.config import FREQUENCIES, Settings, load_settings
 from alertd.daemon import Daemon, lifespan, utc_now
 from alertd.db import open_database
+from alertd.digests.render import build_environment
+from alertd.digests.sample import write_sample
 from alertd.errors import AlertdError, ConfigError, UsageError
-from alertd.feeds import add_feed, list_feeds, remove_feed
 from alertd.logs import setup_logging
 from alertd.pipeline import run_once
 from alertd.progress import backfill_progress
-from alertd.render import build_environment
-from alertd.sample import write_sample
+from alertd.sources.feeds import add_feed, list_feeds, remove_feed
 from alertd.status import collect_status, format_status
 from alertd.web import run_web, serve_web
 

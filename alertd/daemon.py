@@ -15,12 +15,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.delivery import mailer_factory
-from alertd.feeds import sync_config_feeds
+from alertd.digests.render import build_environment
+from alertd.digests.render_pool import RenderPool
+from alertd.mail.transports import mailer_factory
 from alertd.pipeline import RunReport, Runtime, run_once
-from alertd.render import build_environment
-from alertd.render_pool import RenderPool
-from alertd.sources import make_http_client
+from alertd.sources.feeds import sync_config_feeds
+from alertd.sources.parliament import make_http_client
 
 log = logging.getLogger("alertd.daemon")
 Clock = Callable[[], datetime]

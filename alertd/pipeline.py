@@ -17,17 +17,17 @@ import jinja2
 from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
-from alertd.delivery import MailerFactory
-from alertd.digests import compose_due_digests
+from alertd.digests.compose import compose_due_digests
+from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
-from alertd.feeds import poll_due_feeds
-from alertd.hits import match_new_answers
-from alertd.ingest import PollLease, poll_parliament
+from alertd.mail.identity import envelope_sender
+from alertd.mail.outbox import DrainOptions, drain_outbox
+from alertd.mail.transports import MailerFactory
+from alertd.matching.hits import match_new_answers
 from alertd.metrics import Metrics
-from alertd.outbox import DrainOptions, drain_outbox
-from alertd.render_pool import RenderPool
-from alertd.signing import envelope_sender
-from alertd.sources import ParliamentApi, make_http_client
+from alertd.sources.feeds import poll_due_feeds
+from alertd.sources.ingest import PollLease, poll_parliament
+from alertd.sources.parliament import ParliamentApi, make_http_client
 
 log = logging.getLogger("alertd.pipeline")
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
-from alertd.digests import period_start
+from alertd.digests.compose import period_start
 from alertd.models import Alert, DigestRun, Outbox, Question, SourceState, Subscriber
 
 ATTENTION_AFTER = timedelta(hours=1)

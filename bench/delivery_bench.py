@@ -37,18 +37,18 @@ from sqlmodel import Session, col, func, select
 from alertd import pipeline
 from alertd.config import Settings
 from alertd.db import open_database, transaction
-from alertd.delivery import mailer_factory
-from alertd.digests import compose_due_digests
+from alertd.digests.compose import compose_due_digests
+from alertd.digests.render import build_environment
+from alertd.digests.render_pool import RenderPool
 from alertd.errors import SourceInvalid
-from alertd.hits import match_new_answers, question_document
-from alertd.ingest import store_items
-from alertd.matching import AnalysedDocument, analyse, parse_query
+from alertd.mail.outbox import DeliveryReport, drain_outbox
+from alertd.mail.transports import mailer_factory
+from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
+from alertd.matching.hits import match_new_answers, question_document
 from alertd.models import Alert, Hit, Ledger, Outbox, Question, Subscriber
-from alertd.outbox import DeliveryReport, drain_outbox
 from alertd.pipeline import Runtime, run_once
-from alertd.render import build_environment
-from alertd.render_pool import RenderPool
-from alertd.sources import AnswerItem, parse_item
+from alertd.sources.ingest import store_items
+from alertd.sources.parliament import AnswerItem, parse_item
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -20,9 +20,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alertd.engine import MatchEngine, _Batch, _collector_paused
 from alertd.htmltext import html_to_text, looks_like_html
-from alertd.matching import (
+from alertd.matching.analysis import (
     AnalysedDocument,
     And,
     Document,
@@ -32,7 +31,8 @@ from alertd.matching import (
     match_batch,
     parse_query,
 )
-from alertd.query import stem_words, tokenize
+from alertd.matching.engine import MatchEngine, _Batch, _collector_paused
+from alertd.matching.query import stem_words, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

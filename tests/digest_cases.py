@@ -13,12 +13,12 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.digests import compose_due_digests
-from alertd.hits import match_new_answers
-from alertd.ingest import store_items
+from alertd.digests.compose import compose_due_digests
+from alertd.digests.render import build_environment
+from alertd.matching.hits import match_new_answers
 from alertd.models import Outbox
-from alertd.render import build_environment
-from alertd.sources import AnswerItem, parse_item
+from alertd.sources.ingest import store_items
+from alertd.sources.parliament import AnswerItem, parse_item
 
 from standin_api import load_2021_answered, load_2021_tabled, load_2024_records
 

@@ -15,8 +15,8 @@ from playwright.async_api import async_playwright, expect
 
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.ingest import store_items
-from alertd.sources import parse_item
+from alertd.sources.ingest import store_items
+from alertd.sources.parliament import parse_item
 from alertd.web import serve_web
 
 from smtp_server import SmtpSink

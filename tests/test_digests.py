@@ -17,14 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import digest_items, digests
 from alertd.alerts import compile_query
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import is_postgres, open_database, transaction
-from alertd.digests import compose_due_digests
+from alertd.digests import compose as digests
+from alertd.digests import items as digest_items
+from alertd.digests.compose import compose_due_digests
+from alertd.digests.render import RenderedDigest, build_environment, startup_sample
+from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool, render_here
 from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
-from alertd.render import RenderedDigest, build_environment, startup_sample
-from alertd.render_pool import RenderBatch, RenderJob, RenderPool, render_here
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113
@@ -264,7 +265,7 @@ def test_a_ledger_conflict_redoes_the_chunk_one_by_one(
     earlier = _sent_before(db_engine, readers[2], 1)
     _hide_ledger(monkeypatch, times=1)
 
-    with caplog.at_level(logging.INFO, logger="alertd.digests"):
+    with caplog.at_level(logging.INFO, logger="alertd.digests.compose"):
         assert _compose(db_engine, settings) == 4
 
     assert any("one by one" in record.getMessage() for record in caplog.records)
@@ -287,7 +288,7 @@ def test_a_conflict_that_persists_skips_only_that_subscriber(
     _sent_before(db_engine, readers[2], 1)
     _hide_ledger(monkeypatch, times=1_000)
 
-    with caplog.at_level(logging.WARNING, logger="alertd.digests"):
+    with caplog.at_level(logging.WARNING, logger="alertd.digests.compose"):
         assert _compose(db_engine, settings) == 4
 
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]

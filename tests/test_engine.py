@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alertd.engine import MatchEngine
-from alertd.matching import (
+from alertd.matching.analysis import (
     And,
     Document,
     Field,
@@ -27,7 +26,8 @@ from alertd.matching import (
     parse_query,
     tokenize,
 )
-from alertd.query import make_and, make_or
+from alertd.matching.engine import MatchEngine
+from alertd.matching.query import make_and, make_or
 
 from standin_api import load_2021_answered
 

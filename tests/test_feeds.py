@@ -18,10 +18,10 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
-from alertd.feeds import add_feed, parse_feed
 from alertd.links import alert_feed_url
 from alertd.models import Feed, FeedEntry, Question
 from alertd.pipeline import Runtime, run_once
+from alertd.sources.feeds import add_feed, parse_feed
 from alertd.web import create_app
 
 from feed_server import FeedServer, Route
@@ -190,7 +190,7 @@ async def test_gone_feed_is_disabled(
 ) -> None:
     feed_server.serve("/gone", Route(status=410))
     add_feed(runtime.engine, "gone", feed_server.url("/gone"))
-    with caplog.at_level(logging.WARNING, logger="alertd.feeds"):
+    with caplog.at_level(logging.WARNING, logger="alertd.sources.feeds"):
         report = await run_once(runtime, now=NOW)
     assert len(report.errors) == 1 and "410" in report.errors[0]
     assert any("feed gone disabled" in r.getMessage() for r in caplog.records)
@@ -234,7 +234,7 @@ async def test_broken_xml_with_entries_is_used_with_a_warning(
     body = rss2(_records(2)).replace(b"</channel></rss>", b"<item><title>cut off")
     feed_server.serve("/broken", Route(body))
     add_feed(runtime.engine, "broken", feed_server.url("/broken"))
-    with caplog.at_level(logging.WARNING, logger="alertd.feeds"):
+    with caplog.at_level(logging.WARNING, logger="alertd.sources.feeds"):
         report = await run_once(runtime, now=NOW)
     assert report.errors == [] and report.new_answers >= 2
     assert any("malformed" in r.getMessage() for r in caplog.records)

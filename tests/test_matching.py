@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alertd.matching import (
+from alertd.matching.analysis import (
     AnalysedDocument,
     Document,
     analyse,

@@ -15,12 +15,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import outbox
 from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
 from alertd.db import open_database, transaction
-from alertd.delivery import mailer_factory
-from alertd.models import Outbox, Subscriber
-from alertd.outbox import (
+from alertd.mail import outbox
+from alertd.mail.outbox import (
     Claimed,
     DeliveryReport,
     DrainOptions,
@@ -29,6 +27,8 @@ from alertd.outbox import (
     renew_lease,
     wall_clock,
 )
+from alertd.mail.transports import mailer_factory
+from alertd.models import Outbox, Subscriber
 
 from smtp_server import SmtpSink
 

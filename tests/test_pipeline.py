@@ -19,10 +19,10 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.delivery import mailer_factory
+from alertd.digests.render import build_environment
+from alertd.mail.transports import mailer_factory
 from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
-from alertd.render import build_environment
 from alertd.web import create_app
 
 from smtp_server import SmtpSink

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alertd.errors import QueryError, UsageError
-from alertd.query import (
+from alertd.matching.query import (
     MAX_QUERY_LENGTH,
     MAX_TERMS,
     And,

@@ -17,13 +17,8 @@ from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.errors import ConfigError, TemplateError
-from alertd.excerpt import ELLIPSIS, excerpt_around, mark, wrap_text
-from alertd.hits import match_new_answers
-from alertd.ingest import store_items
-from alertd.matching import highlight_terms, parse_query
-from alertd.models import Hit, Outbox
-from alertd.render import (
+from alertd.digests.excerpt import ELLIPSIS, excerpt_around, mark, wrap_text
+from alertd.digests.render import (
     Digest,
     DigestItem,
     DigestSection,
@@ -33,7 +28,12 @@ from alertd.render import (
     excerpt,
     render_message,
 )
-from alertd.sources import parse_item
+from alertd.errors import ConfigError, TemplateError
+from alertd.matching.analysis import highlight_terms, parse_query
+from alertd.matching.hits import match_new_answers
+from alertd.models import Hit, Outbox
+from alertd.sources.ingest import store_items
+from alertd.sources.parliament import parse_item
 
 from digest_cases import CASES, GOLDEN_DIR, NOW, RECIPIENT, case_settings, compose_case, mask
 from standin_api import load_2021_answered, load_2024_records

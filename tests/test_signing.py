@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from alertd.config import Settings, load_settings
-from alertd.delivery import SmtpMailer
+from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
-from alertd.render import build_environment
-from alertd.signing import bounced_subscriber, envelope_sender, sign_message
+from alertd.mail.identity import bounced_subscriber, envelope_sender, sign_message
+from alertd.mail.transports import SmtpMailer
 
 from digest_cases import case_settings, compose_case
 from smtp_server import SmtpSink

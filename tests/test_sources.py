@@ -12,7 +12,7 @@ import pytest
 
 from alertd.config import ParliamentSettings
 from alertd.errors import SourceInvalid, SourceUnavailable
-from alertd.sources import ParliamentApi, make_http_client, parse_item
+from alertd.sources.parliament import ParliamentApi, make_http_client, parse_item
 
 from standin_api import StandinApi
 

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import __version__
 from alertd.config import Settings
-from alertd.delivery import MailerFactory, mailer_factory
+from alertd.mail.transports import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
 from alertd.tokens import InvalidToken, TokenExpired
 from alertd.web import api, atom, pages

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from alertd.digest_items import alert_label
+from alertd.digests.items import alert_label
 from alertd.links import alert_feed_url
 from alertd.models import Alert, Hit, Question
 from alertd.web.context import Ctx

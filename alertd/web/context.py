@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
-from alertd.delivery import MailerFactory
-from alertd.render import templates_dir
+from alertd.digests.render import templates_dir
+from alertd.mail.transports import MailerFactory
 from alertd.tokens import make_token, read_token
 from alertd.web.limits import Limits
 

@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 
 from alertd.config import Settings
-from alertd.delivery import MailerFactory
+from alertd.mail.transports import MailerFactory
 
 CONFIRM_SUBJECT = "Confirm your alert"
 MANAGE_SUBJECT = "You already have alerts \N{EM DASH} manage them here"

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
 from alertd.db import open_database
-from alertd.delivery import MailerFactory
 from alertd.errors import ConfigError
+from alertd.mail.transports import MailerFactory
 from alertd.metrics import Metrics
 from alertd.web.app import create_app
 from alertd.web.context import Clock, utc_now

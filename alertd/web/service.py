@@ -14,7 +14,7 @@ from sqlmodel import Session, and_, col, delete, or_, select
 from alertd import alerts
 from alertd.config import Frequency
 from alertd.db import transaction
-from alertd.digest_items import alert_label
+from alertd.digests.items import alert_label
 from alertd.errors import UsageError
 from alertd.models import Alert, Subscriber
 

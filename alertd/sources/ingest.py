@@ -16,9 +16,9 @@ from sqlmodel import Session, col, func, select
 from alertd.db import transaction
 from alertd.errors import AlertdError, SourceInvalid
 from alertd.models import Member, Question, SourceState
-from alertd.sources import AnswerItem, MemberInfo, ParliamentApi, parse_item
+from alertd.sources.parliament import AnswerItem, MemberInfo, ParliamentApi, parse_item
 
-log = logging.getLogger("alertd.ingest")
+log = logging.getLogger("alertd.sources.ingest")
 PARLIAMENT_SOURCE = "parliament"
 
 

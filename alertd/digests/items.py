@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
+from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
+from alertd.digests.render import Digest, DigestItem, DigestSection, describe_alert
 from alertd.errors import QueryError
-from alertd.excerpt import excerpt_around, flatten, mark, merge_highlights
 from alertd.links import alert_feed_url
-from alertd.matching import Highlights, highlight_terms, parse_query
+from alertd.matching.analysis import Highlights, highlight_terms, parse_query
 from alertd.models import Alert, Hit, Member, Question, Subscriber
-from alertd.render import Digest, DigestItem, DigestSection, describe_alert
 from alertd.tokens import make_token
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")

@@ -13,9 +13,9 @@ from datetime import datetime
 import jinja2
 
 from alertd.config import Settings
-from alertd.render import Digest, RenderedDigest, build_environment, render_message
+from alertd.digests.render import Digest, RenderedDigest, build_environment, render_message
 
-log = logging.getLogger("alertd.render_pool")
+log = logging.getLogger("alertd.digests.render_pool")
 
 
 @dataclass(frozen=True)

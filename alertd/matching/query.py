@@ -75,7 +75,7 @@ def tokenize(text: str) -> list[str]:
 
 
 class Searchable(Protocol):
-    """What the AST is evaluated against: an analysed document (see alertd.matching)."""
+    """What the AST is evaluated against: an analysed document (see alertd.matching.analysis)."""
 
     def has_stem(self, stem: str, scope: Scope) -> bool: ...
     def has_prefix(self, prefix: str, scope: Scope) -> bool: ...

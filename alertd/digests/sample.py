@@ -16,13 +16,13 @@ from sqlmodel import Session, col, select
 
 from alertd.alerts import normalise_email
 from alertd.config import FREQUENCIES, Settings
-from alertd.digest_items import Row, build_digest
-from alertd.digests import pending_rows
+from alertd.digests.compose import pending_rows
+from alertd.digests.items import Row, build_digest
+from alertd.digests.render import Digest, render_message
 from alertd.errors import AlertdError, QueryError, UsageError
-from alertd.hits import question_document
-from alertd.matching import analyse, parse_query
+from alertd.matching.analysis import analyse, parse_query
+from alertd.matching.hits import question_document
 from alertd.models import Alert, Hit, Question, Subscriber
-from alertd.render import Digest, render_message
 
 DEFAULT_DAYS = 30
 

@@ -17,7 +17,7 @@ from alertd.config import ParliamentSettings
 from alertd.errors import SourceInvalid, SourceUnavailable
 from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
 
-log = logging.getLogger("alertd.sources")
+log = logging.getLogger("alertd.sources.parliament")
 LIST_PATH = "/api/writtenquestions/questions"
 OFFICIAL_URL = "https://questions-statements.parliament.uk/written-questions/detail/{tabled}/{uin}"
 

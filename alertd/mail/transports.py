@@ -21,7 +21,7 @@ from alertd.errors import (
     MailServerUnavailable,
 )
 
-log = logging.getLogger("alertd.delivery")
+log = logging.getLogger("alertd.mail.transports")
 FIRST_RETRY_S = 300.0
 LONGEST_RETRY_S = 6 * 3600.0
 

@@ -21,10 +21,10 @@ from alertd.config import FeedConfig
 from alertd.db import transaction
 from alertd.errors import AlertdError, SourceInvalid, SourceUnavailable, UsageError
 from alertd.htmltext import html_to_text, sanitise_html
-from alertd.ingest import PollLease, record_poll, take_poll_lease
 from alertd.models import Feed, FeedEntry, Question
+from alertd.sources.ingest import PollLease, record_poll, take_poll_lease
 
-log = logging.getLogger("alertd.feeds")
+log = logging.getLogger("alertd.sources.feeds")
 MAX_REDIRECTS = 5
 PERMANENT = (301, 308)
 TEMPORARY = (302, 303, 307)

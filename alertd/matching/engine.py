@@ -10,8 +10,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import contextmanager
 from typing import Generic, NamedTuple, TypeAlias, TypeVar
 
-from alertd.matching import AnalysedDocument
-from alertd.query import (
+from alertd.matching.analysis import AnalysedDocument
+from alertd.matching.query import (
     And,
     Field,
     Node,

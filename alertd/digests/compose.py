@@ -18,12 +18,12 @@ from sqlmodel import Session, col, select
 
 from alertd.config import WEEKDAYS, DigestSettings, Settings
 from alertd.db import transaction
-from alertd.digest_items import ComposeMemo, Row, build_digest
+from alertd.digests.items import ComposeMemo, Row, build_digest
+from alertd.digests.render import RenderedDigest
+from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
 from alertd.models import Alert, DigestRun, Hit, Ledger, Outbox, Question, Subscriber
-from alertd.render import RenderedDigest
-from alertd.render_pool import RenderBatch, RenderJob, RenderPool
 
-log = logging.getLogger("alertd.digests")
+log = logging.getLogger("alertd.digests.compose")
 # Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
 # conflict still loses (or redoes) no more than one chunk of work.
 CHUNK_SIZE = 200

@@ -18,11 +18,11 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.delivery import Mailer, MailerFactory
 from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
+from alertd.mail.transports import Mailer, MailerFactory
 from alertd.models import Outbox, Subscriber
 
-log = logging.getLogger("alertd.outbox")
+log = logging.getLogger("alertd.mail.outbox")
 FIRST_RETRY_S = 300.0
 LONGEST_RETRY_S = 6 * 3600.0
 

@@ -18,8 +18,7 @@ import jinja2.sandbox
 from markupsafe import Markup
 
 from alertd.config import Settings
-from alertd.errors import ConfigError, TemplateError
-from alertd.excerpt import (
+from alertd.digests.excerpt import (
     Span,
     excerpt,
     highlight_html,
@@ -27,8 +26,9 @@ from alertd.excerpt import (
     long_date,
     wrap_text,
 )
+from alertd.errors import ConfigError, TemplateError
 from alertd.htmltext import sanitise_html
-from alertd.signing import sign_message
+from alertd.mail.identity import sign_message
 
 __all__ = [
     "Digest",
@@ -186,8 +186,9 @@ def describe_alert(label: str, *, member: bool = False) -> str:
 
 def templates_dir() -> Path:
     """The shipped templates: inside the installed package, or at the top of a checkout."""
-    packaged = Path(__file__).parent / "templates"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+    package = Path(__file__).parent.parent
+    packaged = package / "templates"
+    return packaged if packaged.is_dir() else package.parent / "templates"
 
 
 def build_environment(settings: Settings | None = None) -> jinja2.Environment:

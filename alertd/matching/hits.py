@@ -12,12 +12,12 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
-from alertd.engine import MatchEngine
 from alertd.errors import QueryError
-from alertd.matching import Document, Query, analyse, parse_query
+from alertd.matching.analysis import Document, Query, analyse, parse_query
+from alertd.matching.engine import MatchEngine
 from alertd.models import Alert, Hit, Question, Subscriber
 
-log = logging.getLogger("alertd.hits")
+log = logging.getLogger("alertd.matching.hits")
 
 
 def question_document(question: Question) -> Document:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from alertd.query import (
+from alertd.matching.query import (
     And,
     Field,
     Leaf,

@@ -1,0 +1,1 @@
+"""Digests: when they are due, what they show, and how they are rendered."""

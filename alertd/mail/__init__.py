@@ -1,0 +1,1 @@
+"""Mail: the outbox state machine, the sender loop, transports and the sending identity."""
