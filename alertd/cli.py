@@ -12,11 +12,13 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from alertd import alerts
 from alertd.backfill import backfill
 from alertd.config import FREQUENCIES, Settings, load_settings
 from alertd.daemon import Daemon, lifespan, utc_now
-from alertd.db import open_database
+from alertd.db import describe_error, open_database
 from alertd.digests.render import build_environment
 from alertd.digests.sample import write_sample
 from alertd.errors import AlertdError, ConfigError, UsageError
@@ -291,4 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except AlertdError as exc:
         print(f"alertd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SQLAlchemyError as exc:
+        # One line, not SQLAlchemy's statement dump: the statement helps no operator.
+        print(f"alertd: error: database error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,17 +22,27 @@ from alertd.errors import ConfigError
 log = logging.getLogger("alertd.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE_OPTION = "alertd_writes"
+# Any fixed number: the PostgreSQL advisory lock that lets one process at a time migrate.
+MIGRATION_LOCK_KEY = 0x616C657274
 
 
 def create_db_engine(settings: DatabaseSettings) -> Engine:
-    """Create the engine; on SQLite turn on WAL, a busy timeout and foreign keys."""
+    """Create the engine; on SQLite turn on WAL, a busy timeout and foreign keys.
+
+    Raises:
+        ConfigError: the SQLite database's folder cannot be created.
+    """
     url = sa.make_url(settings.url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the database folder {folder}: {exc}") from exc
     engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
     busy_timeout_ms = settings.busy_timeout_ms
 
@@ -64,6 +75,41 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return config
 
 
+def describe_error(exc: SQLAlchemyError) -> str:
+    """One line for a database error: the driver's message, without SQLAlchemy's SQL dump."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held by one process at a time around the upgrade, so processes started together on a
+    fresh database do not race to create the same tables.
+
+    SQLite: an exclusive lock on a file beside the database (its own write lock cannot be
+    held across Alembic's several transactions). PostgreSQL: a session advisory lock.
+    """
+    if is_postgres(engine):
+        with engine.connect() as connection:
+            connection.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
+                connection.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database).expanduser()
+    with path.with_name(path.name + ".migrate-lock").open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def upgrade(engine: Engine) -> None:
     """Apply every Alembic migration not yet applied (a no-op when up to date).
 
@@ -71,8 +117,11 @@ def upgrade(engine: Engine) -> None:
         ConfigError: the database cannot be reached or migrated.
     """
     try:
-        command.upgrade(alembic_config(engine), "head")
+        with migration_lock(engine):
+            command.upgrade(alembic_config(engine), "head")
     except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot migrate database {engine.url!r}: {describe_error(exc)}") from exc
+    except OSError as exc:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {exc}") from exc
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -42,3 +47,71 @@ def test_sqlite_folder_is_created(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert connection.execute(sa.text("select 1")).scalar() == 1
     engine.dispose()
+
+
+def _alertd(args: list[str], database_url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "ALERTD_DATABASE__URL": database_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "alertd", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+def test_eight_processes_migrate_a_fresh_database_at_once(database_url: str) -> None:
+    # Half upgrade, half subscribe: each opens (and so migrates) the database first.
+    processes = [
+        _alertd(["db", "upgrade"], database_url)
+        if n % 2
+        else _alertd(["subscribe", f"r{n}@example.org", "schools", "--confirmed"], database_url)
+        for n in range(8)
+    ]
+    outcomes = [_finish(p) for p in processes]
+    assert [code for code, _ in outcomes] == [0] * 8, outcomes
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    assert _schema_drift(engine) == []
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM subscriber").scalar() == 4
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "sqlite:///{tmp_path}/blocked/alertd.db",  # a file where its folder should be
+        "sqlite:///{tmp_path}/folder",  # a folder where the database should be
+        "postgresql+psycopg://postgres@127.0.0.1:1/alertd",  # nothing listens there
+    ],
+)
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "blocked").write_text("")
+    (tmp_path / "folder").mkdir()
+    code, err = _finish(_alertd(["db", "upgrade"], where.format(tmp_path=tmp_path)))
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("alertd: error: ") and "Traceback" not in err
+
+
+def test_a_database_error_mid_command_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/alertd.db"
+    open_database(DatabaseSettings(url=url)).dispose()
+    # Another process holds the write lock for longer than the busy timeout.
+    holder = sqlite3.connect(tmp_path / "alertd.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        monkeypatch.setenv("ALERTD_DATABASE__BUSY_TIMEOUT_MS", "200")
+        code, err = _finish(_alertd(["subscribe", "a@example.org", "schools"], url))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 1
+    assert err == "alertd: error: database error: database is locked\n", err
