@@ -28,6 +28,12 @@ class Metrics:
         self.digests = Counter(
             "alertd_digests", "Digests by outcome.", ["outcome"], registry=self.registry
         )
+        self.stage_failures = Counter(
+            "alertd_stage_failures",
+            "Pipeline stages (poll, match, compose, drain) that failed; later stages still ran.",
+            ["stage"],
+            registry=self.registry,
+        )
         self.smtp_seconds = Histogram(
             "alertd_send_seconds",
             "Time to hand one digest to the mail server.",
@@ -49,6 +55,8 @@ class Metrics:
         self.digests.labels("sent").inc(report.sent)
         self.digests.labels("retried").inc(report.deferred)
         self.digests.labels("dead").inc(report.rejected)
+        for stage in report.failed_stages:
+            self.stage_failures.labels(stage).inc()
         self.run_seconds.observe(duration_s)
 
     def exposition(self) -> bytes:

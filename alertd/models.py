@@ -215,3 +215,18 @@ class FeedEntry(SQLModel, table=True):
     feed_id: int = Field(foreign_key="feed.id", index=True)
     uid: str = Field(max_length=128)
     first_seen_at: datetime = _utc()
+
+
+class ComposeFailure(SQLModel, table=True):
+    """A subscriber whose digest could not be built or rendered; their hits stay pending.
+
+    Removed when their next digest is queued; `alertd status` shows the ones still waiting.
+    """
+
+    subscriber_id: int = Field(
+        foreign_key="subscriber.id", primary_key=True, sa_column_kwargs={"autoincrement": False}
+    )
+    error: str = Field(sa_type=sa.Text)
+    first_failed_at: datetime = _utc()
+    last_failed_at: datetime = _utc()
+    attempts: int = 1

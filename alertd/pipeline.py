@@ -9,14 +9,17 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
 import jinja2
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from alertd.config import Settings
+from alertd.db import describe_error
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
@@ -46,6 +49,8 @@ class RunReport:
     deferred: int = 0
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    # Stages (poll, match, compose, drain) that raised; the stages after them still ran.
+    failed_stages: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -115,6 +120,25 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
     report.errors.extend(feeds.errors)
 
 
+async def _poll_until_stopped(runtime: Runtime, report: RunReport, now: datetime) -> None:
+    """Poll, but give up at once when a stop is requested: a poll sends nothing, stores what
+    it fetched as it goes, and the next run polls again (a hanging source must not hold up
+    a shutdown)."""
+    poll = asyncio.ensure_future(_poll(runtime, report, now))
+    stop = asyncio.ensure_future(runtime.stopping.wait())
+    try:
+        await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not poll.done():
+            poll.cancel()
+            await asyncio.wait({poll})
+    if poll.cancelled():
+        log.info("stopping: the poll in flight was abandoned")
+        return
+    poll.result()
+
+
 async def _poll_parliament(
     runtime: Runtime, client: httpx.AsyncClient, lease: PollLease, report: RunReport, now: datetime
 ) -> None:
@@ -145,40 +169,76 @@ async def _poll_parliament(
     )
 
 
+async def _stage(
+    name: str, runtime: Runtime, report: RunReport, work: Callable[[], Awaitable[None]]
+) -> bool:
+    """Run one stage; a failure is logged and reported, and the next stages still run."""
+    try:
+        await work()
+    except Exception as exc:
+        # The stages share no state but the database, where each commits its own work: a
+        # failed stage leaves nothing half-done for the next one to trip over.
+        message = describe_error(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+        log.error(
+            "%s failed: %s",
+            name,
+            message or type(exc).__name__,
+            # A bug deserves its traceback; an expected failure, one line.
+            exc_info=not isinstance(exc, AlertdError | SQLAlchemyError),
+        )
+        report.errors.append(f"{name}: {message or type(exc).__name__}")
+        report.failed_stages.append(name)
+        return False
+    return True
+
+
 async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> RunReport:
-    """One whole cycle at time ``now``: every stage commits its own work, so a crash
-    anywhere is recovered by the next run without loss or duplicates."""
+    """One whole cycle at time ``now``: poll, match, compose, drain.
+
+    Every stage commits its own work, so a crash anywhere is recovered by the next run
+    without loss or duplicates; and a stage that fails is reported without stopping the
+    stages after it (digests already queued still go out when composing fails).
+    """
     started = time.monotonic()
     report = RunReport()
+    engine, settings = runtime.engine, runtime.settings
+
+    async def match() -> None:
+        report.hits = await asyncio.to_thread(match_new_answers, engine, now=now)
+
+    async def compose() -> None:
+        report.digests_queued = await asyncio.to_thread(
+            compose_due_digests,
+            engine,
+            settings,
+            runtime.templates,
+            now=now,
+            pool=runtime.render_pool,
+        )
+
+    async def drain() -> None:
+        delivered = await drain_outbox(
+            engine,
+            runtime.make_mailer,
+            runtime.drain_options(),
+            now=now,
+            stopping=runtime.stopping,
+        )
+        report.sent, report.deferred, report.rejected = (
+            delivered.sent,
+            delivered.deferred,
+            delivered.rejected,
+        )
+        report.errors.extend(delivered.errors)
+        if delivered.halted:
+            report.errors.append(delivered.halted)
+
     if poll:
-        await _poll(runtime, report, now)
-    if runtime.stopping.is_set():
-        return report
-    # The database stages are synchronous: run them off the event loop.
-    report.hits = await asyncio.to_thread(match_new_answers, runtime.engine, now=now)
-    report.digests_queued = await asyncio.to_thread(
-        compose_due_digests,
-        runtime.engine,
-        runtime.settings,
-        runtime.templates,
-        now=now,
-        pool=runtime.render_pool,
-    )
-    delivered = await drain_outbox(
-        runtime.engine,
-        runtime.make_mailer,
-        runtime.drain_options(),
-        now=now,
-        stopping=runtime.stopping,
-    )
-    report.sent, report.deferred, report.rejected = (
-        delivered.sent,
-        delivered.deferred,
-        delivered.rejected,
-    )
-    report.errors.extend(delivered.errors)
-    if delivered.halted:
-        report.errors.append(delivered.halted)
+        await _stage("poll", runtime, report, lambda: _poll_until_stopped(runtime, report, now))
+    for name, work in (("match", match), ("compose", compose), ("drain", drain)):
+        if runtime.stopping.is_set():
+            break
+        await _stage(name, runtime, report, work)
     runtime.metrics.record_run(report, time.monotonic() - started)
     busy = report.fetched or report.hits or report.digests_queued or report.sent or report.errors
     log.log(

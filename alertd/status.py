@@ -12,7 +12,16 @@ from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
 from alertd.digests.compose import period_start
-from alertd.models import Alert, DigestRun, Outbox, Question, SourceState, Subscriber
+from alertd.models import (
+    Alert,
+    ComposeFailure,
+    DigestRun,
+    Hit,
+    Outbox,
+    Question,
+    SourceState,
+    Subscriber,
+)
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -27,6 +36,18 @@ class SourceStatus:
     high_water: str | None
 
 
+@dataclass(frozen=True)
+class SkippedDigest:
+    """A subscriber whose digest could not be built or rendered, with hits still waiting."""
+
+    subscriber_id: int
+    email: str
+    error: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+    attempts: int
+
+
 @dataclass
 class Status:
     now: datetime
@@ -38,6 +59,7 @@ class Status:
     oldest_pending_age_s: float | None
     last_digest_run: datetime | None
     next_runs: dict[str, datetime]
+    skipped_digests: list[SkippedDigest] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -115,9 +137,41 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
             oldest_pending_age_s=(now - _aware(oldest)).total_seconds() if oldest else None,
             last_digest_run=_aware(last_run) if last_run else None,
             next_runs=_next_runs(settings, sources, now),
+            skipped_digests=_skipped_digests(session),
         )
     status.problems = _problems(status, settings)
     return status
+
+
+def _skipped_digests(session: Session) -> list[SkippedDigest]:
+    # Only those still waiting: a subscriber who since unsubscribed has nothing to send.
+    waiting = (
+        select(Hit.id)
+        .join(Alert, col(Alert.id) == col(Hit.alert_id))
+        .where(
+            Hit.subscriber_id == ComposeFailure.subscriber_id,
+            col(Hit.outbox_id).is_(None),
+            col(Alert.unsubscribed_at).is_(None),
+        )
+        .exists()
+    )
+    rows = session.exec(
+        select(ComposeFailure, Subscriber.email)
+        .join(Subscriber, col(Subscriber.id) == col(ComposeFailure.subscriber_id))
+        .where(waiting)
+        .order_by(col(ComposeFailure.subscriber_id))
+    ).all()
+    return [
+        SkippedDigest(
+            failure.subscriber_id,
+            email,
+            failure.error,
+            failure.first_failed_at,
+            failure.last_failed_at,
+            failure.attempts,
+        )
+        for failure, email in rows
+    ]
 
 
 def _aware(value: Any) -> datetime:
@@ -150,6 +204,12 @@ def _problems(status: Status, settings: Settings) -> list[str]:
                 f"source {source.name} failing since {failing_since:%Y-%m-%d %H:%M}Z: "
                 f"{source.last_error}"
             )
+    for skipped in status.skipped_digests:
+        problems.append(
+            f"the digest of subscriber {skipped.subscriber_id} ({skipped.email}) cannot be "
+            f"composed, skipped {skipped.attempts} times since "
+            f"{skipped.first_failed_at:%Y-%m-%d %H:%M}Z (its hits wait): {skipped.error}"
+        )
     dead = status.outbox.get("dead", 0)
     if dead:
         problems.append(f"{dead} digests are dead letters (see alertd list / the outbox)")

@@ -11,17 +11,27 @@ from email.utils import make_msgid
 from typing import Any
 
 import jinja2
-from sqlalchemy import ColumnElement, and_, insert, update
+from sqlalchemy import ColumnElement, and_, delete, insert, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from alertd.config import WEEKDAYS, DigestSettings, Settings
 from alertd.db import transaction
 from alertd.digests.items import ComposeMemo, Row, build_digest
 from alertd.digests.render import RenderedDigest
-from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
-from alertd.models import Alert, DigestRun, Hit, Ledger, Outbox, Question, Subscriber
+from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool, render_here
+from alertd.errors import AlertdError
+from alertd.models import (
+    Alert,
+    ComposeFailure,
+    DigestRun,
+    Hit,
+    Ledger,
+    Outbox,
+    Question,
+    Subscriber,
+)
 
 log = logging.getLogger("alertd.digests.compose")
 # Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
@@ -66,6 +76,9 @@ class _Run:
     now: datetime
     memo: ComposeMemo
     pool: RenderPool | None = None
+    # Whether any compose failure was on record when the run began: only then can a queued
+    # digest have one to clear (saves a statement per chunk in the usual case).
+    failures_on_record: bool = False
 
 
 def compose_due_digests(
@@ -80,7 +93,10 @@ def compose_due_digests(
 
     Subscribers are composed a chunk per transaction: each one's ledger rows, outbox row and
     claimed hits commit together, so a crash leaves either a queued digest or untouched hits.
-    With a ``pool``, each chunk's digests are rendered in its worker processes.
+    With a ``pool``, each chunk's digests are rendered in its worker processes. A subscriber
+    whose digest cannot be built or rendered is skipped: their hits stay pending, the error
+    is logged and kept in the ComposeFailure table (``alertd status`` shows it), and everyone
+    else's digest is queued.
     """
     due = _due(engine, settings.digest, now)
     with Session(engine) as session:
@@ -97,8 +113,17 @@ def compose_due_digests(
             )
             .distinct()
         ).all()
+        failures_on_record = session.exec(select(ComposeFailure.subscriber_id).limit(1)).first()
     # The memo lives for this run only: its items are of the answers pending now.
-    run = _Run(settings, env, list(due), now, ComposeMemo(settings), pool)
+    run = _Run(
+        settings,
+        env,
+        list(due),
+        now,
+        ComposeMemo(settings),
+        pool,
+        failures_on_record=failures_on_record is not None,
+    )
     ids = sorted(subscriber_ids)
     size = max(CHUNK_SIZE, 1)
     queued = sum(_compose_chunk(engine, run, ids[i : i + size]) for i in range(0, len(ids), size))
@@ -160,19 +185,92 @@ def _compose_locked(session: Session, run: _Run, subscriber_ids: list[int]) -> i
     run.memo.load_members(session, (row.alert for rows in pending.values() for row in rows))
     done: list[dict[str, Any]] = []
     composed: list[tuple[Subscriber, list[Row], RenderJob]] = []
+    failed: dict[int, str] = {}
     batch = RenderBatch(run.pool, run.settings, run.env)
     for subscriber_id, subscriber in locked.items():
         fresh = _settle(pending.get(subscriber_id, []), sent_before, done)
-        if fresh:
+        if not fresh:
+            continue
+        try:
             job = _render_job(session, run, subscriber, fresh)
-            batch.add(job)
-            composed.append((subscriber, fresh, job))
+        except SQLAlchemyError:
+            raise  # the database, not this digest: the chunk cannot go on
+        except Exception as exc:
+            failed[subscriber_id] = _skipped(subscriber_id, "built", exc)
+            continue
+        batch.add(job)
+        composed.append((subscriber, fresh, job))
+    rendered = _render_all(batch, composed, run, failed)
     queued = [
         (_outbox(subscriber, job, message, run.now), rows)
-        for (subscriber, rows, job), message in zip(composed, batch.results(), strict=True)
+        for (subscriber, rows, job), message in zip(composed, rendered, strict=True)
+        if message is not None
     ]
     _write(session, queued, done, run.now)
+    if failed or run.failures_on_record:
+        _record_failures(
+            session, failed, [outbox["subscriber_id"] for outbox, _ in queued], run.now
+        )
     return len(queued)
+
+
+def _render_all(
+    batch: RenderBatch,
+    composed: list[tuple[Subscriber, list[Row], RenderJob]],
+    run: _Run,
+    failed: dict[int, str],
+) -> list[RenderedDigest | None]:
+    """Each composed digest rendered, in order; None for one that failed (noted in ``failed``)."""
+    try:
+        return list(batch.results())
+    except Exception:
+        pass  # some digest failed: render them one at a time here to find which
+    rendered: list[RenderedDigest | None] = []
+    for subscriber, _, job in composed:
+        try:
+            rendered += render_here([job], run.settings, run.env)
+        except Exception as exc:
+            assert subscriber.id is not None
+            failed[subscriber.id] = _skipped(subscriber.id, "rendered", exc)
+            rendered.append(None)
+    return rendered
+
+
+def _skipped(subscriber_id: int, stage: str, exc: Exception) -> str:
+    error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AlertdError) else str(exc)
+    log.error(
+        "digest for subscriber %d skipped, could not be %s (its hits stay pending): %s",
+        subscriber_id,
+        stage,
+        error,
+        # An expected failure (a broken template) is one line; a bug, its traceback.
+        exc_info=not isinstance(exc, AlertdError),
+    )
+    return error
+
+
+def _record_failures(
+    session: Session, failed: dict[int, str], queued_ids: list[int], now: datetime
+) -> None:
+    """Keep each skipped subscriber's latest error; forget those whose digest went out."""
+    if queued_ids:
+        session.exec(
+            delete(ComposeFailure).where(col(ComposeFailure.subscriber_id).in_(queued_ids))
+        )
+    for subscriber_id, error in failed.items():
+        known = session.get(ComposeFailure, subscriber_id)
+        if known is None:
+            session.add(
+                ComposeFailure(
+                    subscriber_id=subscriber_id,
+                    error=error,
+                    first_failed_at=now,
+                    last_failed_at=now,
+                )
+            )
+        else:
+            known.error, known.last_failed_at = error, now
+            known.attempts += 1
 
 
 def _pending_for(
