@@ -55,34 +55,62 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 class Daemon:
-    """Runs cycles one at a time; on SIGTERM/SIGINT it lets the current cycle finish."""
+    """Runs cycles one at a time in a runner task it owns; on SIGTERM/SIGINT it stops taking
+    new work and lets the cycle in flight finish.
+
+    The scheduler's jobs only ask the runner for a cycle and return at once: APScheduler
+    cancels a job still running when it shuts down (whatever ``wait=`` says), which would
+    cut a send short and leave its outbox row to be sent again.
+    """
 
     def __init__(self, runtime: Runtime, clock: Clock = utc_now) -> None:
         self.runtime = runtime
         self.clock = clock
         self.cycles = 0
-        self._cycle_lock = asyncio.Lock()
         self._stop = runtime.stopping
-        self._current: asyncio.Task[object] | None = None
+        self._wake = asyncio.Event()
+        self._poll_wanted = False
 
     def __repr__(self) -> str:
         return f"<Daemon cycles={self.cycles} stopping={self._stop.is_set()}>"
 
+    async def request_cycle(self, poll: bool = True) -> None:
+        """Ask for a cycle (with a poll, or only composing and sending); returns at once.
+
+        Requests made while a cycle runs are merged into one cycle after it (one with a
+        poll if any of them wanted one).
+        """
+        self._poll_wanted = self._poll_wanted or poll
+        self._wake.set()
+
     async def run_cycle(self, poll: bool = True) -> RunReport | None:
+        """One cycle now; None if the daemon is stopping or the cycle failed."""
         if self._stop.is_set():
             return None
-        async with self._cycle_lock:
-            if self._stop.is_set():
-                return None
-            self._current = asyncio.current_task()
-            try:
-                report = await run_once(self.runtime, now=self.clock(), poll=poll)
-            except Exception:
-                # A bug in one cycle must not end the daemon; the next cycle retries.
-                log.exception("run failed")
-                return None
-            self.cycles += 1
-            return report
+        try:
+            report = await run_once(self.runtime, now=self.clock(), poll=poll)
+        except Exception:
+            # A bug in one cycle must not end the daemon; the next cycle retries.
+            log.exception("run failed")
+            return None
+        self.cycles += 1
+        return report
+
+    async def _run_cycles(self) -> None:
+        """The runner: one cycle per wake-up, until a stop is requested."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({woken, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                if self._stop.is_set():
+                    return
+                poll, self._poll_wanted = self._poll_wanted, False
+                self._wake.clear()
+                await self.run_cycle(poll)
+        finally:
+            stopping.cancel()
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,7 +121,7 @@ class Daemon:
         scheduler = AsyncIOScheduler(timezone=zone)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
         scheduler.add_job(
-            self.run_cycle,
+            self.request_cycle,
             IntervalTrigger(minutes=settings.parliament.poll_interval_minutes, timezone=zone),
             next_run_time=self.clock(),
             id="poll",
@@ -101,7 +129,7 @@ class Daemon:
         )
         # Retries and digests queued by another worker go out between polls too.
         scheduler.add_job(
-            self.run_cycle,
+            self.request_cycle,
             IntervalTrigger(seconds=settings.delivery.send_interval_s, timezone=zone),
             kwargs={"poll": False},
             id="send",
@@ -110,7 +138,7 @@ class Daemon:
         # Daily and weekly digests are due from daily_at; run_once knows which are due.
         at = settings.digest.daily_at
         scheduler.add_job(
-            self.run_cycle,
+            self.request_cycle,
             CronTrigger(hour=at.hour, minute=at.minute, timezone=zone),
             kwargs={"poll": False},
             id="digests",
@@ -121,13 +149,15 @@ class Daemon:
     async def serve(self) -> None:
         """Run until a signal (or stop()), then let the cycle in flight finish.
 
-        The cycle stops taking new digests at once; after delivery.shutdown_timeout_s it
-        is cancelled, which is safe: every stage commits as it goes.
+        The cycle stops taking new digests at once (a poll in flight is abandoned); after
+        delivery.shutdown_timeout_s it is cancelled, which is safe: every stage commits as
+        it goes.
         """
         settings = self.runtime.settings
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
+        runner = asyncio.create_task(self._run_cycles(), name="alertd cycles")
         scheduler = self._scheduler()
         scheduler.start()
         log.info(
@@ -139,20 +169,19 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
+            self.stop()  # also when serve() itself is cancelled: the runner must end
+            # Its jobs only wake the runner: nothing of ours is running in it to cancel.
             scheduler.shutdown(wait=False)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        await self._finish_in_flight(settings.delivery.shutdown_timeout_s)
+            await self._finish(runner, settings.delivery.shutdown_timeout_s)
         log.info("alertd stopped after %d cycles", self.cycles)
 
-    async def _finish_in_flight(self, timeout_s: float) -> None:
-        if not self._cycle_lock.locked():
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                async with self._cycle_lock:
-                    pass
-        except TimeoutError:
+    async def _finish(self, runner: asyncio.Task[None], timeout_s: float) -> None:
+        done, _ = await asyncio.wait({runner}, timeout=timeout_s)
+        if not done:
             log.error("the cycle in flight did not finish within %.0fs: cancelled", timeout_s)
-            if self._current is not None:
-                self._current.cancel()
+            runner.cancel()
+            await asyncio.wait({runner})
+        elif runner.exception() is not None:
+            log.error("the cycle runner failed", exc_info=runner.exception())

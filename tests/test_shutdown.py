@@ -1,0 +1,102 @@
+"""SIGTERM as an operator sends it: the installed `alertd run` stops claiming, lets the send in
+flight finish, and exits 0 without a traceback; a hanging poll is abandoned at once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alertd.cli import main
+
+from configs import write_config
+from smtp_server import SmtpSink
+from standin_api import StandinApi
+
+SLOW_DATA_S = 5.0
+
+
+def _alertd() -> str:
+    # The console script pip installed next to this interpreter, as an operator runs it.
+    found = shutil.which("alertd", path=str(Path(sys.executable).parent))
+    assert found is not None
+    return found
+
+
+def _start(config: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "ALERTD_CONFIG": str(config)}
+    return subprocess.Popen([_alertd(), "run", *args], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _outbox_statuses(database: Path) -> list[str]:
+    with sqlite3.connect(database) as connection:
+        return [status for (status,) in connection.execute("SELECT status FROM outbox")]
+
+
+def _wait_until(condition: object, timeout_s: float, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
+    tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink
+) -> None:
+    config = write_config(
+        tmp_path,
+        standin_api,
+        smtp_sink,
+        # A short lease: a row left "sending" would be taken over (and sent again) soon.
+        delivery={"lease_s": 1.0, "send_interval_s": 0.5, "shutdown_timeout_s": 20.0},
+    )
+    args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
+    assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
+    smtp_sink.stall_next("data", SLOW_DATA_S)
+    process = _start(config)
+    database = tmp_path / "alertd.db"
+    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    time.sleep(0.5)  # the message is on its way: the server sits on the end of DATA
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    waited_s = time.monotonic() - signalled
+    assert process.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert waited_s < SLOW_DATA_S + 5, err
+    assert len(smtp_sink.messages) == 1
+    assert _outbox_statuses(database) == ["sent"]
+    # The next run, after the lease would have run out, has nothing to send again.
+    time.sleep(1.5)
+    process = _start(config, "--once")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert len(smtp_sink.messages) == 1
+
+
+def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
+    tmp_path: Path, standin_api: StandinApi
+) -> None:
+    # The source never answers (within the test), and the client would wait a minute.
+    config = write_config(
+        tmp_path, standin_api, parliament={"timeout_s": 60.0}, delivery={"shutdown_timeout_s": 30.0}
+    )
+    standin_api.fail_next("list", "hang", count=None, seconds=120)
+    process = _start(config)
+    _wait_until(lambda: standin_api.requests, 60, "the poll to start")
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=40)
+    assert process.returncode == 0, err
+    assert time.monotonic() - signalled < 5, err
+    assert "Traceback" not in err, err
+    about_the_poll = [line for line in err.splitlines() if "poll" in line and "running" not in line]
+    assert len(about_the_poll) == 1, err
+    assert "abandoned" in about_the_poll[0]
