@@ -72,6 +72,7 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     assert waited_s < SLOW_DATA_S + 5, err
     assert len(smtp_sink.messages) == 1
     assert _outbox_statuses(database) == ["sent"]
+    assert len(smtp_sink.messages) >= 1
     # The next run, after the lease would have run out, has nothing to send again.
     time.sleep(1.5)
     process = _start(config, "--once")
@@ -100,3 +101,33 @@ def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
     about_the_poll = [line for line in err.splitlines() if "poll" in line and "running" not in line]
     assert len(about_the_poll) == 1, err
     assert "abandoned" in about_the_poll[0]
+
+
+def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
+    tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink
+) -> None:
+    config = write_config(
+        tmp_path, standin_api, smtp_sink, delivery={"shutdown_timeout_s": 1.0, "lease_s": 1.0}
+    )
+    args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
+    assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
+    smtp_sink.stall_next("data", SLOW_DATA_S)
+    process = _start(config)
+    database = tmp_path / "alertd.db"
+    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    # Not at once: closing the cut-off SMTP connection still waits for the server's reply.
+    assert time.monotonic() - signalled < SLOW_DATA_S + 5, err
+    assert "Traceback" not in err, err
+    assert "did not finish within 1s: cancelled" in err
+    # Cut off mid-send: the row is still leased, and is sent by a later run (at least once).
+    assert _outbox_statuses(database) == ["sending"]
+    time.sleep(SLOW_DATA_S)
+    process = _start(config, "--once")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert _outbox_statuses(database) == ["sent"]
+    assert len(smtp_sink.messages) >= 1
