@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from alertd import alerts
@@ -106,8 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
+# Engines a command opened, closed when it returns (a PostgreSQL pool left to the garbage
+# collector warns, and holds server connections until exit).
+_opened: list[Engine] = []
+
+
+def _database(settings: Settings) -> Engine:
     engine = open_database(settings.database)
+    _opened.append(engine)
+    return engine
+
+
+def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _database(settings)
     alerts.normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
     rate = alerts.daily_match_rate(engine, args.query)
@@ -130,7 +142,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    rows = alerts.list_alerts(open_database(settings.database), args.email)
+    rows = alerts.list_alerts(_database(settings), args.email)
     for row in rows:
         status = (
             "suspended" if row.suspended else ("confirmed" if row.alert.confirmed else "pending")
@@ -142,7 +154,7 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
-    alert = alerts.unsubscribe(open_database(settings.database), args.alert_id, utc_now())
+    alert = alerts.unsubscribe(_database(settings), args.alert_id, utc_now())
     print(f"alert {alert.id} stopped")
     return 0
 
@@ -151,7 +163,7 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         raise UsageError("--days must be at least 1")
     since = (utc_now() - timedelta(days=args.days)).date()
-    found = alerts.matching_answers(open_database(settings.database), args.query, since)
+    found = alerts.matching_answers(_database(settings), args.query, since)
     for question in found:
         print(f"{question.date_answered}\t{question.uin}\t{question.heading}\t{question.url}")
     weeks = Counter(
@@ -190,13 +202,13 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    open_database(settings.database)
+    _database(settings)
     print("database is up to date", file=sys.stderr)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    status = collect_status(open_database(settings.database), settings, now=utc_now())
+    status = collect_status(_database(settings), settings, now=utc_now())
     if args.json:
         print(json.dumps(status.as_json(), indent=2))
     else:
@@ -209,7 +221,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     last = args.last or today
     if args.first > last:
         raise UsageError(f"--from {args.first} is after --to {last}")
-    engine = open_database(settings.database)
+    engine = _database(settings)
     with backfill_progress() as progress:
         stored = asyncio.run(
             backfill(
@@ -235,7 +247,7 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--days must be at least 1")
     env = build_environment(settings)
     files = write_sample(
-        open_database(settings.database),
+        _database(settings),
         settings,
         env,
         args.email,
@@ -250,7 +262,7 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
-    engine = open_database(settings.database)
+    engine = _database(settings)
     if args.feed_action == "add":
         feed = add_feed(engine, args.name, args.url, args.interval)
         print(f"feed {feed.name!r} added: {feed.url}")
@@ -298,3 +310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line, not SQLAlchemy's statement dump: the statement helps no operator.
         print(f"alertd: error: database error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        while _opened:
+            _opened.pop().dispose()

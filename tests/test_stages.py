@@ -58,12 +58,14 @@ def test_one_digest_that_cannot_render_is_skipped_and_everyone_else_gets_theirs(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
     render_processes: int,
+    database_url: str,
 ) -> None:
     overrides = _templates_failing_for(tmp_path / "templates", BROKEN)
     config = write_config(
         tmp_path,
         standin_api,
         smtp_sink,
+        database={"url": database_url},
         digest={"templates_dir": str(overrides), "render_processes": render_processes},
     )
     for reader in READERS:
@@ -73,7 +75,7 @@ def test_one_digest_that_cannot_render_is_skipped_and_everyone_else_gets_theirs(
         assert main(["run", "--once", "--config", str(config)]) == 0
     # Everyone else's digest went out over SMTP; none to the broken one.
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(set(READERS) - {BROKEN})
-    engine = open_database(DatabaseSettings(url=f"sqlite:///{tmp_path}/alertd.db"))
+    engine = open_database(DatabaseSettings(url=database_url))
     with Session(engine) as session:
         broken = session.exec(select(Subscriber).where(Subscriber.email == BROKEN)).one()
         hits = session.exec(select(Hit).where(Hit.subscriber_id == broken.id)).all()
