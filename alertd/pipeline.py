@@ -169,9 +169,7 @@ async def _poll_parliament(
     )
 
 
-async def _stage(
-    name: str, runtime: Runtime, report: RunReport, work: Callable[[], Awaitable[None]]
-) -> bool:
+async def _stage(name: str, report: RunReport, work: Callable[[], Awaitable[None]]) -> None:
     """Run one stage; a failure is logged and reported, and the next stages still run."""
     try:
         await work()
@@ -188,8 +186,6 @@ async def _stage(
         )
         report.errors.append(f"{name}: {message or type(exc).__name__}")
         report.failed_stages.append(name)
-        return False
-    return True
 
 
 async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> RunReport:
@@ -203,6 +199,7 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
     report = RunReport()
     engine, settings = runtime.engine, runtime.settings
 
+    # The database stages are synchronous: they run off the event loop.
     async def match() -> None:
         report.hits = await asyncio.to_thread(match_new_answers, engine, now=now)
 
@@ -234,11 +231,11 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
             report.errors.append(delivered.halted)
 
     if poll:
-        await _stage("poll", runtime, report, lambda: _poll_until_stopped(runtime, report, now))
+        await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now))
     for name, work in (("match", match), ("compose", compose), ("drain", drain)):
         if runtime.stopping.is_set():
             break
-        await _stage(name, runtime, report, work)
+        await _stage(name, report, work)
     runtime.metrics.record_run(report, time.monotonic() - started)
     busy = report.fetched or report.hits or report.digests_queued or report.sent or report.errors
     log.log(
