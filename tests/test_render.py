@@ -24,7 +24,6 @@ from alertd.digests.render import (
     DigestSection,
     build_environment,
     digest_subject,
-    excerpt,
     render_message,
 )
 from alertd.errors import ConfigError, HeaderInjection, TemplateError
@@ -374,8 +373,8 @@ def test_saved_queries_are_one_line(tmp_path: Path) -> None:
     ("text", "limit", "expected"),
     [("short text", 100, "short text"), ("one two three four", 10, "one two …")],
 )
-def test_excerpt(text: str, limit: int, expected: str) -> None:
-    assert excerpt(text, limit) == expected
+def test_excerpt_without_highlights_cuts_at_a_word(text: str, limit: int, expected: str) -> None:
+    assert excerpt_around(text, None, limit).text == expected
 
 
 def _surrey_answer() -> str:

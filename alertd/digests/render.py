@@ -20,7 +20,6 @@ from markupsafe import Markup
 from alertd.config import Settings
 from alertd.digests.excerpt import (
     Span,
-    excerpt,
     highlight_html,
     highlight_text,
     long_date,
@@ -36,7 +35,6 @@ __all__ = [
     "DigestSection",
     "build_environment",
     "digest_subject",
-    "excerpt",
     "RenderedDigest",
     "render_message",
     "templates_dir",
