@@ -171,6 +171,7 @@ def statements(db_engine: Engine) -> Iterator[list[str]]:
     sa.event.remove(db_engine, "before_cursor_execute", record)
 
 
+@pytest.mark.slow
 def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
     db_engine: Engine,
     settings: Settings,
@@ -338,6 +339,7 @@ def _bodies(engine: Engine) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.slow
 def test_render_workers_give_the_digests_rendered_here(
     db_engine: Engine,
     make_settings: Callable[..., Settings],
@@ -359,6 +361,7 @@ def test_render_workers_give_the_digests_rendered_here(
     assert "Nadhim Zahawi" in next(iter(_bodies(db_engine).values()))[1]
 
 
+@pytest.mark.slow
 def test_dead_render_workers_are_replaced_and_nothing_is_lost(
     db_engine: Engine,
     settings: Settings,

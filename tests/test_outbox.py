@@ -156,6 +156,7 @@ async def test_dropped_connection_mid_data_is_retried(engine: Engine, smtp_sink:
     }
 
 
+@pytest.mark.slow
 async def test_stalled_server_times_out_and_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
     _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 3.0)

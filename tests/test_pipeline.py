@@ -28,6 +28,7 @@ from alertd.web import create_app
 from smtp_server import SmtpSink
 from standin_api import StandinApi
 
+pytestmark = pytest.mark.slow
 # The recorded answers were all answered on Monday 1 February 2021.
 MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
 SEN_QUESTION = 1279581

@@ -780,6 +780,7 @@ def web_schema(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_fuzzing_finds_no_server_error(web_schema: BaseSchema) -> None:
     operations = [result.ok() for result in web_schema.get_all_operations()]
     assert len(operations) >= 15
