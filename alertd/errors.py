@@ -1,20 +1,19 @@
-"""Every error alertd raises on purpose, in one tree whose base classes are the caller's decision.
+"""Every error alertd raises on purpose, in one tree whose bases are the caller's decisions."""
 
-    AlertdError
-    ├── ConfigError                  a person must fix the configuration
-    ├── UsageError                   a person gave bad input; nothing was written
-    │   ├── QueryError, InvalidToken (TokenExpired), NotYours
-    ├── TransientError               retry later
-    │   ├── SourceUnavailable, DeliveryDeferred, RateLimited, MailFailed
-    │   └── MailServerUnavailable    (also StopBatch)
-    └── PermanentError               record it (bounce) and move on
-        ├── SourceInvalid (FeedGone), DeliveryRejected, TemplateError, HeaderInjection
-        └── DeliveryHalted           (also StopBatch)
-
-``StopBatch`` marks the failures that are nobody's message in particular (the mail server is
-down or refuses us): stop the whole batch rather than fail each message. ``SmtpReply`` carries
-the SMTP reply code of the delivery errors.
-"""
+# AlertdError
+# ├── ConfigError                  a person must fix the configuration
+# ├── UsageError                   a person gave bad input; nothing was written
+# │   └── QueryError, InvalidToken (TokenExpired), NotYours
+# ├── TransientError               retry later
+# │   ├── SourceUnavailable, DeliveryDeferred, RateLimited, MailFailed
+# │   └── MailServerUnavailable    (also StopBatch)
+# └── PermanentError               record it (bounce) and move on
+#     ├── SourceInvalid (FeedGone), DeliveryRejected, TemplateError, HeaderInjection
+#     └── DeliveryHalted           (also StopBatch)
+#
+# StopBatch marks the failures that are nobody's message in particular (the mail server is
+# down or refuses us): catch it before TransientError/PermanentError and stop the whole batch.
+# SmtpReply carries the SMTP reply code of the delivery errors.
 
 from __future__ import annotations
 
