@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from alertd.config import ParliamentSettings
 from alertd.db import transaction
-from alertd.errors import SourceUnavailable
+from alertd.errors import TransientError
 from alertd.models import SourceState
 from alertd.sources.ingest import store_items, unseen_summaries
 from alertd.sources.parliament import ParliamentApi, make_http_client
@@ -63,7 +63,7 @@ async def _with_retries(
     for attempt in range(1, MAX_TRIES + 1):
         try:
             return await fetch()
-        except SourceUnavailable as exc:
+        except TransientError as exc:
             if attempt == MAX_TRIES:
                 raise
             delay_s = retry_base_s * 2 ** (attempt - 1)

@@ -1,4 +1,19 @@
-"""One error tree for alertd: transient errors are retried, permanent ones are recorded."""
+"""Every error alertd raises on purpose, in one tree whose bases are the caller's decisions."""
+
+# AlertdError
+# ├── ConfigError                  a person must fix the configuration
+# ├── UsageError                   a person gave bad input; nothing was written
+# │   └── QueryError, InvalidToken (TokenExpired), NotYours
+# ├── TransientError               retry later
+# │   ├── SourceUnavailable, DeliveryDeferred, RateLimited, MailFailed
+# │   └── MailServerUnavailable    (also StopBatch)
+# └── PermanentError               record it (bounce) and move on
+#     ├── SourceInvalid (FeedGone), DeliveryRejected, TemplateError, HeaderInjection
+#     └── DeliveryHalted           (also StopBatch)
+#
+# StopBatch marks the failures that are nobody's message in particular (the mail server is
+# down or refuses us): catch it before TransientError/PermanentError and stop the whole batch.
+# SmtpReply carries the SMTP reply code of the delivery errors.
 
 from __future__ import annotations
 
@@ -15,6 +30,29 @@ class UsageError(AlertdError):
     """Bad input from a person (an address, a query, a frequency): nothing was written."""
 
 
+class TransientError(AlertdError):
+    """Worth retrying later: the next poll or the next delivery attempt may succeed."""
+
+
+class PermanentError(AlertdError):
+    """Retrying will not help: record it and move on."""
+
+
+class StopBatch(AlertdError):
+    """Not this message's fault but the mail server's: stop the batch, leave the rest queued."""
+
+
+class SmtpReply(AlertdError):
+    """An error that carries the SMTP reply code (None when there was no reply: a timeout)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+# People
+
+
 class QueryError(UsageError):
     """An alert query that cannot be parsed; `position` is the 0-based offset of the fault."""
 
@@ -25,12 +63,31 @@ class QueryError(UsageError):
         super().__init__(f"{message}{where}")
 
 
-class TransientError(AlertdError):
-    """Worth retrying later: the next poll or the next delivery attempt may succeed."""
+class InvalidToken(UsageError):
+    """The token was altered, made with another key, or is for another action."""
 
 
-class PermanentError(AlertdError):
-    """Retrying will not help: record it and move on."""
+class TokenExpired(InvalidToken):
+    """The token is genuine but older than its kind allows."""
+
+
+class NotYours(UsageError):
+    """No such alert among this subscriber's active alerts."""
+
+
+class RateLimited(TransientError):
+    """Too many requests from one client; try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"too many requests: try again in {retry_after} s")
+
+
+class MailFailed(TransientError):
+    """The email could not be handed to the mail server; nothing was saved."""
+
+
+# Sources
 
 
 class SourceUnavailable(TransientError):
@@ -41,33 +98,32 @@ class SourceInvalid(PermanentError):
     """A source answered with something that is not what we expect (broken JSON, wrong shape)."""
 
 
-class DeliveryDeferred(TransientError):
-    """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(message)
+class FeedGone(SourceInvalid):
+    """The feed answered 410 Gone: it is disabled."""
 
 
-class MailServerUnavailable(TransientError):
-    """The mail server (or Maildir) cannot be reached at all: stop the batch, retry later."""
-
-
-class DeliveryRejected(PermanentError):
-    """The mail server refused this recipient for good (5xx on RCPT or DATA)."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-class DeliveryHalted(PermanentError):
-    """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(message)
+# Digests and mail
 
 
 class TemplateError(PermanentError):
     """A digest template failed to load or render."""
+
+
+class HeaderInjection(PermanentError, ValueError):
+    """A value meant for a mail header holds a line break, or is not a single address."""
+
+
+class DeliveryDeferred(SmtpReply, TransientError):
+    """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
+
+
+class DeliveryRejected(SmtpReply, PermanentError):
+    """The mail server refused this recipient for good (5xx on RCPT or DATA)."""
+
+
+class MailServerUnavailable(StopBatch, TransientError):
+    """The mail server (or Maildir) cannot be reached at all: stop the batch, retry later."""
+
+
+class DeliveryHalted(SmtpReply, StopBatch, PermanentError):
+    """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""

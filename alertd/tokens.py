@@ -7,19 +7,11 @@ import hashlib
 import hmac
 from datetime import datetime, timedelta
 
-from alertd.errors import UsageError
+from alertd.errors import InvalidToken, TokenExpired
 
 MAX_TOKEN_CHARS = 200
 # A token issued a little "in the future" (clocks of two workers) is still accepted.
 CLOCK_SKEW = timedelta(minutes=5)
-
-
-class InvalidToken(UsageError):
-    """The token was altered, made with another key, or is for another action."""
-
-
-class TokenExpired(InvalidToken):
-    """The token is genuine but older than its kind allows."""
 
 
 def _b64(data: bytes) -> str:

@@ -88,6 +88,7 @@ def test_unreadable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "cannot read config file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_subscribe_list_preview_unsubscribe(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -116,6 +117,7 @@ def test_subscribe_list_preview_unsubscribe(
     assert not (tmp_path / "mail").exists()
 
 
+@pytest.mark.slow
 def test_end_to_end_two_subscribers_over_smtp(
     tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink
 ) -> None:
@@ -147,6 +149,7 @@ def test_run_once_exits_1_when_the_api_fails(
     assert standin_api.base_url in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_daemon_stops_cleanly_on_sigterm(tmp_path: Path, standin_api: StandinApi) -> None:
     config = _config(tmp_path, standin_api)
     env = {**os.environ, "ALERTD_CONFIG": str(config)}
@@ -179,6 +182,7 @@ def test_daemon_stops_cleanly_on_sigterm(tmp_path: Path, standin_api: StandinApi
     assert "alertd stopped after 1 cycles" in err
 
 
+@pytest.mark.slow
 def test_broad_alert_is_refused_unless_forced(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,6 +201,7 @@ def test_broad_alert_is_refused_unless_forced(
     )
 
 
+@pytest.mark.slow
 def test_unknown_member_name_suggests_close_matches(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:

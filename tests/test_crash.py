@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, select
 
 from alertd import alerts
@@ -22,6 +23,7 @@ from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
 
+pytestmark = pytest.mark.slow
 TOPICS = ["coronavirus", "schools", "vaccine", "housing", "police", "nhs"]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from digest_cases import compose_case
 
+pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.alerts import compile_query
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import is_postgres, open_database, transaction
-from alertd.digests import compose as digests
-from alertd.digests import items as digest_items
 from alertd.digests.compose import compose_due_digests
-from alertd.digests.render import RenderedDigest, build_environment, startup_sample
-from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool, render_here
+from alertd.digests.render import RenderedDigest, build_environment
+from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
 from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
@@ -158,69 +152,6 @@ def _outboxes(engine: Engine) -> dict[str, list[Outbox]]:
         return found
 
 
-@pytest.fixture
-def statements(db_engine: Engine) -> Iterator[list[str]]:
-    """The SQL statements run on the engine (an executemany counts once)."""
-    seen: list[str] = []
-
-    def record(*args: Any) -> None:
-        seen.append(args[2])
-
-    sa.event.listen(db_engine, "before_cursor_execute", record)
-    yield seen
-    sa.event.remove(db_engine, "before_cursor_execute", record)
-
-
-def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
-    db_engine: Engine,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    statements: list[str],
-) -> None:
-    monkeypatch.setattr(digests, "CHUNK_SIZE", 200)
-    chunks: list[int] = []
-    compose_locked = digests._compose_locked
-
-    def spy_chunks(session: Session, run: Any, subscriber_ids: list[int]) -> int:
-        chunks.append(len(subscriber_ids))
-        return compose_locked(session, run, subscriber_ids)
-
-    monkeypatch.setattr(digests, "_compose_locked", spy_chunks)
-    built = Counter[int]()
-    make_item = digest_items._item
-
-    def spy_items(question: Question, *args: Any) -> Any:
-        built[question.api_id] += 1
-        return make_item(question, *args)
-
-    monkeypatch.setattr(digest_items, "_item", spy_items)
-    readers = _subscribers(db_engine, 450, {"schools": [1, 2], f"member:{ZAHAWI}": [3]})
-    earlier = _sent_before(db_engine, readers[7], 2)
-    statements.clear()
-
-    assert _compose(db_engine, settings) == 450
-
-    assert chunks == [200, 200, 50]
-    # Statements per chunk, not per subscriber (one per subscriber would be thousands).
-    assert len(statements) < 12 * len(chunks) + 10, statements
-    # Every subscriber shares the queries and answers: each item is excerpted once.
-    assert built == {1: 1, 2: 1, 3: 1}
-    sent = _outboxes(db_engine)
-    assert sorted(len(boxes) for boxes in sent.values()) == [1] * 449 + [2]
-    queued = [boxes[-1] for boxes in sent.values()]
-    assert all(box.status == "pending" and box.attempts == 0 for box in queued)
-    assert "Nadhim Zahawi" in _text(sent["reader0@example.org"][0])
-    seventh = _text(sent[readers[7].email][1])
-    assert "Heading 1" in seventh and "Heading 2" not in seventh
-    with Session(db_engine) as session:
-        hits = session.exec(select(Hit)).all()
-        assert all(hit.outbox_id is not None for hit in hits)
-        of_seventh = {h.question_id: h.outbox_id for h in hits if h.subscriber_id == readers[7].id}
-        assert list(of_seventh.values()).count(earlier) == 1
-        assert len(session.exec(select(Ledger)).all()) == 450 * 3
-    assert _compose(db_engine, settings) == 0
-
-
 def test_an_item_is_shared_only_by_digests_showing_it_the_same_way(
     db_engine: Engine, settings: Settings
 ) -> None:
@@ -237,68 +168,6 @@ def test_an_item_is_shared_only_by_digests_showing_it_the_same_way(
     sent = _outboxes(db_engine)
     assert "Also matches: teachers" in _text(sent[both.email][0])
     assert "Also matches" not in _text(sent["only@example.org"][0])
-
-
-def _hide_ledger(monkeypatch: pytest.MonkeyPatch, *, times: int) -> None:
-    """The chunk does not see the ledger ``times`` times: a racing worker's row, written
-    after the chunk looked, so that only its claim runs into it."""
-    ledger_for = digests._ledger_for
-    hidden = [times]
-
-    def late(session: Session, subscriber_ids: Sequence[int]) -> dict[tuple[int, int], int]:
-        found = ledger_for(session, subscriber_ids)
-        if hidden[0] > 0:
-            hidden[0] -= 1
-            return {}
-        return found
-
-    monkeypatch.setattr(digests, "_ledger_for", late)
-
-
-def test_a_ledger_conflict_redoes_the_chunk_one_by_one(
-    db_engine: Engine,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    readers = _subscribers(db_engine, 5, {"schools": [1]})
-    earlier = _sent_before(db_engine, readers[2], 1)
-    _hide_ledger(monkeypatch, times=1)
-
-    with caplog.at_level(logging.INFO, logger="alertd.digests.compose"):
-        assert _compose(db_engine, settings) == 4
-
-    assert any("one by one" in record.getMessage() for record in caplog.records)
-    sent = _outboxes(db_engine)
-    assert sorted(len(boxes) for boxes in sent.values()) == [1] * 5
-    assert sent[readers[2].email][0].id == earlier  # nothing new for the one already sent it
-    with Session(db_engine) as session:
-        hit = session.exec(select(Hit).where(Hit.subscriber_id == readers[2].id)).one()
-        assert hit.outbox_id == earlier
-        assert len(session.exec(select(Ledger)).all()) == 5
-
-
-def test_a_conflict_that_persists_skips_only_that_subscriber(
-    db_engine: Engine,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    readers = _subscribers(db_engine, 5, {"schools": [1]})
-    _sent_before(db_engine, readers[2], 1)
-    _hide_ledger(monkeypatch, times=1_000)
-
-    with caplog.at_level(logging.WARNING, logger="alertd.digests.compose"):
-        assert _compose(db_engine, settings) == 4
-
-    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(skipped) == 1 and f"subscriber {readers[2].id} " in skipped[0]
-    with Session(db_engine) as session:
-        hit = session.exec(select(Hit).where(Hit.subscriber_id == readers[2].id)).one()
-        assert hit.outbox_id is None
-        assert len(session.exec(select(Outbox)).all()) == 5
-    monkeypatch.undo()
-    assert _compose(db_engine, settings) == 0  # the next run settles it without mailing
 
 
 def test_subscribers_locked_by_another_worker_are_left_to_it(
@@ -338,6 +207,7 @@ def _bodies(engine: Engine) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.slow
 def test_render_workers_give_the_digests_rendered_here(
     db_engine: Engine,
     make_settings: Callable[..., Settings],
@@ -357,25 +227,3 @@ def test_render_workers_give_the_digests_rendered_here(
     finally:
         other.dispose()
     assert "Nadhim Zahawi" in next(iter(_bodies(db_engine).values()))[1]
-
-
-def test_dead_render_workers_are_replaced_and_nothing_is_lost(
-    db_engine: Engine,
-    settings: Settings,
-    render_pool: RenderPool,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    _subscribers(db_engine, 5, {"schools": [1]})
-    env = build_environment(settings)
-    jobs = [RenderJob(startup_sample(settings), f"<m{n}@x>", NOW) for n in range(3)]
-    assert len(_render_batch(render_pool, settings, jobs)) == 3  # the workers are up
-    workers = list(render_pool._executor._processes.values())
-    assert workers
-    for process in workers:
-        process.kill()
-        process.join()
-    assert compose_due_digests(db_engine, settings, env, now=NOW, pool=render_pool) == 5
-    assert len(_outboxes(db_engine)) == 5
-    assert "render workers died" in caplog.text
-    # The replacement workers render the next batch.
-    assert _render_batch(render_pool, settings, jobs) == render_here(jobs, settings, env)

@@ -114,6 +114,7 @@ QUERIES = st.lists(NODES.map(Query), min_size=1, max_size=10)
 BATCHES = st.lists(st.integers(0, len(DOCS) - 1), min_size=0, max_size=40)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(QUERIES, BATCHES)
 def test_property_engine_matches_exactly_like_match_batch(

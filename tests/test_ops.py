@@ -28,6 +28,7 @@ def _status(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict
     return code, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_status_healthy_after_a_run(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,6 +106,7 @@ def test_status_flags_outbox_trouble(
     assert status["outbox"] == {state: 1}
 
 
+@pytest.mark.slow
 def test_backfill_stores_history_and_alerts_nobody(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -140,6 +142,7 @@ def test_backfill_stores_history_and_alerts_nobody(
     assert "Special Educational Needs: Coronavirus" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_backfill_resumes_where_it_stopped(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -180,6 +183,7 @@ def test_backfill_bad_dates(
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_json_logs_and_one_summary_line(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:

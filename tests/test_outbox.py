@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -17,9 +16,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
 from alertd.db import open_database, transaction
-from alertd.mail import outbox
 from alertd.mail.outbox import (
-    Claimed,
     DeliveryReport,
     DrainOptions,
     claim_due,
@@ -156,6 +153,7 @@ async def test_dropped_connection_mid_data_is_retried(engine: Engine, smtp_sink:
     }
 
 
+@pytest.mark.slow
 async def test_stalled_server_times_out_and_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
     _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 3.0)
@@ -357,68 +355,3 @@ def test_lease_is_renewed_only_by_its_owner(engine: Engine) -> None:
         row = session.get(Outbox, row_id)
         assert row is not None and row.subscriber_id == claimed.subscriber_id
         assert row.lease_until == until
-
-
-async def test_a_row_whose_lease_was_taken_over_is_not_sent(
-    engine: Engine, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Half the lease has passed before the send, and meanwhile another worker took the row:
-    # the renewal fails and the row is left to it.
-    _queue(engine, "a@example.org", "b@example.org")
-    real_claim = outbox.claim_due
-
-    def stale_claim(*args: Any, **kwargs: Any) -> list[Claimed]:
-        rows = real_claim(*args, **kwargs)
-        with transaction(engine) as session:
-            taken = session.exec(select(Outbox).where(Outbox.recipient == "a@example.org")).one()
-            taken.lease_owner = "other-worker"
-            session.add(taken)
-        return [dataclasses.replace(row, lease_until=wall_clock()) for row in rows]
-
-    monkeypatch.setattr(outbox, "claim_due", stale_claim)
-    report = await _drain(engine, smtp_sink)
-    assert report.sent == 1 and [m.rcpt_tos for m in smtp_sink.messages] == [["b@example.org"]]
-    assert _statuses(engine) == {"a@example.org": "sending", "b@example.org": "sent"}
-
-
-class _SlowMailer:
-    """Records when it sends and closes; each send takes a little while."""
-
-    def __init__(self, events: list[str]) -> None:
-        self.events = events
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.events.append("close")
-
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        self.events.append("send")
-        await asyncio.sleep(0.05 if recipient == "slow@example.org" else 0.01)
-        self.events.append("sent")
-
-
-async def test_a_failing_worker_stops_the_others_before_mailers_close(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _queue(engine, "fast@example.org", "slow@example.org", "c@example.org", "d@example.org")
-    record_sent = outbox.record_sent
-
-    def failing_once(engine: Engine, outbox_id: int, *args: Any) -> None:
-        monkeypatch.setattr(outbox, "record_sent", record_sent)
-        raise RuntimeError("bug")
-
-    monkeypatch.setattr(outbox, "record_sent", failing_once)
-    events: list[str] = []
-    with pytest.raises(RuntimeError, match="bug"):
-        await drain_outbox(engine, lambda: _SlowMailer(events), _options(connections=2), now=NOW)
-    # The slow send in flight finished; nothing was sent after; then both mailers closed.
-    assert events == ["send", "send", "sent", "sent", "close", "close"]
-    # As after a crash: the rows not recorded wait for their lease to run out.
-    assert _statuses(engine) == {
-        "fast@example.org": "sending",
-        "slow@example.org": "sent",
-        "c@example.org": "sending",
-        "d@example.org": "sending",
-    }

@@ -394,6 +394,7 @@ def test_property_and_is_order_insensitive(pair: tuple[list[str], list[str]]) ->
     assert canon(" ".join(first)) == canon(" AND ".join(second))
 
 
+@pytest.mark.slow
 @given(
     st.one_of(
         st.text(max_size=80),

@@ -22,13 +22,11 @@ from alertd.digests.render import (
     Digest,
     DigestItem,
     DigestSection,
-    HeaderInjection,
     build_environment,
     digest_subject,
-    excerpt,
     render_message,
 )
-from alertd.errors import ConfigError, TemplateError
+from alertd.errors import ConfigError, HeaderInjection, TemplateError
 from alertd.matching.analysis import highlight_terms, parse_query
 from alertd.matching.hits import match_new_answers
 from alertd.models import Hit, Outbox
@@ -375,8 +373,8 @@ def test_saved_queries_are_one_line(tmp_path: Path) -> None:
     ("text", "limit", "expected"),
     [("short text", 100, "short text"), ("one two three four", 10, "one two …")],
 )
-def test_excerpt(text: str, limit: int, expected: str) -> None:
-    assert excerpt(text, limit) == expected
+def test_excerpt_without_highlights_cuts_at_a_word(text: str, limit: int, expected: str) -> None:
+    assert excerpt_around(text, None, limit).text == expected
 
 
 def _surrey_answer() -> str:
@@ -497,6 +495,7 @@ def test_render_sample_stops_on_a_broken_template(tmp_path: Path) -> None:
 # Golden files: real recorded questions through store, match and compose
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_digest(tmp_path: Path, name: str) -> None:
     rendered = mask(compose_case(tmp_path, name))
@@ -506,6 +505,7 @@ def test_golden_digest(tmp_path: Path, name: str) -> None:
     assert rendered == golden.read_text(), f"regenerate with UPDATE_GOLDEN=1 if intended: {golden}"
 
 
+@pytest.mark.slow
 def test_golden_mixed_digest_reads_right(tmp_path: Path) -> None:
     parsed = message_from_bytes(compose_case(tmp_path, "mixed"), policy=default)
     assert isinstance(parsed, EmailMessage)
@@ -548,6 +548,7 @@ def _sample_settings(tmp_path: Path) -> Settings:
     return Settings.model_validate({"database": {"url": f"sqlite:///{tmp_path}/alertd.db"}})
 
 
+@pytest.mark.slow
 def test_render_sample_from_recent_answers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -565,6 +566,7 @@ def test_render_sample_from_recent_answers(
     assert html.startswith("<!DOCTYPE html>") and "<mark" in html
 
 
+@pytest.mark.slow
 def test_render_sample_from_pending_hits_claims_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -579,6 +581,7 @@ def test_render_sample_from_pending_hits_claims_nothing(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_render_sample_without_answers_or_subscriber(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -68,6 +68,7 @@ def _signature_tags(message: bytes) -> dict[str, str]:
     return dict(tag.split("=", 1) for tag in flat.split(";") if tag)
 
 
+@pytest.mark.slow
 def test_digest_is_signed_over_list_unsubscribe_and_verifies(
     tmp_path: Path, key_path: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
@@ -86,6 +87,7 @@ def test_digest_is_signed_over_list_unsubscribe_and_verifies(
     assert dkim.verify(signed, dnsfunc=_dns(rsa_key))
 
 
+@pytest.mark.slow
 def test_a_changed_unsubscribe_link_breaks_the_signature(
     tmp_path: Path, key_path: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
@@ -97,6 +99,7 @@ def test_a_changed_unsubscribe_link_breaks_the_signature(
     assert not dkim.verify(added, dnsfunc=_dns(rsa_key))
 
 
+@pytest.mark.slow
 async def test_signed_bytes_are_sent_as_is_from_the_verp_address(
     tmp_path: Path, key_path: Path, rsa_key: rsa.RSAPrivateKey, smtp_sink: SmtpSink
 ) -> None:

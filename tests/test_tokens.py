@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from alertd.tokens import InvalidToken, make_token, read_token
+from alertd.errors import InvalidToken
+from alertd.tokens import make_token, read_token
 
 
 def test_round_trip() -> None:

@@ -25,11 +25,12 @@ from sqlmodel import Session, select
 from alertd.cli import main
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
+from alertd.errors import InvalidToken, TokenExpired
 from alertd.matching.hits import match_new_answers
 from alertd.models import Alert, Hit, Member, Subscriber
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
-from alertd.tokens import InvalidToken, TokenExpired, make_token, read_token
+from alertd.tokens import make_token, read_token
 from alertd.web import create_app, serve_web
 from alertd.web.limits import SlidingWindow
 
@@ -779,6 +780,7 @@ def web_schema(
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_fuzzing_finds_no_server_error(web_schema: BaseSchema) -> None:
     operations = [result.ok() for result in web_schema.get_all_operations()]
     assert len(operations) >= 15

@@ -138,11 +138,6 @@ def _word_end(flat: str, limit_at: int) -> int:
     return space if space > 0 else limit_at
 
 
-def excerpt(text: str, limit: int) -> str:
-    """The start of a text, cut at a word boundary near ``limit`` characters."""
-    return excerpt_around(text, None, limit).text
-
-
 @functools.lru_cache(maxsize=4096)
 def long_date(value: date | None) -> str:
     """``1 February 2021``; empty for no date."""

@@ -20,13 +20,12 @@ from markupsafe import Markup
 from alertd.config import Settings
 from alertd.digests.excerpt import (
     Span,
-    excerpt,
     highlight_html,
     highlight_text,
     long_date,
     wrap_text,
 )
-from alertd.errors import ConfigError, TemplateError
+from alertd.errors import ConfigError, HeaderInjection, TemplateError
 from alertd.htmltext import sanitise_html
 from alertd.mail.identity import sign_message
 
@@ -34,10 +33,8 @@ __all__ = [
     "Digest",
     "DigestItem",
     "DigestSection",
-    "HeaderInjection",
     "build_environment",
     "digest_subject",
-    "excerpt",
     "RenderedDigest",
     "render_message",
     "templates_dir",
@@ -48,10 +45,6 @@ SUBJECT_MAX_CHARS = 90
 # Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
 # <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-
-
-class HeaderInjection(ValueError):
-    """A value meant for a mail header holds a line break, or is not a single address."""
 
 
 _UNFOLDED = SMTP.clone(max_line_length=998)

@@ -19,7 +19,15 @@ from sqlmodel import Session, col, select
 
 from alertd.config import FeedConfig
 from alertd.db import transaction
-from alertd.errors import AlertdError, SourceInvalid, SourceUnavailable, UsageError
+from alertd.errors import (
+    AlertdError,
+    FeedGone,
+    PermanentError,
+    SourceInvalid,
+    SourceUnavailable,
+    TransientError,
+    UsageError,
+)
 from alertd.htmltext import html_to_text, sanitise_html
 from alertd.models import Feed, FeedEntry, Question
 from alertd.sources.ingest import PollLease, record_poll, take_poll_lease
@@ -28,10 +36,6 @@ log = logging.getLogger("alertd.sources.feeds")
 MAX_REDIRECTS = 5
 PERMANENT = (301, 308)
 TEMPORARY = (302, 303, 307)
-
-
-class FeedGone(SourceInvalid):
-    """The feed answered 410 Gone: it is disabled."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ async def poll_feed(engine: Engine, client: httpx.AsyncClient, feed: Feed, now: 
     except FeedGone as exc:
         _record(engine, feed, now, error=str(exc), disable=True)
         raise
-    except (SourceUnavailable, SourceInvalid) as exc:
+    except (TransientError, PermanentError) as exc:
         _record(engine, feed, now, error=str(exc))
         raise
     _record(engine, feed, now, fetched=fetched)

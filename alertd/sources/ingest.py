@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from alertd.db import transaction
-from alertd.errors import AlertdError, SourceInvalid
+from alertd.errors import AlertdError, PermanentError
 from alertd.models import Member, Question, SourceState
 from alertd.sources.parliament import AnswerItem, MemberInfo, ParliamentApi, parse_item
 
@@ -119,7 +119,7 @@ def unseen_summaries(
     for summary in summaries:
         try:
             item = parse_item(summary)
-        except SourceInvalid as exc:
+        except PermanentError as exc:
             log.warning("skipping a listing item: %s", exc)
             continue
         if item.date_answered is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from alertd.config import ParliamentSettings
-from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.errors import PermanentError, SourceInvalid, SourceUnavailable
 from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
 
 log = logging.getLogger("alertd.sources.parliament")
@@ -227,7 +227,7 @@ class ParliamentApi:
     async def _detail_or_summary(self, summary: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
             detail = await self.fetch_detail(int(summary["id"]))
-        except SourceInvalid as exc:
+        except PermanentError as exc:
             log.warning("using the truncated listing text: %s", exc)
             return summary
         # The detail endpoint's member objects can be missing; the listing's are expanded.

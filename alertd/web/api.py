@@ -12,13 +12,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Frequency
-from alertd.errors import QueryError
-from alertd.tokens import InvalidToken
+from alertd.errors import InvalidToken, QueryError, RateLimited
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
     MAX_ID,
-    RateLimited,
     SignupFields,
     check_signup,
     field_problem,

@@ -16,14 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import __version__
 from alertd.config import Settings
+from alertd.errors import InvalidToken, MailFailed, NotYours, RateLimited, TokenExpired
 from alertd.mail.transports import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
-from alertd.tokens import InvalidToken, TokenExpired
 from alertd.web import api, atom, pages
 from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
-from alertd.web.flows import MailFailed, RateLimited
 from alertd.web.limits import Limits
-from alertd.web.service import NotYours
 
 log = logging.getLogger("alertd.web")
 SECURITY_HEADERS = {

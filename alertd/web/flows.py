@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import alerts
 from alertd.config import Frequency
-from alertd.errors import AlertdError, QueryError, UsageError
+from alertd.errors import AlertdError, MailFailed, QueryError, RateLimited, UsageError
 from alertd.models import Question
 from alertd.web import service
 from alertd.web.context import WebContext
@@ -25,18 +25,6 @@ PREVIEW_EXAMPLES = 5
 MAX_ID = 2**31 - 1
 FIELD_MAX = {"email": 254, "query": 500, "member": 100, "member_id": 12, "frequency": 16}
 EMAIL_ERROR = "Enter an email address like name@example.org"
-
-
-class RateLimited(AlertdError):
-    """Too many requests from one client; try again after ``retry_after`` seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"too many requests: try again in {retry_after} s")
-
-
-class MailFailed(AlertdError):
-    """The email could not be handed to the mail server; nothing was saved."""
 
 
 def field_problem(name: str, value: str) -> str | None:

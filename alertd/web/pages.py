@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from alertd.config import FREQUENCIES
-from alertd.errors import QueryError
+from alertd.errors import QueryError, RateLimited
 from alertd.links import alert_feed_url
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
@@ -18,7 +18,6 @@ from alertd.web.flows import (
     MAX_ID,
     Checked,
     Preview,
-    RateLimited,
     SignupFields,
     check_signup,
     email_or_error,

@@ -15,15 +15,11 @@ from alertd import alerts
 from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
-from alertd.errors import UsageError
+from alertd.errors import NotYours
 from alertd.models import Alert, Subscriber
 
 Status = Literal["pending", "active", "paused"]
 Note = Literal["limit", "duplicate"]
-
-
-class NotYours(UsageError):
-    """No such alert among this subscriber's active alerts."""
 
 
 @dataclass(frozen=True)
