@@ -65,6 +65,7 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, err
 
 
+@pytest.mark.slow
 def test_eight_processes_migrate_a_fresh_database_at_once(database_url: str) -> None:
     # Half upgrade, half subscribe: each opens (and so migrates) the database first.
     processes = [

@@ -12,11 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from alertd.cli import main
 
 from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
+
+# End-to-end: real processes, an SMTP server and timeouts.
+pytestmark = pytest.mark.slow
 
 SLOW_DATA_S = 5.0
 

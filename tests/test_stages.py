@@ -28,6 +28,9 @@ from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
 
+# End-to-end: real processes, an SMTP server and timeouts.
+pytestmark = pytest.mark.slow
+
 MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
 BROKEN = "broken@example.org"
 READERS = ["one@example.org", "two@example.org", BROKEN, "three@example.org"]
