@@ -41,6 +41,10 @@ class SourceInvalid(PermanentError):
     """A source answered with something that is not what we expect (broken JSON, wrong shape)."""
 
 
+class SourceGone(SourceInvalid):
+    """A source answered 410 Gone: it will not come back (a feed is disabled)."""
+
+
 class DeliveryDeferred(TransientError):
     """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
 

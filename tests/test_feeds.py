@@ -19,7 +19,7 @@ from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.links import alert_feed_url
-from alertd.models import Feed, FeedEntry, Question
+from alertd.models import Feed, Item, SourceState
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.feeds import add_feed, parse_feed
 from alertd.web import create_app
@@ -223,9 +223,11 @@ async def test_failures_are_errors_and_never_make_old_items_new(
     report = await run_once(runtime, now=NOW + timedelta(hours=2))
     assert report.errors == [] and report.new_answers == 0
     with Session(runtime.engine) as session:
-        assert len(session.exec(select(FeedEntry)).all()) == 3
-        feed = session.exec(select(Feed)).one()
-        assert feed.enabled and feed.last_error is None
+        assert len(session.exec(select(Item)).all()) == 3
+        assert session.exec(select(Feed)).one().enabled
+        state = session.get(SourceState, "feed:f")
+        assert state is not None and state.last_error is None
+        assert state.last_ok_at == NOW + timedelta(hours=2)
 
 
 async def test_broken_xml_with_entries_is_used_with_a_warning(
@@ -239,7 +241,7 @@ async def test_broken_xml_with_entries_is_used_with_a_warning(
     assert report.errors == [] and report.new_answers >= 2
     assert any("malformed" in r.getMessage() for r in caplog.records)
     with Session(runtime.engine) as session:
-        titles = {q.heading for q in session.exec(select(Question)).all()}
+        titles = {q.heading for q in session.exec(select(Item)).all()}
     assert {r["heading"] for r in _records(2)} <= titles
 
 
