@@ -163,17 +163,17 @@ def _group(
     totals: Counter[int] = Counter()
     order: list[Alert] = []
     for row in rows:
-        question_id, alert_id = row.item.id, row.alert.id
-        assert question_id is not None and alert_id is not None
-        if question_id in placed:
+        item_id, alert_id = row.item.id, row.alert.id
+        assert item_id is not None and alert_id is not None
+        if item_id in placed:
             continue
-        placed.add(question_id)
+        placed.add(item_id)
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
         if totals[alert_id] > limit:
             continue
-        matched = alerts_of[question_id]
+        matched = alerts_of[item_id]
         others = tuple(
             dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
         )
@@ -215,32 +215,32 @@ def _person(name: str | None, party: str | None, constituency: str | None) -> st
 
 
 def _item(
-    question: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
+    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
 ) -> DigestItem:
-    feed = feed_name(question.source)
+    feed = feed_name(item.source)
     asked = _person(
-        question.asking_member_name,
-        question.asking_member_party,
-        question.asking_member_constituency,
+        item.asking_member_name,
+        item.asking_member_party,
+        item.asking_member_constituency,
     )
-    text = mark(question.question_text, highlights)
-    answer = excerpt_around(question.answer_text, highlights, settings.digest.excerpt_chars)
+    text = mark(item.question_text, highlights)
+    answer = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
     return DigestItem(
-        heading=flatten(question.heading) or f"Question {question.uin or ''}",
-        department=question.answering_body_name or "",
+        heading=flatten(item.heading) or f"Question {item.uin or ''}",
+        department=item.answering_body_name or "",
         asked_by="" if feed is not None else asked,
-        answered_by=_name(question.answering_member_name),
-        date_tabled=question.date_tabled,
-        date_answered=question.date_answered,
+        answered_by=_name(item.answering_member_name),
+        date_tabled=item.date_tabled,
+        date_answered=item.date_answered,
         question_text=text.text,
         answer_excerpt=answer.text,
-        url=question.url,
-        uin=question.uin or "",
-        house=question.house or "",
-        corrected=question.date_answer_corrected is not None,
+        url=item.url,
+        uin=item.uin or "",
+        house=item.house or "",
+        corrected=item.date_answer_corrected is not None,
         also_matches=also,
         question_marks=text.spans,
         excerpt_marks=answer.spans,
         source=feed or "",
-        answer_html=question.answer_html,
+        answer_html=item.answer_html,
     )
