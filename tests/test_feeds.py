@@ -13,13 +13,13 @@ from xml.sax.saxutils import escape
 import feedparser
 import httpx
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.links import alert_feed_url
-from alertd.models import Feed, Item, SourceState
+from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.feeds import add_feed, parse_feed
 from alertd.web import create_app
@@ -168,6 +168,27 @@ async def test_new_items_alert_once_with_conditional_get(
     assert _link(records[3]) in text.get_content()
     report = await run_once(runtime, now=NOW + timedelta(minutes=90))
     assert report.new_answers == 0 and len(smtp_sink.messages) == 1
+
+
+async def test_feed_items_are_items_of_their_own_source(
+    runtime: Runtime, feed_server: FeedServer
+) -> None:
+    """Even a feed named "parliament" is its own source: no item or poll state is shared."""
+    records = _records(2)
+    feed_server.serve("/rss", Route(rss2(records)))
+    add_feed(runtime.engine, "parliament", feed_server.url("/rss"))
+    await run_once(runtime, now=NOW)
+    with Session(runtime.engine) as session:
+        items = session.exec(select(Item).order_by(col(Item.id))).all()
+        assert {(i.kind, i.source, i.version) for i in items} == {
+            (ItemKind.FEED_ITEM, "feed:parliament", 1)
+        }
+        assert [i.source_id for i in items] == [f"wq-{r['id']}" for r in records]
+        assert all(i.uin is None and i.date_tabled is None for i in items)
+        assert all(i.published_at == NOW - timedelta(hours=1) for i in items)
+        assert all(i.matched_at == NOW for i in items)  # seeded: never alerted
+        assert session.get(SourceState, "parliament") is None
+        assert session.get(SourceState, "feed:parliament") is not None
 
 
 async def test_permanent_redirect_is_stored_temporary_is_not(
