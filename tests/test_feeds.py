@@ -21,7 +21,7 @@ from alertd.config import Settings
 from alertd.links import alert_feed_url
 from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.pipeline import Runtime, run_once
-from alertd.sources.feeds import add_feed, parse_feed
+from alertd.sources.feeds import add_feed, list_feeds, parse_feed
 from alertd.web import create_app
 
 from feed_server import FeedServer, Route
@@ -240,6 +240,8 @@ async def test_failures_are_errors_and_never_make_old_items_new(
     feed_server.serve("/f", route)
     report = await run_once(runtime, now=NOW + timedelta(hours=1))
     assert len(report.errors) == 1 and message in report.errors[0]
+    [(_, state)] = list_feeds(runtime.engine)  # what `alertd feeds list` shows
+    assert state is not None and message in (state.last_error or "")
     feed_server.serve("/f", Route(rss2(records)))
     report = await run_once(runtime, now=NOW + timedelta(hours=2))
     assert report.errors == [] and report.new_answers == 0
@@ -294,7 +296,8 @@ def test_feeds_from_the_config_file_are_polled(
     )
     assert main(["run", "--once", "--config", str(config)]) == 0
     assert main(["feeds", "list", "--config", str(config)]) == 0
-    assert "answers\t" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "answers\t" in listed and "last poll never" not in listed
     assert len(feed_server.requests) == 1
 
 
