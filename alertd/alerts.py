@@ -14,8 +14,8 @@ from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching.analysis import Query, analyse, parse_query
-from alertd.matching.hits import question_document
-from alertd.models import Alert, Member, Question, Subscriber
+from alertd.matching.hits import item_document
+from alertd.models import Alert, Item, Member, Subscriber
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _EMAIL = re.compile(
@@ -70,7 +70,7 @@ class _DbResolver:
             known = {row_name.casefold(): row_id for row_id, row_name in rows}
         elif field == "department":
             bodies = self.session.exec(
-                select(Question.answering_body_id, Question.answering_body_name).distinct()
+                select(Item.answering_body_id, Item.answering_body_name).distinct()
             ).all()
             known = {n.casefold(): i for i, n in bodies if i is not None and n is not None}
         else:
@@ -128,7 +128,6 @@ def _mark_confirmed(alert: Alert, now: datetime) -> None:
     # Only answers that reach alertd from now on are mailed: no flood of old answers.
     alert.confirmed = True
     alert.confirmed_at = now
-    alert.last_digest_at = now
 
 
 def confirm_alert(engine: Engine, alert_id: int, now: datetime) -> Alert:
@@ -177,27 +176,28 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
         ]
 
 
-def matching_answers(engine: Engine, query_text: str, since: date) -> list[Question]:
-    """Stored answers (not holding ones) answered since a day that a query matches, newest first.
+def matching_answers(engine: Engine, query_text: str, since: date) -> list[Item]:
+    """Stored items (not holding answers) answered or published since a day that a query
+    matches, newest first.
 
     Raises:
         QueryError: the query is malformed or names someone unknown.
     """
     with Session(engine) as session:
         query = compile_query(session, query_text)
-        questions = session.exec(
-            select(Question)
-            .where(col(Question.is_holding).is_(False), col(Question.date_answered) >= since)
-            .order_by(col(Question.date_answered).desc(), col(Question.id))
+        items = session.exec(
+            select(Item)
+            .where(col(Item.is_holding).is_(False), col(Item.date_answered) >= since)
+            .order_by(col(Item.date_answered).desc(), col(Item.id))
         ).all()
-    return [q for q in questions if query.matches(analyse(question_document(q)))]
+    return [item for item in items if query.matches(analyse(item_document(item)))]
 
 
 def daily_match_rate(engine: Engine, query_text: str) -> float:
     """Average matches a day over the stored history (its last 90 days; 0 with no history)."""
     with Session(engine) as session:
         first, last = session.exec(
-            select(func.min(Question.date_answered), func.max(Question.date_answered))
+            select(func.min(Item.date_answered), func.max(Item.date_answered))
         ).one()
     if first is None or last is None:
         return 0.0

@@ -92,7 +92,7 @@ async def backfill(
         SourceInvalid: the API answered something unusable.
     """
     polite = settings.model_copy(update={"detail_concurrency": 1})
-    start = _resume_from(engine, first)
+    start = await asyncio.to_thread(_resume_from, engine, first)
     days_total = (last - first).days + 1
     total_new = 0
     started = time.monotonic()
@@ -104,11 +104,13 @@ async def backfill(
             async def one_day(day: date = day) -> tuple[int, int]:
                 params = {"answeredWhenFrom": day.isoformat(), "answeredWhenTo": day.isoformat()}
                 summaries = await api.list_answers(params)
-                items = await api.full_items(unseen_summaries(engine, summaries))
-                return len(summaries), store_items(engine, items, now=now, alert=False)
+                unseen = await asyncio.to_thread(unseen_summaries, engine, summaries)
+                items = await api.full_items(unseen)
+                stored = await asyncio.to_thread(store_items, engine, items, now=now, alert=False)
+                return len(summaries), stored
 
             listed, stored = await _with_retries(one_day, retry_base_s)
-            _mark_day_done(engine, day, now, stored)
+            await asyncio.to_thread(_mark_day_done, engine, day, now, stored)
             total_new += stored
             progress(
                 DayDone(

@@ -270,10 +270,11 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
         remove_feed(engine, args.name)
         print(f"feed {args.name!r} removed")
     else:
-        for feed in list_feeds(engine):
+        for feed, poll in list_feeds(engine):
             state = "enabled" if feed.enabled else f"disabled ({feed.disabled_reason})"
-            polled = f"{feed.last_poll_at:%Y-%m-%d %H:%M}Z" if feed.last_poll_at else "never"
-            error = f"\terror: {feed.last_error}" if feed.last_error else ""
+            last_poll = poll.last_poll_at if poll else None
+            polled = f"{last_poll:%Y-%m-%d %H:%M}Z" if last_poll else "never"
+            error = f"\terror: {poll.last_error}" if poll and poll.last_error else ""
             print(f"{feed.name}\t{feed.url}\t{state}\tlast poll {polled}{error}")
     return 0
 

@@ -8,7 +8,7 @@
 # │   ├── SourceUnavailable, DeliveryDeferred, RateLimited, MailFailed
 # │   └── MailServerUnavailable    (also StopBatch)
 # └── PermanentError               record it (bounce) and move on
-#     ├── SourceInvalid (FeedGone), DeliveryRejected, TemplateError, HeaderInjection
+#     ├── SourceInvalid (SourceGone), DeliveryRejected, TemplateError, HeaderInjection
 #     └── DeliveryHalted           (also StopBatch)
 #
 # StopBatch marks the failures that are nobody's message in particular (the mail server is
@@ -98,8 +98,8 @@ class SourceInvalid(PermanentError):
     """A source answered with something that is not what we expect (broken JSON, wrong shape)."""
 
 
-class FeedGone(SourceInvalid):
-    """The feed answered 410 Gone: it is disabled."""
+class SourceGone(SourceInvalid):
+    """A source answered 410 Gone: it will not come back (a feed is disabled)."""
 
 
 # Digests and mail

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from alertd.sources.source import PARLIAMENT_SOURCE
+
 if TYPE_CHECKING:
     from alertd.pipeline import RunReport
 
@@ -48,7 +50,7 @@ class Metrics:
 
     def record_run(self, report: RunReport, duration_s: float) -> None:
         if report.polled:
-            self.polls.labels("parliament", "error" if report.poll_failed else "ok").inc()
+            self.polls.labels(PARLIAMENT_SOURCE, "error" if report.poll_failed else "ok").inc()
         self.questions.inc(report.new_answers)
         self.matches.inc(report.hits)
         self.digests.labels("queued").inc(report.digests_queued)

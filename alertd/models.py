@@ -1,8 +1,9 @@
-"""Database tables (sqlmodel): subscribers, alerts, questions, hits, ledger, outbox, sources."""
+"""Database tables (sqlmodel): subscribers, alerts, items, hits, ledger, outbox, sources."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,8 +53,6 @@ class Alert(SQLModel, table=True):
     confirmed: bool = False
     confirmed_at: datetime | None = _utc(default=None, nullable=True)
     created_at: datetime = _utc()
-    # Daily and weekly digests cover what matched since this moment.
-    last_digest_at: datetime | None = _utc(default=None, nullable=True)
     unsubscribed_at: datetime | None = _utc(default=None, nullable=True)
     # Paused by its owner (manage page): matches nothing until resumed.
     paused_at: datetime | None = _utc(default=None, nullable=True)
@@ -76,28 +75,41 @@ class Member(SQLModel, table=True):
     house: str | None = Field(default=None, max_length=16)
 
 
-class Question(SQLModel, table=True):
-    """One answer version of one written question: a holding answer, the answer, a correction."""
+class ItemKind(StrEnum):
+    """What an item is; each kind of a source's documents adds a value, not a table."""
+
+    WRITTEN_QUESTION = "written_question"
+    FEED_ITEM = "feed_item"
+
+
+class Item(SQLModel, table=True):
+    """One version of one item of a source: an answer version of a written question (a
+    holding answer, the answer, a correction), or an item of a feed (always version 1)."""
 
     __table_args__ = (
-        sa.UniqueConstraint("api_id", "answer_version"),
-        sa.UniqueConstraint("api_id", "version_key"),
+        sa.UniqueConstraint("source", "source_id", "version"),
+        sa.UniqueConstraint("source", "source_id", "version_key"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    # The Parliament question id; for an item of a feed, minus its FeedEntry id, so both
-    # kinds share matching, hits, the ledger and digests without colliding.
-    api_id: int = Field(index=True)
-    # "parliament", or the name of the feed the item came from.
-    source: str = Field(default="parliament", max_length=100)
-    answer_version: int
+    kind: ItemKind = Field(sa_type=sa.String(32))
+    # The source's name (alertd.sources.source): "parliament", or "feed:" and the feed's name.
+    source: str = Field(max_length=100)
+    # The item's id at its source: a Parliament question id, a feed entry's guid/link/hash.
+    source_id: str = Field(max_length=128)
+    version: int
     version_key: str = Field(max_length=80)
-    uin: str = Field(max_length=32)
-    house: str = Field(max_length=16)
+    # A question's heading, a feed item's title.
     heading: str = Field(default="", sa_type=sa.Text)
     question_text: str = Field(default="", sa_type=sa.Text)
+    # The answer; a feed item's summary.
     answer_html: str = Field(default="", sa_type=sa.Text)
     answer_text: str = Field(default="", sa_type=sa.Text)
+    # The official page; a feed item's link.
+    url: str = Field(max_length=2000)
+    # Parliament-only: NULL for other kinds.
+    uin: str | None = Field(default=None, max_length=32)
+    house: str | None = Field(default=None, max_length=16)
     asking_member_id: int | None = Field(default=None, index=True)
     asking_member_name: str | None = Field(default=None, max_length=200)
     asking_member_party: str | None = Field(default=None, max_length=100)
@@ -106,19 +118,23 @@ class Question(SQLModel, table=True):
     answering_member_name: str | None = Field(default=None, max_length=200)
     answering_body_id: int | None = None
     answering_body_name: str | None = Field(default=None, max_length=200)
-    date_tabled: date
-    date_answered: date | None = None
+    date_tabled: date | None = None
     date_answer_corrected: date | None = None
     is_holding: bool = False
-    is_correction: bool = False
     is_withdrawn: bool = False
-    url: str = Field(max_length=2000)
+    # The day it was answered, or a feed item published (first seen, when the feed gives
+    # no date): digests, previews and estimates order and window every kind by it.
+    date_answered: date | None = None
+    # A feed item's own publication time, when the feed gives one.
+    published_at: datetime | None = _utc(default=None, nullable=True)
     ingested_at: datetime = _utc(index=True)
     # NULL until matched against the alerts: a crash between ingest and match loses nothing.
     matched_at: datetime | None = _utc(default=None, nullable=True, index=True)
 
 
 class SourceState(SQLModel, table=True):
+    """The poll state of one source (Parliament, each feed): lease, last poll, high water."""
+
     name: str = Field(primary_key=True, max_length=100)
     high_water: date | None = None
     last_poll_at: datetime | None = _utc(default=None, nullable=True)
@@ -131,28 +147,30 @@ class SourceState(SQLModel, table=True):
 
 
 class Hit(SQLModel, table=True):
-    """An alert matched an answer version; it waits here until its digest is due."""
+    """An alert matched an item; it waits here until its digest is due."""
 
-    __table_args__ = (sa.UniqueConstraint("alert_id", "question_id"),)
+    __table_args__ = (sa.UniqueConstraint("alert_id", "item_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     alert_id: int = Field(foreign_key="alert.id")
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
-    question_id: int = Field(foreign_key="question.id")
+    item_id: int = Field(foreign_key="item.id")
     created_at: datetime = _utc()
     outbox_id: int | None = Field(default=None, foreign_key="outbox.id", index=True)
 
 
 class Ledger(SQLModel, table=True):
-    """What each subscriber was sent: one row per (subscriber, question, answer version)."""
+    """What each subscriber was sent: one row per (subscriber, source, item, version), so a
+    correction goes to those sent the original and no version is ever sent twice."""
 
-    __table_args__ = (sa.UniqueConstraint("subscriber_id", "api_id", "answer_version"),)
+    __table_args__ = (sa.UniqueConstraint("subscriber_id", "source", "source_id", "version"),)
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscriber.id")
-    api_id: int
-    answer_version: int
-    question_id: int = Field(foreign_key="question.id")
+    source: str = Field(max_length=100)
+    source_id: str = Field(max_length=128)
+    version: int
+    item_id: int = Field(foreign_key="item.id")
     outbox_id: int = Field(foreign_key="outbox.id", index=True)
     created_at: datetime = _utc()
 
@@ -189,7 +207,8 @@ class DigestRun(SQLModel, table=True):
 
 
 class Feed(SQLModel, table=True):
-    """An RSS or Atom feed polled as a source (from config [[feeds]] or `alertd feeds add`)."""
+    """An RSS or Atom feed polled as a source (from config [[feeds]] or `alertd feeds add`):
+    its configuration and conditional-GET validators; its poll state is a SourceState."""
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100, unique=True)
@@ -199,22 +218,6 @@ class Feed(SQLModel, table=True):
     last_modified: str | None = Field(default=None, max_length=100)
     enabled: bool = True
     disabled_reason: str | None = Field(default=None, sa_type=sa.Text)
-    last_poll_at: datetime | None = _utc(default=None, nullable=True)
-    last_ok_at: datetime | None = _utc(default=None, nullable=True)
-    last_error: str | None = Field(default=None, sa_type=sa.Text)
-    # The first good fetch seeds what the feed already holds as seen: no flood of old items.
-    seeded: bool = False
-
-
-class FeedEntry(SQLModel, table=True):
-    """One item seen in a feed, by its guid, else its link, else a hash of its content."""
-
-    __table_args__ = (sa.UniqueConstraint("feed_id", "uid"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    feed_id: int = Field(foreign_key="feed.id", index=True)
-    uid: str = Field(max_length=128)
-    first_seen_at: datetime = _utc()
 
 
 class ComposeFailure(SQLModel, table=True):

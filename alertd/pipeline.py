@@ -28,9 +28,11 @@ from alertd.mail.outbox import DrainOptions, drain_outbox
 from alertd.mail.transports import MailerFactory
 from alertd.matching.hits import match_new_answers
 from alertd.metrics import Metrics
-from alertd.sources.feeds import poll_due_feeds
-from alertd.sources.ingest import PollLease, poll_parliament
+from alertd.sources.feeds import due_feed_sources
+from alertd.sources.ingest import ParliamentSource
 from alertd.sources.parliament import ParliamentApi, make_http_client
+from alertd.sources.source import PARLIAMENT_SOURCE, Source
+from alertd.sources.state import PollLease
 
 log = logging.getLogger("alertd.pipeline")
 
@@ -94,30 +96,48 @@ class Runtime:
         )
 
 
-async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
+def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list[Source]:
+    """The sources to poll this run: Parliament when enabled, then the feeds that are due."""
     settings = runtime.settings
-    client = runtime.http or make_http_client(settings.parliament)
     lease = PollLease(
         owner=runtime.worker_id,
         lease_s=settings.delivery.lease_s,
         # Several workers each run the poll job; one poll per interval is enough.
         min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
     )
-    try:
-        if settings.parliament.enabled:
-            await _poll_parliament(runtime, client, lease, report, now)
-        feeds = await poll_due_feeds(
+    sources: list[Source] = []
+    if settings.parliament.enabled:
+        sources.append(
+            ParliamentSource(
+                runtime.engine,
+                ParliamentApi(settings.parliament, client),
+                zone=settings.digest.zone,
+                lookback_days=settings.parliament.lookback_days,
+                lease=lease,
+            )
+        )
+    sources.extend(
+        due_feed_sources(
             runtime.engine,
             client,
             now=now,
             default_interval_minutes=settings.parliament.poll_interval_minutes,
+            # A feed's own interval decides when it is due; the lease only keeps workers apart.
             lease=PollLease(lease.owner, lease.lease_s, min_gap=timedelta(0)),
         )
+    )
+    return sources
+
+
+async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
+    client = runtime.http or make_http_client(runtime.settings.parliament)
+    try:
+        sources = await asyncio.to_thread(_sources, runtime, client, now)
+        for source in sources:
+            await _poll_source(source, report, now)
     finally:
         if runtime.http is None:
             await client.aclose()
-    report.new_answers += feeds.new_items
-    report.errors.extend(feeds.errors)
 
 
 async def _poll_until_stopped(runtime: Runtime, report: RunReport, now: datetime) -> None:
@@ -139,34 +159,26 @@ async def _poll_until_stopped(runtime: Runtime, report: RunReport, now: datetime
     poll.result()
 
 
-async def _poll_parliament(
-    runtime: Runtime, client: httpx.AsyncClient, lease: PollLease, report: RunReport, now: datetime
-) -> None:
-    settings = runtime.settings
+async def _poll_source(source: Source, report: RunReport, now: datetime) -> None:
+    parliament = source.name == PARLIAMENT_SOURCE
     try:
-        result = await poll_parliament(
-            runtime.engine,
-            ParliamentApi(settings.parliament, client),
-            now=now,
-            zone=settings.digest.zone,
-            lookback_days=settings.parliament.lookback_days,
-            lease=lease,
-        )
+        result = await source.poll(now)
     except AlertdError as exc:
-        # One source failing must not stop matching and sending what is already stored.
-        log.error("poll failed: %s", exc)
+        # One source failing must not stop the others, nor matching and sending what is
+        # already stored.
+        log.error("%s: poll failed: %s", source.name, exc)
         report.errors.append(str(exc))
-        report.polled = report.poll_failed = True
+        if parliament:
+            report.polled = report.poll_failed = True
         return
-    report.polled = result.polled
-    report.fetched += result.fetched
-    report.new_answers += result.new_versions
-    log.info(
-        "polled %s: %d answers listed, %d new versions",
-        result.source,
-        result.fetched,
-        result.new_versions,
-    )
+    report.new_answers += result.new_items
+    if parliament:
+        report.polled = result.polled
+        report.fetched += result.fetched
+    if result.polled:
+        log.info(
+            "polled %s: %d listed, %d new items", source.name, result.fetched, result.new_items
+        )
 
 
 async def _stage(name: str, report: RunReport, work: Callable[[], Awaitable[None]]) -> None:

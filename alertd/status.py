@@ -17,11 +17,12 @@ from alertd.models import (
     ComposeFailure,
     DigestRun,
     Hit,
+    Item,
     Outbox,
-    Question,
     SourceState,
     Subscriber,
 )
+from alertd.sources.source import PARLIAMENT_SOURCE
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -52,7 +53,7 @@ class SkippedDigest:
 class Status:
     now: datetime
     sources: list[SourceStatus]
-    questions_stored: int
+    items_stored: int
     subscribers: dict[str, int]
     alerts_by_frequency: dict[str, int]
     outbox: dict[str, int]
@@ -128,7 +129,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
         status = Status(
             now=now,
             sources=sources,
-            questions_stored=int(session.exec(select(func.count()).select_from(Question)).one()),
+            items_stored=int(session.exec(select(func.count()).select_from(Item)).one()),
             subscribers=_subscriber_counts(session),
             alerts_by_frequency=_count_by(
                 session, Alert.frequency, col(Alert.unsubscribed_at).is_(None)
@@ -186,7 +187,7 @@ def _next_runs(
 ) -> dict[str, datetime]:
     runs: dict[str, datetime] = {}
     interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
-    polled = [s.last_poll_at for s in sources if s.name == "parliament" and s.last_poll_at]
+    polled = [s.last_poll_at for s in sources if s.name == PARLIAMENT_SOURCE and s.last_poll_at]
     runs["poll"] = max(polled[0] + interval, now) if polled else now
     for frequency, period in (("daily", timedelta(days=1)), ("weekly", timedelta(days=7))):
         start = period_start(frequency, now, settings.digest)
@@ -229,7 +230,7 @@ def format_status(status: Status) -> str:
     if not status.sources:
         lines.append("  no source polled yet")
     subs = status.subscribers
-    lines.append(f"  questions stored: {status.questions_stored}")
+    lines.append(f"  items stored: {status.items_stored}")
     lines.append(
         f"  subscribers: {subs['confirmed']} confirmed, {subs['pending']} pending, "
         f"{subs['suspended']} suspended"

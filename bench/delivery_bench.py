@@ -44,8 +44,8 @@ from alertd.errors import SourceInvalid
 from alertd.mail.outbox import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
-from alertd.matching.hits import match_new_answers, question_document
-from alertd.models import Alert, Hit, Ledger, Outbox, Question, Subscriber
+from alertd.matching.hits import item_document, match_new_answers
+from alertd.models import Alert, Hit, Item, Ledger, Outbox, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item
@@ -163,14 +163,14 @@ def _load_items() -> list[AnswerItem]:
 def _candidate_queries(engine: Engine) -> list[str]:
     """Member follows and heading words that each match 1-5 alertable answers, interleaved."""
     with Session(engine) as session:
-        questions = session.exec(select(Question).where(col(Question.matched_at).is_(None))).all()
+        questions = session.exec(select(Item).where(col(Item.matched_at).is_(None))).all()
     members: collections.Counter[int] = collections.Counter()
     words: set[str] = set()
     for q in questions:
         members.update({m for m in (q.asking_member_id, q.answering_member_id) if m is not None})
         words.update(WORD.findall(q.heading.lower()))
     follows = [f"member:{m}" for m, n in sorted(members.items()) if n <= MAX_PER_DIGEST]
-    docs: list[AnalysedDocument] = [analyse(question_document(q)) for q in questions]
+    docs: list[AnalysedDocument] = [analyse(item_document(q)) for q in questions]
     topics = []
     for word in sorted(words):
         query = parse_query(word)
@@ -215,7 +215,6 @@ def _subscribe_all(engine: Engine, count: int, queries: list[str]) -> None:
                     "confirmed": True,
                     "confirmed_at": CONFIRMED,
                     "created_at": CONFIRMED,
-                    "last_digest_at": CONFIRMED,
                 }
             )
         session.execute(sa.insert(Alert), alerts)

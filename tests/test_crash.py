@@ -130,7 +130,7 @@ def test_three_workers_on_postgresql_send_each_digest_once(
         rows = session.exec(select(Outbox)).all()
         assert {row.message_id for row in rows} == set(received)
         assert {row.status for row in rows} == {"sent"}
-        ledger = session.exec(select(Ledger.subscriber_id, Ledger.api_id)).all()
+        ledger = session.exec(select(Ledger.subscriber_id, Ledger.source_id)).all()
         assert len(ledger) == len(set(ledger))  # no answer went twice to anyone
     engine.dispose()
     polls = [path for method, path in standin_api.requests if "answeredWhenFrom" in path]

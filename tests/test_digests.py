@@ -19,7 +19,7 @@ from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
-from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
+from alertd.models import Alert, Hit, Item, ItemKind, Ledger, Member, Outbox, Subscriber
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113
@@ -30,10 +30,12 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
-def _question(session: Session, api_id: int, words: str) -> Question:
-    question = Question(
-        api_id=api_id,
-        answer_version=1,
+def _question(session: Session, api_id: int, words: str) -> Item:
+    question = Item(
+        kind=ItemKind.WRITTEN_QUESTION,
+        source="parliament",
+        source_id=str(api_id),
+        version=1,
         version_key="1",
         uin=f"U{api_id}",
         house="Commons",
@@ -66,13 +68,13 @@ def _alert(session: Session, subscriber: Subscriber, query: str) -> Alert:
     return alert
 
 
-def _hit(session: Session, alert: Alert, question: Question) -> None:
+def _hit(session: Session, alert: Alert, question: Item) -> None:
     assert alert.id is not None and question.id is not None
     session.add(
         Hit(
             alert_id=alert.id,
             subscriber_id=alert.subscriber_id,
-            question_id=question.id,
+            item_id=question.id,
             created_at=NOW,
         )
     )
@@ -105,7 +107,7 @@ def _sent_before(engine: Engine, subscriber: Subscriber, api_id: int) -> int:
     """A digest this subscriber already got with that answer, as the ledger records it."""
     assert subscriber.id is not None
     with transaction(engine) as session:
-        question = session.exec(select(Question).where(Question.api_id == api_id)).one()
+        question = session.exec(select(Item).where(Item.source_id == str(api_id))).one()
         assert question.id is not None
         outbox = Outbox(
             subscriber_id=subscriber.id,
@@ -122,9 +124,10 @@ def _sent_before(engine: Engine, subscriber: Subscriber, api_id: int) -> int:
         session.add(
             Ledger(
                 subscriber_id=subscriber.id,
-                api_id=api_id,
-                answer_version=1,
-                question_id=question.id,
+                source="parliament",
+                source_id=str(api_id),
+                version=1,
+                item_id=question.id,
                 outbox_id=outbox.id,
                 created_at=NOW,
             )
@@ -160,7 +163,7 @@ def test_an_item_is_shared_only_by_digests_showing_it_the_same_way(
         only = Subscriber(email="only@example.org", created_at=NOW)
         session.add(only)
         session.flush()
-        question = session.exec(select(Question)).one()
+        question = session.exec(select(Item)).one()
         _hit(session, _alert(session, only, "schools"), question)
 
     assert _compose(db_engine, settings) == 2

@@ -13,15 +13,15 @@ from xml.sax.saxutils import escape
 import feedparser
 import httpx
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.links import alert_feed_url
-from alertd.models import Feed, FeedEntry, Question
+from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.pipeline import Runtime, run_once
-from alertd.sources.feeds import add_feed, parse_feed
+from alertd.sources.feeds import add_feed, list_feeds, parse_feed
 from alertd.web import create_app
 
 from feed_server import FeedServer, Route
@@ -170,6 +170,27 @@ async def test_new_items_alert_once_with_conditional_get(
     assert report.new_answers == 0 and len(smtp_sink.messages) == 1
 
 
+async def test_feed_items_are_items_of_their_own_source(
+    runtime: Runtime, feed_server: FeedServer
+) -> None:
+    """Even a feed named "parliament" is its own source: no item or poll state is shared."""
+    records = _records(2)
+    feed_server.serve("/rss", Route(rss2(records)))
+    add_feed(runtime.engine, "parliament", feed_server.url("/rss"))
+    await run_once(runtime, now=NOW)
+    with Session(runtime.engine) as session:
+        items = session.exec(select(Item).order_by(col(Item.id))).all()
+        assert {(i.kind, i.source, i.version) for i in items} == {
+            (ItemKind.FEED_ITEM, "feed:parliament", 1)
+        }
+        assert [i.source_id for i in items] == [f"wq-{r['id']}" for r in records]
+        assert all(i.uin is None and i.date_tabled is None for i in items)
+        assert all(i.published_at == NOW - timedelta(hours=1) for i in items)
+        assert all(i.matched_at == NOW for i in items)  # seeded: never alerted
+        assert session.get(SourceState, "parliament") is None
+        assert session.get(SourceState, "feed:parliament") is not None
+
+
 async def test_permanent_redirect_is_stored_temporary_is_not(
     runtime: Runtime, feed_server: FeedServer
 ) -> None:
@@ -219,13 +240,17 @@ async def test_failures_are_errors_and_never_make_old_items_new(
     feed_server.serve("/f", route)
     report = await run_once(runtime, now=NOW + timedelta(hours=1))
     assert len(report.errors) == 1 and message in report.errors[0]
+    [(_, state)] = list_feeds(runtime.engine)  # what `alertd feeds list` shows
+    assert state is not None and message in (state.last_error or "")
     feed_server.serve("/f", Route(rss2(records)))
     report = await run_once(runtime, now=NOW + timedelta(hours=2))
     assert report.errors == [] and report.new_answers == 0
     with Session(runtime.engine) as session:
-        assert len(session.exec(select(FeedEntry)).all()) == 3
-        feed = session.exec(select(Feed)).one()
-        assert feed.enabled and feed.last_error is None
+        assert len(session.exec(select(Item)).all()) == 3
+        assert session.exec(select(Feed)).one().enabled
+        state = session.get(SourceState, "feed:f")
+        assert state is not None and state.last_error is None
+        assert state.last_ok_at == NOW + timedelta(hours=2)
 
 
 async def test_broken_xml_with_entries_is_used_with_a_warning(
@@ -239,7 +264,7 @@ async def test_broken_xml_with_entries_is_used_with_a_warning(
     assert report.errors == [] and report.new_answers >= 2
     assert any("malformed" in r.getMessage() for r in caplog.records)
     with Session(runtime.engine) as session:
-        titles = {q.heading for q in session.exec(select(Question)).all()}
+        titles = {q.heading for q in session.exec(select(Item)).all()}
     assert {r["heading"] for r in _records(2)} <= titles
 
 
@@ -271,7 +296,8 @@ def test_feeds_from_the_config_file_are_polled(
     )
     assert main(["run", "--once", "--config", str(config)]) == 0
     assert main(["feeds", "list", "--config", str(config)]) == 0
-    assert "answers\t" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "answers\t" in listed and "last poll never" not in listed
     assert len(feed_server.requests) == 1
 
 

@@ -29,7 +29,7 @@ from alertd.digests.render import build_environment, startup_sample
 from alertd.digests.render_pool import RenderJob, RenderPool, render_here
 from alertd.mail import outbox
 from alertd.mail.outbox import Claimed, drain_outbox, wall_clock
-from alertd.models import Hit, Ledger, Outbox, Question
+from alertd.models import Hit, Item, Ledger, Outbox
 
 from smtp_server import SmtpSink
 from test_digests import (
@@ -103,8 +103,8 @@ def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
     built = Counter[int]()
     make_item = digest_items._item
 
-    def spy_items(question: Question, *args: Any) -> Any:
-        built[question.api_id] += 1
+    def spy_items(question: Item, *args: Any) -> Any:
+        built[int(question.source_id)] += 1
         return make_item(question, *args)
 
     monkeypatch.setattr(digest_items, "_item", spy_items)
@@ -129,7 +129,7 @@ def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
     with Session(db_engine) as session:
         hits = session.exec(select(Hit)).all()
         assert all(hit.outbox_id is not None for hit in hits)
-        of_seventh = {h.question_id: h.outbox_id for h in hits if h.subscriber_id == readers[7].id}
+        of_seventh = {h.item_id: h.outbox_id for h in hits if h.subscriber_id == readers[7].id}
         assert list(of_seventh.values()).count(earlier) == 1
         assert len(session.exec(select(Ledger)).all()) == 450 * 3
     assert _compose(db_engine, settings) == 0

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from alertd.cli import main
 from alertd.config import DatabaseSettings
 from alertd.db import open_database, transaction
-from alertd.models import Outbox, Question, SourceState, Subscriber
+from alertd.models import Item, Outbox, SourceState, Subscriber
 
 from configs import write_config as _config
 from standin_api import StandinApi
@@ -40,7 +40,7 @@ def test_status_healthy_after_a_run(
     capsys.readouterr()
     code, status = _status(config, capsys)
     assert code == 0 and status["healthy"] is True
-    assert status["questions_stored"] == 469
+    assert status["items_stored"] == 469
     assert status["subscribers"] == {"confirmed": 1, "pending": 0, "suspended": 0}
     assert status["alerts_by_frequency"] == {"daily": 1}
     assert main(["status", "--config", str(config)]) == 0
@@ -133,7 +133,7 @@ def test_backfill_stores_history_and_alerts_nobody(
     assert "backfill 2021-02-01: day 2/3, 469 listed, 469 new" in err
     assert "backfill done: 469 answer versions stored, none alerted" in err
     with Session(_engine(tmp_path)) as session:
-        assert len(session.exec(select(Question)).all()) == 469
+        assert len(session.exec(select(Item)).all()) == 469
     # The history is there for preview, and never mailed.
     standin_api.fail_next("list", 503, count=None)  # the live poll fails; only matching runs
     main(["run", "--once", "--config", config])

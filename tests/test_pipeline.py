@@ -21,7 +21,7 @@ from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.mail.transports import mailer_factory
-from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
+from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.web import create_app
 
@@ -202,7 +202,7 @@ async def test_failed_poll_keeps_high_water_and_recovers(
     with Session(runtime.engine) as session:
         state = session.get(SourceState, "parliament")
         assert state is not None and state.high_water is None and state.last_error
-        assert session.exec(select(Question)).all() == []
+        assert session.exec(select(Item)).all() == []
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
     assert report.errors == [] and report.new_answers == 469 and report.sent == 1
 
@@ -267,7 +267,7 @@ async def test_permanent_rejections_suspend_after_max_bounces(
         subscriber = session.exec(select(Subscriber)).one()
         assert subscriber.suspended_at is not None
         assert session.exec(select(Outbox)).one().status == "dead"
-        assert session.exec(select(Question).where(col(Question.matched_at).is_(None))).all() == []
+        assert session.exec(select(Item).where(col(Item.matched_at).is_(None))).all() == []
     rows = alerts.list_alerts(engine)
     assert rows[0].suspended
     engine.dispose()
@@ -307,7 +307,7 @@ async def test_corrected_answer_goes_once_to_those_sent_the_original(
     assert len(_maildir(runtime.settings)) == 2
     with Session(runtime.engine) as session:
         versions = session.exec(
-            select(Ledger.answer_version).where(Ledger.api_id == SEN_QUESTION)
+            select(Ledger.version).where(Ledger.source_id == str(SEN_QUESTION))
         ).all()
         assert sorted(versions) == [1, 2]
 
@@ -345,7 +345,7 @@ async def test_a_failing_page_stores_nothing_and_sending_carries_on(
     ]
     assert len(failures) == 1 and standin_api.base_url in failures[0].getMessage()
     with Session(runtime.engine) as session:
-        assert session.exec(select(Question)).all() == []
+        assert session.exec(select(Item)).all() == []
         state = session.get(SourceState, "parliament")
         assert state is not None and state.high_water is None
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))

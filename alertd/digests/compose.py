@@ -27,9 +27,9 @@ from alertd.models import (
     ComposeFailure,
     DigestRun,
     Hit,
+    Item,
     Ledger,
     Outbox,
-    Question,
     Subscriber,
 )
 
@@ -278,9 +278,9 @@ def _pending_for(
 ) -> dict[int, list[Row]]:
     """Each subscriber's unsent hits on due alerts, by alert, newest answer first."""
     rows = session.exec(
-        select(Hit, Alert, Question)
+        select(Hit, Alert, Item)
         .join(Alert, col(Alert.id) == col(Hit.alert_id))
-        .join(Question, col(Question.id) == col(Hit.question_id))
+        .join(Item, col(Item.id) == col(Hit.item_id))
         .where(
             col(Hit.subscriber_id).in_(subscriber_ids),
             _unsent(),
@@ -288,11 +288,11 @@ def _pending_for(
             col(Alert.unsubscribed_at).is_(None),
             col(Alert.paused_at).is_(None),
         )
-        .order_by(col(Alert.id), col(Question.date_answered).desc(), col(Question.id))
+        .order_by(col(Alert.id), col(Item.date_answered).desc(), col(Item.id))
     ).all()
     pending: dict[int, list[Row]] = defaultdict(list)
-    for hit, alert, question in rows:
-        pending[hit.subscriber_id].append(Row(hit, alert, question))
+    for hit, alert, item in rows:
+        pending[hit.subscriber_id].append(Row(hit, alert, item))
     return pending
 
 
@@ -308,24 +308,25 @@ def pending_rows(session: Session, subscriber_id: int, frequencies: list[str]) -
 
 
 def _ledger_for(session: Session, subscriber_ids: Sequence[int]) -> dict[tuple[int, int], int]:
-    """The digest that already sent each (subscriber id, question id) of their unsent hits.
+    """The digest that already sent each (subscriber id, item id) of their unsent hits.
 
     Joined through the hits, so the query's size does not grow with the answers pending.
     """
     entries = session.exec(
-        select(Hit.subscriber_id, Hit.question_id, Ledger.outbox_id)
-        .join(Question, col(Question.id) == col(Hit.question_id))
+        select(Hit.subscriber_id, Hit.item_id, Ledger.outbox_id)
+        .join(Item, col(Item.id) == col(Hit.item_id))
         .join(
             Ledger,
             and_(
                 col(Ledger.subscriber_id) == col(Hit.subscriber_id),
-                col(Ledger.api_id) == col(Question.api_id),
-                col(Ledger.answer_version) == col(Question.answer_version),
+                col(Ledger.source) == col(Item.source),
+                col(Ledger.source_id) == col(Item.source_id),
+                col(Ledger.version) == col(Item.version),
             ),
         )
         .where(col(Hit.subscriber_id).in_(subscriber_ids), _unsent())
     ).all()
-    return {(subscriber_id, question_id): outbox for subscriber_id, question_id, outbox in entries}
+    return {(subscriber_id, item_id): outbox for subscriber_id, item_id, outbox in entries}
 
 
 def _settle(
@@ -334,7 +335,7 @@ def _settle(
     """The rows still to mail; those already mailed through another alert are done."""
     fresh = []
     for row in rows:
-        outbox_id = sent_before.get((row.hit.subscriber_id, row.hit.question_id))
+        outbox_id = sent_before.get((row.hit.subscriber_id, row.hit.item_id))
         if outbox_id is None:
             fresh.append(row)
         else:
@@ -385,8 +386,8 @@ def _write(
     if done:
         session.exec(update(Hit), params=done)
     if ledger:
-        # Unique on (subscriber, api_id, answer_version): a racing duplicate aborts the
-        # whole transaction, so no answer can ever be mailed twice to one person.
+        # Unique on (subscriber, source, source_id, version): a racing duplicate aborts the
+        # whole transaction, so no item version can ever be mailed twice to one person.
         session.exec(insert(Ledger), params=ledger)
 
 
@@ -400,16 +401,17 @@ def _claim(
     claimed: set[int] = set()
     for row in rows:
         done.append({"id": row.hit.id, "outbox_id": outbox_id})
-        question = row.question
-        if question.id is None or question.id in claimed:
+        item = row.item
+        if item.id is None or item.id in claimed:
             continue
-        claimed.add(question.id)
+        claimed.add(item.id)
         ledger.append(
             {
                 "subscriber_id": row.hit.subscriber_id,
-                "api_id": question.api_id,
-                "answer_version": question.answer_version,
-                "question_id": question.id,
+                "source": item.source,
+                "source_id": item.source_id,
+                "version": item.version,
+                "item_id": item.id,
                 "outbox_id": outbox_id,
                 "created_at": now,
             }

@@ -15,25 +15,25 @@ from alertd.digests.render import Digest, DigestItem, DigestSection, describe_al
 from alertd.errors import QueryError
 from alertd.links import alert_feed_url
 from alertd.matching.analysis import Highlights, highlight_terms, parse_query
-from alertd.models import Alert, Hit, Member, Question, Subscriber
+from alertd.models import Alert, Hit, Item, Member, Subscriber
+from alertd.sources.source import feed_name
 from alertd.tokens import make_token
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
-_PARLIAMENT = "parliament"
 # Distinct (answer, queries, also-labels) items one run keeps; past it the memo starts over.
 ITEM_MEMO_LIMIT = 20_000
 
-# (question id, answer version, the matched alerts' canonical queries, also-matches)
+# (item id, version, the matched alerts' canonical queries, also-matches)
 _ItemKey = tuple[int, int, frozenset[str], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
 class Row:
-    """A pending hit with its alert and answer, as a digest is built from them."""
+    """A pending hit with its alert and item, as a digest is built from them."""
 
     hit: Hit
     alert: Alert
-    question: Question
+    item: Item
 
 
 class ComposeMemo:
@@ -77,20 +77,18 @@ class ComposeMemo:
             self._highlights[canonical] = _highlights(canonical)
         return self._highlights[canonical]
 
-    def item(
-        self, question: Question, also: tuple[str, ...], queries: frozenset[str]
-    ) -> DigestItem:
-        """The item for an answer matched by alerts with these canonical queries."""
-        assert question.id is not None
-        key = (question.id, question.answer_version, queries, also)
-        item = self._items.get(key)
-        if item is None:
+    def item(self, item: Item, also: tuple[str, ...], queries: frozenset[str]) -> DigestItem:
+        """The digest's form of an item matched by alerts with these canonical queries."""
+        assert item.id is not None
+        key = (item.id, item.version, queries, also)
+        shown = self._items.get(key)
+        if shown is None:
             marks = merge_highlights(h for q in queries if (h := self.highlights(q)) is not None)
-            item = _item(question, self.settings, also, marks)
+            shown = _item(item, self.settings, also, marks)
             if len(self._items) >= ITEM_MEMO_LIMIT:
                 self._items.clear()
-            self._items[key] = item
-        return item
+            self._items[key] = shown
+        return shown
 
 
 def _followed(alert: Alert) -> int | None:
@@ -157,30 +155,30 @@ def _group(
     """
     alerts_of: dict[int, list[Alert]] = defaultdict(list)
     for row in rows:
-        assert row.question.id is not None
-        alerts_of[row.question.id].append(row.alert)
+        assert row.item.id is not None
+        alerts_of[row.item.id].append(row.alert)
     limit = memo.settings.digest.max_per_alert
     placed: set[int] = set()
     shown: dict[int, list[DigestItem]] = defaultdict(list)
     totals: Counter[int] = Counter()
     order: list[Alert] = []
     for row in rows:
-        question_id, alert_id = row.question.id, row.alert.id
-        assert question_id is not None and alert_id is not None
-        if question_id in placed:
+        item_id, alert_id = row.item.id, row.alert.id
+        assert item_id is not None and alert_id is not None
+        if item_id in placed:
             continue
-        placed.add(question_id)
+        placed.add(item_id)
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
         if totals[alert_id] > limit:
             continue
-        matched = alerts_of[question_id]
+        matched = alerts_of[item_id]
         others = tuple(
             dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
         )
         queries = frozenset(a.canonical for a in matched)
-        shown[alert_id].append(memo.item(row.question, others, queries))
+        shown[alert_id].append(memo.item(row.item, others, queries))
     return order, shown, totals
 
 
@@ -217,32 +215,32 @@ def _person(name: str | None, party: str | None, constituency: str | None) -> st
 
 
 def _item(
-    question: Question, settings: Settings, also: tuple[str, ...], highlights: Highlights
+    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
 ) -> DigestItem:
-    feed = question.source != _PARLIAMENT
+    feed = feed_name(item.source)
     asked = _person(
-        question.asking_member_name,
-        question.asking_member_party,
-        question.asking_member_constituency,
+        item.asking_member_name,
+        item.asking_member_party,
+        item.asking_member_constituency,
     )
-    text = mark(question.question_text, highlights)
-    answer = excerpt_around(question.answer_text, highlights, settings.digest.excerpt_chars)
+    text = mark(item.question_text, highlights)
+    answer = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
     return DigestItem(
-        heading=flatten(question.heading) or f"Question {question.uin}",
-        department=question.answering_body_name or "",
-        asked_by="" if feed else asked,
-        answered_by=_name(question.answering_member_name),
-        date_tabled=question.date_tabled,
-        date_answered=question.date_answered,
+        heading=flatten(item.heading) or f"Question {item.uin or ''}",
+        department=item.answering_body_name or "",
+        asked_by="" if feed is not None else asked,
+        answered_by=_name(item.answering_member_name),
+        date_tabled=item.date_tabled,
+        date_answered=item.date_answered,
         question_text=text.text,
         answer_excerpt=answer.text,
-        url=question.url,
-        uin=question.uin,
-        house=question.house,
-        corrected=question.date_answer_corrected is not None,
+        url=item.url,
+        uin=item.uin or "",
+        house=item.house or "",
+        corrected=item.date_answer_corrected is not None,
         also_matches=also,
         question_marks=text.spans,
         excerpt_marks=answer.spans,
-        source=question.source if feed else "",
-        answer_html=question.answer_html,
+        source=feed or "",
+        answer_html=item.answer_html,
     )

@@ -92,7 +92,7 @@ class DigestItem:
     department: str
     asked_by: str
     answered_by: str
-    date_tabled: date
+    date_tabled: date | None
     date_answered: date | None
     question_text: str
     answer_excerpt: str

@@ -21,8 +21,8 @@ from alertd.digests.items import Row, build_digest
 from alertd.digests.render import Digest, render_message
 from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.matching.analysis import analyse, parse_query
-from alertd.matching.hits import question_document
-from alertd.models import Alert, Hit, Question, Subscriber
+from alertd.matching.hits import item_document
+from alertd.models import Alert, Hit, Item, Subscriber
 
 DEFAULT_DAYS = 30
 
@@ -68,16 +68,16 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
         .where(Alert.subscriber_id == subscriber_id, col(Alert.unsubscribed_at).is_(None))
         .order_by(col(Alert.id))
     ).all()
-    questions = session.exec(
-        select(Question)
+    items = session.exec(
+        select(Item)
         .where(
-            col(Question.is_holding).is_(False),
-            col(Question.is_withdrawn).is_(False),
-            col(Question.date_answered) >= since.date(),
+            col(Item.is_holding).is_(False),
+            col(Item.is_withdrawn).is_(False),
+            col(Item.date_answered) >= since.date(),
         )
-        .order_by(col(Question.date_answered).desc(), col(Question.id))
+        .order_by(col(Item.date_answered).desc(), col(Item.id))
     ).all()
-    documents = [analyse(question_document(question)) for question in questions]
+    documents = [analyse(item_document(item)) for item in items]
     rows: list[Row] = []
     for alert in alerts:
         assert alert.id is not None
@@ -85,16 +85,16 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
             query = parse_query(alert.canonical)
         except QueryError:
             continue
-        for question, document in zip(questions, documents, strict=True):
-            if question.id is not None and query.matches(document):
+        for item, document in zip(items, documents, strict=True):
+            if item.id is not None and query.matches(document):
                 # A hit in memory only: the sample changes nothing in the database.
                 hit = Hit(
                     alert_id=alert.id,
                     subscriber_id=subscriber_id,
-                    question_id=question.id,
+                    item_id=item.id,
                     created_at=now,
                 )
-                rows.append(Row(hit, alert, question))
+                rows.append(Row(hit, alert, item))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Hits: match answer versions not matched yet against every live alert, and record the hits."""
+"""Hits: match the items not matched yet against every live alert, and record the hits."""
 
 from __future__ import annotations
 
@@ -15,20 +15,20 @@ from alertd.db import transaction
 from alertd.errors import QueryError
 from alertd.matching.analysis import Document, Query, analyse, parse_query
 from alertd.matching.engine import MatchEngine
-from alertd.models import Alert, Hit, Question, Subscriber
+from alertd.models import Alert, Hit, Item, Subscriber
 
 log = logging.getLogger("alertd.matching.hits")
 
 
-def question_document(question: Question) -> Document:
+def item_document(item: Item) -> Document:
     return Document(
-        heading=question.heading,
-        question_text=question.question_text,
-        answer_text=question.answer_text,
-        house=question.house,
-        asking_member_id=question.asking_member_id,
-        answering_member_id=question.answering_member_id,
-        answering_body_id=question.answering_body_id,
+        heading=item.heading,
+        question_text=item.question_text,
+        answer_text=item.answer_text,
+        house=item.house or "",
+        asking_member_id=item.asking_member_id,
+        answering_member_id=item.answering_member_id,
+        answering_body_id=item.answering_body_id,
     )
 
 
@@ -68,56 +68,57 @@ def match_new_answers(engine: Engine, *, now: datetime) -> int:
     subscriber is never flooded with history. Returns the number of hits recorded.
     """
     with transaction(engine) as session:
-        questions = session.exec(
-            select(Question)
-            .where(col(Question.matched_at).is_(None))
-            .order_by(col(Question.id))
+        items = session.exec(
+            select(Item)
+            .where(col(Item.matched_at).is_(None))
+            .order_by(col(Item.id))
             # Several workers: each matches the answers no other is matching right now.
             .with_for_update(skip_locked=True)
         ).all()
-        if not questions:
+        if not items:
             return 0
-        corrections = {q.id for q in questions if _corrects_an_answer(session, q)}
-        hits = sum(_correction_hits(session, q, now) for q in questions if q.id in corrections)
-        fresh = [q for q in questions if q.id not in corrections]
+        corrections = {q.id for q in items if _corrects_an_answer(session, q)}
+        hits = sum(_correction_hits(session, q, now) for q in items if q.id in corrections)
+        fresh = [q for q in items if q.id not in corrections]
         hits += _match_fresh(session, fresh, now)
-        for question in questions:
-            question.matched_at = now
-            session.add(question)
-    log.info("matched %d new answer versions: %d hits", len(questions), hits)
+        for item in items:
+            item.matched_at = now
+            session.add(item)
+    log.info("matched %d new items: %d hits", len(items), hits)
     return hits
 
 
-def _match_fresh(session: Session, questions: Sequence[Question], now: datetime) -> int:
+def _match_fresh(session: Session, items: Sequence[Item], now: datetime) -> int:
     """Hits of answers seen for the first time (or substantive after a holding answer)."""
-    if not questions:
+    if not items:
         return 0
     grouped = _live_alerts(session)
-    documents = [analyse(question_document(q)) for q in questions]
+    documents = [analyse(item_document(q)) for q in items]
     matched = MatchEngine(_compile(grouped)).match(documents)
     hits = 0
     for canonical, indexes in matched.items():
         for alert in grouped[canonical]:
-            hits += _record_hits(session, alert, [questions[i] for i in indexes], now)
+            hits += _record_hits(session, alert, [items[i] for i in indexes], now)
     return hits
 
 
-def _earlier_answers(question: Question) -> SelectOfScalar[int | None]:
-    return select(col(Question.id)).where(
-        Question.api_id == question.api_id,
-        col(Question.answer_version) < question.answer_version,
-        col(Question.is_holding).is_(False),
+def _earlier_answers(item: Item) -> SelectOfScalar[int | None]:
+    return select(col(Item.id)).where(
+        Item.source == item.source,
+        Item.source_id == item.source_id,
+        col(Item.version) < item.version,
+        col(Item.is_holding).is_(False),
     )
 
 
-def _corrects_an_answer(session: Session, question: Question) -> bool:
+def _corrects_an_answer(session: Session, item: Item) -> bool:
     """A correction of an answer alertd stored (a first sight of a corrected one is fresh)."""
-    if question.date_answer_corrected is None or question.answer_version == 1:
+    if item.date_answer_corrected is None or item.version == 1:
         return False
-    return session.exec(_earlier_answers(question)).first() is not None
+    return session.exec(_earlier_answers(item)).first() is not None
 
 
-def _correction_hits(session: Session, correction: Question, now: datetime) -> int:
+def _correction_hits(session: Session, correction: Item, now: datetime) -> int:
     """A corrected answer goes to the people the earlier answer went to, under the same alert."""
     assert correction.id is not None
     earlier = _earlier_answers(correction)
@@ -125,7 +126,7 @@ def _correction_hits(session: Session, correction: Question, now: datetime) -> i
         select(Hit.alert_id, Hit.subscriber_id)
         .join(Alert, col(Alert.id) == col(Hit.alert_id))
         .where(
-            col(Hit.question_id).in_(earlier),
+            col(Hit.item_id).in_(earlier),
             col(Hit.outbox_id).is_not(None),
             col(Alert.unsubscribed_at).is_(None),
         )
@@ -136,25 +137,25 @@ def _correction_hits(session: Session, correction: Question, now: datetime) -> i
             Hit(
                 alert_id=alert_id,
                 subscriber_id=subscriber_id,
-                question_id=correction.id,
+                item_id=correction.id,
                 created_at=now,
             )
         )
     return len(mailed)
 
 
-def _record_hits(session: Session, alert: Alert, questions: list[Question], now: datetime) -> int:
+def _record_hits(session: Session, alert: Alert, items: list[Item], now: datetime) -> int:
     assert alert.id is not None
     count = 0
-    for question in questions:
-        assert question.id is not None
-        if alert.confirmed_at is not None and question.ingested_at < alert.confirmed_at:
+    for item in items:
+        assert item.id is not None
+        if alert.confirmed_at is not None and item.ingested_at < alert.confirmed_at:
             continue
         session.add(
             Hit(
                 alert_id=alert.id,
                 subscriber_id=alert.subscriber_id,
-                question_id=question.id,
+                item_id=item.id,
                 created_at=now,
             )
         )

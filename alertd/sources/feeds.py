@@ -7,7 +7,7 @@ import calendar
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,17 +20,17 @@ from sqlmodel import Session, col, select
 from alertd.config import FeedConfig
 from alertd.db import transaction
 from alertd.errors import (
-    AlertdError,
-    FeedGone,
     PermanentError,
+    SourceGone,
     SourceInvalid,
-    SourceUnavailable,
     TransientError,
     UsageError,
 )
 from alertd.htmltext import html_to_text, sanitise_html
-from alertd.models import Feed, FeedEntry, Question
-from alertd.sources.ingest import PollLease, record_poll, take_poll_lease
+from alertd.models import Feed, Item, ItemKind, SourceState
+from alertd.sources import http
+from alertd.sources.source import PollResult, feed_source
+from alertd.sources.state import PollLease, record_poll, source_states, take_poll_lease
 
 log = logging.getLogger("alertd.sources.feeds")
 MAX_REDIRECTS = 5
@@ -63,7 +63,7 @@ async def fetch_feed(client: httpx.AsyncClient, feed: Feed) -> Fetched:
 
     Raises:
         SourceUnavailable: timeout, connection error, 429 or 5xx.
-        FeedGone: 410.
+        SourceGone: 410.
         SourceInvalid: any other failure status, or too many redirects.
     """
     headers = {"Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9"}
@@ -73,38 +73,18 @@ async def fetch_feed(client: httpx.AsyncClient, feed: Feed) -> Fetched:
         headers["If-Modified-Since"] = feed.last_modified
     url, moved_to, permanent = feed.url, None, True
     for _ in range(MAX_REDIRECTS + 1):
-        response = await _get(client, url, headers)
+        response = await http.get(client, url, headers=headers, follow_redirects=False)
         if response.status_code in PERMANENT + TEMPORARY and "location" in response.headers:
             url = str(response.url.join(response.headers["location"]))
             # Only a chain of permanent redirects moves the feed for good.
             permanent = permanent and response.status_code in PERMANENT
             moved_to = url if permanent else moved_to
             continue
-        return _outcome(response, moved_to)
+        http.check_status(response, ok=(200, 304))
+        etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
+        body = None if response.status_code == 304 else response.content
+        return Fetched(body, etag, modified, moved_to)
     raise SourceInvalid(f"feed {feed.url} redirects more than {MAX_REDIRECTS} times")
-
-
-async def _get(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
-    try:
-        return await client.get(url, headers=headers, follow_redirects=False)
-    except httpx.TimeoutException as exc:
-        raise SourceUnavailable(f"GET {url} timed out") from exc
-    except httpx.HTTPError as exc:
-        raise SourceUnavailable(f"GET {url} failed: {exc!r}") from exc
-
-
-def _outcome(response: httpx.Response, moved_to: str | None) -> Fetched:
-    url, status = str(response.url), response.status_code
-    etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
-    if status == 304:
-        return Fetched(None, etag, modified, moved_to)
-    if status == 410:
-        raise FeedGone(f"GET {url} answered 410 Gone: feed disabled")
-    if status == 429 or status >= 500:
-        raise SourceUnavailable(f"GET {url} answered HTTP {status}")
-    if status != 200:
-        raise SourceInvalid(f"GET {url} answered HTTP {status}")
-    return Fetched(response.content, etag, modified, moved_to)
 
 
 def _published(entry: Any) -> datetime | None:
@@ -150,137 +130,130 @@ def parse_feed(body: bytes, url: str) -> list[FeedItem]:
     return [_item(entry) for entry in parsed.entries]
 
 
-def store_feed_items(engine: Engine, feed: Feed, items: list[FeedItem], *, now: datetime) -> int:
-    """Store items not seen before; on the feed's first good fetch, as seen (never alerted)."""
-    assert feed.id is not None
+def store_feed_items(
+    engine: Engine, feed: Feed, items: list[FeedItem], *, now: datetime, seeding: bool
+) -> int:
+    """Store items not seen before; when ``seeding`` (the feed's first good fetch), as
+    matched already: what a feed holds when it is added is never alerted."""
+    source = feed_source(feed.name)
     new = 0
     with transaction(engine) as session:
         for item in items:
             seen = session.exec(
-                select(FeedEntry.id).where(FeedEntry.feed_id == feed.id, FeedEntry.uid == item.uid)
+                select(Item.id).where(Item.source == source, Item.source_id == item.uid)
             ).first()
             if seen is not None:
                 continue
-            entry = FeedEntry(feed_id=feed.id, uid=item.uid, first_seen_at=now)
-            session.add(entry)
-            session.flush()
-            assert entry.id is not None
-            session.add(_question_row(feed, entry.id, item, now))
+            session.add(_item_row(source, item, now, seeding))
             new += 1
     return new
 
 
-def _question_row(feed: Feed, entry_id: int, item: FeedItem, now: datetime) -> Question:
-    day = (item.published or now).date()
-    return Question(
-        api_id=-entry_id,
-        source=feed.name,
-        answer_version=1,
+def _item_row(source: str, item: FeedItem, now: datetime, seeding: bool) -> Item:
+    return Item(
+        kind=ItemKind.FEED_ITEM,
+        source=source,
+        source_id=item.uid,
+        version=1,
         version_key="feed",
-        uin="",
-        house="",
         heading=item.title,
         answer_html=item.summary_html,
         answer_text=item.summary_text,
-        date_tabled=day,
-        date_answered=day,
         url=item.link,
+        date_answered=(item.published or now).date(),
+        published_at=item.published,
         ingested_at=now,
-        matched_at=None if feed.seeded else now,
+        matched_at=now if seeding else None,
     )
 
 
-async def poll_feed(engine: Engine, client: httpx.AsyncClient, feed: Feed, now: datetime) -> int:
-    """One conditional fetch of one feed; returns how many new items were stored.
+@dataclass
+class FeedSource:
+    """One RSS/Atom feed as a source: a conditional GET, its new items stored."""
 
-    Raises:
-        SourceUnavailable, SourceInvalid, FeedGone: recorded on the feed, then raised.
-    """
-    try:
-        fetched = await fetch_feed(client, feed)
-        items = (
-            []
-            if fetched.body is None
-            else await asyncio.to_thread(parse_feed, fetched.body, feed.url)
-        )
-        new = store_feed_items(engine, feed, items, now=now) if items else 0
-    except FeedGone as exc:
-        _record(engine, feed, now, error=str(exc), disable=True)
-        raise
-    except (TransientError, PermanentError) as exc:
-        _record(engine, feed, now, error=str(exc))
-        raise
-    _record(engine, feed, now, fetched=fetched)
-    return new
+    engine: Engine
+    client: httpx.AsyncClient
+    feed: Feed
+    lease: PollLease
+    # Whether the feed had a good fetch before (its items then are alerted).
+    seeded: bool
+
+    @property
+    def name(self) -> str:
+        return feed_source(self.feed.name)
+
+    async def poll(self, now: datetime) -> PollResult:
+        """One conditional fetch of the feed; its validators, its poll state, and any new
+        address or 410 (it is disabled) are recorded.
+
+        Raises:
+            SourceUnavailable, SourceInvalid (SourceGone on 410): the poll failed.
+        """
+        engine, feed, name = self.engine, self.feed, self.name
+        taken = await asyncio.to_thread(take_poll_lease, engine, name, self.lease, now=now)
+        if taken is False:
+            return PollResult(name, fetched=0, new_items=0, polled=False)
+        try:
+            fetched = await fetch_feed(self.client, feed)
+            items = (
+                []
+                if fetched.body is None
+                else await asyncio.to_thread(parse_feed, fetched.body, feed.url)
+            )
+            new = (
+                await asyncio.to_thread(
+                    store_feed_items, engine, feed, items, now=now, seeding=not self.seeded
+                )
+                if items
+                else 0
+            )
+        except (TransientError, PermanentError) as exc:
+            if isinstance(exc, SourceGone):
+                await asyncio.to_thread(_disable, engine, feed, str(exc))
+            await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
+            raise
+        await asyncio.to_thread(_record_fetch, engine, feed, fetched)
+        await asyncio.to_thread(record_poll, engine, name, now=now, new_count=new)
+        return PollResult(name, fetched=len(items), new_items=new)
 
 
-def _record(
-    engine: Engine,
-    feed: Feed,
-    now: datetime,
-    *,
-    fetched: Fetched | None = None,
-    error: str | None = None,
-    disable: bool = False,
-) -> None:
+def _disable(engine: Engine, feed: Feed, reason: str) -> None:
     with transaction(engine) as session:
         row = session.get(Feed, feed.id)
         assert row is not None
-        row.last_poll_at, row.last_error = now, error
-        if disable:
-            row.enabled, row.disabled_reason = False, error
-            log.warning("feed %s disabled: %s", row.name, error)
-        if fetched is not None:
-            row.last_ok_at, row.seeded = now, True
-            row.etag = fetched.etag or row.etag
-            row.last_modified = fetched.last_modified or row.last_modified
-            if fetched.moved_to and fetched.moved_to != row.url:
-                log.info("feed %s moved permanently: %s -> %s", row.name, row.url, fetched.moved_to)
-                row.url = fetched.moved_to
+        row.enabled, row.disabled_reason = False, reason
+    log.warning("feed %s disabled: %s", feed.name, reason)
 
 
-@dataclass
-class FeedsPolled:
-    new_items: int = 0
-    errors: list[str] = field(default_factory=list)
+def _record_fetch(engine: Engine, feed: Feed, fetched: Fetched) -> None:
+    """Keep the feed's validators for the next conditional GET, and its new address."""
+    with transaction(engine) as session:
+        row = session.get(Feed, feed.id)
+        assert row is not None
+        row.etag = fetched.etag or row.etag
+        row.last_modified = fetched.last_modified or row.last_modified
+        if fetched.moved_to and fetched.moved_to != row.url:
+            log.info("feed %s moved permanently: %s -> %s", row.name, row.url, fetched.moved_to)
+            row.url = fetched.moved_to
 
 
-async def poll_due_feeds(
+def due_feed_sources(
     engine: Engine,
     client: httpx.AsyncClient,
     *,
     now: datetime,
     default_interval_minutes: int,
     lease: PollLease,
-) -> FeedsPolled:
-    """Poll every enabled feed whose interval has passed; one failing feed stops no other."""
-    outcome = FeedsPolled()
-    for feed in due_feeds(engine, now, default_interval_minutes):
-        source = f"feed:{feed.name}"
-        if take_poll_lease(engine, source, lease, now=now) is False:
-            continue  # another worker is polling it
-        try:
-            new = await poll_feed(engine, client, feed, now)
-        except AlertdError as exc:
-            log.error("poll of feed %s failed: %s", feed.name, exc)
-            record_poll(engine, source, now=now, error=str(exc))
-            outcome.errors.append(str(exc))
-            continue
-        record_poll(engine, source, now=now, new_count=new)
-        log.info("polled feed %s: %d new items", feed.name, new)
-        outcome.new_items += new
-    return outcome
-
-
-def due_feeds(engine: Engine, now: datetime, default_interval_minutes: int) -> list[Feed]:
-    with Session(engine) as session:
-        feeds = session.exec(select(Feed).where(col(Feed.enabled).is_(True))).all()
-    due = []
-    for feed in feeds:
+) -> list[FeedSource]:
+    """Every enabled feed whose interval has passed since its last poll, as a source."""
+    sources = []
+    for feed, state in list_feeds(engine, enabled_only=True):
         interval_s = 60 * (feed.poll_interval_minutes or default_interval_minutes)
-        if feed.last_poll_at is None or (now - feed.last_poll_at).total_seconds() >= interval_s:
-            due.append(feed)
-    return due
+        last_poll = state.last_poll_at if state else None
+        if last_poll is None or (now - last_poll).total_seconds() >= interval_s:
+            seeded = state is not None and state.last_ok_at is not None
+            sources.append(FeedSource(engine, client, feed, lease, seeded))
+    return sources
 
 
 def add_feed(engine: Engine, name: str, url: str, interval_minutes: int | None = None) -> Feed:
@@ -320,9 +293,17 @@ def remove_feed(engine: Engine, name: str) -> None:
         feed.enabled, feed.disabled_reason = False, "removed"
 
 
-def list_feeds(engine: Engine) -> list[Feed]:
+def list_feeds(
+    engine: Engine, *, enabled_only: bool = False
+) -> list[tuple[Feed, SourceState | None]]:
+    """The feeds by name, each with its poll state (None before its first poll)."""
+    statement = select(Feed).order_by(col(Feed.name))
+    if enabled_only:
+        statement = statement.where(col(Feed.enabled).is_(True))
     with Session(engine) as session:
-        return list(session.exec(select(Feed).order_by(Feed.name)).all())
+        feeds = session.exec(statement).all()
+    states = source_states(engine, [feed_source(feed.name) for feed in feeds])
+    return [(feed, states.get(feed_source(feed.name))) for feed in feeds]
 
 
 def sync_config_feeds(engine: Engine, configured: Sequence[FeedConfig]) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 
 from alertd.config import ParliamentSettings
-from alertd.errors import PermanentError, SourceInvalid, SourceUnavailable
+from alertd.errors import PermanentError, SourceInvalid
 from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
+from alertd.sources import http
 
 log = logging.getLogger("alertd.sources.parliament")
 LIST_PATH = "/api/writtenquestions/questions"
@@ -50,7 +51,6 @@ class AnswerItem:
     date_answered: date | None
     date_answer_corrected: date | None
     is_holding: bool
-    is_correction: bool
     is_withdrawn: bool
 
     @property
@@ -127,7 +127,6 @@ def parse_item(value: Mapping[str, Any]) -> AnswerItem:
                 value.get("dateAnswerCorrected"), "dateAnswerCorrected"
             ),
             is_holding=bool(value.get("answerIsHolding")),
-            is_correction=bool(value.get("answerIsCorrection")),
             is_withdrawn=bool(value.get("isWithdrawn")),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -148,21 +147,14 @@ class ParliamentApi:
 
     async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
         url = self.settings.base_url.rstrip("/") + path
-        try:
-            response = await self.client.get(url, params=params)
-        except httpx.TimeoutException as exc:
-            raise SourceUnavailable(f"GET {url} timed out") from exc
-        except httpx.HTTPError as exc:
-            raise SourceUnavailable(f"GET {url} failed: {exc!r}") from exc
-        shown = str(response.url)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise SourceUnavailable(f"GET {shown} answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise SourceInvalid(f"GET {shown} answered HTTP {response.status_code}")
+        response = await http.get(
+            self.client, url, params=params, headers={"Accept": "application/json"}
+        )
+        http.check_status(response)
         try:
             return json.loads(response.content)
         except ValueError as exc:
-            raise SourceInvalid(f"GET {shown} returned broken JSON: {exc}") from exc
+            raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
 
     async def list_answers(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
         """Every ``value`` of a listing, paging with skip/take until ``totalResults``.
@@ -252,8 +244,5 @@ def _page_results(page: Any, skip: int) -> tuple[int, list[Any]]:
 
 
 def make_http_client(settings: ParliamentSettings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.timeout_s),
-        headers={"User-Agent": settings.user_agent, "Accept": "application/json"},
-        follow_redirects=True,
-    )
+    """The client every source shares: the Parliament settings' User-Agent and timeout."""
+    return http.make_client(settings.user_agent, settings.timeout_s)

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
 from alertd.links import alert_feed_url
-from alertd.models import Alert, Hit, Question
+from alertd.models import Alert, Hit, Item, ItemKind
+from alertd.sources.source import feed_name
 from alertd.web.context import Ctx
 
 ATOM = "http://www.w3.org/2005/Atom"
@@ -20,28 +21,35 @@ FEED_ENTRIES = 50
 router = APIRouter(tags=["feeds"])
 
 
-def _stamp(question: Question) -> str:
-    day = question.date_answer_corrected or question.date_answered or question.date_tabled
+def _stamp(item: Item) -> str:
+    day = item.date_answer_corrected or item.date_answered or item.date_tabled
+    if day is None:
+        return item.ingested_at.isoformat()
     return datetime.combine(day, time(0, 0), UTC).isoformat()
 
 
-def _entry(feed: ET.Element, question: Question) -> None:
+def _entry(feed: ET.Element, item: Item) -> None:
     entry = ET.SubElement(feed, "entry")
-    ET.SubElement(
-        entry, "id"
-    ).text = f"urn:alertd:answer:{question.api_id}:{question.answer_version}"
-    corrected = " (corrected answer)" if question.date_answer_corrected else ""
-    ET.SubElement(entry, "title").text = (question.heading or question.uin) + corrected
-    ET.SubElement(entry, "link", href=question.url)
-    ET.SubElement(entry, "updated").text = _stamp(question)
-    if question.asking_member_name:
+    ET.SubElement(entry, "id").text = _entry_id(item)
+    corrected = " (corrected answer)" if item.date_answer_corrected else ""
+    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + corrected
+    ET.SubElement(entry, "link", href=item.url)
+    ET.SubElement(entry, "updated").text = _stamp(item)
+    if item.asking_member_name:
         author = ET.SubElement(entry, "author")
-        ET.SubElement(author, "name").text = question.asking_member_name
-    summary = " ".join(part for part in (question.question_text, question.answer_text) if part)
+        ET.SubElement(author, "name").text = item.asking_member_name
+    summary = " ".join(part for part in (item.question_text, item.answer_text) if part)
     ET.SubElement(entry, "summary").text = summary[:2000]
-    if question.answering_body_name or question.source != "parliament":
-        category = question.answering_body_name or question.source
+    category = item.answering_body_name or feed_name(item.source)
+    if category:
         ET.SubElement(entry, "category", term=category)
+
+
+def _entry_id(item: Item) -> str:
+    # Parliament answers keep the ids their entries always had; feed readers key on them.
+    if item.kind == ItemKind.WRITTEN_QUESTION:
+        return f"urn:alertd:answer:{item.source_id}:{item.version}"
+    return f"urn:alertd:item:{item.id}"
 
 
 def render_alert_feed(engine: Engine, alert_id: int, self_url: str) -> bytes | None:
@@ -50,23 +58,23 @@ def render_alert_feed(engine: Engine, alert_id: int, self_url: str) -> bytes | N
         alert = session.get(Alert, alert_id)
         if alert is None or alert.unsubscribed_at is not None:
             return None
-        questions = session.exec(
-            select(Question)
-            .join(Hit, col(Hit.question_id) == col(Question.id))
+        items = session.exec(
+            select(Item)
+            .join(Hit, col(Hit.item_id) == col(Item.id))
             .where(Hit.alert_id == alert_id)
-            .order_by(col(Hit.created_at).desc(), col(Question.id).desc())
+            .order_by(col(Hit.created_at).desc(), col(Item.id).desc())
             .limit(FEED_ENTRIES)
         ).all()
         feed = ET.Element("feed", xmlns=ATOM)
         ET.SubElement(feed, "id").text = f"urn:alertd:alert:{alert_id}"
         ET.SubElement(feed, "title").text = f"alertd: {alert_label(session, alert)}"
         ET.SubElement(feed, "link", rel="self", href=self_url)
-        updated = max((_stamp(q) for q in questions), default=alert.created_at.isoformat())
+        updated = max((_stamp(q) for q in items), default=alert.created_at.isoformat())
         ET.SubElement(feed, "updated").text = updated
         author = ET.SubElement(feed, "author")
         ET.SubElement(author, "name").text = "alertd"
-        for question in questions:
-            _entry(feed, question)
+        for item in items:
+            _entry(feed, item)
     document: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
     return document
 

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from alertd import alerts
 from alertd.config import Frequency
 from alertd.errors import AlertdError, MailFailed, QueryError, RateLimited, UsageError
-from alertd.models import Question
+from alertd.models import Item
 from alertd.web import service
 from alertd.web.context import WebContext
 from alertd.web.mail import CONFIRM_SUBJECT, LINK_SUBJECT, MANAGE_SUBJECT, build_mail, send_mail
@@ -170,7 +170,7 @@ class Preview:
 
     count: int
     days: int
-    examples: tuple[Question, ...]
+    examples: tuple[Item, ...]
 
 
 def preview(ctx: WebContext, query_text: str) -> Preview:

@@ -232,9 +232,6 @@ def update_alert(
         alert = _owned(session, subscriber_id, alert_id)
         if paused is not None and paused != (alert.paused_at is not None):
             alert.paused_at = now if paused else None
-            if not paused and alert.confirmed:
-                # Resumed alerts carry on from now: what came while paused is not sent.
-                alert.last_digest_at = now
         if frequency is not None:
             alert.frequency = frequency
         session.add(alert)

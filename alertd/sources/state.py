@@ -1,0 +1,84 @@
+"""Poll state of every source, in SourceState: who holds a poll (lease), how polls went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from alertd.db import transaction
+from alertd.models import SourceState
+
+
+@dataclass(frozen=True)
+class PollLease:
+    """Who polls: ``owner`` holds a source for ``lease_s``; nobody repolls within ``min_gap``."""
+
+    owner: str
+    lease_s: float
+    min_gap: timedelta
+
+
+def take_poll_lease(
+    engine: Engine, source: str, lease: PollLease, *, now: datetime
+) -> date | None | Literal[False]:
+    """Take the source for this worker; False when another holds it or it was just polled.
+
+    Returns the source's high-water mark (None before its first good poll).
+    """
+    wall = datetime.now(UTC)
+    try:
+        with transaction(engine) as session:
+            state = session.exec(
+                select(SourceState)
+                .where(SourceState.name == source)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if state is None:
+                if session.get(SourceState, source) is not None:
+                    return False  # locked by another worker right now
+                state = SourceState(name=source)
+            held = state.lease_until is not None and state.lease_until > wall
+            recent = state.last_ok_at is not None and now - state.last_ok_at < lease.min_gap
+            if (held and state.lease_owner != lease.owner) or recent:
+                return False
+            state.lease_owner = lease.owner
+            state.lease_until = wall + timedelta(seconds=lease.lease_s)
+            session.add(state)
+            return state.high_water
+    except IntegrityError:
+        return False  # another worker created the row first
+
+
+def record_poll(
+    engine: Engine,
+    source: str,
+    *,
+    now: datetime,
+    error: str | None = None,
+    high_water: date | None = None,
+    new_count: int = 0,
+) -> None:
+    """Record a poll's outcome and free the source's lease."""
+    with transaction(engine) as session:
+        state = session.get(SourceState, source) or SourceState(name=source)
+        state.last_poll_at = now
+        state.last_error = error
+        state.lease_owner, state.lease_until = None, None
+        if error is None:
+            state.last_ok_at = now
+            state.last_new_count = new_count
+            if high_water is not None:
+                state.high_water = max(high_water, state.high_water or high_water)
+        session.add(state)
+
+
+def source_states(engine: Engine, names: list[str]) -> dict[str, SourceState]:
+    """The poll state of these sources, by name (a source never polled has none)."""
+    with Session(engine) as session:
+        rows = session.exec(select(SourceState).where(col(SourceState.name).in_(names))).all()
+    return {row.name: row for row in rows}
