@@ -106,6 +106,12 @@ def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
     about_the_poll = [line for line in err.splitlines() if "poll" in line and "running" not in line]
     assert len(about_the_poll) == 1, err
     assert "abandoned" in about_the_poll[0]
+    # The abandoned poll freed its lease: a worker started now polls at once.
+    with sqlite3.connect(tmp_path / "alertd.db") as connection:
+        leases = connection.execute(
+            "SELECT lease_owner, lease_until FROM sourcestate WHERE name = 'parliament'"
+        ).fetchall()
+    assert leases == [(None, None)]
 
 
 def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(

@@ -30,7 +30,13 @@ from alertd.htmltext import html_to_text, sanitise_html
 from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.sources import http
 from alertd.sources.source import PollResult, feed_source
-from alertd.sources.state import PollLease, record_poll, source_states, take_poll_lease
+from alertd.sources.state import (
+    PollLease,
+    record_poll,
+    release_poll_lease,
+    source_states,
+    take_poll_lease,
+)
 
 log = logging.getLogger("alertd.sources.feeds")
 MAX_REDIRECTS = 5
@@ -211,6 +217,9 @@ class FeedSource:
             if isinstance(exc, SourceGone):
                 await asyncio.to_thread(_disable, engine, feed, str(exc))
             await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
+            raise
+        except asyncio.CancelledError:
+            await asyncio.to_thread(release_poll_lease, engine, name, self.lease.owner)
             raise
         await asyncio.to_thread(_record_fetch, engine, feed, fetched)
         await asyncio.to_thread(record_poll, engine, name, now=now, new_count=new)

@@ -18,7 +18,7 @@ from alertd.errors import AlertdError, PermanentError
 from alertd.models import Item, ItemKind, Member
 from alertd.sources.parliament import AnswerItem, MemberInfo, ParliamentApi, parse_item
 from alertd.sources.source import PARLIAMENT_SOURCE, PollResult
-from alertd.sources.state import PollLease, record_poll, take_poll_lease
+from alertd.sources.state import PollLease, record_poll, release_poll_lease, take_poll_lease
 
 log = logging.getLogger("alertd.sources.ingest")
 
@@ -63,6 +63,9 @@ class ParliamentSource:
             new_versions = await asyncio.to_thread(store_items, engine, items, now=now)
         except AlertdError as exc:
             await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
+            raise
+        except asyncio.CancelledError:
+            await asyncio.to_thread(release_poll_lease, engine, name, self.lease.owner)
             raise
         await asyncio.to_thread(
             record_poll, engine, name, now=now, high_water=last, new_count=new_versions

@@ -77,6 +77,16 @@ def record_poll(
         session.add(state)
 
 
+def release_poll_lease(engine: Engine, source: str, owner: str) -> None:
+    """Free the source after an abandoned poll (a stop), recording nothing: the next poll,
+    here or on another worker, need not wait for the lease to run out."""
+    with transaction(engine) as session:
+        state = session.get(SourceState, source)
+        if state is not None and state.lease_owner == owner:
+            state.lease_owner, state.lease_until = None, None
+            session.add(state)
+
+
 def source_states(engine: Engine, names: list[str]) -> dict[str, SourceState]:
     """The poll state of these sources, by name (a source never polled has none)."""
     with Session(engine) as session:
