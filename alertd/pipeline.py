@@ -21,7 +21,7 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
 from alertd.mail.identity import envelope_sender
-from alertd.mail.outbox import DrainOptions, drain_outbox
+from alertd.mail.sender import DrainOptions, drain_outbox
 from alertd.mail.transports import MailerFactory
 from alertd.matching.hits import match_new_answers
 from alertd.metrics import Metrics

@@ -41,7 +41,7 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import SourceInvalid
-from alertd.mail.outbox import DeliveryReport, drain_outbox
+from alertd.mail.sender import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
 from alertd.matching.hits import match_new_answers, question_document

@@ -18,15 +18,8 @@ from sqlmodel import Session, col, select
 from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
 from alertd.db import open_database, transaction
 from alertd.mail import outbox
-from alertd.mail.outbox import (
-    Claimed,
-    DeliveryReport,
-    DrainOptions,
-    claim_due,
-    drain_outbox,
-    renew_lease,
-    wall_clock,
-)
+from alertd.mail.outbox import Claimed, claim_due, renew_lease, wall_clock
+from alertd.mail.sender import DeliveryReport, DrainOptions, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.models import Outbox, Subscriber
 

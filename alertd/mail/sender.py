@@ -1,0 +1,201 @@
+"""The sender loop: drain the outbox through a pool of mailers, at a limited rate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from alertd.config import DeliverySettings
+from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
+from alertd.mail import outbox
+from alertd.mail.outbox import Claimed
+from alertd.mail.transports import Mailer, MailerFactory
+
+log = logging.getLogger("alertd.mail.sender")
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    deferred: int = 0
+    rejected: int = 0
+    halted: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    """How one run drains the outbox."""
+
+    # The envelope sender (MAIL FROM) of a subscriber's digests: mail.from, or a VERP address.
+    sender_for: Callable[[int], str]
+    delivery: DeliverySettings
+    connections: int = 1
+    max_per_second: float | None = None
+    worker_id: str = "alertd"
+    observe_send_s: Callable[[float], None] | None = None
+
+
+class _RateLimit:
+    """Spaces sends evenly over all connections: at most ``per_second`` a second."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self.interval_s = 1.0 / per_second if per_second else 0.0
+        self.next_slot = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval_s:
+            return
+        async with self.lock:
+            delay = self.next_slot - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.next_slot = max(time.monotonic(), self.next_slot) + self.interval_s
+
+
+@dataclass
+class _Drain:
+    engine: Engine
+    options: DrainOptions
+    now: datetime
+    rng: random.Random
+    stopping: asyncio.Event
+    report: DeliveryReport = field(default_factory=DeliveryReport)
+    halt: asyncio.Event = field(default_factory=asyncio.Event)
+    mailers: list[Mailer] = field(default_factory=list)
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.halt.is_set()
+
+    async def open_mailers(
+        self, stack: AsyncExitStack, make_mailer: MailerFactory, wanted: int
+    ) -> list[Mailer]:
+        """``wanted`` mailers, kept open for the whole drain: no reconnect per chunk."""
+        try:
+            while len(self.mailers) < wanted:
+                self.mailers.append(await stack.enter_async_context(make_mailer()))
+        except (DeliveryHalted, MailServerUnavailable) as exc:
+            self.stop_batch(exc)
+        return self.mailers[:wanted]
+
+    async def send_chunk(
+        self, mailers: list[Mailer], queue: deque[Claimed], limit: _RateLimit
+    ) -> None:
+        workers = [asyncio.create_task(self.worker(mailer, queue, limit)) for mailer in mailers]
+        try:
+            await asyncio.gather(*workers)
+        except Exception:
+            # The mailers outlive this chunk: after a bug in one worker the others must not
+            # go on sending through mailers the drain is about to close.
+            self.halt.set()
+            await asyncio.wait(workers)
+            raise
+
+    async def worker(self, mailer: Mailer, queue: deque[Claimed], limit: _RateLimit) -> None:
+        while queue and not self.should_stop():
+            row = queue.popleft()
+            await limit.wait()
+            await self.deliver(mailer, row)
+
+    def stop_batch(self, exc: Exception) -> None:
+        if not self.halt.is_set():
+            log.error("delivery stopped for this run: %s", exc)
+            self.report.halted = str(exc)
+        self.halt.set()
+
+    async def deliver(self, mailer: Mailer, row: Claimed) -> None:
+        if not outbox.holds_lease(
+            self.engine, row, self.options.worker_id, self.options.delivery.lease_s
+        ):
+            return  # our lease ran out and another worker took the row over
+        outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
+        started = time.monotonic()
+        try:
+            await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
+        except (DeliveryHalted, MailServerUnavailable) as exc:
+            outbox.release(self.engine, [outbox_id], self.options.worker_id)
+            self.stop_batch(exc)
+            return
+        except (DeliveryDeferred, DeliveryRejected) as exc:
+            permanent = isinstance(exc, DeliveryRejected)
+            outbox.record_failure(
+                self.engine,
+                outbox_id,
+                str(exc),
+                self.options.delivery,
+                self.now,
+                self.rng,
+                permanent=permanent,
+            )
+            self.report.errors.append(str(exc))
+            if permanent:
+                self.report.rejected += 1
+            else:
+                self.report.deferred += 1
+            log.warning(
+                "%.2fs ✗ %s outbox=%d to=%s: %s",
+                time.monotonic() - started,
+                "rejected" if permanent else "deferred",
+                outbox_id,
+                recipient,
+                exc,
+            )
+            return
+        outbox.record_sent(self.engine, outbox_id, subscriber_id, self.now)
+        if self.options.observe_send_s is not None:
+            self.options.observe_send_s(time.monotonic() - started)
+        self.report.sent += 1
+        log.info("%.2fs ✓ sent outbox=%d to=%s", time.monotonic() - started, outbox_id, recipient)
+
+
+async def drain_outbox(
+    engine: Engine,
+    make_mailer: MailerFactory,
+    options: DrainOptions,
+    *,
+    now: datetime,
+    stopping: asyncio.Event | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryReport:
+    """Send the due digests through ``options.connections`` mailers at once.
+
+    Each outcome is committed as soon as it is known. A stop request (SIGTERM) or an
+    operator-level failure (authentication, policy, server down) stops taking new rows;
+    rows claimed but not tried are released for the next run. The mailers are opened
+    when the first rows are claimed and stay open until the drain ends.
+    """
+    drain = _Drain(engine, options, now, rng or random.Random(), stopping or asyncio.Event())
+    limit = _RateLimit(options.max_per_second)
+    budget = options.delivery.batch_size
+    try:
+        async with AsyncExitStack() as stack:
+            while budget > 0 and not drain.should_stop():
+                claimed = outbox.claim_due(
+                    engine,
+                    now=now,
+                    limit=min(budget, options.connections * 16),
+                    lease_s=options.delivery.lease_s,
+                    owner=options.worker_id,
+                )
+                if not claimed:
+                    break
+                budget -= len(claimed)
+                queue = deque(claimed)
+                wanted = min(options.connections, len(queue))
+                mailers = await drain.open_mailers(stack, make_mailer, wanted)
+                await drain.send_chunk(mailers, queue, limit)
+                outbox.release(engine, [row.id for row in queue], options.worker_id)
+    except (DeliveryHalted, MailServerUnavailable) as exc:
+        # Closing a mailer can fail as opening one can; every outcome is recorded by now.
+        drain.stop_batch(exc)
+    return drain.report
