@@ -12,6 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
 from alertd.digests.compose import period_start
+from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import Alert, DigestRun, Outbox, Question, SourceState, Subscriber
 
 ATTENTION_AFTER = timedelta(hours=1)
@@ -100,7 +101,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
             for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()
         ]
         oldest = session.exec(
-            select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(["pending", "retry"]))
+            select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(UNSENT))
         ).one()
         last_run = session.exec(select(func.max(DigestRun.completed_at))).one()
         status = Status(
@@ -150,7 +151,7 @@ def _problems(status: Status, settings: Settings) -> list[str]:
                 f"source {source.name} failing since {failing_since:%Y-%m-%d %H:%M}Z: "
                 f"{source.last_error}"
             )
-    dead = status.outbox.get("dead", 0)
+    dead = status.outbox.get(OutboxState.DEAD, 0)
     if dead:
         problems.append(f"{dead} digests are dead letters (see alertd list / the outbox)")
     age = status.oldest_pending_age_s

@@ -41,6 +41,7 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import SourceInvalid
+from alertd.mail.outbox import OutboxState
 from alertd.mail.sender import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
@@ -252,7 +253,7 @@ def reset_outbox(engine: Engine, now: datetime, count: int) -> None:
             sa.update(Outbox)
             .where(col(Outbox.id) <= last)
             .values(
-                status="pending",
+                status=OutboxState.PENDING,
                 attempts=0,
                 sent_at=None,
                 lease_owner=None,

@@ -25,6 +25,7 @@ from alertd.digests import items as digest_items
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment, startup_sample
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool, render_here
+from alertd.mail.outbox import OutboxState
 from alertd.models import Alert, Hit, Ledger, Member, Outbox, Question, Subscriber
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
@@ -118,7 +119,7 @@ def _sent_before(engine: Engine, subscriber: Subscriber, api_id: int) -> int:
             recipient=subscriber.email,
             message_id=f"<earlier.{subscriber.id}@alertd.test>",
             message=b"",
-            status="sent",
+            status=OutboxState.SENT,
             created_at=NOW,
             next_attempt_at=NOW,
         )
@@ -208,7 +209,7 @@ def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
     sent = _outboxes(db_engine)
     assert sorted(len(boxes) for boxes in sent.values()) == [1] * 449 + [2]
     queued = [boxes[-1] for boxes in sent.values()]
-    assert all(box.status == "pending" and box.attempts == 0 for box in queued)
+    assert all(box.status == OutboxState.PENDING and box.attempts == 0 for box in queued)
     assert "Nadhim Zahawi" in _text(sent["reader0@example.org"][0])
     seventh = _text(sent[readers[7].email][1])
     assert "Heading 1" in seventh and "Heading 2" not in seventh

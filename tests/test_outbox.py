@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
 from alertd.db import open_database, transaction
 from alertd.mail import outbox
-from alertd.mail.outbox import Claimed, claim_due, renew_lease, wall_clock
+from alertd.mail.outbox import Claimed, OutboxState, claim_due, renew_lease, wall_clock
 from alertd.mail.sender import DeliveryReport, DrainOptions, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.models import Outbox, Subscriber
@@ -103,19 +103,19 @@ async def test_pool_sends_each_digest_exactly_once(engine: Engine, smtp_sink: Sm
     report = await _drain(engine, smtp_sink, connections=4)
     assert report.sent == 40 and report.halted is None
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(recipients)
-    assert set(_statuses(engine).values()) == {"sent"}
+    assert set(_statuses(engine).values()) == {OutboxState.SENT}
     assert (await _drain(engine, smtp_sink, connections=4)).sent == 0
 
 
 @pytest.mark.parametrize(
     ("fault", "status", "outcome"),
     [
-        (("rcpt", "451 4.7.1 Try later"), "retry", "deferred"),
-        (("rcpt", "552 5.2.2 Mailbox full"), "retry", "deferred"),
-        (("rcpt", "421 4.3.2 Shutting down"), "retry", "deferred"),
-        (("rcpt", "550 5.1.1 No such user"), "dead", "rejected"),
-        (("data", "451 4.3.0 Try later"), "retry", "deferred"),
-        (("data", "554 5.6.0 Message rejected"), "dead", "rejected"),
+        (("rcpt", "451 4.7.1 Try later"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "552 5.2.2 Mailbox full"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "421 4.3.2 Shutting down"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "550 5.1.1 No such user"), OutboxState.DEAD, "rejected"),
+        (("data", "451 4.3.0 Try later"), OutboxState.RETRY, "deferred"),
+        (("data", "554 5.6.0 Message rejected"), OutboxState.DEAD, "rejected"),
     ],
 )
 async def test_recipient_failures_are_classified(
@@ -126,12 +126,15 @@ async def test_recipient_failures_are_classified(
     smtp_sink.fail_next(stage, reply, address="unlucky@example.org")  # type: ignore[arg-type]
     report = await _drain(engine, smtp_sink)
     assert report.sent == 1 and getattr(report, outcome) == 1 and report.halted is None
-    assert _statuses(engine) == {"unlucky@example.org": status, "fine@example.org": "sent"}
+    assert _statuses(engine) == {
+        "unlucky@example.org": status,
+        "fine@example.org": OutboxState.SENT,
+    }
     with Session(engine) as session:
         subscriber = session.exec(
             select(Subscriber).where(Subscriber.email == "unlucky@example.org")
         ).one()
-        assert subscriber.consecutive_bounces == (1 if status == "dead" else 0)
+        assert subscriber.consecutive_bounces == (1 if status == OutboxState.DEAD else 0)
 
 
 async def test_dropped_connection_mid_data_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
@@ -153,7 +156,7 @@ async def test_stalled_server_times_out_and_is_retried(engine: Engine, smtp_sink
     _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 3.0)
     report = await _drain(engine, smtp_sink, timeout_s=0.5)
-    assert report.deferred == 1 and _statuses(engine) == {"a@example.org": "retry"}
+    assert report.deferred == 1 and _statuses(engine) == {"a@example.org": OutboxState.RETRY}
 
 
 @pytest.mark.parametrize(
@@ -173,7 +176,7 @@ async def test_operator_errors_stop_the_batch(
     assert report.halted and reply.split()[0] in report.halted
     assert report.sent == report.rejected == report.deferred == 0
     # Nobody's digest was burned: all are due again at once, no bounce counted.
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
     with Session(engine) as session:
         bounces = session.exec(select(Subscriber.consecutive_bounces)).all()
         assert set(bounces) == {0}
@@ -183,16 +186,16 @@ async def test_unreachable_server_keeps_everything_pending(engine: Engine) -> No
     _queue(engine, "a@example.org", "b@example.org")
     report = await _drain(engine, None, port=1)
     assert report.halted and "cannot connect" in report.halted
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 async def test_retries_give_up_after_retry_for_hours(engine: Engine, smtp_sink: SmtpSink) -> None:
     _queue(engine, "a@example.org")
     smtp_sink.fail_rcpt("a@example.org", 451, count=None)
     await _drain(engine, smtp_sink)
-    assert _statuses(engine) == {"a@example.org": "retry"}
+    assert _statuses(engine) == {"a@example.org": OutboxState.RETRY}
     await _drain(engine, smtp_sink, now=NOW + timedelta(hours=73))
-    assert _statuses(engine) == {"a@example.org": "dead"}
+    assert _statuses(engine) == {"a@example.org": OutboxState.DEAD}
 
 
 async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpSink) -> None:
@@ -200,7 +203,7 @@ async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpS
     stopping = asyncio.Event()
     stopping.set()
     report = await _drain(engine, smtp_sink, stopping=stopping)
-    assert report.sent == 0 and set(_statuses(engine).values()) == {"pending"}
+    assert report.sent == 0 and set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 def _claimed_ids(engine: Engine, owner: str) -> list[int]:
@@ -211,12 +214,12 @@ def test_claims_take_lost_leases_then_retries_then_the_oldest_pending(engine: En
     ids = _queue(engine, *(f"r{n}@example.org" for n in range(6)))
     early, late = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
     states = [
-        ("pending", NOW, None),  # due
-        ("pending", early, None),  # due, and waiting longer
-        ("pending", late, None),  # not due yet
-        ("retry", early, None),  # due
-        ("sending", NOW, wall_clock() - timedelta(seconds=1)),  # its worker died
-        ("sending", NOW, wall_clock() + timedelta(hours=1)),  # being sent
+        (OutboxState.PENDING, NOW, None),  # due
+        (OutboxState.PENDING, early, None),  # due, and waiting longer
+        (OutboxState.PENDING, late, None),  # not due yet
+        (OutboxState.RETRY, early, None),  # due
+        (OutboxState.SENDING, NOW, wall_clock() - timedelta(seconds=1)),  # its worker died
+        (OutboxState.SENDING, NOW, wall_clock() + timedelta(hours=1)),  # being sent
     ]
     with transaction(engine) as session:
         for row_id, (status, due_at, lease_until) in zip(ids, states, strict=True):
@@ -304,8 +307,8 @@ async def test_kept_connection_reconnects_after_the_server_closes_it(
     report = await _drain(engine, smtp_sink)
     assert (report.deferred, report.sent, report.halted) == (1, 19, None)
     statuses = _statuses(engine)
-    assert statuses.pop("reader0@example.org") == "retry"
-    assert set(statuses.values()) == {"sent"}
+    assert statuses.pop("reader0@example.org") == OutboxState.RETRY
+    assert set(statuses.values()) == {OutboxState.SENT}
     assert len(smtp_connects) == 2
 
 
@@ -317,7 +320,7 @@ async def test_mailer_that_cannot_open_stops_the_batch(engine: Engine, tmp_path:
     _queue(engine, "a@example.org", "b@example.org")
     report = await drain_outbox(engine, make_mailer, _options(connections=2), now=NOW)
     assert report.halted and "Maildir" in report.halted and report.sent == 0
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 async def test_sent_digest_clears_only_its_subscribers_bounces(
@@ -333,7 +336,12 @@ async def test_sent_digest_clears_only_its_subscribers_bounces(
         bounces = dict(session.exec(select(Subscriber.email, Subscriber.consecutive_bounces)).all())
         row = session.exec(select(Outbox)).one()
     assert bounces == {"a@example.org": 0, "other@example.org": 2}
-    assert (row.status, row.attempts, row.sent_at, row.last_error) == ("sent", 1, NOW, None)
+    assert (row.status, row.attempts, row.sent_at, row.last_error) == (
+        OutboxState.SENT,
+        1,
+        NOW,
+        None,
+    )
     assert (row.lease_owner, row.lease_until) == (None, None)
 
 
@@ -371,7 +379,10 @@ async def test_a_row_whose_lease_was_taken_over_is_not_sent(
     monkeypatch.setattr(outbox, "claim_due", stale_claim)
     report = await _drain(engine, smtp_sink)
     assert report.sent == 1 and [m.rcpt_tos for m in smtp_sink.messages] == [["b@example.org"]]
-    assert _statuses(engine) == {"a@example.org": "sending", "b@example.org": "sent"}
+    assert _statuses(engine) == {
+        "a@example.org": OutboxState.SENDING,
+        "b@example.org": OutboxState.SENT,
+    }
 
 
 class _SlowMailer:
@@ -389,7 +400,7 @@ class _SlowMailer:
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
         self.events.append("send")
         await asyncio.sleep(0.05 if recipient == "slow@example.org" else 0.01)
-        self.events.append("sent")
+        self.events.append(OutboxState.SENT)
 
 
 async def test_a_failing_worker_stops_the_others_before_mailers_close(
@@ -407,11 +418,11 @@ async def test_a_failing_worker_stops_the_others_before_mailers_close(
     with pytest.raises(RuntimeError, match="bug"):
         await drain_outbox(engine, lambda: _SlowMailer(events), _options(connections=2), now=NOW)
     # The slow send in flight finished; nothing was sent after; then both mailers closed.
-    assert events == ["send", "send", "sent", "sent", "close", "close"]
+    assert events == ["send", "send", OutboxState.SENT, OutboxState.SENT, "close", "close"]
     # As after a crash: the rows not recorded wait for their lease to run out.
     assert _statuses(engine) == {
-        "fast@example.org": "sending",
-        "slow@example.org": "sent",
-        "c@example.org": "sending",
-        "d@example.org": "sending",
+        "fast@example.org": OutboxState.SENDING,
+        "slow@example.org": OutboxState.SENT,
+        "c@example.org": OutboxState.SENDING,
+        "d@example.org": OutboxState.SENDING,
     }

@@ -20,6 +20,7 @@ from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
+from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
 from alertd.models import Ledger, Outbox, Question, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
@@ -228,7 +229,7 @@ async def test_smtp_delivery_and_retry_after_451(settings: Settings, smtp_sink: 
     assert (report.sent, report.deferred) == (1, 1)
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["other@example.org"]]
     with Session(engine) as session:
-        retry = session.exec(select(Outbox).where(Outbox.status == "retry")).one()
+        retry = session.exec(select(Outbox).where(Outbox.status == OutboxState.RETRY)).one()
         assert retry.recipient == "parent@example.org" and retry.attempts == 1
     # Not due yet: nothing is sent again a minute later.
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=1))
@@ -260,7 +261,7 @@ async def test_permanent_rejections_suspend_after_max_bounces(
     with Session(engine) as session:
         subscriber = session.exec(select(Subscriber)).one()
         assert subscriber.suspended_at is not None
-        assert session.exec(select(Outbox)).one().status == "dead"
+        assert session.exec(select(Outbox)).one().status == OutboxState.DEAD
         assert session.exec(select(Question).where(col(Question.matched_at).is_(None))).all() == []
     rows = alerts.list_alerts(engine)
     assert rows[0].suspended

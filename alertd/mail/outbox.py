@@ -1,4 +1,4 @@
-"""The outbox: claim due digests under a lease, send them through a pool, record each outcome."""
+"""The outbox as one state machine: every transition of a queued message happens here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -17,8 +19,63 @@ from alertd.db import transaction, write_connection
 from alertd.models import Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
+# The backoff between attempts at one message (delivery.retry_for_hours bounds the total).
 FIRST_RETRY_S = 300.0
 LONGEST_RETRY_S = 6 * 3600.0
+
+
+class OutboxState(StrEnum):
+    """Where a queued message (a digest or a transactional mail) stands.
+
+    PENDING --claim--> SENDING --sent--> SENT
+    SENDING --temporary failure--> RETRY --claim (when due)--> SENDING
+    SENDING --permanent failure, or retried past retry_for_hours--> DEAD
+    SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
+    SENDING --lease ran out (its worker died)--> claimed again as it is
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRY = "retry"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+# Waiting to be sent: what `alertd status` counts as unsent.
+UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
+
+
+def queued_row(
+    *,
+    subscriber_id: int,
+    recipient: str,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    now: datetime,
+) -> dict[str, Any]:
+    """The values of a new outbox row (for a bulk INSERT): pending, due at ``now``."""
+    return {
+        "subscriber_id": subscriber_id,
+        "recipient": recipient,
+        "message_id": message_id,
+        "subject": subject,
+        "message": message,
+        "status": OutboxState.PENDING,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+def enqueue(engine: Engine, **row: Any) -> int:
+    """Queue one message (the arguments of ``queued_row``); its outbox id."""
+    with write_connection(engine) as connection:
+        inserted = connection.execute(
+            sa.insert(Outbox).values(queued_row(**row)).returning(col(Outbox.id))
+        )
+        outbox_id = inserted.scalar_one()
+        assert outbox_id is not None
+        return outbox_id
 
 
 def retry_delay(attempts: int, rng: random.Random) -> timedelta:
@@ -57,9 +114,9 @@ def claim_due(
     # One index range per state, each already in order: an OR of them, or ORDER BY id, made
     # the database sort every due row for each claim (quadratic over a big mail run).
     wanted = (
-        sa.and_(col(Outbox.status) == "sending", col(Outbox.lease_until) < lease_now),
-        sa.and_(col(Outbox.status) == "retry", col(Outbox.next_attempt_at) <= now),
-        sa.and_(col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now),
+        sa.and_(col(Outbox.status) == OutboxState.SENDING, col(Outbox.lease_until) < lease_now),
+        sa.and_(col(Outbox.status) == OutboxState.RETRY, col(Outbox.next_attempt_at) <= now),
+        sa.and_(col(Outbox.status) == OutboxState.PENDING, col(Outbox.next_attempt_at) <= now),
     )
     claimed: list[Claimed] = []
     with transaction(engine) as session:
@@ -82,7 +139,7 @@ def claim_due(
             session.execute(
                 sa.update(Outbox)
                 .where(col(Outbox.id).in_([c.id for c in claimed]))
-                .values(status="sending", lease_owner=owner, lease_until=until)
+                .values(status=OutboxState.SENDING, lease_owner=owner, lease_until=until)
             )
     return claimed
 
@@ -93,7 +150,7 @@ _RENEW_LEASE = (
     .where(
         col(Outbox.id) == sa.bindparam("outbox_id"),
         col(Outbox.lease_owner) == sa.bindparam("owner"),
-        col(Outbox.status) == "sending",
+        col(Outbox.status) == OutboxState.SENDING,
     )
     .values(lease_until=sa.bindparam("until"))
 )
@@ -101,7 +158,7 @@ _MARK_SENT = (
     sa.update(Outbox)
     .where(col(Outbox.id) == sa.bindparam("outbox_id"))
     .values(
-        status="sent",
+        status=OutboxState.SENT,
         sent_at=sa.bindparam("now"),
         last_error=None,
         lease_owner=None,
@@ -151,7 +208,9 @@ def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
             sa.update(Outbox)
             .where(col(Outbox.id).in_(list(ids)), col(Outbox.lease_owner) == owner)
             .values(
-                status=sa.case((col(Outbox.attempts) > 0, "retry"), else_="pending"),
+                status=sa.case(
+                    (col(Outbox.attempts) > 0, OutboxState.RETRY), else_=OutboxState.PENDING
+                ),
                 lease_owner=None,
                 lease_until=None,
             )
@@ -183,11 +242,11 @@ def record_failure(
         row.lease_owner, row.lease_until = None, None
         expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
         if permanent or expired:
-            row.status = "dead"
+            row.status = OutboxState.DEAD
             if permanent:
                 _count_bounce(session, row.subscriber_id, settings, now)
         else:
-            row.status = "retry"
+            row.status = OutboxState.RETRY
             row.next_attempt_at = now + retry_delay(row.attempts, rng)
 
 

@@ -22,8 +22,6 @@ from alertd.errors import (
 )
 
 log = logging.getLogger("alertd.mail.transports")
-FIRST_RETRY_S = 300.0
-LONGEST_RETRY_S = 6 * 3600.0
 
 
 class Mailer(Protocol):
