@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Self
 
 import aiosmtplib
+import httpx
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
+from alertd.config import DatabaseSettings, DeliverySettings, Settings, SmtpSettings
 from alertd.db import open_database, transaction
 from alertd.mail import outbox
 from alertd.mail.outbox import Claimed, OutboxState, claim_due, renew_lease, wall_clock
 from alertd.mail.sender import DeliveryReport, DrainOptions, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.models import Outbox, Subscriber
+from alertd.web import serve_web
 
 from smtp_server import SmtpSink
 
@@ -426,3 +432,70 @@ async def test_a_failing_worker_stops_the_others_before_mailers_close(
         "c@example.org": OutboxState.SENDING,
         "d@example.org": OutboxState.SENDING,
     }
+
+
+def _hold_write_lock(path: Path, hold_s: float, taken: threading.Event) -> None:
+    """Another writer: holds SQLite's write lock for ``hold_s`` seconds."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(hold_s)
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+def _slowest_page_s(url: str, for_s: float) -> float:
+    """From another thread: the slowest of the pages asked for every 50 ms for ``for_s``."""
+    slowest_s = 0.0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        until = time.monotonic() + for_s
+        while time.monotonic() < until:
+            started = time.monotonic()
+            assert client.get("/").status_code == 200
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            time.sleep(0.05)
+    return slowest_s
+
+
+async def test_web_app_answers_while_a_send_waits_for_the_database(
+    make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    # The web app and the drain share this event loop, as under `alertd run`. Another
+    # writer holds the lock for 3 s during the send: recording it waits in a thread.
+    settings = make_settings(database={"url": f"sqlite:///{tmp_path}/alertd.db"})
+    engine = open_database(settings.database)
+    _queue(engine, "a@example.org")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve_web(settings, engine, stop, sock=sock))
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(100):
+            try:
+                assert (await client.get("/")).status_code == 200
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+    smtp_sink.stall_next("data", 0.5)
+    taken = threading.Event()
+    drain = asyncio.create_task(_drain(engine, smtp_sink))
+    await asyncio.sleep(0.2)  # the message is being sent now
+    locker = threading.Thread(target=_hold_write_lock, args=(tmp_path / "alertd.db", 3.0, taken))
+    locker.start()
+    await asyncio.to_thread(taken.wait, 5)
+    locked_at = time.monotonic()
+    slowest_s = await asyncio.to_thread(_slowest_page_s, url, 3.0)
+    report = await drain
+    await asyncio.to_thread(locker.join)
+    stop.set()
+    await serving
+    sock.close()
+    # The send was recorded only once the lock was given back ...
+    assert report.sent == 1 and time.monotonic() - locked_at > 2.5
+    assert _statuses(engine) == {"a@example.org": OutboxState.SENT}
+    engine.dispose()
+    # ... and meanwhile every page came within half a second.
+    assert slowest_s < 0.5

@@ -187,16 +187,14 @@ def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> d
         return until if result.rowcount else None
 
 
-def holds_lease(engine: Engine, row: Claimed, owner: str, lease_s: float) -> bool:
-    """Whether we may send ``row`` now, renewing its lease if half of it has passed.
+def needs_renewal(row: Claimed, lease_s: float) -> bool:
+    """Whether ``row``'s lease must be renewed (``renew_lease``) before it is sent.
 
     A chunk claimed together may wait in the queue; a send lasts well under half a lease
     (a few SMTP timeouts), so a row sent within that half needs no write of its own, and one
     sent later is renewed first: no other worker can take it over while it is being sent.
     """
-    if wall_clock() < row.lease_until - timedelta(seconds=lease_s / 2):
-        return True
-    return renew_lease(engine, row.id, owner, lease_s) is not None
+    return wall_clock() >= row.lease_until - timedelta(seconds=lease_s / 2)
 
 
 def release(engine: Engine, ids: Sequence[int], owner: str) -> None:

@@ -114,22 +114,24 @@ class _Drain:
         self.halt.set()
 
     async def deliver(self, mailer: Mailer, row: Claimed) -> None:
-        if not outbox.holds_lease(
-            self.engine, row, self.options.worker_id, self.options.delivery.lease_s
-        ):
-            return  # our lease ran out and another worker took the row over
+        # Every database call runs in a thread: the event loop may be serving the web app.
+        engine, owner, lease_s = self.engine, self.options.worker_id, self.options.delivery.lease_s
+        if outbox.needs_renewal(row, lease_s):
+            if await asyncio.to_thread(outbox.renew_lease, engine, row.id, owner, lease_s) is None:
+                return  # our lease ran out and another worker took the row over
         outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
         started = time.monotonic()
         try:
             await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
         except (DeliveryHalted, MailServerUnavailable) as exc:
-            outbox.release(self.engine, [outbox_id], self.options.worker_id)
+            await asyncio.to_thread(outbox.release, engine, [outbox_id], owner)
             self.stop_batch(exc)
             return
         except (DeliveryDeferred, DeliveryRejected) as exc:
             permanent = isinstance(exc, DeliveryRejected)
-            outbox.record_failure(
-                self.engine,
+            await asyncio.to_thread(
+                outbox.record_failure,
+                engine,
                 outbox_id,
                 str(exc),
                 self.options.delivery,
@@ -151,7 +153,7 @@ class _Drain:
                 exc,
             )
             return
-        outbox.record_sent(self.engine, outbox_id, subscriber_id, self.now)
+        await asyncio.to_thread(outbox.record_sent, engine, outbox_id, subscriber_id, self.now)
         if self.options.observe_send_s is not None:
             self.options.observe_send_s(time.monotonic() - started)
         self.report.sent += 1
@@ -180,7 +182,8 @@ async def drain_outbox(
     try:
         async with AsyncExitStack() as stack:
             while budget > 0 and not drain.should_stop():
-                claimed = outbox.claim_due(
+                claimed = await asyncio.to_thread(
+                    outbox.claim_due,
                     engine,
                     now=now,
                     limit=min(budget, options.connections * 16),
@@ -194,7 +197,8 @@ async def drain_outbox(
                 wanted = min(options.connections, len(queue))
                 mailers = await drain.open_mailers(stack, make_mailer, wanted)
                 await drain.send_chunk(mailers, queue, limit)
-                outbox.release(engine, [row.id for row in queue], options.worker_id)
+                unsent = [row.id for row in queue]
+                await asyncio.to_thread(outbox.release, engine, unsent, options.worker_id)
     except (DeliveryHalted, MailServerUnavailable) as exc:
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)
