@@ -41,32 +41,36 @@ class SourceInvalid(PermanentError):
     """A source answered with something that is not what we expect (broken JSON, wrong shape)."""
 
 
-class DeliveryDeferred(TransientError):
-    """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
+class SmtpReplyError(AlertdError):
+    """A delivery error, with the SMTP reply code behind it when a server gave one."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         self.code = code
         super().__init__(message)
 
 
-class MailServerUnavailable(TransientError):
+class StopBatch(AlertdError):
+    """Sending cannot go on (server unreachable, our login or sender refused): stop the run.
+
+    The messages claimed but not sent go back to the queue as they were; no recipient's
+    message is counted as failed.
+    """
+
+
+class DeliveryDeferred(SmtpReplyError, TransientError):
+    """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
+
+
+class MailServerUnavailable(StopBatch, TransientError):
     """The mail server (or Maildir) cannot be reached at all: stop the batch, retry later."""
 
 
-class DeliveryRejected(PermanentError):
+class DeliveryRejected(SmtpReplyError, PermanentError):
     """The mail server refused this recipient for good (5xx on RCPT or DATA)."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(message)
 
-
-class DeliveryHalted(PermanentError):
+class DeliveryHalted(SmtpReplyError, StopBatch):
     """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 class TemplateError(PermanentError):

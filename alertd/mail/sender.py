@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from alertd.config import DeliverySettings
-from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
+from alertd.errors import PermanentError, StopBatch, TransientError
 from alertd.mail import outbox
 from alertd.mail.outbox import Claimed
 from alertd.mail.transports import Mailer, MailerFactory
@@ -84,7 +84,7 @@ class _Drain:
         try:
             while len(self.mailers) < wanted:
                 self.mailers.append(await stack.enter_async_context(make_mailer()))
-        except (DeliveryHalted, MailServerUnavailable) as exc:
+        except StopBatch as exc:
             self.stop_batch(exc)
         return self.mailers[:wanted]
 
@@ -123,12 +123,13 @@ class _Drain:
         started = time.monotonic()
         try:
             await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
-        except (DeliveryHalted, MailServerUnavailable) as exc:
+        except StopBatch as exc:
             await asyncio.to_thread(outbox.release, engine, [outbox_id], owner)
             self.stop_batch(exc)
             return
-        except (DeliveryDeferred, DeliveryRejected) as exc:
-            permanent = isinstance(exc, DeliveryRejected)
+        except (PermanentError, TransientError) as exc:
+            # Permanent: the message is dead and counts as a bounce; transient: retried.
+            permanent = isinstance(exc, PermanentError)
             await asyncio.to_thread(
                 outbox.record_failure,
                 engine,
@@ -199,7 +200,7 @@ async def drain_outbox(
                 await drain.send_chunk(mailers, queue, limit)
                 unsent = [row.id for row in queue]
                 await asyncio.to_thread(outbox.release, engine, unsent, options.worker_id)
-    except (DeliveryHalted, MailServerUnavailable) as exc:
+    except StopBatch as exc:
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)
     return drain.report
