@@ -22,13 +22,13 @@ from alertd.digests.render import (
     Digest,
     DigestItem,
     DigestSection,
-    HeaderInjection,
     build_environment,
     digest_subject,
     excerpt,
     render_message,
 )
 from alertd.errors import ConfigError, TemplateError
+from alertd.mail.message import HeaderInjection
 from alertd.matching.analysis import highlight_terms, parse_query
 from alertd.matching.hits import match_new_answers
 from alertd.models import Hit, Outbox

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.headerregistry import Address
-from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,18 @@ from alertd.digests.excerpt import (
 from alertd.errors import ConfigError, TemplateError
 from alertd.htmltext import sanitise_html
 from alertd.mail.identity import sign_message
+from alertd.mail.message import (
+    header_line,
+    one_line,
+    part_head,
+    quoted_printable,
+    single_address,
+)
 
 __all__ = [
     "Digest",
     "DigestItem",
     "DigestSection",
-    "HeaderInjection",
     "build_environment",
     "digest_subject",
     "excerpt",
@@ -48,43 +52,6 @@ SUBJECT_MAX_CHARS = 90
 # Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
 # <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-
-
-class HeaderInjection(ValueError):
-    """A value meant for a mail header holds a line break, or is not a single address."""
-
-
-_UNFOLDED = SMTP.clone(max_line_length=998)
-
-
-class _WirePolicy(EmailPolicy):
-    """SMTP's policy, but links and ASCII subjects are never folded.
-
-    Python folds a word longer than a line (a URL) into RFC 2047 encoded-words, which
-    would break List-Unsubscribe; a line of up to 998 characters is valid (RFC 5322).
-    """
-
-    def _whole(self, name: str, value: str) -> bool:
-        lowered = name.lower()
-        return lowered in ("list-unsubscribe", "list-id", "message-id") or (
-            lowered == "subject" and value.isascii()
-        )
-
-    def fold(self, name: str, value: str) -> str:
-        if self._whole(name, value):
-            whole: str = _UNFOLDED.fold(name, value)
-            return whole
-        folded: str = super().fold(name, value)
-        return folded
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if self._whole(name, value):
-            whole: bytes = _UNFOLDED.fold_binary(name, value)
-            return whole
-        return super().fold_binary(name, value)
-
-
-WIRE_POLICY = _WirePolicy(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -257,19 +224,6 @@ def digest_subject(digest: Digest) -> str:
     return head + ", ".join(shown)
 
 
-def _one_line(value: str, header: str) -> str:
-    if any(char in value for char in "\r\n\0"):
-        raise HeaderInjection(f"{header}: a line break or NUL in {value!r}")
-    return value
-
-
-def _single_address(value: str) -> Address:
-    try:
-        return Address(addr_spec=_one_line(value, "To"))
-    except (ValueError, IndexError) as exc:
-        raise HeaderInjection(f"To: not a single address: {value!r}") from exc
-
-
 def _where(exc: BaseException) -> str:
     """``file:line`` of a template error: Jinja2 puts template frames in the traceback."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
@@ -331,13 +285,13 @@ def render_message(
     # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
     boundary = "=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
     headers = (
-        ("Subject", _one_line(subject, "Subject")),
+        ("Subject", one_line(subject, "Subject")),
         ("From", str(Address(mail.from_name, addr_spec=mail.from_address))),
-        ("To", str(_single_address(digest.recipient))),
+        ("To", str(single_address(digest.recipient))),
         ("Date", format_datetime(now)),
-        ("Message-ID", _one_line(message_id, "Message-ID")),
+        ("Message-ID", one_line(message_id, "Message-ID")),
         ("List-Id", f"alertd digests <digests.{domain}>"),
-        ("List-Unsubscribe", f"<{_one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"),
+        ("List-Unsubscribe", f"<{one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
         ("Auto-Submitted", "auto-generated"),
         ("Precedence", "bulk"),
@@ -346,45 +300,20 @@ def render_message(
     delimiter = f"--{boundary}\r\n".encode("ascii")
     wire = b"".join(
         [
-            *(_header_line(name, value) for name, value in headers),
+            *(header_line(name, value) for name, value in headers),
             b"MIME-Version: 1.0\r\n",
             f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
             delimiter,
-            _part_head("plain"),
-            _quoted_printable(text),
+            part_head("plain"),
+            quoted_printable(text),
             b"\r\n",
             delimiter,
-            _part_head("html", mime_version=True),
-            _quoted_printable(html),
+            part_head("html", mime_version=True),
+            quoted_printable(html),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
     return RenderedDigest(subject, sign_message(wire, mail))
-
-
-def _part_head(subtype: str, *, mime_version: bool = False) -> bytes:
-    # add_alternative() gave the second part its own MIME-Version; kept, byte for byte.
-    extra = "MIME-Version: 1.0\r\n" if mime_version else ""
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        f"Content-Transfer-Encoding: quoted-printable\r\n{extra}\r\n"
-    ).encode("ascii")
-
-
-def _header_line(name: str, value: str) -> bytes:
-    """One header as the wire policy writes it; the email package only when it must fold."""
-    line = f"{name}: {value}\r\n"
-    if value.isascii() and (len(line) <= 80 or WIRE_POLICY._whole(name, value)):
-        return line.encode("ascii")
-    return WIRE_POLICY.fold_binary(name, WIRE_POLICY.header_factory(name, value))
-
-
-def _quoted_printable(body: str) -> bytes:
-    """A text part's body: UTF-8, CRLF lines, quoted-printable with lines of at most 76."""
-    lines = body.encode("utf-8").splitlines()
-    # binascii's encoder is C, several times faster than the email package's pure Python
-    # one; given CRLF lines it writes CRLF soft breaks too.
-    return binascii.b2a_qp(b"\r\n".join(lines) + b"\r\n", istext=True)
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
