@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from email.headerregistry import Address
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +23,7 @@ from alertd.digests.excerpt import (
 )
 from alertd.errors import ConfigError, TemplateError
 from alertd.htmltext import sanitise_html
-from alertd.mail.identity import sign_message
-from alertd.mail.message import (
-    header_line,
-    one_line,
-    part_head,
-    quoted_printable,
-    single_address,
-)
+from alertd.mail.message import MailingList, build_message
 
 __all__ = [
     "Digest",
@@ -264,12 +254,7 @@ def render_message(
     message_id: str,
     now: datetime,
 ) -> RenderedDigest:
-    """Build the digest email; the same inputs always give the same bytes.
-
-    The MIME structure is written directly rather than through ``EmailMessage``: composing
-    is the costly half of a mail run, and the email package's header parsing and
-    pure-Python quoted-printable were most of it. Headers that are not plain short ASCII
-    still go through the email package's folding and RFC 2047 encoding.
+    """Build the digest email (``build_message``); the same inputs always give the same bytes.
 
     Raises:
         TemplateError: a template failed while rendering.
@@ -280,40 +265,18 @@ def render_message(
     context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
     text = _render_template(env, "digest.txt", context)
     html = _INLINER.inline(_render_template(env, "digest.html", context))
-    mail = settings.mail
-    domain = mail.from_address.rpartition("@")[2]
-    # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
-    boundary = "=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
-    headers = (
-        ("Subject", one_line(subject, "Subject")),
-        ("From", str(Address(mail.from_name, addr_spec=mail.from_address))),
-        ("To", str(single_address(digest.recipient))),
-        ("Date", format_datetime(now)),
-        ("Message-ID", one_line(message_id, "Message-ID")),
-        ("List-Id", f"alertd digests <digests.{domain}>"),
-        ("List-Unsubscribe", f"<{one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("Auto-Submitted", "auto-generated"),
-        ("Precedence", "bulk"),
-        ("X-Auto-Response-Suppress", "All"),
+    domain = settings.mail.from_address.rpartition("@")[2]
+    message = build_message(
+        settings.mail,
+        recipient=digest.recipient,
+        subject=subject,
+        message_id=message_id,
+        now=now,
+        text=text,
+        html=html,
+        mailing_list=MailingList(f"alertd digests <digests.{domain}>", digest.unsubscribe_url),
     )
-    delimiter = f"--{boundary}\r\n".encode("ascii")
-    wire = b"".join(
-        [
-            *(header_line(name, value) for name, value in headers),
-            b"MIME-Version: 1.0\r\n",
-            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
-            delimiter,
-            part_head("plain"),
-            quoted_printable(text),
-            b"\r\n",
-            delimiter,
-            part_head("html", mime_version=True),
-            quoted_printable(html),
-            f"\r\n--{boundary}--\r\n".encode("ascii"),
-        ]
-    )
-    return RenderedDigest(subject, sign_message(wire, mail))
+    return RenderedDigest(subject, message)
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
