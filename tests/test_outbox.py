@@ -24,7 +24,7 @@ from alertd.config import DatabaseSettings, DeliverySettings, Settings, SmtpSett
 from alertd.db import open_database, transaction
 from alertd.mail import outbox
 from alertd.mail.outbox import Claimed, OutboxState, claim_due, renew_lease, wall_clock
-from alertd.mail.sender import DeliveryReport, DrainOptions, drain_outbox
+from alertd.mail.sender import DeliveryReport, DrainOptions, Sender, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.models import Outbox, Subscriber
 from alertd.web import serve_web
@@ -462,16 +462,17 @@ def _slowest_page_s(url: str, for_s: float) -> float:
 async def test_web_app_answers_while_a_send_waits_for_the_database(
     make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    # The web app and the drain share this event loop, as under `alertd run`. Another
-    # writer holds the lock for 3 s during the send: recording it waits in a thread.
+    # The web app and the drain share this event loop and the sender, as under `alertd run`.
+    # Another writer holds the lock for 3 s during the send: recording it waits in a thread.
     settings = make_settings(database={"url": f"sqlite:///{tmp_path}/alertd.db"})
     engine = open_database(settings.database)
-    _queue(engine, "a@example.org")
+    smtp = SmtpSettings(host="127.0.0.1", port=smtp_sink.port)
+    sender = Sender(engine, mailer_factory("smtp", Path("."), smtp), _options())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stop = asyncio.Event()
-    serving = asyncio.create_task(serve_web(settings, engine, stop, sock=sock))
+    serving = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, sender=sender))
     async with httpx.AsyncClient(base_url=url) as client:
         for _ in range(100):
             try:
@@ -479,9 +480,11 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
                 break
             except httpx.ConnectError:
                 await asyncio.sleep(0.05)
+    await sender.settled()  # its first drain, at start, found nothing
+    _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 0.5)
     taken = threading.Event()
-    drain = asyncio.create_task(_drain(engine, smtp_sink))
+    drain = asyncio.create_task(sender.drain(now=NOW))
     await asyncio.sleep(0.2)  # the message is being sent now
     locker = threading.Thread(target=_hold_write_lock, args=(tmp_path / "alertd.db", 3.0, taken))
     locker.start()

@@ -1,22 +1,26 @@
-"""The sender loop: drain the outbox through a pool of mailers, at a limited rate."""
+"""The sender: drain the outbox through a pool of mailers at a limited rate, one drain at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Self
 
 from sqlalchemy.engine import Engine
 
-from alertd.config import DeliverySettings
+from alertd.config import DeliverySettings, Settings
 from alertd.errors import PermanentError, StopBatch, TransientError
 from alertd.mail import outbox
+from alertd.mail.identity import envelope_sender
 from alertd.mail.outbox import Claimed
 from alertd.mail.transports import Mailer, MailerFactory
 
@@ -43,6 +47,25 @@ class DrainOptions:
     max_per_second: float | None = None
     worker_id: str = "alertd"
     observe_send_s: Callable[[float], None] | None = None
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: Settings,
+        worker_id: str,
+        observe_send_s: Callable[[float], None] | None = None,
+    ) -> Self:
+        """The configured drain: SMTP's pool size and rate limit, VERP envelope senders."""
+        smtp = settings.smtp
+        use_pool = settings.mail.delivery == "smtp"
+        return cls(
+            sender_for=functools.partial(envelope_sender, settings),
+            delivery=settings.delivery,
+            connections=smtp.connections if use_pool else 1,
+            max_per_second=smtp.max_per_second if use_pool else None,
+            worker_id=worker_id,
+            observe_send_s=observe_send_s,
+        )
 
 
 class _RateLimit:
@@ -204,3 +227,93 @@ async def drain_outbox(
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)
     return drain.report
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sender:
+    """One process's sender: drains run one at a time, when asked, woken, or every interval.
+
+    ``drain`` is what a scheduled run calls. In the background (``running``) it drains at
+    start, whenever ``wake`` is called (the web app queued a mail) and every ``interval_s``
+    (retries), so a web request never waits on the mail server.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        make_mailer: MailerFactory,
+        options: DrainOptions,
+        *,
+        interval_s: float | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.engine = engine
+        self.make_mailer = make_mailer
+        self.options = options
+        self.interval_s = interval_s
+        self.clock = clock
+        # One drain at a time: a second one would open more connections than smtp.connections.
+        self._lock = asyncio.Lock()
+        self._woken = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(
+        self, *, now: datetime, stopping: asyncio.Event | None = None
+    ) -> DeliveryReport:
+        """Send what is due at ``now`` (``drain_outbox``), after any drain in flight."""
+        async with self._lock:
+            return await drain_outbox(
+                self.engine, self.make_mailer, self.options, now=now, stopping=stopping
+            )
+
+    def wake(self) -> None:
+        """Drain soon: something was queued (call it on the event loop)."""
+        self._idle.clear()
+        self._woken.set()
+
+    async def settled(self) -> None:
+        """Until every wake-up so far was followed by a whole drain (tests wait on it)."""
+        await self._idle.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self, shutdown_timeout_s: float) -> AsyncIterator[None]:
+        """Drain in the background while inside; on leaving, the send in flight finishes
+        (up to ``shutdown_timeout_s``) and no new message is taken."""
+        stop = asyncio.Event()
+        self.wake()  # a first drain at start: what was queued while nobody was sending
+        task = asyncio.create_task(self._loop(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            done, _ = await asyncio.wait({task}, timeout=shutdown_timeout_s)
+            if not done:
+                log.error("the send in flight did not finish within %.0fs", shutdown_timeout_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._woken.clear()
+            try:
+                await self.drain(now=self.clock(), stopping=stop)
+            except Exception:
+                # A bug in one drain must not end the sender: the next wake-up tries again.
+                log.exception("sending failed")
+            if not self._woken.is_set():
+                self._idle.set()
+            await _first_of(self._woken, stop, timeout_s=self.interval_s)
+
+
+async def _first_of(*events: asyncio.Event, timeout_s: float | None) -> None:
+    waiting = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting:
+            task.cancel()
