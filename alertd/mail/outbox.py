@@ -67,12 +67,27 @@ def queued_row(
     }
 
 
-def enqueue(engine: Engine, **row: Any) -> int:
-    """Queue one message (the arguments of ``queued_row``); its outbox id."""
+def enqueue(
+    engine: Engine,
+    *,
+    subscriber_id: int,
+    recipient: str,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    now: datetime,
+) -> int:
+    """Queue one message (a transactional email): pending, due at ``now``; its outbox id."""
+    row = queued_row(
+        subscriber_id=subscriber_id,
+        recipient=recipient,
+        message_id=message_id,
+        subject=subject,
+        message=message,
+        now=now,
+    )
     with write_connection(engine) as connection:
-        inserted = connection.execute(
-            sa.insert(Outbox).values(queued_row(**row)).returning(col(Outbox.id))
-        )
+        inserted = connection.execute(sa.insert(Outbox).values(row).returning(col(Outbox.id)))
         outbox_id = inserted.scalar_one()
         assert outbox_id is not None
         return outbox_id
