@@ -73,5 +73,9 @@ class DeliveryHalted(SmtpReplyError, StopBatch):
     """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""
 
 
+class HeaderInjection(PermanentError):
+    """A value meant for a mail header holds a line break, or is not a single address."""
+
+
 class TemplateError(PermanentError):
     """A digest template failed to load or render."""

@@ -27,8 +27,7 @@ from alertd.digests.render import (
     excerpt,
     render_message,
 )
-from alertd.errors import ConfigError, TemplateError
-from alertd.mail.message import HeaderInjection
+from alertd.errors import ConfigError, HeaderInjection, TemplateError
 from alertd.matching.analysis import highlight_terms, parse_query
 from alertd.matching.hits import match_new_answers
 from alertd.models import Hit, Outbox

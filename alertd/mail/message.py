@@ -11,13 +11,10 @@ from email.policy import SMTP, EmailPolicy
 from email.utils import format_datetime, make_msgid
 
 from alertd.config import MailSettings
+from alertd.errors import HeaderInjection
 from alertd.mail.identity import sign_message
 
-__all__ = ["HeaderInjection", "MailingList", "build_message", "new_message_id"]
-
-
-class HeaderInjection(ValueError):
-    """A value meant for a mail header holds a line break, or is not a single address."""
+__all__ = ["MailingList", "build_message", "new_message_id"]
 
 
 _UNFOLDED = SMTP.clone(max_line_length=998)
