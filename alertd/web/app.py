@@ -100,6 +100,25 @@ def _ping(engine: Engine) -> None:
         connection.execute(sa.text("SELECT 1"))
 
 
+def _own_sender(
+    settings: Settings,
+    engine: Engine,
+    mailer: MailerFactory | None,
+    clock: Clock,
+    metrics: Metrics,
+) -> Sender:
+    """The sender of `alertd web` alone: woken by the app's emails, and every
+    delivery.send_interval_s for retries (and anything else queued)."""
+    make_mailer = mailer or mailer_factory(
+        settings.mail.delivery, settings.mail.maildir, settings.smtp
+    )
+    options = DrainOptions.for_settings(
+        settings, f"{make_worker_id()}:web", metrics.smtp_seconds.observe
+    )
+    interval_s = settings.delivery.send_interval_s
+    return Sender(engine, make_mailer, options, interval_s=interval_s, clock=clock)
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -124,20 +143,11 @@ def create_app(
             delivery.send_interval_s (retries).
     """
     exported = metrics or Metrics()
-    if sender is None:
-        make_mailer = mailer or mailer_factory(
-            settings.mail.delivery, settings.mail.maildir, settings.smtp
-        )
-        options = DrainOptions.for_settings(
-            settings, f"{make_worker_id()}:web", exported.smtp_seconds.observe
-        )
-        interval_s = settings.delivery.send_interval_s
-        sender = Sender(engine, make_mailer, options, interval_s=interval_s, clock=clock)
-    running = sender
+    sender = sender or _own_sender(settings, engine, mailer, clock, exported)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running.running(settings.delivery.shutdown_timeout_s):
+        async with sender.running(settings.delivery.shutdown_timeout_s):
             yield
 
     app = FastAPI(

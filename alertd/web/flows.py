@@ -6,7 +6,7 @@ import functools
 import logging
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -233,12 +233,12 @@ def _queue_mail(
     recipient: str,
     subject: str,
     context: dict[str, Any],
+    now: datetime,
 ) -> None:
     """Build the email ``mail/<template>.txt`` + ``.html`` and queue it in the outbox.
 
     It goes out as digests do: DKIM-signed, from the subscriber's VERP address, retried.
     """
-    now = ctx.clock()
     full = {**context, "base_url": ctx.settings.web.base_url, "subject": subject}
     message_id = new_message_id(ctx.settings.mail, template)
     message = build_message(
@@ -309,6 +309,7 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
             recipient=result.email,
             subject=subject,
             context=context,
+            now=now,
         )
     )
     ctx.sender.wake()
@@ -335,6 +336,7 @@ async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
             recipient=email,
             subject=LINK_SUBJECT,
             context=context,
+            now=ctx.clock(),
         )
     )
     ctx.sender.wake()
