@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Self
+from functools import partial
+from typing import Self, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -25,6 +26,7 @@ from alertd.mail.outbox import Claimed
 from alertd.mail.transports import Mailer, MailerFactory
 
 log = logging.getLogger("alertd.mail.sender")
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,7 +61,7 @@ class DrainOptions:
         smtp = settings.smtp
         use_pool = settings.mail.delivery == "smtp"
         return cls(
-            sender_for=functools.partial(envelope_sender, settings),
+            sender_for=partial(envelope_sender, settings),
             delivery=settings.delivery,
             connections=smtp.connections if use_pool else 1,
             max_per_second=smtp.max_per_second if use_pool else None,
@@ -96,6 +98,15 @@ class _Drain:
     report: DeliveryReport = field(default_factory=DeliveryReport)
     halt: asyncio.Event = field(default_factory=asyncio.Event)
     mailers: list[Mailer] = field(default_factory=list)
+    # The drain's one database thread: off the event loop (it may be serving the web app),
+    # and one write at a time, as on the loop before: concurrent writers would only queue
+    # on SQLite's lock, each retrying with sleeps.
+    database: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="alertd-outbox")
+    )
+
+    async def in_database(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.database, call)
 
     def should_stop(self) -> bool:
         return self.stopping.is_set() or self.halt.is_set()
@@ -137,23 +148,23 @@ class _Drain:
         self.halt.set()
 
     async def deliver(self, mailer: Mailer, row: Claimed) -> None:
-        # Every database call runs in a thread: the event loop may be serving the web app.
         engine, owner, lease_s = self.engine, self.options.worker_id, self.options.delivery.lease_s
         if outbox.needs_renewal(row, lease_s):
-            if await asyncio.to_thread(outbox.renew_lease, engine, row.id, owner, lease_s) is None:
+            renew = partial(outbox.renew_lease, engine, row.id, owner, lease_s)
+            if await self.in_database(renew) is None:
                 return  # our lease ran out and another worker took the row over
         outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
         started = time.monotonic()
         try:
             await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
         except StopBatch as exc:
-            await asyncio.to_thread(outbox.release, engine, [outbox_id], owner)
+            await self.in_database(partial(outbox.release, engine, [outbox_id], owner))
             self.stop_batch(exc)
             return
         except (PermanentError, TransientError) as exc:
             # Permanent: the message is dead and counts as a bounce; transient: retried.
             permanent = isinstance(exc, PermanentError)
-            await asyncio.to_thread(
+            failed = partial(
                 outbox.record_failure,
                 engine,
                 outbox_id,
@@ -163,6 +174,7 @@ class _Drain:
                 self.rng,
                 permanent=permanent,
             )
+            await self.in_database(failed)
             self.report.errors.append(str(exc))
             if permanent:
                 self.report.rejected += 1
@@ -177,7 +189,9 @@ class _Drain:
                 exc,
             )
             return
-        await asyncio.to_thread(outbox.record_sent, engine, outbox_id, subscriber_id, self.now)
+        await self.in_database(
+            partial(outbox.record_sent, engine, outbox_id, subscriber_id, self.now)
+        )
         if self.options.observe_send_s is not None:
             self.options.observe_send_s(time.monotonic() - started)
         self.report.sent += 1
@@ -206,7 +220,7 @@ async def drain_outbox(
     try:
         async with AsyncExitStack() as stack:
             while budget > 0 and not drain.should_stop():
-                claimed = await asyncio.to_thread(
+                claim = partial(
                     outbox.claim_due,
                     engine,
                     now=now,
@@ -214,6 +228,7 @@ async def drain_outbox(
                     lease_s=options.delivery.lease_s,
                     owner=options.worker_id,
                 )
+                claimed = await drain.in_database(claim)
                 if not claimed:
                     break
                 budget -= len(claimed)
@@ -222,10 +237,13 @@ async def drain_outbox(
                 mailers = await drain.open_mailers(stack, make_mailer, wanted)
                 await drain.send_chunk(mailers, queue, limit)
                 unsent = [row.id for row in queue]
-                await asyncio.to_thread(outbox.release, engine, unsent, options.worker_id)
+                await drain.in_database(partial(outbox.release, engine, unsent, options.worker_id))
     except StopBatch as exc:
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)
+    finally:
+        # Not waiting: a call cut short by a cancellation still completes in its thread.
+        drain.database.shutdown(wait=False)
     return drain.report
 
 
