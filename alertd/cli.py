@@ -183,15 +183,16 @@ async def _run(settings: Settings, once: bool) -> int:
             report = await run_once(runtime, now=utc_now())
             return EXIT_FAILED if report.errors else 0
         # The web app (sign-up, unsubscribe links, /metrics) runs beside the scheduler and
-        # stops with it: both watch runtime.stopping, which SIGTERM sets.
+        # stops with it: both watch runtime.stopping, which SIGTERM sets. The web app's
+        # emails wake the runtime's sender, which runs in the app's lifespan.
         await asyncio.gather(
             Daemon(runtime).serve(),
             serve_web(
                 settings,
                 runtime.engine,
                 runtime.stopping,
-                mailer=runtime.make_mailer,
                 metrics=runtime.metrics,
+                sender=runtime.sender,
             ),
         )
     return 0

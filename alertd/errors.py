@@ -5,7 +5,7 @@
 # ├── UsageError                   a person gave bad input; nothing was written
 # │   └── QueryError, InvalidToken (TokenExpired), NotYours
 # ├── TransientError               retry later
-# │   ├── SourceUnavailable, DeliveryDeferred, RateLimited, MailFailed
+# │   ├── SourceUnavailable, DeliveryDeferred, RateLimited
 # │   └── MailServerUnavailable    (also StopBatch)
 # └── PermanentError               record it (bounce) and move on
 #     ├── SourceInvalid (SourceGone), DeliveryRejected, TemplateError, HeaderInjection
@@ -13,7 +13,7 @@
 #
 # StopBatch marks the failures that are nobody's message in particular (the mail server is
 # down or refuses us): catch it before TransientError/PermanentError and stop the whole batch.
-# SmtpReply carries the SMTP reply code of the delivery errors.
+# SmtpReplyError carries the SMTP reply code of the delivery errors.
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class StopBatch(AlertdError):
     """Not this message's fault but the mail server's: stop the batch, leave the rest queued."""
 
 
-class SmtpReply(AlertdError):
+class SmtpReplyError(AlertdError):
     """An error that carries the SMTP reply code (None when there was no reply: a timeout)."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
@@ -83,10 +83,6 @@ class RateLimited(TransientError):
         super().__init__(f"too many requests: try again in {retry_after} s")
 
 
-class MailFailed(TransientError):
-    """The email could not be handed to the mail server; nothing was saved."""
-
-
 # Sources
 
 
@@ -113,11 +109,11 @@ class HeaderInjection(PermanentError, ValueError):
     """A value meant for a mail header holds a line break, or is not a single address."""
 
 
-class DeliveryDeferred(SmtpReply, TransientError):
+class DeliveryDeferred(SmtpReplyError, TransientError):
     """The mail server asked us to try again later (4xx, timeout, dropped connection)."""
 
 
-class DeliveryRejected(SmtpReply, PermanentError):
+class DeliveryRejected(SmtpReplyError, PermanentError):
     """The mail server refused this recipient for good (5xx on RCPT or DATA)."""
 
 
@@ -125,5 +121,5 @@ class MailServerUnavailable(StopBatch, TransientError):
     """The mail server (or Maildir) cannot be reached at all: stop the batch, retry later."""
 
 
-class DeliveryHalted(SmtpReply, StopBatch, PermanentError):
+class DeliveryHalted(SmtpReplyError, StopBatch, PermanentError):
     """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -23,8 +22,7 @@ from alertd.db import describe_error
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
-from alertd.mail.identity import envelope_sender
-from alertd.mail.outbox import DrainOptions, drain_outbox
+from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory
 from alertd.matching.hits import match_new_answers
 from alertd.metrics import Metrics
@@ -83,16 +81,15 @@ class Runtime:
     # Worker processes rendering digests (digest.render_processes); None renders here.
     render_pool: RenderPool | None = None
 
+    # Drains the outbox one drain at a time; the web app wakes it when it queues a mail.
+    sender: Sender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sender = Sender(self.engine, self.make_mailer, self.drain_options())
+
     def drain_options(self) -> DrainOptions:
-        smtp = self.settings.smtp
-        use_pool = self.settings.mail.delivery == "smtp"
-        return DrainOptions(
-            sender_for=functools.partial(envelope_sender, self.settings),
-            delivery=self.settings.delivery,
-            connections=smtp.connections if use_pool else 1,
-            max_per_second=smtp.max_per_second if use_pool else None,
-            worker_id=self.worker_id,
-            observe_send_s=self.metrics.smtp_seconds.observe,
+        return DrainOptions.for_settings(
+            self.settings, self.worker_id, self.metrics.smtp_seconds.observe
         )
 
 
@@ -226,13 +223,7 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
         )
 
     async def drain() -> None:
-        delivered = await drain_outbox(
-            engine,
-            runtime.make_mailer,
-            runtime.drain_options(),
-            now=now,
-            stopping=runtime.stopping,
-        )
+        delivered = await runtime.sender.drain(now=now, stopping=runtime.stopping)
         report.sent, report.deferred, report.rejected = (
             delivered.sent,
             delivered.deferred,

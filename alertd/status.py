@@ -12,6 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
 from alertd.digests.compose import period_start
+from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import (
     Alert,
     ComposeFailure,
@@ -123,7 +124,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
             for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()
         ]
         oldest = session.exec(
-            select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(["pending", "retry"]))
+            select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(UNSENT))
         ).one()
         last_run = session.exec(select(func.max(DigestRun.completed_at))).one()
         status = Status(
@@ -211,7 +212,7 @@ def _problems(status: Status, settings: Settings) -> list[str]:
             f"composed, skipped {skipped.attempts} times since "
             f"{skipped.first_failed_at:%Y-%m-%d %H:%M}Z (its hits wait): {skipped.error}"
         )
-    dead = status.outbox.get("dead", 0)
+    dead = status.outbox.get(OutboxState.DEAD, 0)
     if dead:
         problems.append(f"{dead} digests are dead letters (see alertd list / the outbox)")
     age = status.oldest_pending_age_s

@@ -170,11 +170,13 @@ class SmtpSink:
         self,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
         auth: tuple[str, str] | None = None,
         max_stall: float = 30.0,
         hostname: str = "smtp-sink.alertd.test",
     ) -> None:
         self.host = host
+        self._port = port  # 0: a free one
         self.auth = auth
         self.max_stall = max_stall
         self.hostname = hostname
@@ -200,7 +202,7 @@ class SmtpSink:
         controller = _Controller(
             _Handler(self),
             hostname=self.host,
-            port=0,
+            port=self._port,
             server_hostname=self.hostname,
             ready_timeout=10.0,
             **self._smtp_options(),

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
+from alertd.mail.outbox import OutboxState
 from alertd.models import Ledger, Outbox
 
 from configs import write_config
@@ -129,7 +130,7 @@ def test_three_workers_on_postgresql_send_each_digest_once(
     with Session(engine) as session:
         rows = session.exec(select(Outbox)).all()
         assert {row.message_id for row in rows} == set(received)
-        assert {row.status for row in rows} == {"sent"}
+        assert {row.status for row in rows} == {OutboxState.SENT}
         ledger = session.exec(select(Ledger.subscriber_id, Ledger.source_id)).all()
         assert len(ledger) == len(set(ledger))  # no answer went twice to anyone
     engine.dispose()

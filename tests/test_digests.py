@@ -19,6 +19,7 @@ from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
+from alertd.mail.outbox import OutboxState
 from alertd.models import Alert, Hit, Item, ItemKind, Ledger, Member, Outbox, Subscriber
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
@@ -114,7 +115,7 @@ def _sent_before(engine: Engine, subscriber: Subscriber, api_id: int) -> int:
             recipient=subscriber.email,
             message_id=f"<earlier.{subscriber.id}@alertd.test>",
             message=b"",
-            status="sent",
+            status=OutboxState.SENT,
             created_at=NOW,
             next_attempt_at=NOW,
         )

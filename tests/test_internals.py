@@ -28,7 +28,8 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment, startup_sample
 from alertd.digests.render_pool import RenderJob, RenderPool, render_here
 from alertd.mail import outbox
-from alertd.mail.outbox import Claimed, drain_outbox, wall_clock
+from alertd.mail.outbox import Claimed, OutboxState, wall_clock
+from alertd.mail.sender import drain_outbox
 from alertd.models import Hit, Item, Ledger, Outbox
 
 from smtp_server import SmtpSink
@@ -42,7 +43,6 @@ from test_digests import (
     _subscribers,
     _text,
 )
-from test_outbox import NOW as OUTBOX_NOW
 from test_outbox import _drain, _options, _queue, _statuses
 
 # The fixtures of test_digests.py and test_outbox.py that these tests use.
@@ -122,7 +122,7 @@ def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
     sent = _outboxes(db_engine)
     assert sorted(len(boxes) for boxes in sent.values()) == [1] * 449 + [2]
     queued = [boxes[-1] for boxes in sent.values()]
-    assert all(box.status == "pending" and box.attempts == 0 for box in queued)
+    assert all(box.status == OutboxState.PENDING and box.attempts == 0 for box in queued)
     assert "Nadhim Zahawi" in _text(sent["reader0@example.org"][0])
     seventh = _text(sent[readers[7].email][1])
     assert "Heading 1" in seventh and "Heading 2" not in seventh
@@ -243,7 +243,10 @@ async def test_a_row_whose_lease_was_taken_over_is_not_sent(
     monkeypatch.setattr(outbox, "claim_due", stale_claim)
     report = await _drain(engine, smtp_sink)
     assert report.sent == 1 and [m.rcpt_tos for m in smtp_sink.messages] == [["b@example.org"]]
-    assert _statuses(engine) == {"a@example.org": "sending", "b@example.org": "sent"}
+    assert _statuses(engine) == {
+        "a@example.org": OutboxState.SENDING,
+        "b@example.org": OutboxState.SENT,
+    }
 
 
 class _SlowMailer:
@@ -261,7 +264,7 @@ class _SlowMailer:
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
         self.events.append("send")
         await asyncio.sleep(0.05 if recipient == "slow@example.org" else 0.01)
-        self.events.append("sent")
+        self.events.append(OutboxState.SENT)
 
 
 async def test_a_failing_worker_stops_the_others_before_mailers_close(
@@ -277,15 +280,13 @@ async def test_a_failing_worker_stops_the_others_before_mailers_close(
     monkeypatch.setattr(outbox, "record_sent", failing_once)
     events: list[str] = []
     with pytest.raises(RuntimeError, match="bug"):
-        await drain_outbox(
-            engine, lambda: _SlowMailer(events), _options(connections=2), now=OUTBOX_NOW
-        )
+        await drain_outbox(engine, lambda: _SlowMailer(events), _options(connections=2), now=NOW)
     # The slow send in flight finished; nothing was sent after; then both mailers closed.
-    assert events == ["send", "send", "sent", "sent", "close", "close"]
+    assert events == ["send", "send", OutboxState.SENT, OutboxState.SENT, "close", "close"]
     # As after a crash: the rows not recorded wait for their lease to run out.
     assert _statuses(engine) == {
-        "fast@example.org": "sending",
-        "slow@example.org": "sent",
-        "c@example.org": "sending",
-        "d@example.org": "sending",
+        "fast@example.org": OutboxState.SENDING,
+        "slow@example.org": OutboxState.SENT,
+        "c@example.org": OutboxState.SENDING,
+        "d@example.org": OutboxState.SENDING,
     }

@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 from alertd.cli import main
 from alertd.config import DatabaseSettings
 from alertd.db import open_database, transaction
+from alertd.mail.outbox import OutboxState
 from alertd.models import Item, Outbox, SourceState, Subscriber
 
 from configs import write_config as _config
@@ -70,16 +71,16 @@ def test_status_flags_a_failing_source(
 @pytest.mark.parametrize(
     ("state", "age_h", "problem"),
     [
-        ("dead", 0, "dead letters"),
-        ("pending", 2, "oldest unsent digest has waited"),
-        ("retry", 3, "oldest unsent digest has waited"),
+        (OutboxState.DEAD, 0, "dead letters"),
+        (OutboxState.PENDING, 2, "oldest unsent digest has waited"),
+        (OutboxState.RETRY, 3, "oldest unsent digest has waited"),
     ],
 )
 def test_status_flags_outbox_trouble(
     tmp_path: Path,
     standin_api: StandinApi,
     capsys: pytest.CaptureFixture[str],
-    state: str,
+    state: OutboxState,
     age_h: int,
     problem: str,
 ) -> None:

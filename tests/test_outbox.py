@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import httpx
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.config import DatabaseSettings, DeliverySettings, SmtpSettings
+from alertd.config import DatabaseSettings, DeliverySettings, Settings, SmtpSettings
 from alertd.db import open_database, transaction
-from alertd.mail.outbox import (
-    DeliveryReport,
-    DrainOptions,
-    claim_due,
-    drain_outbox,
-    renew_lease,
-    wall_clock,
-)
+from alertd.mail.outbox import OutboxState, claim_due, renew_lease, wall_clock
+from alertd.mail.sender import DeliveryReport, DrainOptions, Sender, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.models import Outbox, Subscriber
+from alertd.web import serve_web
 
 from smtp_server import SmtpSink
 
@@ -107,19 +107,19 @@ async def test_pool_sends_each_digest_exactly_once(engine: Engine, smtp_sink: Sm
     report = await _drain(engine, smtp_sink, connections=4)
     assert report.sent == 40 and report.halted is None
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == sorted(recipients)
-    assert set(_statuses(engine).values()) == {"sent"}
+    assert set(_statuses(engine).values()) == {OutboxState.SENT}
     assert (await _drain(engine, smtp_sink, connections=4)).sent == 0
 
 
 @pytest.mark.parametrize(
     ("fault", "status", "outcome"),
     [
-        (("rcpt", "451 4.7.1 Try later"), "retry", "deferred"),
-        (("rcpt", "552 5.2.2 Mailbox full"), "retry", "deferred"),
-        (("rcpt", "421 4.3.2 Shutting down"), "retry", "deferred"),
-        (("rcpt", "550 5.1.1 No such user"), "dead", "rejected"),
-        (("data", "451 4.3.0 Try later"), "retry", "deferred"),
-        (("data", "554 5.6.0 Message rejected"), "dead", "rejected"),
+        (("rcpt", "451 4.7.1 Try later"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "552 5.2.2 Mailbox full"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "421 4.3.2 Shutting down"), OutboxState.RETRY, "deferred"),
+        (("rcpt", "550 5.1.1 No such user"), OutboxState.DEAD, "rejected"),
+        (("data", "451 4.3.0 Try later"), OutboxState.RETRY, "deferred"),
+        (("data", "554 5.6.0 Message rejected"), OutboxState.DEAD, "rejected"),
     ],
 )
 async def test_recipient_failures_are_classified(
@@ -130,12 +130,15 @@ async def test_recipient_failures_are_classified(
     smtp_sink.fail_next(stage, reply, address="unlucky@example.org")  # type: ignore[arg-type]
     report = await _drain(engine, smtp_sink)
     assert report.sent == 1 and getattr(report, outcome) == 1 and report.halted is None
-    assert _statuses(engine) == {"unlucky@example.org": status, "fine@example.org": "sent"}
+    assert _statuses(engine) == {
+        "unlucky@example.org": status,
+        "fine@example.org": OutboxState.SENT,
+    }
     with Session(engine) as session:
         subscriber = session.exec(
             select(Subscriber).where(Subscriber.email == "unlucky@example.org")
         ).one()
-        assert subscriber.consecutive_bounces == (1 if status == "dead" else 0)
+        assert subscriber.consecutive_bounces == (1 if status == OutboxState.DEAD else 0)
 
 
 async def test_dropped_connection_mid_data_is_retried(engine: Engine, smtp_sink: SmtpSink) -> None:
@@ -158,7 +161,7 @@ async def test_stalled_server_times_out_and_is_retried(engine: Engine, smtp_sink
     _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 3.0)
     report = await _drain(engine, smtp_sink, timeout_s=0.5)
-    assert report.deferred == 1 and _statuses(engine) == {"a@example.org": "retry"}
+    assert report.deferred == 1 and _statuses(engine) == {"a@example.org": OutboxState.RETRY}
 
 
 @pytest.mark.parametrize(
@@ -178,7 +181,7 @@ async def test_operator_errors_stop_the_batch(
     assert report.halted and reply.split()[0] in report.halted
     assert report.sent == report.rejected == report.deferred == 0
     # Nobody's digest was burned: all are due again at once, no bounce counted.
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
     with Session(engine) as session:
         bounces = session.exec(select(Subscriber.consecutive_bounces)).all()
         assert set(bounces) == {0}
@@ -188,16 +191,16 @@ async def test_unreachable_server_keeps_everything_pending(engine: Engine) -> No
     _queue(engine, "a@example.org", "b@example.org")
     report = await _drain(engine, None, port=1)
     assert report.halted and "cannot connect" in report.halted
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 async def test_retries_give_up_after_retry_for_hours(engine: Engine, smtp_sink: SmtpSink) -> None:
     _queue(engine, "a@example.org")
     smtp_sink.fail_rcpt("a@example.org", 451, count=None)
     await _drain(engine, smtp_sink)
-    assert _statuses(engine) == {"a@example.org": "retry"}
+    assert _statuses(engine) == {"a@example.org": OutboxState.RETRY}
     await _drain(engine, smtp_sink, now=NOW + timedelta(hours=73))
-    assert _statuses(engine) == {"a@example.org": "dead"}
+    assert _statuses(engine) == {"a@example.org": OutboxState.DEAD}
 
 
 async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpSink) -> None:
@@ -205,7 +208,7 @@ async def test_stop_request_takes_no_new_digest(engine: Engine, smtp_sink: SmtpS
     stopping = asyncio.Event()
     stopping.set()
     report = await _drain(engine, smtp_sink, stopping=stopping)
-    assert report.sent == 0 and set(_statuses(engine).values()) == {"pending"}
+    assert report.sent == 0 and set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 def _claimed_ids(engine: Engine, owner: str) -> list[int]:
@@ -216,12 +219,12 @@ def test_claims_take_lost_leases_then_retries_then_the_oldest_pending(engine: En
     ids = _queue(engine, *(f"r{n}@example.org" for n in range(6)))
     early, late = NOW - timedelta(hours=1), NOW + timedelta(hours=1)
     states = [
-        ("pending", NOW, None),  # due
-        ("pending", early, None),  # due, and waiting longer
-        ("pending", late, None),  # not due yet
-        ("retry", early, None),  # due
-        ("sending", NOW, wall_clock() - timedelta(seconds=1)),  # its worker died
-        ("sending", NOW, wall_clock() + timedelta(hours=1)),  # being sent
+        (OutboxState.PENDING, NOW, None),  # due
+        (OutboxState.PENDING, early, None),  # due, and waiting longer
+        (OutboxState.PENDING, late, None),  # not due yet
+        (OutboxState.RETRY, early, None),  # due
+        (OutboxState.SENDING, NOW, wall_clock() - timedelta(seconds=1)),  # its worker died
+        (OutboxState.SENDING, NOW, wall_clock() + timedelta(hours=1)),  # being sent
     ]
     with transaction(engine) as session:
         for row_id, (status, due_at, lease_until) in zip(ids, states, strict=True):
@@ -309,8 +312,8 @@ async def test_kept_connection_reconnects_after_the_server_closes_it(
     report = await _drain(engine, smtp_sink)
     assert (report.deferred, report.sent, report.halted) == (1, 19, None)
     statuses = _statuses(engine)
-    assert statuses.pop("reader0@example.org") == "retry"
-    assert set(statuses.values()) == {"sent"}
+    assert statuses.pop("reader0@example.org") == OutboxState.RETRY
+    assert set(statuses.values()) == {OutboxState.SENT}
     assert len(smtp_connects) == 2
 
 
@@ -322,7 +325,7 @@ async def test_mailer_that_cannot_open_stops_the_batch(engine: Engine, tmp_path:
     _queue(engine, "a@example.org", "b@example.org")
     report = await drain_outbox(engine, make_mailer, _options(connections=2), now=NOW)
     assert report.halted and "Maildir" in report.halted and report.sent == 0
-    assert set(_statuses(engine).values()) == {"pending"}
+    assert set(_statuses(engine).values()) == {OutboxState.PENDING}
 
 
 async def test_sent_digest_clears_only_its_subscribers_bounces(
@@ -338,7 +341,12 @@ async def test_sent_digest_clears_only_its_subscribers_bounces(
         bounces = dict(session.exec(select(Subscriber.email, Subscriber.consecutive_bounces)).all())
         row = session.exec(select(Outbox)).one()
     assert bounces == {"a@example.org": 0, "other@example.org": 2}
-    assert (row.status, row.attempts, row.sent_at, row.last_error) == ("sent", 1, NOW, None)
+    assert (row.status, row.attempts, row.sent_at, row.last_error) == (
+        OutboxState.SENT,
+        1,
+        NOW,
+        None,
+    )
     assert (row.lease_owner, row.lease_until) == (None, None)
 
 
@@ -355,3 +363,73 @@ def test_lease_is_renewed_only_by_its_owner(engine: Engine) -> None:
         row = session.get(Outbox, row_id)
         assert row is not None and row.subscriber_id == claimed.subscriber_id
         assert row.lease_until == until
+
+
+def _hold_write_lock(path: Path, hold_s: float, taken: threading.Event) -> None:
+    """Another writer: holds SQLite's write lock for ``hold_s`` seconds."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(hold_s)
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+def _slowest_page_s(url: str, for_s: float) -> float:
+    """From another thread: the slowest of the pages asked for every 50 ms for ``for_s``."""
+    slowest_s = 0.0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        until = time.monotonic() + for_s
+        while time.monotonic() < until:
+            started = time.monotonic()
+            assert client.get("/").status_code == 200
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            time.sleep(0.05)
+    return slowest_s
+
+
+async def test_web_app_answers_while_a_send_waits_for_the_database(
+    make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    # The web app and the drain share this event loop and the sender, as under `alertd run`.
+    # Another writer holds the lock for 3 s during the send: recording it waits in a thread.
+    settings = make_settings(database={"url": f"sqlite:///{tmp_path}/alertd.db"})
+    engine = open_database(settings.database)
+    smtp = SmtpSettings(host="127.0.0.1", port=smtp_sink.port)
+    sender = Sender(engine, mailer_factory("smtp", Path("."), smtp), _options())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, sender=sender))
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(100):
+            try:
+                assert (await client.get("/")).status_code == 200
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+    await sender.settled()  # its first drain, at start, found nothing
+    _queue(engine, "a@example.org")
+    smtp_sink.stall_next("data", 0.5)
+    taken = threading.Event()
+    drain = asyncio.create_task(sender.drain(now=NOW))
+    await asyncio.sleep(0.2)  # the message is being sent now
+    locker = threading.Thread(target=_hold_write_lock, args=(tmp_path / "alertd.db", 3.0, taken))
+    locker.start()
+    await asyncio.to_thread(taken.wait, 5)
+    locked_at = time.monotonic()
+    slowest_s = await asyncio.to_thread(_slowest_page_s, url, 3.0)
+    report = await drain
+    await asyncio.to_thread(locker.join)
+    stop.set()
+    await serving
+    sock.close()
+    # The send was recorded only once the lock was given back ...
+    assert report.sent == 1 and time.monotonic() - locked_at > 2.5
+    assert _statuses(engine) == {"a@example.org": OutboxState.SENT}
+    engine.dispose()
+    # ... and meanwhile every page came within half a second.
+    assert slowest_s < 0.5

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
+import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -20,10 +22,11 @@ from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
+from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
 from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
-from alertd.web import create_app
+from alertd.web import create_app, serve_web
 
 from smtp_server import SmtpSink
 from standin_api import StandinApi
@@ -234,7 +237,7 @@ async def test_smtp_delivery_and_retry_after_451(settings: Settings, smtp_sink: 
     assert (report.sent, report.deferred) == (1, 1)
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["other@example.org"]]
     with Session(engine) as session:
-        retry = session.exec(select(Outbox).where(Outbox.status == "retry")).one()
+        retry = session.exec(select(Outbox).where(Outbox.status == OutboxState.RETRY)).one()
         assert retry.recipient == "parent@example.org" and retry.attempts == 1
     # Not due yet: nothing is sent again a minute later.
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=1))
@@ -266,7 +269,7 @@ async def test_permanent_rejections_suspend_after_max_bounces(
     with Session(engine) as session:
         subscriber = session.exec(select(Subscriber)).one()
         assert subscriber.suspended_at is not None
-        assert session.exec(select(Outbox)).one().status == "dead"
+        assert session.exec(select(Outbox)).one().status == OutboxState.DEAD
         assert session.exec(select(Item).where(col(Item.matched_at).is_(None))).all() == []
     rows = alerts.list_alerts(engine)
     assert rows[0].suspended
@@ -369,3 +372,33 @@ async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
     assert samples[("alertd_digests_total", (("outcome", "sent"),))] == 1
     assert samples[("alertd_polls_total", (("outcome", "ok"), ("source", "parliament")))] == 1
     assert samples[("alertd_run_seconds_count", ())] == 1
+
+
+async def test_under_alertd_run_a_sign_up_wakes_the_runtimes_sender(
+    settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    # As `alertd run` serves it: the web app shares the runtime's sender, which is woken by
+    # the queued confirmation at once, not at the next send job.
+    runtime = smtp_runtime(settings, smtp_sink)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(
+        serve_web(
+            runtime.settings, runtime.engine, runtime.stopping, sock=sock, sender=runtime.sender
+        )
+    )
+    form = {"email": "new@example.org", "follow": "topic", "query": "visas", "step": "subscribe"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as web:
+        for _ in range(100):
+            try:
+                await web.get("/healthz")
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+        assert (await web.post("/signup", data=form)).status_code == 200
+    [mail] = await asyncio.to_thread(smtp_sink.wait_for_messages, 1, 5.0)
+    runtime.stopping.set()
+    await serving
+    sock.close()
+    runtime.engine.dispose()
+    assert mail.subject == "Confirm your alert" and mail.rcpt_tos == ["new@example.org"]

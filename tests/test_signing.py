@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import dkim
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlmodel import Session, select
 
 from alertd.config import Settings, load_settings
+from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
 from alertd.mail.identity import bounced_subscriber, envelope_sender, sign_message
 from alertd.mail.transports import SmtpMailer
+from alertd.models import Subscriber
+from alertd.web import serve_web
 
 from digest_cases import case_settings, compose_case
 from smtp_server import SmtpSink
@@ -161,3 +168,52 @@ def test_verp_address_names_the_subscriber_and_cannot_be_forged() -> None:
         {"mail": {"verp_address": "bounces@example.org"}, "web": {"secret_key": "k2"}}
     )
     assert bounced_subscriber(other_key, sender) is None
+
+
+async def test_a_confirmation_queued_while_smtp_is_down_goes_out_signed_once_it_is_back(
+    make_settings: Callable[..., Settings], key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # `alertd web` alone: its own sender retries the outbox every send_interval_s.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        smtp_port = probe.getsockname()[1]  # nothing listens there yet
+    settings = make_settings(
+        mail={
+            "delivery": "smtp",
+            "dkim_selector": SELECTOR,
+            "dkim_key_path": str(key_path),
+            "verp_address": "bounces@alertd.test",
+        },
+        smtp={"host": "127.0.0.1", "port": smtp_port},
+        delivery={"send_interval_s": 0.2},
+    )
+    engine = open_database(settings.database)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve_web(settings, engine, stop, sock=sock))
+    form = {"email": "late@example.org", "follow": "topic", "query": "visas"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+        for _ in range(100):
+            try:
+                await client.get("/healthz")
+                break
+            except httpx.ConnectError:
+                await asyncio.sleep(0.05)
+        response = await client.post("/signup", data={**form, "step": "subscribe"})
+    assert response.status_code == 200 and "Check your email" in response.text
+    await asyncio.sleep(0.5)  # a few tries while the server is down
+    with SmtpSink(port=smtp_port) as sink:
+        [mail] = await asyncio.to_thread(sink.wait_for_messages, 1, 10.0)
+    stop.set()
+    await serving
+    sock.close()
+    with Session(engine) as session:
+        subscriber_id = session.exec(select(Subscriber.id)).one()
+    engine.dispose()
+    assert mail.subject == "Confirm your alert" and mail.rcpt_tos == ["late@example.org"]
+    assert mail.raw.startswith(b"DKIM-Signature: ")
+    assert dkim.verify(mail.raw, dnsfunc=_dns(rsa_key))
+    assert subscriber_id is not None
+    assert mail.mail_from == envelope_sender(settings, subscriber_id)
+    assert mail.mail_from.startswith("bounces+")

@@ -22,6 +22,7 @@ from alertd.digests.items import ComposeMemo, Row, build_digest
 from alertd.digests.render import RenderedDigest
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool, render_here
 from alertd.errors import AlertdError
+from alertd.mail.outbox import queued_row
 from alertd.models import (
     Alert,
     ComposeFailure,
@@ -354,15 +355,15 @@ def _outbox(
     subscriber: Subscriber, job: RenderJob, rendered: RenderedDigest, now: datetime
 ) -> dict[str, Any]:
     """The outbox row of a subscriber's rendered digest."""
-    return {
-        "subscriber_id": subscriber.id,
-        "recipient": subscriber.email,
-        "message_id": job.message_id,
-        "subject": rendered.subject,
-        "message": rendered.message,
-        "created_at": now,
-        "next_attempt_at": now,
-    }
+    assert subscriber.id is not None
+    return queued_row(
+        subscriber_id=subscriber.id,
+        recipient=subscriber.email,
+        message_id=job.message_id,
+        subject=rendered.subject,
+        message=rendered.message,
+        now=now,
+    )
 
 
 def _write(

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import binascii
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from email.headerregistry import Address
-from email.policy import SMTP, EmailPolicy
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +20,9 @@ from alertd.digests.excerpt import (
     long_date,
     wrap_text,
 )
-from alertd.errors import ConfigError, HeaderInjection, TemplateError
+from alertd.errors import ConfigError, TemplateError
 from alertd.htmltext import sanitise_html
-from alertd.mail.identity import sign_message
+from alertd.mail.message import MailingList, build_message
 
 __all__ = [
     "Digest",
@@ -45,39 +40,6 @@ SUBJECT_MAX_CHARS = 90
 # Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
 # <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-
-
-_UNFOLDED = SMTP.clone(max_line_length=998)
-
-
-class _WirePolicy(EmailPolicy):
-    """SMTP's policy, but links and ASCII subjects are never folded.
-
-    Python folds a word longer than a line (a URL) into RFC 2047 encoded-words, which
-    would break List-Unsubscribe; a line of up to 998 characters is valid (RFC 5322).
-    """
-
-    def _whole(self, name: str, value: str) -> bool:
-        lowered = name.lower()
-        return lowered in ("list-unsubscribe", "list-id", "message-id") or (
-            lowered == "subject" and value.isascii()
-        )
-
-    def fold(self, name: str, value: str) -> str:
-        if self._whole(name, value):
-            whole: str = _UNFOLDED.fold(name, value)
-            return whole
-        folded: str = super().fold(name, value)
-        return folded
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if self._whole(name, value):
-            whole: bytes = _UNFOLDED.fold_binary(name, value)
-            return whole
-        return super().fold_binary(name, value)
-
-
-WIRE_POLICY = _WirePolicy(linesep="\r\n")
 
 
 @dataclass(frozen=True)
@@ -250,19 +212,6 @@ def digest_subject(digest: Digest) -> str:
     return head + ", ".join(shown)
 
 
-def _one_line(value: str, header: str) -> str:
-    if any(char in value for char in "\r\n\0"):
-        raise HeaderInjection(f"{header}: a line break or NUL in {value!r}")
-    return value
-
-
-def _single_address(value: str) -> Address:
-    try:
-        return Address(addr_spec=_one_line(value, "To"))
-    except (ValueError, IndexError) as exc:
-        raise HeaderInjection(f"To: not a single address: {value!r}") from exc
-
-
 def _where(exc: BaseException) -> str:
     """``file:line`` of a template error: Jinja2 puts template frames in the traceback."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
@@ -303,12 +252,7 @@ def render_message(
     message_id: str,
     now: datetime,
 ) -> RenderedDigest:
-    """Build the digest email; the same inputs always give the same bytes.
-
-    The MIME structure is written directly rather than through ``EmailMessage``: composing
-    is the costly half of a mail run, and the email package's header parsing and
-    pure-Python quoted-printable were most of it. Headers that are not plain short ASCII
-    still go through the email package's folding and RFC 2047 encoding.
+    """Build the digest email (``build_message``); the same inputs always give the same bytes.
 
     Raises:
         TemplateError: a template failed while rendering.
@@ -319,65 +263,18 @@ def render_message(
     context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
     text = _render_template(env, "digest.txt", context)
     html = _INLINER.inline(_render_template(env, "digest.html", context))
-    mail = settings.mail
-    domain = mail.from_address.rpartition("@")[2]
-    # A boundary derived from the Message-ID keeps rendering a pure function of its inputs.
-    boundary = "=_alertd_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
-    headers = (
-        ("Subject", _one_line(subject, "Subject")),
-        ("From", str(Address(mail.from_name, addr_spec=mail.from_address))),
-        ("To", str(_single_address(digest.recipient))),
-        ("Date", format_datetime(now)),
-        ("Message-ID", _one_line(message_id, "Message-ID")),
-        ("List-Id", f"alertd digests <digests.{domain}>"),
-        ("List-Unsubscribe", f"<{_one_line(digest.unsubscribe_url, 'List-Unsubscribe')}>"),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("Auto-Submitted", "auto-generated"),
-        ("Precedence", "bulk"),
-        ("X-Auto-Response-Suppress", "All"),
+    domain = settings.mail.from_address.rpartition("@")[2]
+    message = build_message(
+        settings.mail,
+        recipient=digest.recipient,
+        subject=subject,
+        message_id=message_id,
+        now=now,
+        text=text,
+        html=html,
+        mailing_list=MailingList(f"alertd digests <digests.{domain}>", digest.unsubscribe_url),
     )
-    delimiter = f"--{boundary}\r\n".encode("ascii")
-    wire = b"".join(
-        [
-            *(_header_line(name, value) for name, value in headers),
-            b"MIME-Version: 1.0\r\n",
-            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
-            delimiter,
-            _part_head("plain"),
-            _quoted_printable(text),
-            b"\r\n",
-            delimiter,
-            _part_head("html", mime_version=True),
-            _quoted_printable(html),
-            f"\r\n--{boundary}--\r\n".encode("ascii"),
-        ]
-    )
-    return RenderedDigest(subject, sign_message(wire, mail))
-
-
-def _part_head(subtype: str, *, mime_version: bool = False) -> bytes:
-    # add_alternative() gave the second part its own MIME-Version; kept, byte for byte.
-    extra = "MIME-Version: 1.0\r\n" if mime_version else ""
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        f"Content-Transfer-Encoding: quoted-printable\r\n{extra}\r\n"
-    ).encode("ascii")
-
-
-def _header_line(name: str, value: str) -> bytes:
-    """One header as the wire policy writes it; the email package only when it must fold."""
-    line = f"{name}: {value}\r\n"
-    if value.isascii() and (len(line) <= 80 or WIRE_POLICY._whole(name, value)):
-        return line.encode("ascii")
-    return WIRE_POLICY.fold_binary(name, WIRE_POLICY.header_factory(name, value))
-
-
-def _quoted_printable(body: str) -> bytes:
-    """A text part's body: UTF-8, CRLF lines, quoted-printable with lines of at most 76."""
-    lines = body.encode("utf-8").splitlines()
-    # binascii's encoder is C, several times faster than the email package's pure Python
-    # one; given CRLF lines it writes CRLF soft breaks too.
-    return binascii.b2a_qp(b"\r\n".join(lines) + b"\r\n", istext=True)
+    return RenderedDigest(subject, message)
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)

@@ -1,1 +1,1 @@
-"""Mail: the outbox state machine, the sender loop, transports and the sending identity."""
+"""Mail: the message builder, the outbox state machine, the sender, transports, identity."""

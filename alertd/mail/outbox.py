@@ -1,16 +1,14 @@
-"""The outbox: claim due digests under a lease, send them through a pool, record each outcome."""
+"""The outbox as one state machine: every transition of a queued message happens here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,35 +16,81 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.errors import DeliveryDeferred, DeliveryHalted, DeliveryRejected, MailServerUnavailable
-from alertd.mail.transports import Mailer, MailerFactory
 from alertd.models import Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
+# The backoff between attempts at one message (delivery.retry_for_hours bounds the total).
 FIRST_RETRY_S = 300.0
 LONGEST_RETRY_S = 6 * 3600.0
 
 
-@dataclass
-class DeliveryReport:
-    sent: int = 0
-    deferred: int = 0
-    rejected: int = 0
-    halted: str | None = None
-    errors: list[str] = field(default_factory=list)
+class OutboxState(StrEnum):
+    """Where a queued message (a digest or a transactional mail) stands.
+
+    PENDING --claim--> SENDING --sent--> SENT
+    SENDING --temporary failure--> RETRY --claim (when due)--> SENDING
+    SENDING --permanent failure, or retried past retry_for_hours--> DEAD
+    SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
+    SENDING --lease ran out (its worker died)--> claimed again as it is
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRY = "retry"
+    SENT = "sent"
+    DEAD = "dead"
 
 
-@dataclass(frozen=True)
-class DrainOptions:
-    """How one run drains the outbox."""
+# Waiting to be sent: what `alertd status` counts as unsent.
+UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
 
-    # The envelope sender (MAIL FROM) of a subscriber's digests: mail.from, or a VERP address.
-    sender_for: Callable[[int], str]
-    delivery: DeliverySettings
-    connections: int = 1
-    max_per_second: float | None = None
-    worker_id: str = "alertd"
-    observe_send_s: Callable[[float], None] | None = None
+
+def queued_row(
+    *,
+    subscriber_id: int,
+    recipient: str,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    now: datetime,
+) -> dict[str, Any]:
+    """The values of a new outbox row (for a bulk INSERT): pending, due at ``now``."""
+    return {
+        "subscriber_id": subscriber_id,
+        "recipient": recipient,
+        "message_id": message_id,
+        "subject": subject,
+        "message": message,
+        "status": OutboxState.PENDING,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+def enqueue(
+    engine: Engine,
+    *,
+    subscriber_id: int,
+    recipient: str,
+    message_id: str,
+    subject: str,
+    message: bytes,
+    now: datetime,
+) -> int:
+    """Queue one message (a transactional email): pending, due at ``now``; its outbox id."""
+    row = queued_row(
+        subscriber_id=subscriber_id,
+        recipient=recipient,
+        message_id=message_id,
+        subject=subject,
+        message=message,
+        now=now,
+    )
+    with write_connection(engine) as connection:
+        inserted = connection.execute(sa.insert(Outbox).values(row).returning(col(Outbox.id)))
+        outbox_id = inserted.scalar_one()
+        assert outbox_id is not None
+        return outbox_id
 
 
 def retry_delay(attempts: int, rng: random.Random) -> timedelta:
@@ -85,9 +129,9 @@ def claim_due(
     # One index range per state, each already in order: an OR of them, or ORDER BY id, made
     # the database sort every due row for each claim (quadratic over a big mail run).
     wanted = (
-        sa.and_(col(Outbox.status) == "sending", col(Outbox.lease_until) < lease_now),
-        sa.and_(col(Outbox.status) == "retry", col(Outbox.next_attempt_at) <= now),
-        sa.and_(col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now),
+        sa.and_(col(Outbox.status) == OutboxState.SENDING, col(Outbox.lease_until) < lease_now),
+        sa.and_(col(Outbox.status) == OutboxState.RETRY, col(Outbox.next_attempt_at) <= now),
+        sa.and_(col(Outbox.status) == OutboxState.PENDING, col(Outbox.next_attempt_at) <= now),
     )
     claimed: list[Claimed] = []
     with transaction(engine) as session:
@@ -110,7 +154,7 @@ def claim_due(
             session.execute(
                 sa.update(Outbox)
                 .where(col(Outbox.id).in_([c.id for c in claimed]))
-                .values(status="sending", lease_owner=owner, lease_until=until)
+                .values(status=OutboxState.SENDING, lease_owner=owner, lease_until=until)
             )
     return claimed
 
@@ -121,7 +165,7 @@ _RENEW_LEASE = (
     .where(
         col(Outbox.id) == sa.bindparam("outbox_id"),
         col(Outbox.lease_owner) == sa.bindparam("owner"),
-        col(Outbox.status) == "sending",
+        col(Outbox.status) == OutboxState.SENDING,
     )
     .values(lease_until=sa.bindparam("until"))
 )
@@ -129,7 +173,7 @@ _MARK_SENT = (
     sa.update(Outbox)
     .where(col(Outbox.id) == sa.bindparam("outbox_id"))
     .values(
-        status="sent",
+        status=OutboxState.SENT,
         sent_at=sa.bindparam("now"),
         last_error=None,
         lease_owner=None,
@@ -158,16 +202,14 @@ def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> d
         return until if result.rowcount else None
 
 
-def _holds_lease(engine: Engine, row: Claimed, owner: str, lease_s: float) -> bool:
-    """Whether we may send ``row`` now, renewing its lease if half of it has passed.
+def needs_renewal(row: Claimed, lease_s: float) -> bool:
+    """Whether ``row``'s lease must be renewed (``renew_lease``) before it is sent.
 
     A chunk claimed together may wait in the queue; a send lasts well under half a lease
     (a few SMTP timeouts), so a row sent within that half needs no write of its own, and one
     sent later is renewed first: no other worker can take it over while it is being sent.
     """
-    if wall_clock() < row.lease_until - timedelta(seconds=lease_s / 2):
-        return True
-    return renew_lease(engine, row.id, owner, lease_s) is not None
+    return wall_clock() >= row.lease_until - timedelta(seconds=lease_s / 2)
 
 
 def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
@@ -179,167 +221,13 @@ def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
             sa.update(Outbox)
             .where(col(Outbox.id).in_(list(ids)), col(Outbox.lease_owner) == owner)
             .values(
-                status=sa.case((col(Outbox.attempts) > 0, "retry"), else_="pending"),
+                status=sa.case(
+                    (col(Outbox.attempts) > 0, OutboxState.RETRY), else_=OutboxState.PENDING
+                ),
                 lease_owner=None,
                 lease_until=None,
             )
         )
-
-
-class _RateLimit:
-    """Spaces sends evenly over all connections: at most ``per_second`` a second."""
-
-    def __init__(self, per_second: float | None) -> None:
-        self.interval_s = 1.0 / per_second if per_second else 0.0
-        self.next_slot = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        if not self.interval_s:
-            return
-        async with self.lock:
-            delay = self.next_slot - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.next_slot = max(time.monotonic(), self.next_slot) + self.interval_s
-
-
-@dataclass
-class _Drain:
-    engine: Engine
-    options: DrainOptions
-    now: datetime
-    rng: random.Random
-    stopping: asyncio.Event
-    report: DeliveryReport = field(default_factory=DeliveryReport)
-    halt: asyncio.Event = field(default_factory=asyncio.Event)
-    mailers: list[Mailer] = field(default_factory=list)
-
-    def should_stop(self) -> bool:
-        return self.stopping.is_set() or self.halt.is_set()
-
-    async def open_mailers(
-        self, stack: AsyncExitStack, make_mailer: MailerFactory, wanted: int
-    ) -> list[Mailer]:
-        """``wanted`` mailers, kept open for the whole drain: no reconnect per chunk."""
-        try:
-            while len(self.mailers) < wanted:
-                self.mailers.append(await stack.enter_async_context(make_mailer()))
-        except (DeliveryHalted, MailServerUnavailable) as exc:
-            self.stop_batch(exc)
-        return self.mailers[:wanted]
-
-    async def send_chunk(
-        self, mailers: list[Mailer], queue: deque[Claimed], limit: _RateLimit
-    ) -> None:
-        workers = [asyncio.create_task(self.worker(mailer, queue, limit)) for mailer in mailers]
-        try:
-            await asyncio.gather(*workers)
-        except Exception:
-            # The mailers outlive this chunk: after a bug in one worker the others must not
-            # go on sending through mailers the drain is about to close.
-            self.halt.set()
-            await asyncio.wait(workers)
-            raise
-
-    async def worker(self, mailer: Mailer, queue: deque[Claimed], limit: _RateLimit) -> None:
-        while queue and not self.should_stop():
-            row = queue.popleft()
-            await limit.wait()
-            await self.deliver(mailer, row)
-
-    def stop_batch(self, exc: Exception) -> None:
-        if not self.halt.is_set():
-            log.error("delivery stopped for this run: %s", exc)
-            self.report.halted = str(exc)
-        self.halt.set()
-
-    async def deliver(self, mailer: Mailer, row: Claimed) -> None:
-        if not _holds_lease(
-            self.engine, row, self.options.worker_id, self.options.delivery.lease_s
-        ):
-            return  # our lease ran out and another worker took the row over
-        outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
-        started = time.monotonic()
-        try:
-            await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
-        except (DeliveryHalted, MailServerUnavailable) as exc:
-            release(self.engine, [outbox_id], self.options.worker_id)
-            self.stop_batch(exc)
-            return
-        except (DeliveryDeferred, DeliveryRejected) as exc:
-            permanent = isinstance(exc, DeliveryRejected)
-            record_failure(
-                self.engine,
-                outbox_id,
-                str(exc),
-                self.options.delivery,
-                self.now,
-                self.rng,
-                permanent=permanent,
-            )
-            self.report.errors.append(str(exc))
-            if permanent:
-                self.report.rejected += 1
-            else:
-                self.report.deferred += 1
-            log.warning(
-                "%.2fs ✗ %s outbox=%d to=%s: %s",
-                time.monotonic() - started,
-                "rejected" if permanent else "deferred",
-                outbox_id,
-                recipient,
-                exc,
-            )
-            return
-        record_sent(self.engine, outbox_id, subscriber_id, self.now)
-        if self.options.observe_send_s is not None:
-            self.options.observe_send_s(time.monotonic() - started)
-        self.report.sent += 1
-        log.info("%.2fs ✓ sent outbox=%d to=%s", time.monotonic() - started, outbox_id, recipient)
-
-
-async def drain_outbox(
-    engine: Engine,
-    make_mailer: MailerFactory,
-    options: DrainOptions,
-    *,
-    now: datetime,
-    stopping: asyncio.Event | None = None,
-    rng: random.Random | None = None,
-) -> DeliveryReport:
-    """Send the due digests through ``options.connections`` mailers at once.
-
-    Each outcome is committed as soon as it is known. A stop request (SIGTERM) or an
-    operator-level failure (authentication, policy, server down) stops taking new rows;
-    rows claimed but not tried are released for the next run. The mailers are opened
-    when the first rows are claimed and stay open until the drain ends.
-    """
-    drain = _Drain(engine, options, now, rng or random.Random(), stopping or asyncio.Event())
-    limit = _RateLimit(options.max_per_second)
-    budget = options.delivery.batch_size
-    try:
-        async with AsyncExitStack() as stack:
-            while budget > 0 and not drain.should_stop():
-                claimed = claim_due(
-                    engine,
-                    now=now,
-                    limit=min(budget, options.connections * 16),
-                    lease_s=options.delivery.lease_s,
-                    owner=options.worker_id,
-                )
-                if not claimed:
-                    break
-                budget -= len(claimed)
-                queue = deque(claimed)
-                wanted = min(options.connections, len(queue))
-                mailers = await drain.open_mailers(stack, make_mailer, wanted)
-                await drain.send_chunk(mailers, queue, limit)
-                release(engine, [row.id for row in queue], options.worker_id)
-    except (DeliveryHalted, MailServerUnavailable) as exc:
-        # Closing a mailer can fail as opening one can; every outcome is recorded by now.
-        drain.stop_batch(exc)
-    return drain.report
 
 
 def record_sent(engine: Engine, outbox_id: int, subscriber_id: int, now: datetime) -> None:
@@ -367,11 +255,11 @@ def record_failure(
         row.lease_owner, row.lease_until = None, None
         expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
         if permanent or expired:
-            row.status = "dead"
+            row.status = OutboxState.DEAD
             if permanent:
                 _count_bounce(session, row.subscriber_id, settings, now)
         else:
-            row.status = "retry"
+            row.status = OutboxState.RETRY
             row.next_attempt_at = now + retry_delay(row.attempts, rng)
 
 

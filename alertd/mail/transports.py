@@ -14,16 +14,14 @@ import aiosmtplib
 
 from alertd.config import SmtpSettings
 from alertd.errors import (
-    AlertdError,
     DeliveryDeferred,
     DeliveryHalted,
     DeliveryRejected,
     MailServerUnavailable,
+    SmtpReplyError,
 )
 
 log = logging.getLogger("alertd.mail.transports")
-FIRST_RETRY_S = 300.0
-LONGEST_RETRY_S = 6 * 3600.0
 
 
 class Mailer(Protocol):
@@ -67,7 +65,7 @@ class MaildirMailer:
         mailbox.Maildir(self.path, create=True).add(message.replace(b"\r\n", b"\n"))
 
 
-def _classify_code(code: int, text: str, where: str) -> AlertdError:
+def _classify_code(code: int, text: str, where: str) -> SmtpReplyError:
     if code in (530, 535, 534, 538) or (code >= 500 and " 5.7." in f" {text}"):
         return DeliveryHalted(f"{where} refused by policy or authentication: {code} {text}", code)
     if code == 552 or 400 <= code < 500:
@@ -75,7 +73,7 @@ def _classify_code(code: int, text: str, where: str) -> AlertdError:
     return DeliveryRejected(f"{where} rejected: {code} {text}", code)
 
 
-def classify_smtp_error(exc: aiosmtplib.SMTPException, host: str) -> AlertdError:
+def classify_smtp_error(exc: aiosmtplib.SMTPException, host: str) -> SmtpReplyError:
     """Map an aiosmtplib error to transient (retry), permanent (bounce) or halt (operator)."""
     where = f"SMTP {host}"
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:

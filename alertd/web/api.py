@@ -144,7 +144,6 @@ def _alert_out(view: service.AlertView) -> AlertOut:
     responses={
         422: {"model": FieldErrors, "description": "A field is refused"},
         429: {"model": Problem, "description": "Too many sign-ups"},
-        503: {"model": Problem, "description": "The email could not be sent"},
     },
     response_model=Accepted,
 )

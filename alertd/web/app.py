@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
@@ -16,9 +17,11 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import __version__
 from alertd.config import Settings
-from alertd.errors import InvalidToken, MailFailed, NotYours, RateLimited, TokenExpired
+from alertd.errors import InvalidToken, NotYours, RateLimited, TokenExpired
+from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
+from alertd.pipeline import make_worker_id
 from alertd.web import api, atom, pages
 from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
 from alertd.web.limits import Limits
@@ -81,11 +84,6 @@ async def _rate_limited(request: Request, exc: Exception) -> Response:
     return _problem(request, 429, "Too many requests", text, {"Retry-After": str(retry)})
 
 
-async def _mail_failed(request: Request, exc: Exception) -> Response:
-    text = "We could not send the email just now. Nothing was saved: please try again later."
-    return _problem(request, 503, "Email not sent", text, {"Retry-After": "300"})
-
-
 async def _security_headers(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
@@ -100,6 +98,25 @@ def _ping(engine: Engine) -> None:
         connection.execute(sa.text("SELECT 1"))
 
 
+def _own_sender(
+    settings: Settings,
+    engine: Engine,
+    mailer: MailerFactory | None,
+    clock: Clock,
+    metrics: Metrics,
+) -> Sender:
+    """The sender of `alertd web` alone: woken by the app's emails, and every
+    delivery.send_interval_s for retries (and anything else queued)."""
+    make_mailer = mailer or mailer_factory(
+        settings.mail.delivery, settings.mail.maildir, settings.smtp
+    )
+    options = DrainOptions.for_settings(
+        settings, f"{make_worker_id()}:web", metrics.smtp_seconds.observe
+    )
+    interval_s = settings.delivery.send_interval_s
+    return Sender(engine, make_mailer, options, interval_s=interval_s, clock=clock)
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -107,27 +124,42 @@ def create_app(
     *,
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
+    sender: Sender | None = None,
 ) -> FastAPI:
     """The web app: sign-up, confirmation, manage and unsubscribe pages, and the JSON API.
 
+    Its emails are queued in the outbox; the sender runs in the app's lifespan and is woken
+    for each, so no request waits on the mail server.
+
     Args:
-        mailer: makes the mailer for transactional emails; by default the configured
+        mailer: makes the mailer of the app's own sender; by default the configured
             delivery (SMTP or Maildir), as the daemon uses.
         clock: the current time (aware, UTC); tests move it to expire links.
         metrics: the daemon's counters, served at /metrics (Prometheus text format).
+        sender: the daemon's sender (`alertd run`), so one drain runs at a time in the
+            process; by default the app makes its own, which also drains every
+            delivery.send_interval_s (retries).
     """
+    exported = metrics or Metrics()
+    sender = sender or _own_sender(settings, engine, mailer, clock, exported)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with sender.running(settings.delivery.shutdown_timeout_s):
+            yield
+
     app = FastAPI(
         title="alertd",
         version=__version__,
         description="Email alerts for UK Parliament written answers: sign up, manage, stop.",
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.web = WebContext(
         settings=settings,
         engine=engine,
-        mailer_factory=mailer
-        or mailer_factory(settings.mail.delivery, settings.mail.maildir, settings.smtp),
+        sender=sender,
         clock=clock,
         limits=Limits.from_settings(settings.web),
         templates=web_templates(),
@@ -138,7 +170,6 @@ def create_app(
     app.add_exception_handler(InvalidToken, _invalid_token)
     app.add_exception_handler(NotYours, _not_yours)
     app.add_exception_handler(RateLimited, _rate_limited)
-    app.add_exception_handler(MailFailed, _mail_failed)
     app.middleware("http")(_security_headers)
 
     @app.get(
@@ -156,8 +187,6 @@ def create_app(
             body = {"status": "database unavailable", "version": __version__}
             return JSONResponse(body, status_code=503)
         return Health(status="ok", version=__version__)
-
-    exported = metrics or Metrics()
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -1,4 +1,4 @@
-"""What every request handler needs: settings, database, mailer, clock, limits, templates."""
+"""What every request handler needs: settings, database, sender, clock, limits, templates."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
 from alertd.digests.render import templates_dir
-from alertd.mail.transports import MailerFactory
+from alertd.mail.sender import Sender
 from alertd.tokens import make_token, read_token
 from alertd.web.limits import Limits
 
@@ -43,7 +43,8 @@ class WebContext:
 
     settings: Settings
     engine: Engine
-    mailer_factory: MailerFactory
+    # Sends the emails the app queues in the outbox: the app only wakes it.
+    sender: Sender
     clock: Clock
     limits: Limits
     templates: jinja2.Environment

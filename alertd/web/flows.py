@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from alertd import alerts
 from alertd.config import Frequency
-from alertd.errors import AlertdError, MailFailed, QueryError, RateLimited, UsageError
+from alertd.errors import QueryError, RateLimited, UsageError
+from alertd.mail.message import build_message, new_message_id
+from alertd.mail.outbox import enqueue
 from alertd.models import Item
 from alertd.web import service
 from alertd.web.context import WebContext
-from alertd.web.mail import CONFIRM_SUBJECT, LINK_SUBJECT, MANAGE_SUBJECT, build_mail, send_mail
 from alertd.web.members import MemberHit, get_member, search_members
 
 log = logging.getLogger("alertd.web")
@@ -25,6 +28,9 @@ PREVIEW_EXAMPLES = 5
 MAX_ID = 2**31 - 1
 FIELD_MAX = {"email": 254, "query": 500, "member": 100, "member_id": 12, "frequency": 16}
 EMAIL_ERROR = "Enter an email address like name@example.org"
+CONFIRM_SUBJECT = "Confirm your alert"
+MANAGE_SUBJECT = "You already have alerts \N{EM DASH} manage them here"
+LINK_SUBJECT = "Your link to manage your alerts"
 
 
 def field_problem(name: str, value: str) -> str | None:
@@ -211,14 +217,51 @@ def _check_mail_limits(ctx: WebContext, ip: str, email: str) -> bool:
     return True
 
 
+def _queue_mail(
+    ctx: WebContext,
+    template: str,
+    *,
+    subscriber_id: int,
+    recipient: str,
+    subject: str,
+    context: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Build the email ``mail/<template>.txt`` + ``.html`` and queue it in the outbox.
+
+    It goes out as digests do: DKIM-signed, from the subscriber's VERP address, retried.
+    """
+    full = {**context, "base_url": ctx.settings.web.base_url, "subject": subject}
+    message_id = new_message_id(ctx.settings.mail, template)
+    message = build_message(
+        ctx.settings.mail,
+        recipient=recipient,
+        subject=subject,
+        message_id=message_id,
+        now=now,
+        text=ctx.templates.get_template(f"mail/{template}.txt").render(full),
+        html=ctx.templates.get_template(f"mail/{template}.html").render(full),
+    )
+    enqueue(
+        ctx.engine,
+        subscriber_id=subscriber_id,
+        recipient=recipient,
+        message_id=message_id,
+        subject=subject,
+        message=message,
+        now=now,
+    )
+
+
 async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
-    """Save the unconfirmed alert and email the confirmation (or the manage link).
+    """Save the unconfirmed alert and queue the confirmation (or the manage link) email.
 
     The outcome is the same for a new and a known address, so the caller's page cannot tell.
+    The email is sent in the background: a mail server that is down delays it, and the
+    outbox retries it as it does digests.
 
     Raises:
         RateLimited: too many emails asked for from this IP.
-        MailFailed: the mail was not sent (and the alert not kept).
     """
     if not _check_mail_limits(ctx, ip, checked.email):
         return
@@ -248,48 +291,44 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
     template, subject = (
         ("manage", MANAGE_SUBJECT) if result.existing else ("confirm", CONFIRM_SUBJECT)
     )
-    message = build_mail(
-        ctx.settings,
-        ctx.templates,
-        template,
-        recipient=result.email,
-        subject=subject,
-        context=context,
-        now=now,
+    # Rendering, signing and the INSERT run off the event loop.
+    await run_in_threadpool(
+        functools.partial(
+            _queue_mail,
+            ctx,
+            template,
+            subscriber_id=result.subscriber_id,
+            recipient=result.email,
+            subject=subject,
+            context=context,
+            now=now,
+        )
     )
-    try:
-        await send_mail(ctx.mailer_factory, ctx.settings, message)
-    except AlertdError as exc:
-        log.error("sign-up email not sent: %s", exc)
-        await run_in_threadpool(service.forget_signup, ctx.engine, result)
-        raise MailFailed("the email could not be sent") from exc
+    ctx.sender.wake()
 
 
 async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
-    """Email the manage link to an address that has alerts (nothing otherwise, same outcome).
+    """Queue the manage link for an address that has alerts (nothing otherwise, same outcome).
 
     Raises:
         RateLimited: too many emails asked for from this IP.
-        MailFailed: the mail was not sent.
     """
     if not _check_mail_limits(ctx, ip, email):
         return
     subscriber_id = await run_in_threadpool(service.subscriber_id_of, ctx.engine, email)
     if subscriber_id is None:
         return
-    now = ctx.clock()
     context = {"manage_url": ctx.link(ctx.manage_path(subscriber_id))}
-    message = build_mail(
-        ctx.settings,
-        ctx.templates,
-        "manage_link",
-        recipient=email,
-        subject=LINK_SUBJECT,
-        context=context,
-        now=now,
+    await run_in_threadpool(
+        functools.partial(
+            _queue_mail,
+            ctx,
+            "manage_link",
+            subscriber_id=subscriber_id,
+            recipient=email,
+            subject=LINK_SUBJECT,
+            context=context,
+            now=ctx.clock(),
+        )
     )
-    try:
-        await send_mail(ctx.mailer_factory, ctx.settings, message)
-    except AlertdError as exc:
-        log.error("manage-link email not sent: %s", exc)
-        raise MailFailed("the email could not be sent") from exc
+    ctx.sender.wake()

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.errors import ConfigError
+from alertd.mail.sender import Sender
 from alertd.mail.transports import MailerFactory
 from alertd.metrics import Metrics
 from alertd.web.app import create_app
@@ -40,16 +41,17 @@ async def serve_web(
     sock: socket.socket | None = None,
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
+    sender: Sender | None = None,
 ) -> None:
     """Serve the web app on web.host:web.port (or a bound ``sock``) until ``stop`` is set.
 
-    Requests in flight are finished; X-Forwarded-For/-Proto are believed from
-    web.forwarded_allow_ips only.
+    Requests in flight are finished, then the app's sender (its lifespan) finishes the
+    send in flight; X-Forwarded-For/-Proto are believed from web.forwarded_allow_ips only.
 
     Raises:
         ConfigError: the address cannot be bound.
     """
-    app = create_app(settings, engine, mailer, clock=clock, metrics=metrics)
+    app = create_app(settings, engine, mailer, clock=clock, metrics=metrics, sender=sender)
     listening = sock if sock is not None else listen(settings.web.host, settings.web.port)
     config = uvicorn.Config(
         app,
@@ -59,7 +61,7 @@ async def serve_web(
         forwarded_allow_ips=settings.web.forwarded_allow_ips,
         log_config=None,
         access_log=False,
-        lifespan="off",
+        lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.delivery.shutdown_timeout_s)),
     )

@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import Session, and_, col, delete, or_, select
+from sqlmodel import Session, and_, col, or_, select
 
 from alertd import alerts
 from alertd.config import Frequency
@@ -45,8 +45,6 @@ class SignupResult:
     # The address already has confirmed alerts: it is sent the manage link.
     existing: bool
     note: Note | None
-    created_alert: bool
-    created_subscriber: bool
 
 
 def _status(alert: Alert) -> Status:
@@ -131,9 +129,6 @@ def _register(
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)
             session.flush()
-            created_subscriber = True
-        else:
-            created_subscriber = False
         assert subscriber.id is not None
         counted = session.exec(
             select(Alert).where(_counting(subscriber.id, now, confirm_window))
@@ -155,8 +150,6 @@ def _register(
             label=alert_label(session, same) if same else " ".join(query_text.split()),
             existing=existing or note is not None,
             note=note,
-            created_alert=False,
-            created_subscriber=created_subscriber,
         )
     if same is not None or note is not None:
         return result
@@ -164,22 +157,7 @@ def _register(
     assert alert.id is not None
     with Session(engine) as session:
         label = alert_label(session, alert)
-    return SignupResult(
-        address, result.subscriber_id, alert.id, label, existing, None, True, created_subscriber
-    )
-
-
-def forget_signup(engine: Engine, result: SignupResult) -> None:
-    """Undo a sign-up whose email could not be sent: no half-made alert stays behind."""
-    with transaction(engine) as session:
-        if result.created_alert and result.alert_id is not None:
-            session.exec(delete(Alert).where(col(Alert.id) == result.alert_id))
-        if result.created_subscriber:
-            left = session.exec(
-                select(Alert.id).where(Alert.subscriber_id == result.subscriber_id)
-            ).first()
-            if left is None:
-                session.exec(delete(Subscriber).where(col(Subscriber.id) == result.subscriber_id))
+    return SignupResult(address, result.subscriber_id, alert.id, label, existing, None)
 
 
 def pending_alert(engine: Engine, alert_id: int) -> AlertView | None:
