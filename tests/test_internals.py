@@ -43,6 +43,7 @@ from test_digests import (
     _subscribers,
     _text,
 )
+from test_outbox import NOW as OUTBOX_NOW
 from test_outbox import _drain, _options, _queue, _statuses
 
 # The fixtures of test_digests.py and test_outbox.py that these tests use.
@@ -280,7 +281,9 @@ async def test_a_failing_worker_stops_the_others_before_mailers_close(
     monkeypatch.setattr(outbox, "record_sent", failing_once)
     events: list[str] = []
     with pytest.raises(RuntimeError, match="bug"):
-        await drain_outbox(engine, lambda: _SlowMailer(events), _options(connections=2), now=NOW)
+        await drain_outbox(
+            engine, lambda: _SlowMailer(events), _options(connections=2), now=OUTBOX_NOW
+        )
     # The slow send in flight finished; nothing was sent after; then both mailers closed.
     assert events == ["send", "send", OutboxState.SENT, OutboxState.SENT, "close", "close"]
     # As after a crash: the rows not recorded wait for their lease to run out.
