@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
-from alertd.digests.render import Digest, DigestItem, DigestSection, describe_alert
+from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
 from alertd.errors import QueryError
 from alertd.links import alert_feed_url
 from alertd.matching.analysis import Highlights, highlight_terms, parse_query
