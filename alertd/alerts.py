@@ -13,8 +13,7 @@ from sqlmodel import Session, col, func, select
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.matching.analysis import Query, analyse, parse_query
-from alertd.matching.hits import item_document
+from alertd.matching import Query, analyse, item_document, parse_query
 from alertd.models import Alert, Item, Member, Subscriber
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"

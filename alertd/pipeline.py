@@ -24,7 +24,7 @@ from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
 from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory
-from alertd.matching.hits import match_new_answers
+from alertd.matching import match_new_answers
 from alertd.metrics import Metrics
 from alertd.sources.feeds import due_feed_sources
 from alertd.sources.ingest import ParliamentSource

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
-from alertd.links import alert_feed_url
+from alertd.links import Links
 from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.feeds import add_feed, list_feeds, parse_feed
@@ -319,13 +319,13 @@ async def test_every_alert_is_a_valid_private_atom_feed(
     feed_server.serve("/rss", Route(rss2(records)))
     await run_once(runtime, now=NOW + timedelta(hours=1))
     assert alert.id is not None
-    secret = runtime.settings.web.secret_key.get_secret_value()
-    url = alert_feed_url(runtime.settings.web.base_url, secret, alert.id)
+    links = Links.for_settings(runtime.settings)
+    path = links.feed_path(alert.id)
     app = create_app(runtime.settings, runtime.engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
-        response = await web.get(url.removeprefix(runtime.settings.web.base_url))
-        forged = await web.get(url.removeprefix(runtime.settings.web.base_url)[:-3] + "abc")
-        other = await web.get(alert_feed_url("", secret, alert.id + 1).replace("feed.", "stop.", 1))
+        response = await web.get(path)
+        forged = await web.get(path[:-3] + "abc")
+        other = await web.get(links.feed_path(alert.id + 1).replace("feed.", "stop.", 1))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/atom+xml")
     parsed = feedparser.parse(response.content)

@@ -18,14 +18,8 @@ from alertd.cli import main
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.excerpt import ELLIPSIS, excerpt_around, mark, wrap_text
-from alertd.digests.render import (
-    Digest,
-    DigestItem,
-    DigestSection,
-    build_environment,
-    digest_subject,
-    render_message,
-)
+from alertd.digests.render import build_environment, digest_subject, render_message
+from alertd.digests.view import Digest, DigestItem, DigestSection
 from alertd.errors import ConfigError, HeaderInjection, TemplateError
 from alertd.matching.analysis import highlight_terms, parse_query
 from alertd.matching.hits import match_new_answers

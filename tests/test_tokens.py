@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from alertd.errors import InvalidToken
+from alertd.links import Links
 from alertd.tokens import make_token, read_token
 
 
@@ -27,3 +30,22 @@ def test_round_trip() -> None:
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(InvalidToken):
         read_token("k", "unsubscribe", token)
+
+
+def test_every_link_carries_a_token_for_its_own_action_and_id() -> None:
+    links = Links("https://alerts.example", "k")
+    issued = datetime(2026, 11, 1, tzinfo=UTC)
+    made = {
+        "manage": links.manage_path(7),
+        "stop": links.stop_path(8),
+        "unsubscribe": links.unsubscribe_path(9),
+        "feed": links.feed_path(10),
+    }
+    for action, path in made.items():
+        token = path.rsplit("/", 1)[1]
+        assert read_token("k", action, token) == int(token.split(".")[1])
+        assert links.url(path) == "https://alerts.example" + path
+    confirm = links.confirm_path(11, issued).rsplit("/", 1)[1]
+    assert read_token("k", "confirm", confirm, max_age=timedelta(days=7), now=issued) == 11
+    with pytest.raises(InvalidToken):
+        read_token("k", "manage", made["stop"].rsplit("/", 1)[1])

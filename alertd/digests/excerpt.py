@@ -11,7 +11,7 @@ from datetime import date
 
 from markupsafe import Markup, escape
 
-from alertd.matching.analysis import Highlights
+from alertd.matching import Highlights
 
 Span = tuple[int, int]
 ELLIPSIS = "…"

@@ -11,13 +11,12 @@ from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
-from alertd.digests.render import Digest, DigestItem, DigestSection, describe_alert
+from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
 from alertd.errors import QueryError
-from alertd.links import alert_feed_url
-from alertd.matching.analysis import Highlights, highlight_terms, parse_query
+from alertd.links import Links
+from alertd.matching import Highlights, highlight_terms, parse_query
 from alertd.models import Alert, Hit, Item, Member, Subscriber
 from alertd.sources.source import feed_name
-from alertd.tokens import make_token
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
 # Distinct (answer, queries, also-labels) items one run keeps; past it the memo starts over.
@@ -117,10 +116,9 @@ def build_digest(
     """A subscriber's digest: answers grouped by the first alert they matched, each once."""
     if memo is None:
         memo = ComposeMemo(settings)
-    secret = settings.web.secret_key.get_secret_value()
-    base = settings.web.base_url
+    links = Links.for_settings(settings)
     assert subscriber.id is not None
-    manage_url = f"{base}/manage/{make_token(secret, 'manage', subscriber.id)}"
+    manage_url = links.url(links.manage_path(subscriber.id))
     labels = memo.labels(session, (row.alert for row in rows))
     order, shown, totals = _group(rows, labels, memo)
     sections = []
@@ -129,19 +127,18 @@ def build_digest(
         sections.append(
             DigestSection(
                 label=labels[alert.id],
-                stop_url=f"{base}/alerts/stop/{make_token(secret, 'stop', alert.id)}",
+                stop_url=links.url(links.stop_path(alert.id)),
                 items=tuple(shown[alert.id]),
                 total=totals[alert.id],
                 reason=_reason(alert, labels[alert.id]),
                 more_url=manage_url,
-                feed_url=alert_feed_url(base, secret, alert.id),
+                feed_url=links.url(links.feed_path(alert.id)),
             )
         )
-    token = make_token(secret, "unsubscribe", subscriber.id)
     return Digest(
         recipient=subscriber.email,
         sections=tuple(sections),
-        unsubscribe_url=f"{base}/unsubscribe/{token}",
+        unsubscribe_url=links.url(links.unsubscribe_path(subscriber.id)),
         manage_url=manage_url,
     )
 

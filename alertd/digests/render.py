@@ -10,109 +10,23 @@ from typing import Any
 import css_inline
 import jinja2
 import jinja2.sandbox
-from markupsafe import Markup
 
 from alertd.config import Settings
 from alertd.digests.excerpt import (
-    Span,
     highlight_html,
     highlight_text,
     long_date,
     wrap_text,
 )
+from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
 from alertd.errors import ConfigError, TemplateError
-from alertd.htmltext import sanitise_html
 from alertd.mail.message import MailingList, build_message
-
-__all__ = [
-    "Digest",
-    "DigestItem",
-    "DigestSection",
-    "build_environment",
-    "digest_subject",
-    "RenderedDigest",
-    "render_message",
-    "templates_dir",
-]
 
 TEMPLATE_NAMES = ("digest.txt", "digest.html")
 SUBJECT_MAX_CHARS = 90
 # Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
 # <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-
-
-@dataclass(frozen=True)
-class DigestItem:
-    """One answered question as a digest shows it.
-
-    ``question_marks`` and ``excerpt_marks`` are the (start, end) ranges of
-    ``question_text`` and ``answer_excerpt`` that the alert's query looks for.
-    """
-
-    heading: str
-    department: str
-    asked_by: str
-    answered_by: str
-    date_tabled: date | None
-    date_answered: date | None
-    question_text: str
-    answer_excerpt: str
-    url: str
-    uin: str
-    house: str
-    corrected: bool
-    also_matches: tuple[str, ...] = ()
-    question_marks: tuple[Span, ...] = ()
-    excerpt_marks: tuple[Span, ...] = ()
-    # The feed's name for an item of an RSS/Atom feed; empty for a written question.
-    source: str = ""
-    # The whole answer as HTML from outside: sanitised again whenever a template shows it.
-    answer_html: str = ""
-
-    @property
-    def answer_markup(self) -> Markup:
-        """The full answer as allowlisted HTML, safe to put in a mail."""
-        return Markup(sanitise_html(self.answer_html))
-
-
-@dataclass(frozen=True)
-class DigestSection:
-    """The answers one alert found, under that alert's label, with a count."""
-
-    label: str
-    stop_url: str
-    items: tuple[DigestItem, ...]
-    total: int
-    # Why these answers came: 'your alert "schools"', 'you follow Rushanara Ali'.
-    reason: str = ""
-    # Where the answers not shown (over digest.max_per_alert) can be seen.
-    more_url: str = ""
-    # The alert's private Atom feed, for people who prefer a feed reader.
-    feed_url: str = ""
-
-    @property
-    def hidden(self) -> int:
-        """How many of the alert's answers this digest does not show."""
-        return max(self.total - len(self.items), 0)
-
-    @property
-    def why(self) -> str:
-        return self.reason or describe_alert(self.label)
-
-
-@dataclass(frozen=True)
-class Digest:
-    """One email: a subscriber's new answers, grouped by alert."""
-
-    recipient: str
-    sections: tuple[DigestSection, ...]
-    unsubscribe_url: str
-    manage_url: str = ""
-
-    @property
-    def total(self) -> int:
-        return sum(section.total for section in self.sections)
 
 
 class _DigestSandbox(jinja2.sandbox.SandboxedEnvironment):
@@ -130,13 +44,6 @@ class _DigestSandbox(jinja2.sandbox.SandboxedEnvironment):
 
 
 _DIGEST_DATA = frozenset({Digest, DigestSection, DigestItem})
-
-
-def describe_alert(label: str, *, member: bool = False) -> str:
-    """Why an answer came, in words: ``your alert "schools"`` or ``you follow Jo Bloggs``."""
-    if member:
-        return f"you follow {label}"
-    return f"your alert {label}" if '"' in label else f'your alert "{label}"'
 
 
 def templates_dir() -> Path:

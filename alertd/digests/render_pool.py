@@ -13,7 +13,8 @@ from datetime import datetime
 import jinja2
 
 from alertd.config import Settings
-from alertd.digests.render import Digest, RenderedDigest, build_environment, render_message
+from alertd.digests.render import RenderedDigest, build_environment, render_message
+from alertd.digests.view import Digest
 
 log = logging.getLogger("alertd.digests.render_pool")
 

@@ -18,10 +18,10 @@ from alertd.alerts import normalise_email
 from alertd.config import FREQUENCIES, Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest
-from alertd.digests.render import Digest, render_message
+from alertd.digests.render import render_message
+from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
-from alertd.matching.analysis import analyse, parse_query
-from alertd.matching.hits import item_document
+from alertd.matching import analyse, item_document, parse_query
 from alertd.models import Alert, Hit, Item, Subscriber
 
 DEFAULT_DAYS = 30

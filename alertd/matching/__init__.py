@@ -1,1 +1,29 @@
-"""Matching: the query language, document analysis, the match engine and the hits it records."""
+"""Matching: the query language, document analysis, the match engine and the hits it records.
+
+The rest of alertd imports matching from here; the modules behind it are its own business.
+"""
+
+from alertd.matching.analysis import (
+    AnalysedDocument,
+    Document,
+    Highlights,
+    Query,
+    analyse,
+    highlight_terms,
+    parse_query,
+)
+from alertd.matching.engine import MatchEngine
+from alertd.matching.hits import item_document, match_new_answers
+
+__all__ = [
+    "AnalysedDocument",
+    "Document",
+    "Highlights",
+    "MatchEngine",
+    "Query",
+    "analyse",
+    "highlight_terms",
+    "item_document",
+    "match_new_answers",
+    "parse_query",
+]

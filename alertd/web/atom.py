@@ -11,7 +11,6 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
-from alertd.links import alert_feed_url
 from alertd.models import Alert, Hit, Item, ItemKind
 from alertd.sources.source import feed_name
 from alertd.web.context import Ctx
@@ -82,7 +81,7 @@ def render_alert_feed(engine: Engine, alert_id: int, self_url: str) -> bytes | N
 @router.get("/alerts/feed/{token}", summary="An alert's recent matches as an Atom feed")
 async def alert_feed(ctx: Ctx, token: str) -> Response:
     alert_id = ctx.read("feed", token)
-    self_url = alert_feed_url(ctx.settings.web.base_url, ctx.secret, alert_id)
+    self_url = ctx.links.url(ctx.links.feed_path(alert_id))
     body = await run_in_threadpool(render_alert_feed, ctx.engine, alert_id, self_url)
     if body is None:
         return Response("No such alert.\n", status_code=404, media_type="text/plain")

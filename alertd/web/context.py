@@ -14,8 +14,9 @@ from sqlalchemy.engine import Engine
 
 from alertd.config import Settings
 from alertd.digests.render import templates_dir
+from alertd.links import Links
 from alertd.mail.sender import Sender
-from alertd.tokens import make_token, read_token
+from alertd.tokens import read_token
 from alertd.web.limits import Limits
 
 Clock = Callable[[], datetime]
@@ -57,14 +58,9 @@ class WebContext:
     def confirm_window(self) -> timedelta:
         return timedelta(days=self.settings.web.confirm_days)
 
-    def link(self, path: str) -> str:
-        return self.settings.web.base_url + path
-
-    def manage_path(self, subscriber_id: int) -> str:
-        return f"/manage/{make_token(self.secret, 'manage', subscriber_id)}"
-
-    def confirm_path(self, alert_id: int, now: datetime) -> str:
-        return f"/confirm/{make_token(self.secret, 'confirm', alert_id, issued_at=now)}"
+    @property
+    def links(self) -> Links:
+        return Links.for_settings(self.settings)
 
     def read(self, action: str, token: str) -> int:
         """The id a link token is for; confirmation links expire after web.confirm_days.

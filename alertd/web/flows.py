@@ -278,13 +278,13 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
     )
     confirm_url = None
     if result.alert_id is not None and result.note is None:
-        confirm_url = ctx.link(ctx.confirm_path(result.alert_id, now))
+        confirm_url = ctx.links.url(ctx.links.confirm_path(result.alert_id, now))
     context = {
         "label": result.label,
         "frequency": checked.frequency,
         "confirm_url": confirm_url,
         "confirm_days": ctx.settings.web.confirm_days,
-        "manage_url": ctx.link(ctx.manage_path(result.subscriber_id)),
+        "manage_url": ctx.links.url(ctx.links.manage_path(result.subscriber_id)),
         "note": result.note,
         "max_alerts": ctx.settings.web.max_alerts_per_address,
     }
@@ -318,7 +318,7 @@ async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
     subscriber_id = await run_in_threadpool(service.subscriber_id_of, ctx.engine, email)
     if subscriber_id is None:
         return
-    context = {"manage_url": ctx.link(ctx.manage_path(subscriber_id))}
+    context = {"manage_url": ctx.links.url(ctx.links.manage_path(subscriber_id))}
     await run_in_threadpool(
         functools.partial(
             _queue_mail,

@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.config import FREQUENCIES
 from alertd.errors import QueryError, RateLimited
-from alertd.links import alert_feed_url
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -149,7 +148,9 @@ async def confirm_submit(ctx: Ctx, token: str) -> HTMLResponse | RedirectRespons
     if alert is None:
         return _gone(ctx)
     subscriber_id = await run_in_threadpool(service.confirm, ctx.engine, alert_id, ctx.clock())
-    return RedirectResponse(f"{ctx.manage_path(subscriber_id)}?done=confirmed", status_code=303)
+    return RedirectResponse(
+        f"{ctx.links.manage_path(subscriber_id)}?done=confirmed", status_code=303
+    )
 
 
 @router.get("/manage", summary="Ask for the manage link by email")
@@ -181,9 +182,7 @@ async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResp
         "manage.html",
         email=email,
         alerts=alerts,
-        feed_urls={
-            a.id: alert_feed_url(ctx.settings.web.base_url, ctx.secret, a.id) for a in alerts
-        },
+        feed_urls={a.id: ctx.links.url(ctx.links.feed_path(a.id)) for a in alerts},
         token=token,
         done=DONE.get(done or ""),
         frequencies=FREQUENCIES,
