@@ -242,7 +242,7 @@ async def find_members(
     ip, now = client_ip(request), ctx.clock().timestamp()
     if not ctx.limits.lookups_per_ip.allow(ip, now):
         raise RateLimited(ctx.limits.lookups_per_ip.retry_after(ip, now))
-    found = await search_members(ctx.engine, ctx.settings.members, name, ctx.clock())
+    found = await search_members(ctx.engine, ctx.settings, name, ctx.clock())
     return [_member_out(hit) for hit in found]
 
 

@@ -138,7 +138,7 @@ async def _check_member(ctx: WebContext, fields: SignupFields, checked: Checked)
     if len(name) < 2:
         checked.errors["member"] = "Enter at least two letters of the Member's name"
         return
-    found = await search_members(ctx.engine, ctx.settings.members, name, ctx.clock())
+    found = await search_members(ctx.engine, ctx.settings, name, ctx.clock())
     exact = [hit for hit in found if hit.name.casefold() == name.casefold()]
     if len(found) == 1 or len(exact) == 1:
         member = found[0] if len(found) == 1 else exact[0]

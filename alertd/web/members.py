@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import MembersSettings
+from alertd.config import MembersSettings, Settings
 from alertd.db import transaction
+from alertd.errors import PermanentError, SourceInvalid, TransientError
 from alertd.models import Member, MemberSearch
+from alertd.sources import http
 
 log = logging.getLogger("alertd.web.members")
 MAX_RESULTS = 20
@@ -99,20 +100,27 @@ def parse_search_item(item: Any) -> MemberHit | None:
     )
 
 
-async def fetch_members(settings: MembersSettings, name: str) -> list[MemberHit]:
-    """Search the Members API by name.
+async def fetch_members(settings: Settings, name: str) -> list[MemberHit]:
+    """Search the Members API by name, through the sources' HTTP helper.
 
     Raises:
-        httpx.HTTPError, ValueError: the API failed or answered something unexpected.
+        SourceUnavailable: a timeout, a connection error, 429 or 5xx.
+        SourceInvalid: any other status, or a body that is not a search result.
     """
-    url = settings.base_url.rstrip("/") + "/api/Members/Search"
-    async with httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=True) as client:
-        response = await client.get(url, params={"Name": name, "take": MAX_RESULTS})
-        response.raise_for_status()
+    members = settings.members
+    url = members.base_url.rstrip("/") + "/api/Members/Search"
+    async with http.make_client(
+        settings.parliament.user_agent, members.timeout_s, accept="application/json"
+    ) as client:
+        response = await http.get(client, url, params={"Name": name, "take": MAX_RESULTS})
+        http.check_status(response)
+    try:
         body = response.json()
+    except ValueError as exc:
+        raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
     items = body.get("items") if isinstance(body, Mapping) else None
     if not isinstance(items, list):
-        raise ValueError("Members API search answered without an items list")
+        raise SourceInvalid("Members API search answered without an items list")
     return [hit for hit in map(parse_search_item, items) if hit is not None]
 
 
@@ -133,7 +141,7 @@ def _store(engine: Engine, key: str, hits: list[MemberHit], now: datetime) -> No
 
 
 async def search_members(
-    engine: Engine, settings: MembersSettings, name: str, now: datetime
+    engine: Engine, settings: Settings, name: str, now: datetime
 ) -> list[MemberHit]:
     """Members matching a name (2-100 characters): from the API (cached), then the table.
 
@@ -141,10 +149,10 @@ async def search_members(
     """
     key = search_key(name)[:100]
     found: dict[int, MemberHit] = {}
-    if not await run_in_threadpool(_cached, engine, key, settings, now):
+    if not await run_in_threadpool(_cached, engine, key, settings.members, now):
         try:
             fetched = await fetch_members(settings, key)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (TransientError, PermanentError) as exc:
             log.warning("Members API search for %r failed: %s", key, exc)
         else:
             found.update((hit.id, hit) for hit in fetched)

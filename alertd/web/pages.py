@@ -275,5 +275,5 @@ async def members_page(ctx: Ctx, request: Request, q: str = "") -> HTMLResponse:
     if error is not None:
         return ctx.page("members.html", 422, q=q, error=error, members=None)
     _rate_limit(ctx, "lookup", client_ip(request))
-    found = await search_members(ctx.engine, ctx.settings.members, name, ctx.clock())
+    found = await search_members(ctx.engine, ctx.settings, name, ctx.clock())
     return ctx.page("members.html", q=name, error=None, members=found)
