@@ -220,6 +220,8 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
             runtime.templates,
             now=now,
             pool=runtime.render_pool,
+            # A stop is seen between chunks: a SIGTERM need not wait for a long compose.
+            stopping=runtime.stopping.is_set,
         )
 
     async def drain() -> None:

@@ -231,3 +231,22 @@ def test_render_workers_give_the_digests_rendered_here(
     finally:
         other.dispose()
     assert "Nadhim Zahawi" in next(iter(_bodies(db_engine).values()))[1]
+
+
+def test_a_stop_between_chunks_leaves_the_rest_for_the_next_run(
+    db_engine: Engine, settings: Settings
+) -> None:
+    _subscribers(db_engine, 250, {"schools": [1]})
+    asked: list[int] = []
+
+    def stop_after_the_first_chunk() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    env = build_environment(settings)
+    first = compose_due_digests(
+        db_engine, settings, env, now=NOW, stopping=stop_after_the_first_chunk
+    )
+    assert 0 < first < 250
+    assert compose_due_digests(db_engine, settings, env, now=NOW) == 250 - first
+    assert sum(len(boxes) for boxes in _outboxes(db_engine).values()) == 250

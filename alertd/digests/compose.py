@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
@@ -89,6 +89,7 @@ def compose_due_digests(
     *,
     now: datetime,
     pool: RenderPool | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> int:
     """Queue one digest per subscriber with hits on due alerts; return how many were queued.
 
@@ -97,7 +98,8 @@ def compose_due_digests(
     With a ``pool``, each chunk's digests are rendered in its worker processes. A subscriber
     whose digest cannot be built or rendered is skipped: their hits stay pending, the error
     is logged and kept in the ComposeFailure table (``alertd status`` shows it), and everyone
-    else's digest is queued.
+    else's digest is queued. Once ``stopping()`` is true no further chunk is begun; the
+    period is then left open, so the next run composes the rest.
     """
     due = _due(engine, settings.digest, now)
     with Session(engine) as session:
@@ -127,7 +129,12 @@ def compose_due_digests(
     )
     ids = sorted(subscriber_ids)
     size = max(CHUNK_SIZE, 1)
-    queued = sum(_compose_chunk(engine, run, ids[i : i + size]) for i in range(0, len(ids), size))
+    queued = 0
+    for first in range(0, len(ids), size):
+        if stopping():
+            log.info("stopping: %d digests queued, the rest wait for the next run", queued)
+            return queued
+        queued += _compose_chunk(engine, run, ids[first : first + size])
     for frequency, start in due.items():
         if start is not None:
             _mark_period_done(engine, frequency, start, now)
