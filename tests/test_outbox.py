@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -365,16 +365,25 @@ def test_lease_is_renewed_only_by_its_owner(engine: Engine) -> None:
         assert row.lease_until == until
 
 
-def _hold_write_lock(path: Path, hold_s: float, taken: threading.Event) -> None:
-    """Another writer: holds SQLite's write lock for ``hold_s`` seconds."""
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-        taken.set()
-        time.sleep(hold_s)
-        connection.execute("ROLLBACK")
-    finally:
-        connection.close()
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.execute("ROLLBACK")
+"""
+
+
+def _hold_write_lock(path: Path, hold_s: float) -> subprocess.Popen[str]:
+    """Another process that holds SQLite's write lock for ``hold_s`` seconds, once it says so."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(path), str(hold_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "locked\n"
+    return process
 
 
 def _slowest_page_s(url: str, for_s: float) -> float:
@@ -394,7 +403,7 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
     make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
     # The web app and the drain share this event loop and the sender, as under `alertd run`.
-    # Another writer holds the lock for 3 s during the send: recording it waits in a thread.
+    # Another process holds the lock for 3 s during the send: recording it waits in a thread.
     settings = make_settings(database={"url": f"sqlite:///{tmp_path}/alertd.db"})
     engine = open_database(settings.database)
     smtp = SmtpSettings(host="127.0.0.1", port=smtp_sink.port)
@@ -414,16 +423,14 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
     await sender.settled()  # its first drain, at start, found nothing
     _queue(engine, "a@example.org")
     smtp_sink.stall_next("data", 0.5)
-    taken = threading.Event()
     drain = asyncio.create_task(sender.drain(now=NOW))
     await asyncio.sleep(0.2)  # the message is being sent now
-    locker = threading.Thread(target=_hold_write_lock, args=(tmp_path / "alertd.db", 3.0, taken))
-    locker.start()
-    await asyncio.to_thread(taken.wait, 5)
+    locker = await asyncio.to_thread(_hold_write_lock, tmp_path / "alertd.db", 3.0)
     locked_at = time.monotonic()
     slowest_s = await asyncio.to_thread(_slowest_page_s, url, 3.0)
     report = await drain
-    await asyncio.to_thread(locker.join)
+    await asyncio.to_thread(locker.communicate, timeout=10)
+    assert locker.returncode == 0
     stop.set()
     await serving
     sock.close()
