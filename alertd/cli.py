@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
+# Each command imports what it uses inside its function: `alertd --help`, `list`, `subscribe`
+# and `preview` must not pay for the web app, the scheduler or the mail stack (a test checks).
 import argparse
-import asyncio
-import json
 import sys
-from collections import Counter
-from collections.abc import Sequence
-from datetime import date, timedelta
-from pathlib import Path
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-from alertd import alerts
-from alertd.backfill import backfill
-from alertd.config import FREQUENCIES, Settings, load_settings
-from alertd.daemon import Daemon, lifespan, utc_now
-from alertd.db import describe_error, open_database
-from alertd.digests.render import build_environment
-from alertd.digests.sample import write_sample
-from alertd.errors import AlertdError, ConfigError, UsageError
-from alertd.logs import setup_logging
-from alertd.pipeline import run_once
-from alertd.progress import backfill_progress
-from alertd.sources.feeds import add_feed, list_feeds, remove_feed
-from alertd.status import collect_status, format_status
-from alertd.web import run_web, serve_web
+    from alertd.config import Settings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+# config.FREQUENCIES, spelt out so that --help need not import pydantic (a test compares).
+FREQUENCY_CHOICES = ("immediate", "daily", "weekly")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("subscribe", parents=[common], help="add an alert")
     sub.add_argument("email")
     sub.add_argument("query", help='e.g. "special educational needs" or member:4138')
-    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCIES))
+    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCY_CHOICES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
     sub.add_argument("--force", action="store_true", help="save even a very broad alert")
 
@@ -112,13 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
 _opened: list[Engine] = []
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _database(settings: Settings) -> Engine:
+    from alertd.db import open_database
+
     engine = open_database(settings.database)
     _opened.append(engine)
     return engine
 
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd import alerts
+    from alertd.errors import UsageError
+
     engine = _database(settings)
     alerts.normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
@@ -142,6 +138,8 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd import alerts
+
     rows = alerts.list_alerts(_database(settings), args.email)
     for row in rows:
         status = (
@@ -154,12 +152,20 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd import alerts
+
     alert = alerts.unsubscribe(_database(settings), args.alert_id, utc_now())
     print(f"alert {alert.id} stopped")
     return 0
 
 
 def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    from collections import Counter
+    from datetime import timedelta
+
+    from alertd import alerts
+    from alertd.errors import UsageError
+
     if args.days < 1:
         raise UsageError("--days must be at least 1")
     since = (utc_now() - timedelta(days=args.days)).date()
@@ -178,6 +184,12 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings, once: bool) -> int:
+    import asyncio
+
+    from alertd.daemon import Daemon, lifespan
+    from alertd.pipeline import run_once
+    from alertd.web import serve_web
+
     async with lifespan(settings) as runtime:
         if once:
             report = await run_once(runtime, now=utc_now())
@@ -199,6 +211,8 @@ async def _run(settings: Settings, once: bool) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     return asyncio.run(_run(settings, args.once))
 
 
@@ -209,6 +223,10 @@ def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from alertd.status import collect_status, format_status
+
     status = collect_status(_database(settings), settings, now=utc_now())
     if args.json:
         print(json.dumps(status.as_json(), indent=2))
@@ -218,6 +236,12 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from alertd.backfill import backfill
+    from alertd.errors import UsageError
+    from alertd.progress import backfill_progress
+
     today = utc_now().astimezone(settings.digest.zone).date()
     last = args.last or today
     if args.first > last:
@@ -240,10 +264,20 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from alertd.web import run_web
+
     return asyncio.run(run_web(settings))
 
 
 def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from alertd.digests.render import build_environment
+    from alertd.digests.sample import write_sample
+    from alertd.errors import UsageError
+
     if args.days < 1:
         raise UsageError("--days must be at least 1")
     env = build_environment(settings)
@@ -263,6 +297,8 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd.sources.feeds import add_feed, list_feeds, remove_feed
+
     engine = _database(settings)
     if args.feed_action == "add":
         feed = add_feed(engine, args.name, args.url, args.interval)
@@ -280,7 +316,7 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "subscribe": _cmd_subscribe,
     "list": _cmd_list,
     "unsubscribe": _cmd_unsubscribe,
@@ -297,7 +333,13 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alertd`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and usage errors exit here, cheaply
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from alertd.config import load_settings
+    from alertd.errors import AlertdError, ConfigError, UsageError
+    from alertd.logs import setup_logging
+
     try:
         settings = load_settings(args.config)
         setup_logging(args.verbose, settings.log.level, settings.log.format)
@@ -309,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alertd: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except SQLAlchemyError as exc:
+        from alertd.db import describe_error
+
         # One line, not SQLAlchemy's statement dump: the statement helps no operator.
         print(f"alertd: error: database error: {describe_error(exc)}", file=sys.stderr)
         return EXIT_FAILED

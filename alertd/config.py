@@ -136,6 +136,10 @@ class WebSettings(_Section):
     mails_per_ip_per_hour: int = Field(default=20, ge=1)
     mails_per_address_per_hour: int = Field(default=3, ge=1)
     lookups_per_ip_per_minute: int = Field(default=60, ge=1)
+    # Previews and sign-up breadth checks (each reads the stored history): at most this many
+    # computed at once by a process, the rest refused with 503; and per client IP a minute.
+    preview_concurrency: int = Field(default=2, ge=1, le=64)
+    previews_per_ip_per_minute: int = Field(default=10, ge=1)
 
     @field_validator("base_url")
     @classmethod

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from alertd.config import DatabaseSettings
 from alertd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger("alertd.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -69,6 +71,8 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -116,6 +120,8 @@ def upgrade(engine: Engine) -> None:
     Raises:
         ConfigError: the database cannot be reached or migrated.
     """
+    from alembic import command
+
     try:
         with migration_lock(engine):
             command.upgrade(alembic_config(engine), "head")
@@ -125,10 +131,48 @@ def upgrade(engine: Engine) -> None:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {exc}") from exc
 
 
+_REVISION_LINE = re.compile(
+    r"^(down_revision|revision)\b[^=]*=\s*(?:None|[\"']([^\"']+)[\"'])\s*$", re.MULTILINE
+)
+
+
+def head_revision() -> str | None:
+    """The newest migration, read from the migration files' ``revision`` / ``down_revision``
+    lines without importing Alembic (a command on an up-to-date database need not pay for
+    it); None when that is not one clear chain end."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict(
+            (name, value) for name, value in _REVISION_LINE.findall(path.read_text("utf-8"))
+        )
+        if not found.get("revision"):
+            return None
+        revisions.add(found["revision"])
+        if found.get("down_revision"):
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: Engine) -> bool:
+    head = head_revision()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            return [row[0] for row in current] == [head]
+    except SQLAlchemyError:
+        return False  # no such table, or no database: the upgrade says what is wrong
+
+
 def open_database(settings: DatabaseSettings) -> Engine:
-    """Create the engine and bring the schema up to date."""
+    """Create the engine and bring the schema up to date (Alembic runs only when the
+    database is not at the newest migration)."""
     engine = create_db_engine(settings)
-    upgrade(engine)
+    if not _at_head(engine):
+        upgrade(engine)
     return engine
 
 

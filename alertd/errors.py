@@ -83,6 +83,15 @@ class RateLimited(TransientError):
         super().__init__(f"too many requests: try again in {retry_after} s")
 
 
+class Busy(TransientError):
+    """Costly work (a preview) is at its concurrency limit: refused, not queued; try again
+    after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"busy: try again in {retry_after} s")
+
+
 # Sources
 
 

@@ -61,6 +61,8 @@ def test_settings_are_frozen() -> None:
         ("[smtp\n", {}, "not valid TOML"),
         ("[smtp]\nmessages_per_connection = 0\n", {}, "smtp.messages_per_connection"),
         ("", {"ALERTD_DIGEST__RENDER_PROCESSES": "-1"}, "digest.render_processes"),
+        ("[web]\npreview_concurrency = 0\n", {}, "web.preview_concurrency"),
+        ("", {"ALERTD_WEB__PREVIEWS_PER_IP_PER_MINUTE": "0"}, "web.previews_per_ip_per_minute"),
         ("[web]\nbase_url = 'https://alerts.example.org'\n", {}, "web.secret_key"),
     ],
 )

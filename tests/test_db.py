@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from alertd.config import DatabaseSettings
-from alertd.db import create_db_engine, open_database, upgrade
+from alertd.db import alembic_config, create_db_engine, head_revision, open_database, upgrade
 
 
 def _schema_drift(engine: Engine) -> list[object]:
@@ -32,6 +34,23 @@ def test_migrations_match_models(db_engine: Engine) -> None:
 def test_upgrade_twice_is_a_no_op(db_engine: Engine) -> None:
     upgrade(db_engine)
     assert _schema_drift(db_engine) == []
+
+
+def test_the_head_read_without_alembic_is_alembics_head(db_engine: Engine) -> None:
+    assert (
+        head_revision() == ScriptDirectory.from_config(alembic_config(db_engine)).get_current_head()
+    )
+
+
+def test_a_database_behind_the_head_is_upgraded_on_open(database_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    command.upgrade(alembic_config(engine), "0001")
+    engine.dispose()
+    engine = open_database(DatabaseSettings(url=database_url))
+    with engine.connect() as connection:
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == head_revision() and _schema_drift(engine) == []
+    engine.dispose()
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

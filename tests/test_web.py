@@ -799,7 +799,11 @@ def web_schema(
     settings = make_settings(
         database={"url": database_url},
         members={"base_url": standin_api.base_url},
-        web={"signups_per_ip_per_hour": 10_000, "lookups_per_ip_per_minute": 10_000},
+        web={
+            "signups_per_ip_per_hour": 10_000,
+            "lookups_per_ip_per_minute": 10_000,
+            "previews_per_ip_per_minute": 10_000,
+        },
     )
     engine = _stored(settings, stored_db)
     app = create_app(settings, engine, clock=Clock(NOW))

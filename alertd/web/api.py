@@ -143,7 +143,8 @@ def _alert_out(view: service.AlertView) -> AlertOut:
     summary="Sign up for an alert (a confirmation email is sent)",
     responses={
         422: {"model": FieldErrors, "description": "A field is refused"},
-        429: {"model": Problem, "description": "Too many sign-ups"},
+        429: {"model": Problem, "description": "Too many sign-ups, or breadth checks"},
+        503: {"model": Problem, "description": "Busy checking others' alerts: retry"},
     },
     response_model=Accepted,
 )
@@ -164,7 +165,7 @@ async def create_alert(ctx: Ctx, request: Request, body: AlertCreate) -> Accepte
     checked = await check_signup(ctx, fields)
     if checked.errors:
         return _errors({"member_id" if k == "member" else k: v for k, v in checked.errors.items()})
-    broad = await run_in_threadpool(too_broad, ctx, checked.query)
+    broad = await ctx.bounded(ip, too_broad, checked.query)
     if broad is not None:
         return _errors({"query" if body.query is not None else "member_id": broad})
     await sign_up(ctx, checked, ip)
@@ -250,7 +251,11 @@ async def find_members(
     "/preview",
     summary="What a query would have matched in the stored answers of the last 30 days",
     response_model=PreviewOut,
-    responses={422: {"model": FieldErrors}, 429: {"model": Problem}},
+    responses={
+        422: {"model": FieldErrors},
+        429: {"model": Problem, "description": "Too many previews from this client"},
+        503: {"model": Problem, "description": "Busy computing other previews: retry"},
+    },
 )
 async def preview_query(
     ctx: Ctx, request: Request, q: Annotated[str, Query(min_length=1, max_length=500)]
@@ -258,11 +263,8 @@ async def preview_query(
     problem = field_problem("query", q)
     if problem is not None:
         return _errors({"q": problem})
-    ip, now = client_ip(request), ctx.clock().timestamp()
-    if not ctx.limits.lookups_per_ip.allow(ip, now):
-        raise RateLimited(ctx.limits.lookups_per_ip.retry_after(ip, now))
     try:
-        found = await run_in_threadpool(preview, ctx, q)
+        found = await ctx.bounded(client_ip(request), preview, q)
     except QueryError as exc:
         return _errors({"q": str(exc)})
     examples = [

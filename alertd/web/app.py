@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import __version__
 from alertd.config import Settings
-from alertd.errors import InvalidToken, NotYours, RateLimited, TokenExpired
+from alertd.errors import Busy, InvalidToken, NotYours, RateLimited, TokenExpired
 from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
@@ -82,6 +82,12 @@ async def _rate_limited(request: Request, exc: Exception) -> Response:
     retry = exc.retry_after if isinstance(exc, RateLimited) else 60
     text = f"Please try again in {max(1, retry // 60)} minute(s)."
     return _problem(request, 429, "Too many requests", text, {"Retry-After": str(retry)})
+
+
+async def _busy(request: Request, exc: Exception) -> Response:
+    retry = exc.retry_after if isinstance(exc, Busy) else 5
+    text = f"Other previews are being worked out: please try again in {retry} seconds."
+    return _problem(request, 503, "Busy", text, {"Retry-After": str(retry)})
 
 
 async def _security_headers(
@@ -170,6 +176,7 @@ def create_app(
     app.add_exception_handler(InvalidToken, _invalid_token)
     app.add_exception_handler(NotYours, _not_yours)
     app.add_exception_handler(RateLimited, _rate_limited)
+    app.add_exception_handler(Busy, _busy)
     app.middleware("http")(_security_headers)
 
     @app.get(

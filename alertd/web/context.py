@@ -5,21 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import jinja2
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Settings
 from alertd.digests.render import templates_dir
+from alertd.errors import RateLimited
 from alertd.links import Links
 from alertd.mail.sender import Sender
 from alertd.tokens import read_token
 from alertd.web.limits import Limits
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -73,6 +76,22 @@ class WebContext:
                 self.secret, action, token, max_age=self.confirm_window, now=self.clock()
             )
         return read_token(self.secret, action, token)
+
+    async def bounded(self, ip: str, work: Callable[[WebContext, str], T], query_text: str) -> T:
+        """Run preview-class work (a preview, a breadth check: each reads the stored history)
+        in a thread, within the client's preview rate limit and the process's preview slots.
+
+        Raises:
+            RateLimited: the client asked for too many previews this minute.
+            Busy: web.preview_concurrency previews are being computed already.
+        """
+        window, now = self.limits.previews_per_ip, self.clock().timestamp()
+        if not window.allow(ip, now):
+            raise RateLimited(window.retry_after(ip, now))
+        # The slot is released only when the thread is done: anyio does not abandon a
+        # worker thread on cancellation, so a client that hangs up frees no CPU early.
+        with self.limits.preview_slots.hold():
+            return await run_in_threadpool(work, self, query_text)
 
     def page(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = self.templates.get_template(f"web/{template}").render(context)

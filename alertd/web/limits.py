@@ -1,14 +1,19 @@
-"""In-memory sliding-window rate limits; each process counts only its own requests."""
+"""In-memory rate limits and work slots; each process counts only its own requests."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from alertd.config import WebSettings
+from alertd.errors import Busy
 
 _PRUNE_ABOVE_KEYS = 10_000
+# Retry-After of a request refused because every slot was taken: about one preview's time.
+BUSY_RETRY_AFTER_S = 5
 
 
 class SlidingWindow:
@@ -51,14 +56,40 @@ class SlidingWindow:
                 del self._events[key]
 
 
+class WorkSlots:
+    """At most ``size`` pieces of costly work at once; one that finds no free slot is
+    refused at once (Busy), never queued: a queue would only grow while the CPU is full."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold a slot for the block.
+
+        Raises:
+            Busy: every slot is taken.
+        """
+        if not self._free.acquire(blocking=False):
+            raise Busy(BUSY_RETRY_AFTER_S)
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 @dataclass(frozen=True)
 class Limits:
-    """The web app's limits: sign-ups and emails per IP and per address, lookups per IP."""
+    """The web app's limits: sign-ups and emails per IP and per address, lookups and
+    previews per IP, and the slots previews (and sign-up breadth checks) run in."""
 
     signups_per_ip: SlidingWindow
     mails_per_ip: SlidingWindow
     mails_per_address: SlidingWindow
     lookups_per_ip: SlidingWindow
+    previews_per_ip: SlidingWindow
+    preview_slots: WorkSlots
 
     @classmethod
     def from_settings(cls, web: WebSettings) -> Limits:
@@ -68,4 +99,6 @@ class Limits:
             mails_per_ip=SlidingWindow(web.mails_per_ip_per_hour, hour),
             mails_per_address=SlidingWindow(web.mails_per_address_per_hour, hour),
             lookups_per_ip=SlidingWindow(web.lookups_per_ip_per_minute, minute),
+            previews_per_ip=SlidingWindow(web.previews_per_ip_per_minute, minute),
+            preview_slots=WorkSlots(web.preview_concurrency),
         )

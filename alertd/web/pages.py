@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Request
@@ -10,7 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from alertd.config import FREQUENCIES
-from alertd.errors import QueryError, RateLimited
+from alertd.errors import Busy, QueryError, RateLimited
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -28,6 +29,7 @@ from alertd.web.flows import (
 )
 from alertd.web.members import get_member, search_members
 
+log = logging.getLogger("alertd.web")
 router = APIRouter(tags=["pages"], default_response_class=HTMLResponse)
 AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
 DONE = {
@@ -38,6 +40,14 @@ DONE = {
     "deleted": "The alert is deleted.",
     "deleted-all": "All your alerts are deleted: you will get no more digests.",
 }
+PREVIEW_BUSY = (
+    "Previews are busy just now, so this one was not counted. Preview again in a few "
+    "seconds, or subscribe without one."
+)
+PREVIEW_LIMITED = (
+    "That is a lot of previews in one minute, so this one was not counted. Preview again "
+    "in a minute, or subscribe without one."
+)
 
 
 class SignupForm(BaseModel):
@@ -58,6 +68,7 @@ def _signup_page(
     checked: Checked,
     status: int = 200,
     found: Preview | None = None,
+    preview_note: str | None = None,
 ) -> HTMLResponse:
     return ctx.page(
         "signup.html",
@@ -68,6 +79,7 @@ def _signup_page(
         candidates=checked.candidates,
         frequencies=FREQUENCIES,
         preview=found,
+        preview_note=preview_note,
     )
 
 
@@ -118,17 +130,31 @@ async def signup_submit(
     if not checked.ok:
         return _signup_page(ctx, typed, checked, 422)
     if subscribing:
-        broad = await run_in_threadpool(too_broad, ctx, checked.query)
+        try:
+            broad = await ctx.bounded(ip, too_broad, checked.query)
+        except (Busy, RateLimited) as exc:
+            # The person has filled in the form: a busy moment must not lose the sign-up.
+            # The estimate only advises (the command line saves a broad alert with --force)
+            # and the alert still waits for its confirmation email.
+            log.info("sign-up taken without its breadth check: %s", exc)
+            broad = None
         if broad is not None:
             checked.errors["member" if typed.follow == "member" else "query"] = broad
             return _signup_page(ctx, typed, checked, 422)
         await sign_up(ctx, checked, ip)
         return ctx.page("check_email.html", email=checked.email)
     try:
-        found = await run_in_threadpool(preview, ctx, checked.query)
+        found = await ctx.bounded(ip, preview, checked.query)
     except QueryError as exc:  # a Member or department renamed since the check
         checked.errors["query"] = str(exc)
         return _signup_page(ctx, typed, checked, 422)
+    except (Busy, RateLimited) as exc:
+        # The form comes back as typed, with Subscribe: the preview is a courtesy.
+        busy = isinstance(exc, Busy)
+        note = PREVIEW_BUSY if busy else PREVIEW_LIMITED
+        page = _signup_page(ctx, typed, checked, 503 if busy else 429, preview_note=note)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     return _signup_page(ctx, typed, checked, found=found)
 
 

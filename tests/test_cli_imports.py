@@ -1,0 +1,102 @@
+"""The quick commands import only what they use: the installed `alertd`, run as people run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alertd.cli import FREQUENCY_CHOICES
+from alertd.config import FREQUENCIES
+
+ALERTD = Path(sys.executable).with_name("alertd")
+# Never needed by --help, list, subscribe or preview: the web app, the scheduler, the
+# daemon, the mail and digest stacks, the HTTP clients, and Alembic on an up-to-date database.
+HEAVY = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "alertd.web",
+    "apscheduler",
+    "alertd.daemon",
+    "alertd.pipeline",
+    "alertd.mail",
+    "alertd.digests",
+    "alertd.sources",
+    "css_inline",
+    "dkim",
+    "aiosmtplib",
+    "jinja2",
+    "httpx",
+    "feedparser",
+    "prometheus_client",
+    "rich",
+    "alembic",
+)
+
+
+def _imported(args: list[str], env: dict[str, str]) -> set[str]:
+    """The modules the installed command imported (from ``python -X importtime``)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ALERTD), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTD_")}
+    env["ALERTD_DATABASE__URL"] = f"sqlite:///{tmp_path}/alertd.db"
+    # Brought up to date once, as any earlier command (or `alertd run`) would have.
+    subprocess.run([str(ALERTD), "db", "upgrade"], env=env, check=True, capture_output=True)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["list"],
+        ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"],
+        ["preview", "school funding", "--days", "30"],
+    ],
+    ids=["help", "list", "subscribe", "preview"],
+)
+def test_quick_commands_never_import_the_web_app_or_the_scheduler(
+    args: list[str], cli_env: dict[str, str]
+) -> None:
+    imported = _imported(args, cli_env)
+    assert "alertd.cli" in imported  # the probe sees our imports at all
+    loaded = sorted(m for m in imported for h in HEAVY if m == h or m.startswith(f"{h}."))
+    assert loaded == []
+
+
+@pytest.mark.slow
+def test_help_imports_no_database_or_settings_library(cli_env: dict[str, str]) -> None:
+    imported = _imported(["--help"], cli_env)
+    assert not {"sqlalchemy", "pydantic", "sqlmodel", "alertd.config"} & imported
+
+
+@pytest.mark.slow
+def test_the_daemon_command_still_imports_what_it_runs(cli_env: dict[str, str]) -> None:
+    # The probe would see these modules if a command imported them (it is not blind).
+    imported = _imported(["status"], cli_env)
+    assert "alertd.status" in imported and "alertd.digests.compose" in imported
+
+
+def test_the_help_lists_the_frequencies_settings_accept() -> None:
+    assert FREQUENCY_CHOICES == FREQUENCIES
