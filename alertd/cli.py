@@ -171,7 +171,9 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     since = (utc_now() - timedelta(days=args.days)).date()
     found = alerts.matching_answers(_database(settings), args.query, since)
     for question in found:
-        print(f"{question.date_answered}\t{question.uin}\t{question.heading}\t{question.url}")
+        # A feed item has no UIN: its source names it instead.
+        where = question.uin or question.source
+        print(f"{question.date_answered}\t{where}\t{question.heading}\t{question.url}")
     weeks = Counter(
         q.date_answered - timedelta(days=q.date_answered.weekday())
         for q in found

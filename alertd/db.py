@@ -121,10 +121,17 @@ def upgrade(engine: Engine) -> None:
         ConfigError: the database cannot be reached or migrated.
     """
     from alembic import command
+    from alembic.util import CommandError
 
     try:
         with migration_lock(engine):
             command.upgrade(alembic_config(engine), "head")
+    except CommandError as exc:
+        # Most often a database already migrated by a newer alertd (after a rollback).
+        raise ConfigError(
+            f"cannot migrate database {engine.url!r}: {exc} "
+            "(was it upgraded by a newer version of alertd?)"
+        ) from exc
     except SQLAlchemyError as exc:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {describe_error(exc)}") from exc
     except OSError as exc:

@@ -169,9 +169,9 @@ async def _poll_source(source: Source, report: RunReport, now: datetime) -> None
             report.polled = report.poll_failed = True
         return
     report.new_answers += result.new_items
+    report.fetched += result.fetched
     if parliament:
         report.polled = result.polled
-        report.fetched += result.fetched
     if result.polled:
         log.info(
             "polled %s: %d listed, %d new items", source.name, result.fetched, result.new_items

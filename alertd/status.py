@@ -17,13 +17,14 @@ from alertd.models import (
     Alert,
     ComposeFailure,
     DigestRun,
+    Feed,
     Hit,
     Item,
     Outbox,
     SourceState,
     Subscriber,
 )
-from alertd.sources.source import PARLIAMENT_SOURCE
+from alertd.sources.source import PARLIAMENT_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -112,6 +113,11 @@ def _subscriber_counts(session: Session) -> dict[str, int]:
 def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Status:
     """Read everything an operator looks at first, and judge what needs attention."""
     with Session(engine) as session:
+        # A removed or disabled feed, or Parliament switched off, is not polled any more: its
+        # last error must not keep asking for attention.
+        live = {feed_source(name) for name in session.exec(select(Feed.name).where(Feed.enabled))}
+        if settings.parliament.enabled:
+            live.add(PARLIAMENT_SOURCE)
         sources = [
             SourceStatus(
                 s.name,
@@ -122,6 +128,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
                 s.high_water.isoformat() if s.high_water else None,
             )
             for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()
+            if s.name in live
         ]
         oldest = session.exec(
             select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(UNSENT))
@@ -200,6 +207,12 @@ def _next_runs(
 def _problems(status: Status, settings: Settings) -> list[str]:
     problems = []
     for source in status.sources:
+        if source.last_error and source.last_ok_at is None:
+            # Never polled successfully: there is no grace period to wait out.
+            problems.append(
+                f"source {source.name} has never polled successfully: {source.last_error}"
+            )
+            continue
         failing_since = source.last_ok_at or source.last_poll_at
         if source.last_error and failing_since and status.now - failing_since > ATTENTION_AFTER:
             problems.append(

@@ -135,3 +135,15 @@ def test_a_database_error_mid_command_is_one_line(
         holder.close()
     assert code == 1
     assert err == "alertd: error: database error: database is locked\n", err
+
+
+def test_a_database_from_a_newer_alertd_is_one_line(tmp_path: Path) -> None:
+    # After a rollback: the database is at a migration this version does not know.
+    url = f"sqlite:///{tmp_path}/alertd.db"
+    open_database(DatabaseSettings(url=url)).dispose()
+    with sqlite3.connect(tmp_path / "alertd.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    code, err = _finish(_alertd(["list"], url))
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "newer version of alertd" in err and "Traceback" not in err

@@ -298,6 +298,11 @@ def test_feeds_from_the_config_file_are_polled(
     assert main(["feeds", "list", "--config", str(config)]) == 0
     listed = capsys.readouterr().out
     assert "answers\t" in listed and "last poll never" not in listed
+    # Preview shows a feed item's source where an answer shows its UIN.
+    word = _records(2)[0]["heading"].split(":")[0]
+    assert main(["preview", word, "--days", "36500", "--config", str(config)]) == 0
+    previewed = capsys.readouterr().out
+    assert "\tfeed:answers\t" in previewed and "\tNone\t" not in previewed
     assert len(feed_server.requests) == 1
 
 

@@ -68,6 +68,29 @@ def test_status_flags_a_failing_source(
     assert "source parliament failing since" in str(status["problems"])
 
 
+def test_status_flags_a_source_that_never_polled_well_and_forgets_removed_feeds(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, standin_api)
+    now = datetime.now(UTC)
+    with transaction(_engine(tmp_path)) as session:
+        # Polled a minute ago and never once successfully (a fresh install that cannot
+        # reach the API), and a feed that failed long ago but has since been removed.
+        session.add(SourceState(name="parliament", last_poll_at=now, last_error="no route"))
+        session.add(
+            SourceState(
+                name="feed:gone",
+                last_poll_at=now - timedelta(hours=1),
+                last_ok_at=now - timedelta(hours=5),
+                last_error="HTTP 404",
+            )
+        )
+    code, status = _status(config, capsys)
+    assert code == 1
+    assert status["problems"] == ["source parliament has never polled successfully: no route"]
+    assert [source["name"] for source in status["sources"]] == ["parliament"]
+
+
 @pytest.mark.parametrize(
     ("state", "age_h", "problem"),
     [
