@@ -187,6 +187,8 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run(settings: Settings, once: bool) -> int:
     import asyncio
+    import logging
+    import signal
 
     from alertd.daemon import Daemon, lifespan
     from alertd.pipeline import run_once
@@ -194,7 +196,18 @@ async def _run(settings: Settings, once: bool) -> int:
 
     async with lifespan(settings) as runtime:
         if once:
-            report = await run_once(runtime, now=utc_now())
+            # As in the daemon, SIGTERM or Ctrl-C stops claiming, lets the send in flight
+            # finish and abandons a poll (cron's `timeout` sends SIGTERM).
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, runtime.stopping.set)
+            try:
+                report = await run_once(runtime, now=utc_now())
+            finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+            if runtime.stopping.is_set():
+                logging.getLogger("alertd.cli").info("stopped early: the next run goes on")
             return EXIT_FAILED if report.errors else 0
         # The web app (sign-up, unsubscribe links, /metrics) runs beside the scheduler and
         # stops with it: both watch runtime.stopping, which SIGTERM sets. The web app's

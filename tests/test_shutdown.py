@@ -86,19 +86,24 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     assert len(smtp_sink.messages) == 1
 
 
+@pytest.mark.parametrize(
+    ("once", "signum"),
+    [(False, signal.SIGTERM), (True, signal.SIGTERM), (True, signal.SIGINT)],
+    ids=["daemon", "once", "once-ctrl-c"],
+)
 def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
-    tmp_path: Path, standin_api: StandinApi
+    tmp_path: Path, standin_api: StandinApi, once: bool, signum: signal.Signals
 ) -> None:
     # The source never answers (within the test), and the client would wait a minute.
     config = write_config(
         tmp_path, standin_api, parliament={"timeout_s": 60.0}, delivery={"shutdown_timeout_s": 30.0}
     )
     standin_api.fail_next("list", "hang", count=None, seconds=120)
-    process = _start(config)
+    process = _start(config, *(["--once"] if once else []))
     _wait_until(lambda: standin_api.requests, 60, "the poll to start")
     time.sleep(0.5)
     signalled = time.monotonic()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=40)
     assert process.returncode == 0, err
     assert time.monotonic() - signalled < 5, err
