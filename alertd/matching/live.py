@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd.errors import QueryError
-from alertd.matching.analysis import AnalysedDocument, Query, parse_query
+from alertd.matching.analysis import AnalysedDocument, Query
 from alertd.matching.engine import MatchEngine, _collector_paused
+from alertd.matching.query import parse_canonical
 from alertd.models import Alert, AlertsVersion, Subscriber
 
 log = logging.getLogger("alertd.matching.live")
@@ -164,7 +165,7 @@ class LiveMatcher:
         if canonical in self._parsed:
             return self._parsed[canonical]
         try:
-            query: Query | None = parse_query(canonical)
+            query: Query | None = parse_canonical(canonical)
         except QueryError as exc:
             # Saved queries were valid when saved; one that no longer parses is skipped loudly.
             log.error("alert query %r no longer parses: %s", canonical, exc)
