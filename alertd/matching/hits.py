@@ -37,6 +37,8 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
     subscriber is never flooded with history. `matcher` is the daemon's, kept from run to
     run; without one, a matcher is built for this call. Returns the number of hits recorded.
     """
+    live = LiveMatcher() if matcher is None else matcher
+    _load_unless_idle(engine, live)
     with transaction(engine) as session:
         items = session.exec(
             select(Item)
@@ -50,13 +52,24 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
         corrections = {q.id for q in items if _corrects_an_answer(session, q)}
         hits = sum(_correction_hits(session, q, now) for q in items if q.id in corrections)
         fresh = [q for q in items if q.id not in corrections]
-        live = LiveMatcher() if matcher is None else matcher
         hits += _match_fresh(session, live, fresh, now)
         for item in items:
             item.matched_at = now
             session.add(item)
     log.info("matched %d new items: %d hits", len(items), hits)
     return hits
+
+
+def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
+    """Load a new matcher before the write transaction (on SQLite, the database's write
+    lock): reading every live alert takes seconds at a million. Not when nothing waits."""
+    if matcher.version is not None:
+        return
+    with Session(engine) as session:
+        waiting = session.exec(select(Item.id).where(col(Item.matched_at).is_(None)).limit(1))
+        if waiting.first() is not None:
+            with matcher.lock:
+                matcher.refresh(session)
 
 
 def _match_fresh(
