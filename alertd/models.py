@@ -289,12 +289,11 @@ def mark_alert_changes(session: sa.orm.Session, _context: Any, _instances: Any) 
     forget it; a running daemon's matcher reloads only what changed since the version it saw.
     """
     changed: list[Alert | Subscriber] = []
-    for row in (*session.new, *session.dirty):
-        if isinstance(row, Alert) and (
-            row in session.new or _has_changes(row, _ALERT_MATCH_FIELDS)
-        ):
+    new = session.new  # a set made on each access: once
+    for row in (*new, *session.dirty):
+        if isinstance(row, Alert) and (row in new or _has_changes(row, _ALERT_MATCH_FIELDS)):
             changed.append(row)
-        elif isinstance(row, Subscriber) and row not in session.new:
+        elif isinstance(row, Subscriber) and row not in new:
             if _has_changes(row, ("suspended_at",)):
                 changed.append(row)
     if not changed:
