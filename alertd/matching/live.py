@@ -175,6 +175,14 @@ class LiveMatcher:
 
     def match(self, documents: Sequence[AnalysedDocument]) -> Iterator[tuple[LiveAlert, list[int]]]:
         """Each live alert matching some documents, with the indexes of those documents."""
-        for canonical, indexes in self._engine.match(documents).items():
+        for canonical, indexes in self.match_queries(documents).items():
             for alert in self._alerts[canonical].values():
                 yield alert, indexes
+
+    def match_queries(self, documents: Sequence[AnalysedDocument]) -> dict[str, list[int]]:
+        """The indexes of the documents each matching canonical query matches."""
+        return self._engine.match(documents)
+
+    def sharing(self, canonical: str) -> int:
+        """How many live alerts have this canonical query."""
+        return len(self._alerts.get(canonical, ()))
