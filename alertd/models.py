@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -41,6 +41,8 @@ class Subscriber(SQLModel, table=True):
     created_at: datetime = _utc()
     consecutive_bounces: int = 0
     suspended_at: datetime | None = _utc(default=None, nullable=True)
+    # The AlertsVersion.version of the last change to suspended_at (see mark_alert_changes).
+    changed_version: int = Field(default=0, index=True)
 
 
 class Alert(SQLModel, table=True):
@@ -56,6 +58,20 @@ class Alert(SQLModel, table=True):
     unsubscribed_at: datetime | None = _utc(default=None, nullable=True)
     # Paused by its owner (manage page): matches nothing until resumed.
     paused_at: datetime | None = _utc(default=None, nullable=True)
+    # The AlertsVersion.version of the last change to whether it matches (see
+    # mark_alert_changes): a running daemon reloads only the alerts changed since it looked.
+    changed_version: int = Field(default=0, index=True)
+
+
+class AlertsVersion(SQLModel, table=True):
+    """One row (id 1): bumped in the transaction of every change to which alerts match.
+
+    Writers take its row lock until they commit, so versions are given out in commit order:
+    a reader that saw version n has seen every change numbered up to n.
+    """
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    version: int = 0
 
 
 class MemberSearch(SQLModel, table=True):
@@ -233,3 +249,55 @@ class ComposeFailure(SQLModel, table=True):
     first_failed_at: datetime = _utc()
     last_failed_at: datetime = _utc()
     attempts: int = 1
+
+
+# What makes an alert match or not; a change to any of them bumps the alerts version.
+_ALERT_MATCH_FIELDS = (
+    "subscriber_id",
+    "canonical",
+    "confirmed",
+    "confirmed_at",
+    "unsubscribed_at",
+    "paused_at",
+)
+
+
+def _has_changes(row: SQLModel, names: tuple[str, ...]) -> bool:
+    attrs = sa.inspect(row).attrs
+    return any(attrs[name].history.has_changes() for name in names)
+
+
+def bump_alerts_version(connection: sa.Connection) -> int:
+    """The next alerts version, locking the version row until this transaction ends."""
+    version = connection.execute(
+        sa.update(AlertsVersion)
+        .where(col(AlertsVersion.id) == 1)
+        .values(version=col(AlertsVersion.version) + 1)
+        .returning(col(AlertsVersion.version))
+    ).scalar_one_or_none()
+    if version is None:  # a schema made without the migration's row
+        connection.execute(sa.insert(AlertsVersion).values(id=1, version=1))
+        version = 1
+    return int(version)
+
+
+@sa.event.listens_for(sa.orm.Session, "before_flush")
+def mark_alert_changes(session: sa.orm.Session, _context: Any, _instances: Any) -> None:
+    """Stamp every alert (or subscriber suspension) change with a new alerts version.
+
+    A hook on every session, so that no writer (web app, CLI, bounces, another worker) can
+    forget it; a running daemon's matcher reloads only what changed since the version it saw.
+    """
+    changed: list[Alert | Subscriber] = []
+    new = session.new  # a set made on each access: once
+    for row in (*new, *session.dirty):
+        if isinstance(row, Alert) and (row in new or _has_changes(row, _ALERT_MATCH_FIELDS)):
+            changed.append(row)
+        elif isinstance(row, Subscriber) and row not in new:
+            if _has_changes(row, ("suspended_at",)):
+                changed.append(row)
+    if not changed:
+        return
+    version = bump_alerts_version(session.connection())
+    for row in changed:
+        row.changed_version = version

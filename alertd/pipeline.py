@@ -24,7 +24,7 @@ from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
 from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory
-from alertd.matching import match_new_answers
+from alertd.matching import LiveMatcher, match_new_answers
 from alertd.metrics import Metrics
 from alertd.sources.feeds import due_feed_sources
 from alertd.sources.ingest import ParliamentSource
@@ -80,6 +80,8 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     # Worker processes rendering digests (digest.render_processes); None renders here.
     render_pool: RenderPool | None = None
+    # The live alerts in one match engine: built by the first match, then kept current.
+    matcher: LiveMatcher = field(default_factory=LiveMatcher)
 
     # Drains the outbox one drain at a time; the web app wakes it when it queues a mail.
     sender: Sender = field(init=False)
@@ -210,7 +212,9 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
 
     # The database stages are synchronous: they run off the event loop.
     async def match() -> None:
-        report.hits = await asyncio.to_thread(match_new_answers, engine, now=now)
+        report.hits = await asyncio.to_thread(
+            match_new_answers, engine, now=now, matcher=runtime.matcher
+        )
 
     async def compose() -> None:
         report.digests_queued = await asyncio.to_thread(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,6 +21,7 @@ from alertd.matching.query import (
     Query,
     Term,
     make_and,
+    parse_canonical,
     parse_query,
     tokenize,
 )
@@ -382,6 +385,34 @@ def test_property_canonical_round_trips(text: str) -> None:
     again = parse_query(query.canonical)
     assert again == query
     assert again.canonical == query.canonical
+
+
+@given(QUERIES)
+def test_property_parse_canonical_is_parse_query(text: str) -> None:
+    query = parse_query(text)
+    assert parse_canonical(query.canonical) == query
+    assert parse_canonical(query.canonical).canonical == query.canonical
+
+
+PLAIN_ATOMS = st.lists(
+    st.tuples(
+        st.sampled_from(["", "-"]),
+        st.sampled_from(["school", "need", "ed*", "educat*", "member:4138", "house:lords", "a"]),
+    ).map("".join),
+    min_size=1,
+    max_size=5,
+).map(" ".join)
+
+
+@given(PLAIN_ATOMS)
+def test_property_parse_canonical_of_any_plain_text_is_parse_query(text: str) -> None:
+    try:
+        expected = parse_query(text)
+    except QueryError as exc:
+        with pytest.raises(QueryError, match=re.escape(str(exc))):
+            parse_canonical(text)
+        return
+    assert parse_canonical(text) == expected
 
 
 @given(

@@ -14,11 +14,13 @@ from alertd.matching.analysis import (
 )
 from alertd.matching.engine import MatchEngine
 from alertd.matching.hits import item_document, match_new_answers
+from alertd.matching.live import LiveMatcher
 
 __all__ = [
     "AnalysedDocument",
     "Document",
     "Highlights",
+    "LiveMatcher",
     "MatchEngine",
     "Query",
     "analyse",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -12,10 +11,9 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
-from alertd.errors import QueryError
-from alertd.matching.analysis import Document, Query, analyse, parse_query
-from alertd.matching.engine import MatchEngine
-from alertd.models import Alert, Hit, Item, Subscriber
+from alertd.matching.analysis import Document, analyse
+from alertd.matching.live import LiveAlert, LiveMatcher
+from alertd.models import Alert, Hit, Item
 
 log = logging.getLogger("alertd.matching.hits")
 
@@ -32,41 +30,15 @@ def item_document(item: Item) -> Document:
     )
 
 
-def _live_alerts(session: Session) -> dict[str, list[Alert]]:
-    """Confirmed, active alerts of subscribers not suspended, grouped by canonical query."""
-    rows = session.exec(
-        select(Alert)
-        .join(Subscriber, col(Subscriber.id) == col(Alert.subscriber_id))
-        .where(
-            col(Alert.confirmed).is_(True),
-            col(Alert.unsubscribed_at).is_(None),
-            col(Alert.paused_at).is_(None),
-            col(Subscriber.suspended_at).is_(None),
-        )
-    ).all()
-    grouped: dict[str, list[Alert]] = defaultdict(list)
-    for alert in rows:
-        grouped[alert.canonical].append(alert)
-    return grouped
-
-
-def _compile(grouped: dict[str, list[Alert]]) -> dict[str, Query]:
-    compiled: dict[str, Query] = {}
-    for canonical in grouped:
-        try:
-            compiled[canonical] = parse_query(canonical)
-        except QueryError as exc:
-            # Saved queries were valid when saved; one that no longer parses is skipped loudly.
-            log.error("alert query %r no longer parses: %s", canonical, exc)
-    return compiled
-
-
-def match_new_answers(engine: Engine, *, now: datetime) -> int:
+def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | None = None) -> int:
     """Match every unmatched answer version; record hits and mark them matched, atomically.
 
     An alert only gets answers that reached alertd after it was confirmed, so a new
-    subscriber is never flooded with history. Returns the number of hits recorded.
+    subscriber is never flooded with history. `matcher` is the daemon's, kept from run to
+    run; without one, a matcher is built for this call. Returns the number of hits recorded.
     """
+    live = LiveMatcher() if matcher is None else matcher
+    _load_unless_idle(engine, live)
     with transaction(engine) as session:
         items = session.exec(
             select(Item)
@@ -80,7 +52,7 @@ def match_new_answers(engine: Engine, *, now: datetime) -> int:
         corrections = {q.id for q in items if _corrects_an_answer(session, q)}
         hits = sum(_correction_hits(session, q, now) for q in items if q.id in corrections)
         fresh = [q for q in items if q.id not in corrections]
-        hits += _match_fresh(session, fresh, now)
+        hits += _match_fresh(session, live, fresh, now)
         for item in items:
             item.matched_at = now
             session.add(item)
@@ -88,16 +60,29 @@ def match_new_answers(engine: Engine, *, now: datetime) -> int:
     return hits
 
 
-def _match_fresh(session: Session, items: Sequence[Item], now: datetime) -> int:
+def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
+    """Load a new matcher before the write transaction (on SQLite, the database's write
+    lock): reading every live alert takes seconds at a million. Not when nothing waits."""
+    if matcher.version is not None:
+        return
+    with Session(engine) as session:
+        waiting = session.exec(select(Item.id).where(col(Item.matched_at).is_(None)).limit(1))
+        if waiting.first() is not None:
+            with matcher.lock:
+                matcher.refresh(session)
+
+
+def _match_fresh(
+    session: Session, matcher: LiveMatcher, items: Sequence[Item], now: datetime
+) -> int:
     """Hits of answers seen for the first time (or substantive after a holding answer)."""
     if not items:
         return 0
-    grouped = _live_alerts(session)
     documents = [analyse(item_document(q)) for q in items]
-    matched = MatchEngine(_compile(grouped)).match(documents)
     hits = 0
-    for canonical, indexes in matched.items():
-        for alert in grouped[canonical]:
+    with matcher.lock:
+        matcher.refresh(session)
+        for alert, indexes in matcher.match(documents):
             hits += _record_hits(session, alert, [items[i] for i in indexes], now)
     return hits
 
@@ -144,8 +129,7 @@ def _correction_hits(session: Session, correction: Item, now: datetime) -> int:
     return len(mailed)
 
 
-def _record_hits(session: Session, alert: Alert, items: list[Item], now: datetime) -> int:
-    assert alert.id is not None
+def _record_hits(session: Session, alert: LiveAlert, items: list[Item], now: datetime) -> int:
     count = 0
     for item in items:
         assert item.id is not None

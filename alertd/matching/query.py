@@ -522,3 +522,53 @@ def parse_query(text: str, resolve: Resolver | None = None) -> Query:
     if len(text) > MAX_QUERY_LENGTH:
         raise QueryError(f"query too long: at most {MAX_QUERY_LENGTH} characters", MAX_QUERY_LENGTH)
     return _Parser(text, resolve).parse()
+
+
+# A canonical query of plain atoms only: words, exclusions, prefixes, id and house fields.
+_PLAIN_ATOM = re.compile(
+    r"(?P<minus>-?)(?:(?P<word>[a-z0-9]+)(?P<star>\*?)"
+    r"|(?P<field>member|asker|answerer|department):(?P<id>[1-9][0-9]{0,8})"
+    r"|house:(?P<house>commons|lords))"
+)
+_NEEDS_PARSER = re.compile(r"[\"()]| OR ")
+
+
+def parse_canonical(canonical: str) -> Query:
+    """Parse a stored canonical form: the same Query as `parse_query`, made directly for the
+    common shapes (a daemon parses every distinct alert query at start), else by the parser.
+
+    Raises:
+        QueryError: as `parse_query`.
+    """
+    atoms = canonical.split(" ")
+    if len(atoms) > MAX_TERMS or len(canonical) > MAX_QUERY_LENGTH:
+        return parse_query(canonical)
+    if _NEEDS_PARSER.search(canonical):
+        return parse_query(canonical)
+    children: list[Node] = []
+    for atom in atoms:
+        found = _PLAIN_ATOM.fullmatch(atom)
+        if found is None:
+            return parse_query(canonical)
+        word, name, house = found.group("word", "field", "house")
+        leaf: Leaf
+        if word is not None:
+            if not found.group("star"):
+                leaf = Term(word)
+            elif len(word) >= MIN_PREFIX:
+                leaf = Prefix(word)
+            else:
+                return parse_query(canonical)
+        elif name is not None:
+            leaf = Field(name, int(found.group("id")))
+        else:
+            leaf = Field("house", house)
+        children.append(Not(leaf) if found.group("minus") else leaf)
+    # Atoms render as themselves: in make_and's order already (as a canonical form is),
+    # the AND is made as it stands, else through make_and.
+    order = [(atom.startswith("-"), atom) for atom in atoms]
+    in_order = all(a < b for a, b in zip(order, order[1:], strict=False))
+    root = And(tuple(children)) if in_order and len(children) > 1 else make_and(children)
+    if not root.positive:
+        return parse_query(canonical)
+    return Query(root)
