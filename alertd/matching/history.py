@@ -256,7 +256,7 @@ def _combine(node: Node, part: Any, and_: str, or_: str) -> str | None:
 @dataclass(eq=False)
 class StoredDocument:
     """An item as the exact evaluator sees it, read back from the index: each part is only
-    rebuilt when a query asks for it."""
+    rebuilt when a query asks for it. The stems texts are padded with a space each side."""
 
     heading: str
     body: str
@@ -266,14 +266,6 @@ class StoredDocument:
     asking_member_id: int | None
     answering_member_id: int | None
     answering_body_id: int | None
-
-    @cached_property
-    def stems(self) -> frozenset[str]:
-        return frozenset(self.stems_text.split())
-
-    @cached_property
-    def heading_stems(self) -> frozenset[str]:
-        return frozenset(self.heading_stems_text.split())
 
     @cached_property
     def heading_tokens(self) -> list[str]:
@@ -297,7 +289,9 @@ class StoredDocument:
         return found
 
     def has_stem(self, stem: str, scope: Scope) -> bool:
-        return stem in (self.heading_stems if scope == "heading" else self.stems)
+        # A substring search of the space-joined stems: no set built for a lookup or two.
+        stems = self.heading_stems_text if scope == "heading" else self.stems_text
+        return f" {stem} " in stems
 
     def has_prefix(self, prefix: str, scope: Scope) -> bool:
         tokens = self.heading_tokens if scope == "heading" else self.tokens
@@ -327,6 +321,17 @@ class StoredDocument:
         return name == "house" and value == self.house
 
 
+def _needed_columns(query: Query) -> set[str]:
+    """The stored columns the query's leaves read: the rest are not fetched."""
+    needed: set[str] = set()
+    for node in query.nodes():
+        if isinstance(node, Term):
+            needed.add("heading_stems" if node.scope == "heading" else "stems")
+        elif isinstance(node, Phrase | Prefix):
+            needed.update(("heading", "body"))
+    return needed
+
+
 def _candidates(connection: Connection, query: Query, since: date) -> Iterator[Any]:
     postgres = connection.dialect.name == "postgresql"
     key = "x.item_id" if postgres else "x.rowid"
@@ -337,9 +342,14 @@ def _candidates(connection: Connection, query: Query, since: date) -> Iterator[A
         match = "x.terms @@ CAST(:filter AS TSQUERY)" if postgres else f"{TABLE} MATCH :filter"
         where.append(match)
         params["filter"] = condition
+    needed = _needed_columns(query)
+    columns = ", ".join(
+        f"x.{name}" if name in needed else f"'' AS {name}"
+        for name in ("heading", "body", "stems", "heading_stems")
+    )
     statement = sa.text(
         f"SELECT i.id, i.house, i.asking_member_id, i.answering_member_id, "
-        f"i.answering_body_id, x.heading, x.body, x.stems, x.heading_stems "
+        f"i.answering_body_id, {columns} "
         f"FROM {TABLE} AS x JOIN item AS i ON i.id = {key} "
         f"WHERE {' AND '.join(where)} ORDER BY i.date_answered DESC, i.id"
     )
@@ -354,8 +364,8 @@ def matching_item_ids(connection: Connection, query: Query, since: date) -> list
         doc = StoredDocument(
             heading=row.heading,
             body=row.body,
-            stems_text=row.stems,
-            heading_stems_text=row.heading_stems,
+            stems_text=f" {row.stems} ",
+            heading_stems_text=f" {row.heading_stems} ",
             house=(row.house or "").strip().lower(),
             asking_member_id=row.asking_member_id,
             answering_member_id=row.answering_member_id,
