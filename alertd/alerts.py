@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -196,6 +197,36 @@ def load_items(engine: Engine, ids: list[int]) -> list[Item]:
             for item in session.exec(select(Item).where(col(Item.id).in_(chunk))).all():
                 assert item.id is not None
                 by_id[item.id] = item
+    return [by_id[item_id] for item_id in ids]
+
+
+@dataclass(frozen=True)
+class AnswerLine:
+    """What `alertd preview` prints of a matching item: read without loading whole Items."""
+
+    date_answered: date | None
+    uin: str | None
+    heading: str
+    url: str
+
+
+def matching_lines(engine: Engine, query_text: str, since: date) -> list[AnswerLine]:
+    """`matching_ids` as AnswerLines, newest first.
+
+    Raises:
+        QueryError: the query is malformed or names someone unknown.
+    """
+    ids = matching_ids(engine, query_text, since)
+    by_id: dict[int, AnswerLine] = {}
+    with Session(engine) as session:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            columns = [col(c) for c in (Item.id, Item.date_answered, Item.uin, Item.heading)]
+            columns.append(col(Item.url))
+            rows = session.execute(sa.select(*columns).where(col(Item.id).in_(chunk))).all()
+            for item_id, answered, uin, heading, url in rows:
+                assert item_id is not None
+                by_id[item_id] = AnswerLine(answered, uin, heading, url)
     return [by_id[item_id] for item_id in ids]
 
 

@@ -163,7 +163,7 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         raise UsageError("--days must be at least 1")
     since = (utc_now() - timedelta(days=args.days)).date()
-    found = alerts.matching_answers(_database(settings), args.query, since)
+    found = alerts.matching_lines(_database(settings), args.query, since)
     for question in found:
         print(f"{question.date_answered}\t{question.uin}\t{question.heading}\t{question.url}")
     weeks = Counter(

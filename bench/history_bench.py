@@ -262,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     rows: list[Row] = []
     for q in queries:
-        found, preview_s = timed(lambda q=q: len(alerts.matching_answers(large, q, year_ago)))
+        found, preview_s = timed(lambda q=q: len(alerts.matching_lines(large, q, year_ago)))
         _, breadth_s = timed(lambda q=q: alerts.daily_match_rate(large, q))
-        small_found, small_s = timed(lambda q=q: len(alerts.matching_answers(small, q, year_ago)))
+        small_found, small_s = timed(lambda q=q: len(alerts.matching_lines(small, q, year_ago)))
         old_found, old_s = timed(lambda q=q: old_scan(small, q, year_ago), repeat=1)
         assert old_found == small_found, (q, old_found, small_found)
         rows.append(Row(q, found, preview_s, breadth_s, small_found, small_s, old_s))
@@ -318,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.small:,}. `{MARKER}` is planted in {MARKED} questions at both sizes: a query "
         "with a fixed number of matches.",
         "",
-        "In-process work (median of 5, warm): `preview` = `alerts.matching_answers` over 365 "
-        "days (what `alertd preview --days 365` runs, Items loaded), breadth = "
+        "In-process work (median of 5, warm): `preview` = `alerts.matching_lines` over 365 "
+        "days (what `alertd preview --days 365` runs: the ids, then what it prints), breadth = "
         "`alerts.daily_match_rate` (what `subscribe` and the sign-up page run).",
         "",
         *table,

@@ -39,14 +39,17 @@ _BUILD_BATCH = 500
 _SQLITE_DDL = (
     # The ascii tokenizer splits only on ASCII non-alphanumerics and folds only ASCII case:
     # our tokens (lower-cased runs of letters and digits) come back out one for one.
-    f"CREATE VIRTUAL TABLE {TABLE} USING fts5("
-    "heading, body, stems, heading_stems, fields, tokenize = 'ascii')",
+    # The window's columns live here too: a query never reads the wide item rows.
+    f"CREATE VIRTUAL TABLE {TABLE} USING fts5(heading, body, stems, heading_stems, fields, "
+    "date_answered UNINDEXED, is_holding UNINDEXED, tokenize = 'ascii')",
 )
 _POSTGRES_DDL = (
     f"CREATE TABLE {TABLE} (item_id INTEGER PRIMARY KEY REFERENCES item (id), "
     "heading TEXT NOT NULL, body TEXT NOT NULL, stems TEXT NOT NULL, "
-    "heading_stems TEXT NOT NULL, terms TSVECTOR NOT NULL)",
+    "heading_stems TEXT NOT NULL, fields TEXT NOT NULL, date_answered DATE, "
+    "is_holding BOOLEAN NOT NULL, terms TSVECTOR NOT NULL)",
     f"CREATE INDEX ix_{TABLE}_terms ON {TABLE} USING GIN (terms)",
+    f"CREATE INDEX ix_{TABLE}_date_answered ON {TABLE} (date_answered)",
 )
 
 
@@ -60,6 +63,8 @@ class IndexRow:
     stems: str
     heading_stems: str
     fields: tuple[str, ...]
+    date_answered: date | None
+    is_holding: bool
 
     def lexemes(self) -> list[str]:
         """PostgreSQL's terms: every stem, token and field value, tagged by kind and scope."""
@@ -76,7 +81,9 @@ class IndexRow:
         )
 
 
-def index_row(item_id: int, doc: Document) -> IndexRow:
+def index_row(
+    item_id: int, doc: Document, date_answered: date | None, is_holding: bool
+) -> IndexRow:
     heading = tokenize(doc.heading)
     question, answer = tokenize(doc.question_text), tokenize(doc.answer_text)
     distinct = sorted({*heading, *question, *answer})
@@ -94,6 +101,8 @@ def index_row(item_id: int, doc: Document) -> IndexRow:
         stems=" ".join(sorted(set(stem_of.values()))),
         heading_stems=" ".join(sorted({stem_of[token] for token in heading})),
         fields=tuple(sorted(set(fields))),
+        date_answered=date_answered,
+        is_holding=is_holding,
     )
 
 
@@ -113,17 +122,22 @@ def insert_rows(connection: Connection, rows: Sequence[IndexRow]) -> None:
         return
     if connection.dialect.name == "postgresql":
         statement = sa.text(
-            f"INSERT INTO {TABLE} (item_id, heading, body, stems, heading_stems, terms) "
-            "VALUES (:item_id, :heading, :body, :stems, :heading_stems, "
+            f"INSERT INTO {TABLE} (item_id, heading, body, stems, heading_stems, fields, "
+            "date_answered, is_holding, terms) VALUES (:item_id, :heading, :body, :stems, "
+            ":heading_stems, :fields, :date_answered, :is_holding, "
             "array_to_tsvector(CAST(:lexemes AS TEXT[])))"
         )
-        params: list[dict[str, Any]] = [{**_columns(row), "lexemes": row.lexemes()} for row in rows]
+        params: list[dict[str, Any]] = [
+            {**_columns(row), "date_answered": row.date_answered, "lexemes": row.lexemes()}
+            for row in rows
+        ]
     else:
         statement = sa.text(
-            f"INSERT INTO {TABLE} (rowid, heading, body, stems, heading_stems, fields) "
-            "VALUES (:item_id, :heading, :body, :stems, :heading_stems, :fields)"
+            f"INSERT INTO {TABLE} (rowid, heading, body, stems, heading_stems, fields, "
+            "date_answered, is_holding) VALUES (:item_id, :heading, :body, :stems, "
+            ":heading_stems, :fields, :date_answered, :is_holding)"
         )
-        params = [{**_columns(row), "fields": " ".join(row.fields)} for row in rows]
+        params = [{**_columns(row), "date_answered": _day(row.date_answered)} for row in rows]
     connection.execute(statement, params)
 
 
@@ -134,7 +148,14 @@ def _columns(row: IndexRow) -> dict[str, Any]:
         "body": row.body,
         "stems": row.stems,
         "heading_stems": row.heading_stems,
+        "fields": " ".join(row.fields),
+        "is_holding": row.is_holding,
     }
+
+
+def _day(day: date | None) -> str | None:
+    # SQLite keeps dates as ISO text, which sorts and compares as the dates do.
+    return None if day is None else day.isoformat()
 
 
 def index_missing(connection: Connection) -> int:
@@ -155,6 +176,8 @@ def index_missing(connection: Connection) -> int:
                 "answering_body_id",
             )
         ),
+        sa.column("date_answered", sa.Date),
+        sa.column("is_holding", sa.Boolean),
     )
     indexed = sa.text(f"SELECT {key} FROM {TABLE}").columns(sa.column(key))
     done, last_id = 0, 0
@@ -181,6 +204,8 @@ def index_missing(connection: Connection) -> int:
                         answering_member_id=row.answering_member_id,
                         answering_body_id=row.answering_body_id,
                     ),
+                    row.date_answered,
+                    bool(row.is_holding),
                 )
                 for row in batch
             ],
@@ -193,7 +218,8 @@ def index_missing(connection: Connection) -> int:
 def _index_inserted(_mapper: Any, connection: Connection, item: Item) -> None:
     # In the inserting transaction: an item is never stored without its index row.
     assert item.id is not None
-    insert_rows(connection, [index_row(item.id, item_document(item))])
+    row = index_row(item.id, item_document(item), item.date_answered, item.is_holding)
+    insert_rows(connection, [row])
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -256,16 +282,13 @@ def _combine(node: Node, part: Any, and_: str, or_: str) -> str | None:
 @dataclass(eq=False)
 class StoredDocument:
     """An item as the exact evaluator sees it, read back from the index: each part is only
-    rebuilt when a query asks for it. The stems texts are padded with a space each side."""
+    rebuilt when a query asks for it. Stems and fields texts are padded with a space each side."""
 
     heading: str
     body: str
     stems_text: str
     heading_stems_text: str
-    house: str
-    asking_member_id: int | None
-    answering_member_id: int | None
-    answering_body_id: int | None
+    fields_text: str
 
     @cached_property
     def heading_tokens(self) -> list[str]:
@@ -310,15 +333,9 @@ class StoredDocument:
         )
 
     def has_field(self, name: str, value: int | str) -> bool:
-        if name == "member":
-            return value in (self.asking_member_id, self.answering_member_id)
-        if name == "asker":
-            return value == self.asking_member_id
-        if name == "answerer":
-            return value == self.answering_member_id
-        if name == "department":
-            return value == self.answering_body_id
-        return name == "house" and value == self.house
+        # The stored field values name the asker, answerer (both as member), department and
+        # house exactly as Field values do.
+        return f" {name}{value} " in self.fields_text
 
 
 def _needed_columns(query: Query) -> set[str]:
@@ -329,14 +346,15 @@ def _needed_columns(query: Query) -> set[str]:
             needed.add("heading_stems" if node.scope == "heading" else "stems")
         elif isinstance(node, Phrase | Prefix):
             needed.update(("heading", "body"))
+        elif isinstance(node, Field):
+            needed.add("fields")
     return needed
 
 
 def _candidates(connection: Connection, query: Query, since: date) -> Iterator[Any]:
     postgres = connection.dialect.name == "postgresql"
-    key = "x.item_id" if postgres else "x.rowid"
-    where = ["i.is_holding = :false", "i.date_answered >= :since"]
-    params: dict[str, Any] = {"since": since, "false": False}
+    where = ["x.is_holding = :false", "x.date_answered >= :since"]
+    params: dict[str, Any] = {"since": since if postgres else _day(since), "false": False}
     condition = tsquery_filter(query.root) if postgres else fts5_filter(query.root)
     if condition is not None:
         match = "x.terms @@ CAST(:filter AS TSQUERY)" if postgres else f"{TABLE} MATCH :filter"
@@ -345,13 +363,12 @@ def _candidates(connection: Connection, query: Query, since: date) -> Iterator[A
     needed = _needed_columns(query)
     columns = ", ".join(
         f"x.{name}" if name in needed else f"'' AS {name}"
-        for name in ("heading", "body", "stems", "heading_stems")
+        for name in ("heading", "body", "stems", "heading_stems", "fields")
     )
+    key = "x.item_id" if postgres else "x.rowid"
     statement = sa.text(
-        f"SELECT i.id, i.house, i.asking_member_id, i.answering_member_id, "
-        f"i.answering_body_id, {columns} "
-        f"FROM {TABLE} AS x JOIN item AS i ON i.id = {key} "
-        f"WHERE {' AND '.join(where)} ORDER BY i.date_answered DESC, i.id"
+        f"SELECT {key} AS id, {columns} FROM {TABLE} AS x "
+        f"WHERE {' AND '.join(where)} ORDER BY x.date_answered DESC, {key}"
     )
     return iter(connection.execute(statement, params))
 
@@ -359,6 +376,7 @@ def _candidates(connection: Connection, query: Query, since: date) -> Iterator[A
 def matching_item_ids(connection: Connection, query: Query, since: date) -> list[int]:
     """Ids of the stored items (not holding answers) answered or published since a day that
     the query matches, newest first: candidates from the index, then the exact evaluator."""
+    matches = query.matches
     found: list[int] = []
     for row in _candidates(connection, query, since):
         doc = StoredDocument(
@@ -366,11 +384,8 @@ def matching_item_ids(connection: Connection, query: Query, since: date) -> list
             body=row.body,
             stems_text=f" {row.stems} ",
             heading_stems_text=f" {row.heading_stems} ",
-            house=(row.house or "").strip().lower(),
-            asking_member_id=row.asking_member_id,
-            answering_member_id=row.answering_member_id,
-            answering_body_id=row.answering_body_id,
+            fields_text=f" {row.fields} ",
         )
-        if query.matches(doc):
+        if matches(doc):
             found.append(row.id)
     return found
