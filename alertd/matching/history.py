@@ -1,9 +1,8 @@
-"""The index of stored items: each item's analysed form, kept when it is stored, and a
-full-text candidate filter (SQLite FTS5, PostgreSQL tsvector) in front of the exact evaluator."""
+"""The index of stored items: analysed forms kept at insert, full-text candidates, exact checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
@@ -263,7 +262,7 @@ def _lexeme(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _combine(node: Node, part: Any, and_: str, or_: str) -> str | None:
+def _combine(node: Node, part: Callable[[Node], str | None], and_: str, or_: str) -> str | None:
     if isinstance(node, Not):
         return None
     assert isinstance(node, And | Or)
