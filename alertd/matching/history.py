@@ -52,6 +52,16 @@ _POSTGRES_DDL = (
 )
 
 
+def outside_models(name: str | None, type_: str, _parents: Any = None) -> bool:
+    """Whether Alembic should compare this table or index with the models: the index's
+    tables (FTS5's shadow tables too) and indexes are made by its own DDL, not by models.
+
+    An Alembic ``include_name`` hook, inverted: True means leave it out."""
+    if name is None or type_ not in ("table", "index"):
+        return False
+    return name == TABLE or name.startswith((f"{TABLE}_", f"ix_{TABLE}_"))
+
+
 @dataclass(frozen=True)
 class IndexRow:
     """One item's analysed form as stored: token streams, distinct stems, field values."""
