@@ -7,13 +7,14 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.matching import Query, analyse, item_document, parse_query
+from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, Member, Subscriber
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -175,21 +176,69 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
         ]
 
 
-def matching_answers(engine: Engine, query_text: str, since: date) -> list[Item]:
-    """Stored items (not holding answers) answered or published since a day that a query
-    matches, newest first.
+def matching_ids(engine: Engine, query_text: str, since: date) -> list[int]:
+    """Ids of the stored items (not holding answers) answered or published since a day that
+    a query matches, newest first (from the index of stored items; see matching.history).
 
     Raises:
         QueryError: the query is malformed or names someone unknown.
     """
     with Session(engine) as session:
         query = compile_query(session, query_text)
-        items = session.exec(
-            select(Item)
-            .where(col(Item.is_holding).is_(False), col(Item.date_answered) >= since)
-            .order_by(col(Item.date_answered).desc(), col(Item.id))
-        ).all()
-    return [item for item in items if query.matches(analyse(item_document(item)))]
+        return matching_item_ids(session.connection(), query, since)
+
+
+def load_items(engine: Engine, ids: list[int]) -> list[Item]:
+    """The items of these ids, in the order given."""
+    by_id: dict[int, Item] = {}
+    with Session(engine) as session:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for item in session.exec(select(Item).where(col(Item.id).in_(chunk))).all():
+                assert item.id is not None
+                by_id[item.id] = item
+    return [by_id[item_id] for item_id in ids]
+
+
+@dataclass(frozen=True)
+class AnswerLine:
+    """What `alertd preview` prints of a matching item: read without loading whole Items."""
+
+    date_answered: date | None
+    uin: str | None
+    heading: str
+    url: str
+    # Where the item came from ("parliament", "feed:NAME"): a feed item has no UIN.
+    source: str
+
+
+def matching_lines(engine: Engine, query_text: str, since: date) -> list[AnswerLine]:
+    """`matching_ids` as AnswerLines, newest first.
+
+    Raises:
+        QueryError: the query is malformed or names someone unknown.
+    """
+    ids = matching_ids(engine, query_text, since)
+    by_id: dict[int, AnswerLine] = {}
+    with Session(engine) as session:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            columns = [col(c) for c in (Item.id, Item.date_answered, Item.uin, Item.heading)]
+            columns += [col(Item.url), col(Item.source)]
+            rows = session.execute(sa.select(*columns).where(col(Item.id).in_(chunk))).all()
+            for item_id, answered, uin, heading, url, source in rows:
+                assert item_id is not None
+                by_id[item_id] = AnswerLine(answered, uin, heading, url, source)
+    return [by_id[item_id] for item_id in ids]
+
+
+def matching_answers(engine: Engine, query_text: str, since: date) -> list[Item]:
+    """The items of `matching_ids`, newest first.
+
+    Raises:
+        QueryError: the query is malformed or names someone unknown.
+    """
+    return load_items(engine, matching_ids(engine, query_text, since))
 
 
 def daily_match_rate(engine: Engine, query_text: str) -> float:
@@ -201,4 +250,4 @@ def daily_match_rate(engine: Engine, query_text: str) -> float:
     if first is None or last is None:
         return 0.0
     first = max(first, last - timedelta(days=BREADTH_WINDOW_DAYS - 1))
-    return len(matching_answers(engine, query_text, first)) / ((last - first).days + 1)
+    return len(matching_ids(engine, query_text, first)) / ((last - first).days + 1)

@@ -169,7 +169,7 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     if args.days < 1:
         raise UsageError("--days must be at least 1")
     since = (utc_now() - timedelta(days=args.days)).date()
-    found = alerts.matching_answers(_database(settings), args.query, since)
+    found = alerts.matching_lines(_database(settings), args.query, since)
     for question in found:
         # A feed item has no UIN: its source names it instead.
         where = question.uin or question.source

@@ -140,7 +140,7 @@ class Item(SQLModel, table=True):
     is_withdrawn: bool = False
     # The day it was answered, or a feed item published (first seen, when the feed gives
     # no date): digests, previews and estimates order and window every kind by it.
-    date_answered: date | None = None
+    date_answered: date | None = Field(default=None, index=True)
     # A feed item's own publication time, when the feed gives one.
     published_at: datetime | None = _utc(default=None, nullable=True)
     ingested_at: datetime = _utc(index=True)

@@ -19,11 +19,16 @@ from sqlmodel import SQLModel
 
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, head_revision, open_database, upgrade
+from alertd.matching.history import outside_models
 
 
 def _schema_drift(engine: Engine) -> list[object]:
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        opts = {
+            "compare_type": True,
+            "include_name": lambda name, kind, parents: not outside_models(name, kind, parents),
+        }
+        context = MigrationContext.configure(connection, opts=opts)
         return list(compare_metadata(context, SQLModel.metadata))
 
 

@@ -21,7 +21,7 @@ from alertd.digests.items import Row, build_digest
 from alertd.digests.render import render_message
 from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
-from alertd.matching import analyse, item_document, parse_query
+from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item, Subscriber
 
 DEFAULT_DAYS = 30
@@ -68,30 +68,32 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
         .where(Alert.subscriber_id == subscriber_id, col(Alert.unsubscribed_at).is_(None))
         .order_by(col(Alert.id))
     ).all()
-    items = session.exec(
-        select(Item)
-        .where(
-            col(Item.is_holding).is_(False),
-            col(Item.is_withdrawn).is_(False),
-            col(Item.date_answered) >= since.date(),
-        )
-        .order_by(col(Item.date_answered).desc(), col(Item.id))
-    ).all()
-    documents = [analyse(item_document(item)) for item in items]
-    rows: list[Row] = []
+    matched: dict[int, list[int]] = {}
     for alert in alerts:
         assert alert.id is not None
         try:
             query = parse_query(alert.canonical)
         except QueryError:
             continue
-        for item, document in zip(items, documents, strict=True):
-            if item.id is not None and query.matches(document):
+        matched[alert.id] = matching_item_ids(session.connection(), query, since.date())
+    wanted = sorted({item_id for ids in matched.values() for item_id in ids})
+    items: dict[int, Item] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for item in session.exec(select(Item).where(col(Item.id).in_(chunk))).all():
+            assert item.id is not None
+            items[item.id] = item
+    rows: list[Row] = []
+    for alert in alerts:
+        assert alert.id is not None
+        for item_id in matched.get(alert.id, []):
+            item = items[item_id]
+            if not item.is_withdrawn:
                 # A hit in memory only: the sample changes nothing in the database.
                 hit = Hit(
                     alert_id=alert.id,
                     subscriber_id=subscriber_id,
-                    item_id=item.id,
+                    item_id=item_id,
                     created_at=now,
                 )
                 rows.append(Row(hit, alert, item))

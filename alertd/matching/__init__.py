@@ -13,6 +13,7 @@ from alertd.matching.analysis import (
     parse_query,
 )
 from alertd.matching.engine import MatchEngine
+from alertd.matching.history import matching_item_ids
 from alertd.matching.hits import item_document, match_new_answers
 from alertd.matching.live import LiveMatcher
 
@@ -27,5 +28,6 @@ __all__ = [
     "highlight_terms",
     "item_document",
     "match_new_answers",
+    "matching_item_ids",
     "parse_query",
 ]

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+import alertd.matching.history  # noqa: F401  (indexes each Item as it is inserted)
 from alertd.config import FeedConfig
 from alertd.db import transaction
 from alertd.errors import (

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+import alertd.matching.history  # noqa: F401  (indexes each Item as it is inserted)
 from alertd.db import transaction
 from alertd.errors import AlertdError, PermanentError
 from alertd.models import Item, ItemKind, Member

@@ -186,8 +186,9 @@ def preview(ctx: WebContext, query_text: str) -> Preview:
         QueryError: the query is malformed.
     """
     since: date = (ctx.clock() - timedelta(days=PREVIEW_DAYS)).date()
-    found = alerts.matching_answers(ctx.engine, query_text, since)
-    return Preview(len(found), PREVIEW_DAYS, tuple(found[:PREVIEW_EXAMPLES]))
+    found = alerts.matching_ids(ctx.engine, query_text, since)
+    examples = alerts.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
+    return Preview(len(found), PREVIEW_DAYS, tuple(examples))
 
 
 def too_broad(ctx: WebContext, query_text: str) -> str | None:

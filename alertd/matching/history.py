@@ -1,0 +1,400 @@
+"""The index of stored items: analysed forms kept at insert, full-text candidates, exact checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from alertd.matching.analysis import Document
+from alertd.matching.hits import item_document
+from alertd.matching.query import (
+    HOUSES,
+    And,
+    Field,
+    Node,
+    Not,
+    Or,
+    Phrase,
+    Prefix,
+    Query,
+    Scope,
+    Term,
+    stem_words,
+    tokenize,
+)
+from alertd.models import Item
+
+TABLE = "item_index"
+# Stands between question and answer in a stored token stream: no phrase spans it.
+_GAP = "|"
+_BUILD_BATCH = 500
+
+_SQLITE_DDL = (
+    # The ascii tokenizer splits only on ASCII non-alphanumerics and folds only ASCII case:
+    # our tokens (lower-cased runs of letters and digits) come back out one for one.
+    # The window's columns live here too: a query never reads the wide item rows.
+    f"CREATE VIRTUAL TABLE {TABLE} USING fts5(heading, body, stems, heading_stems, fields, "
+    "date_answered UNINDEXED, is_holding UNINDEXED, tokenize = 'ascii')",
+)
+_POSTGRES_DDL = (
+    f"CREATE TABLE {TABLE} (item_id INTEGER PRIMARY KEY REFERENCES item (id), "
+    "heading TEXT NOT NULL, body TEXT NOT NULL, stems TEXT NOT NULL, "
+    "heading_stems TEXT NOT NULL, fields TEXT NOT NULL, date_answered DATE, "
+    "is_holding BOOLEAN NOT NULL, terms TSVECTOR NOT NULL)",
+    f"CREATE INDEX ix_{TABLE}_terms ON {TABLE} USING GIN (terms)",
+    f"CREATE INDEX ix_{TABLE}_date_answered ON {TABLE} (date_answered)",
+)
+
+
+def outside_models(name: str | None, type_: str, _parents: Any = None) -> bool:
+    """Whether Alembic should compare this table or index with the models: the index's
+    tables (FTS5's shadow tables too) and indexes are made by its own DDL, not by models.
+
+    An Alembic ``include_name`` hook, inverted: True means leave it out."""
+    if name is None or type_ not in ("table", "index"):
+        return False
+    return name == TABLE or name.startswith((f"{TABLE}_", f"ix_{TABLE}_"))
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """One item's analysed form as stored: token streams, distinct stems, field values."""
+
+    item_id: int
+    heading: str
+    body: str
+    stems: str
+    heading_stems: str
+    fields: tuple[str, ...]
+    date_answered: date | None
+    is_holding: bool
+
+    def lexemes(self) -> list[str]:
+        """PostgreSQL's terms: every stem, token and field value, tagged by kind and scope."""
+        tokens = set(self.heading.split()) | set(self.body.split())
+        tokens.discard(_GAP)
+        return sorted(
+            {
+                *(f"s:{stem}" for stem in self.stems.split()),
+                *(f"hs:{stem}" for stem in self.heading_stems.split()),
+                *(f"t:{token}" for token in tokens),
+                *(f"ht:{token}" for token in self.heading.split()),
+                *(f"f:{value}" for value in self.fields),
+            }
+        )
+
+
+def index_row(
+    item_id: int, doc: Document, date_answered: date | None, is_holding: bool
+) -> IndexRow:
+    heading = tokenize(doc.heading)
+    question, answer = tokenize(doc.question_text), tokenize(doc.answer_text)
+    distinct = sorted({*heading, *question, *answer})
+    stem_of = dict(zip(distinct, stem_words(distinct), strict=True))
+    fields = [f"asker{doc.asking_member_id}", f"answerer{doc.answering_member_id}"]
+    fields += [f"member{m}" for m in (doc.asking_member_id, doc.answering_member_id)]
+    fields.append(f"department{doc.answering_body_id}")
+    house = doc.house.strip().lower()
+    if house in HOUSES:
+        fields.append(f"house{house}")
+    return IndexRow(
+        item_id=item_id,
+        heading=" ".join(heading),
+        body=" ".join([*question, _GAP, *answer]),
+        stems=" ".join(sorted(set(stem_of.values()))),
+        heading_stems=" ".join(sorted({stem_of[token] for token in heading})),
+        fields=tuple(sorted(set(fields))),
+        date_answered=date_answered,
+        is_holding=is_holding,
+    )
+
+
+def create_index_table(connection: Connection) -> None:
+    """The index's table (its form depends on the database)."""
+    postgres = connection.dialect.name == "postgresql"
+    for statement in _POSTGRES_DDL if postgres else _SQLITE_DDL:
+        connection.exec_driver_sql(statement)
+
+
+def drop_index_table(connection: Connection) -> None:
+    connection.exec_driver_sql(f"DROP TABLE {TABLE}")
+
+
+def insert_rows(connection: Connection, rows: Sequence[IndexRow]) -> None:
+    if not rows:
+        return
+    if connection.dialect.name == "postgresql":
+        statement = sa.text(
+            f"INSERT INTO {TABLE} (item_id, heading, body, stems, heading_stems, fields, "
+            "date_answered, is_holding, terms) VALUES (:item_id, :heading, :body, :stems, "
+            ":heading_stems, :fields, :date_answered, :is_holding, "
+            "array_to_tsvector(CAST(:lexemes AS TEXT[])))"
+        )
+        params: list[dict[str, Any]] = [
+            {**_columns(row), "date_answered": row.date_answered, "lexemes": row.lexemes()}
+            for row in rows
+        ]
+    else:
+        statement = sa.text(
+            f"INSERT INTO {TABLE} (rowid, heading, body, stems, heading_stems, fields, "
+            "date_answered, is_holding) VALUES (:item_id, :heading, :body, :stems, "
+            ":heading_stems, :fields, :date_answered, :is_holding)"
+        )
+        params = [{**_columns(row), "date_answered": _day(row.date_answered)} for row in rows]
+    connection.execute(statement, params)
+
+
+def _columns(row: IndexRow) -> dict[str, Any]:
+    return {
+        "item_id": row.item_id,
+        "heading": row.heading,
+        "body": row.body,
+        "stems": row.stems,
+        "heading_stems": row.heading_stems,
+        "fields": " ".join(row.fields),
+        "is_holding": row.is_holding,
+    }
+
+
+def _day(day: date | None) -> str | None:
+    # SQLite keeps dates as ISO text, which sorts and compares as the dates do.
+    return None if day is None else day.isoformat()
+
+
+def index_missing(connection: Connection) -> int:
+    """Index every stored item the index lacks (items stored before it existed); how many."""
+    key = "rowid" if connection.dialect.name == "sqlite" else "item_id"
+    item = sa.table(
+        "item",
+        *(
+            sa.column(name)
+            for name in (
+                "id",
+                "heading",
+                "question_text",
+                "answer_text",
+                "house",
+                "asking_member_id",
+                "answering_member_id",
+                "answering_body_id",
+            )
+        ),
+        sa.column("date_answered", sa.Date),
+        sa.column("is_holding", sa.Boolean),
+    )
+    indexed = sa.text(f"SELECT {key} FROM {TABLE}").columns(sa.column(key))
+    done, last_id = 0, 0
+    while True:
+        batch = connection.execute(
+            sa.select(item)
+            .where(item.c.id > last_id, item.c.id.not_in(indexed.scalar_subquery()))
+            .order_by(item.c.id)
+            .limit(_BUILD_BATCH)
+        ).all()
+        if not batch:
+            return done
+        insert_rows(
+            connection,
+            [
+                index_row(
+                    row.id,
+                    Document(
+                        heading=row.heading or "",
+                        question_text=row.question_text or "",
+                        answer_text=row.answer_text or "",
+                        house=row.house or "",
+                        asking_member_id=row.asking_member_id,
+                        answering_member_id=row.answering_member_id,
+                        answering_body_id=row.answering_body_id,
+                    ),
+                    row.date_answered,
+                    bool(row.is_holding),
+                )
+                for row in batch
+            ],
+        )
+        done += len(batch)
+        last_id = batch[-1].id
+
+
+@sa.event.listens_for(Item, "after_insert")
+def _index_inserted(_mapper: Any, connection: Connection, item: Item) -> None:
+    # In the inserting transaction: an item is never stored without its index row.
+    assert item.id is not None
+    row = index_row(item.id, item_document(item), item.date_answered, item.is_holding)
+    insert_rows(connection, [row])
+
+
+# --- candidates ------------------------------------------------------------------------------
+
+
+def _fts_string(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def fts5_filter(node: Node) -> str | None:
+    """An FTS5 expression matching every item the node matches (and maybe more); None when
+    only a scan can tell (an exclusion, or an OR with one)."""
+    if isinstance(node, Term):
+        column = "heading_stems" if node.scope == "heading" else "stems"
+        return f"{{{column}}} : {_fts_string(node.stem)}"
+    if isinstance(node, Phrase | Prefix):
+        columns = "heading" if node.scope == "heading" else "heading body"
+        if isinstance(node, Prefix):
+            return f"{{{columns}}} : {_fts_string(node.prefix)}*"
+        return f"{{{columns}}} : {_fts_string(' '.join(node.words))}"
+    if isinstance(node, Field):
+        return f"{{fields}} : {_fts_string(f'{node.name}{node.value}')}"
+    return _combine(node, fts5_filter, " AND ", " OR ")
+
+
+def tsquery_filter(node: Node) -> str | None:
+    """Like fts5_filter, as a PostgreSQL tsquery over the tagged lexemes of IndexRow."""
+    if isinstance(node, Term):
+        return _lexeme(("hs:" if node.scope == "heading" else "s:") + node.stem)
+    tag = "ht:" if getattr(node, "scope", "text") == "heading" else "t:"
+    if isinstance(node, Prefix):
+        return _lexeme(tag + node.prefix) + ":*"
+    if isinstance(node, Phrase):
+        return "(" + " & ".join(_lexeme(tag + word) for word in node.words) + ")"
+    if isinstance(node, Field):
+        return _lexeme(f"f:{node.name}{node.value}")
+    return _combine(node, tsquery_filter, " & ", " | ")
+
+
+def _lexeme(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _combine(node: Node, part: Callable[[Node], str | None], and_: str, or_: str) -> str | None:
+    if isinstance(node, Not):
+        return None
+    assert isinstance(node, And | Or)
+    parts: list[str | None] = [part(child) for child in node.children]
+    if isinstance(node, And):
+        known = [p for p in parts if p is not None]
+        return "(" + and_.join(known) + ")" if known else None
+    if any(p is None for p in parts):
+        return None
+    return "(" + or_.join(p for p in parts if p is not None) + ")"
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class StoredDocument:
+    """An item as the exact evaluator sees it, read back from the index: each part is only
+    rebuilt when a query asks for it. Stems and fields texts are padded with a space each side."""
+
+    heading: str
+    body: str
+    stems_text: str
+    heading_stems_text: str
+    fields_text: str
+
+    @cached_property
+    def heading_tokens(self) -> list[str]:
+        return self.heading.split()
+
+    @cached_property
+    def stream(self) -> list[str]:
+        body = ["" if token == _GAP else token for token in self.body.split()]
+        return [*self.heading_tokens, "", *body]
+
+    @cached_property
+    def tokens(self) -> frozenset[str]:
+        return frozenset(token for token in self.stream if token)
+
+    @cached_property
+    def positions(self) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for at, token in enumerate(self.stream):
+            if token:
+                found.setdefault(token, set()).add(at)
+        return found
+
+    def has_stem(self, stem: str, scope: Scope) -> bool:
+        # A substring search of the space-joined stems: no set built for a lookup or two.
+        stems = self.heading_stems_text if scope == "heading" else self.stems_text
+        return f" {stem} " in stems
+
+    def has_prefix(self, prefix: str, scope: Scope) -> bool:
+        tokens = self.heading_tokens if scope == "heading" else self.tokens
+        return any(token.startswith(prefix) for token in tokens)
+
+    def has_phrase(self, words: tuple[str, ...], scope: Scope) -> bool:
+        positions = self.positions
+        if not all(word in positions for word in words):
+            return False
+        first, *rest = (positions[word] for word in words)
+        if scope == "heading":
+            heading_length = len(self.heading_tokens)
+            first = {start for start in first if start < heading_length}
+        return any(
+            all(start + offset in later for offset, later in enumerate(rest, 1)) for start in first
+        )
+
+    def has_field(self, name: str, value: int | str) -> bool:
+        # The stored field values name the asker, answerer (both as member), department and
+        # house exactly as Field values do.
+        return f" {name}{value} " in self.fields_text
+
+
+def _needed_columns(query: Query) -> set[str]:
+    """The stored columns the query's leaves read: the rest are not fetched."""
+    needed: set[str] = set()
+    for node in query.nodes():
+        if isinstance(node, Term):
+            needed.add("heading_stems" if node.scope == "heading" else "stems")
+        elif isinstance(node, Phrase | Prefix):
+            needed.update(("heading", "body"))
+        elif isinstance(node, Field):
+            needed.add("fields")
+    return needed
+
+
+def _candidates(connection: Connection, query: Query, since: date) -> Iterator[Any]:
+    postgres = connection.dialect.name == "postgresql"
+    where = ["x.is_holding = :false", "x.date_answered >= :since"]
+    params: dict[str, Any] = {"since": since if postgres else _day(since), "false": False}
+    condition = tsquery_filter(query.root) if postgres else fts5_filter(query.root)
+    if condition is not None:
+        match = "x.terms @@ CAST(:filter AS TSQUERY)" if postgres else f"{TABLE} MATCH :filter"
+        where.append(match)
+        params["filter"] = condition
+    needed = _needed_columns(query)
+    columns = ", ".join(
+        f"x.{name}" if name in needed else f"'' AS {name}"
+        for name in ("heading", "body", "stems", "heading_stems", "fields")
+    )
+    key = "x.item_id" if postgres else "x.rowid"
+    statement = sa.text(
+        f"SELECT {key} AS id, {columns} FROM {TABLE} AS x "
+        f"WHERE {' AND '.join(where)} ORDER BY x.date_answered DESC, {key}"
+    )
+    return iter(connection.execute(statement, params))
+
+
+def matching_item_ids(connection: Connection, query: Query, since: date) -> list[int]:
+    """Ids of the stored items (not holding answers) answered or published since a day that
+    the query matches, newest first: candidates from the index, then the exact evaluator."""
+    matches = query.matches
+    found: list[int] = []
+    for row in _candidates(connection, query, since):
+        doc = StoredDocument(
+            heading=row.heading,
+            body=row.body,
+            stems_text=f" {row.stems} ",
+            heading_stems_text=f" {row.heading_stems} ",
+            fields_text=f" {row.fields} ",
+        )
+        if matches(doc):
+            found.append(row.id)
+    return found
