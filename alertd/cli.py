@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, NoReturn
 
+from alertd import __version__
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
@@ -35,10 +37,19 @@ def _date_arg(text: str) -> date:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The global options go before or after the command, as people type them: after it, a
+    # subcommand only sets them when given (SUPPRESS), so it never undoes one given before.
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="TOML settings file")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML settings file"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
     parser = _Parser(prog="alertd", description="Email alerts for UK Parliament written answers.")
+    parser.add_argument("--config", metavar="PATH", help="TOML settings file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"alertd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub = commands.add_parser("subscribe", parents=[common], help="add an alert")
@@ -359,6 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         setup_logging(args.verbose, settings.log.level, settings.log.format)
         return COMMANDS[args.command](args, settings)
+    except BrokenPipeError:
+        # `alertd status | head -1`: the reader has what it wanted and closed the pipe. Point
+        # stdout at /dev/null so that flushing it at exit does not complain again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (UsageError, ConfigError) as exc:
         print(f"alertd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

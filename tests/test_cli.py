@@ -217,3 +217,40 @@ def test_unknown_member_name_suggests_close_matches(
         stored = connection.execute(sa.text("select canonical from alert")).scalar_one()
     engine.dispose()
     assert stored == "member:1397"  # the id is what is stored, not the name
+
+
+def test_global_options_go_before_or_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n')
+    assert main(["--config", str(config), "subscribe", "a@example.org", "schools"]) == 0
+    assert main(["-v", "list", "--config", str(config)]) == 0
+    assert main(["--config", str(config), "-v", "list"]) == 0
+    assert capsys.readouterr().out.count("a@example.org") == 2
+    # Given after the command too, the later one wins.
+    assert main(["--config", str(tmp_path / "none.toml"), "list", "--config", str(config)]) == 0
+    assert "a@example.org" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("alertd ")
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path: Path) -> None:
+    # As `alertd list | head -1` meets it: the reader is gone before alertd writes.
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n')
+    for n in range(3):
+        assert main(["subscribe", f"p{n}@example.org", "schools", "--config", str(config)]) == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alertd", "list", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert err == ""
