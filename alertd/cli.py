@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", parents=[common], help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
+
+    export = commands.add_parser(
+        "export", parents=[common], help="subscribers and alerts as JSON lines"
+    )
+    export.add_argument("--out", metavar="FILE", help="write to FILE (mode 0600), not stdout")
+    load = commands.add_parser(
+        "import", parents=[common], help="add subscribers and alerts from JSON lines"
+    )
+    load.add_argument("file", metavar="FILE", help="an `alertd export`, or - for stdin")
     return parser
 
 
@@ -342,6 +351,73 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    from pathlib import Path
+
+    from alertd.errors import UsageError
+    from alertd.transfer import export_lines
+
+    engine = _database(settings)
+    if args.out is None:
+        for line in export_lines(engine, utc_now()):
+            sys.stdout.write(line + "\n")
+        return 0
+    target = Path(args.out)
+    if not target.parent.is_dir():
+        raise UsageError(f"--out {args.out}: no such folder {str(target.parent)!r}")
+    if target.is_dir():
+        raise UsageError(f"--out {args.out}: is a folder; give a file name")
+    # Written beside the target and renamed: a failed export never leaves half a backup
+    # under the backup's name. 0600: it holds every subscriber's address.
+    partial = target.with_name(f".{target.name}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(descriptor, "w", encoding="utf-8") as out:
+            lines = 0
+            for line in export_lines(engine, utc_now()):
+                out.write(line + "\n")
+                lines += 1
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    print(f"exported {lines - 1} subscribers to {target}", file=sys.stderr)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+    import tempfile
+
+    from alertd.errors import UsageError
+    from alertd.transfer import import_lines
+
+    try:
+        if args.file == "-":
+            # Read twice (check, then write): stdin is spooled to a private temporary file.
+            source = tempfile.TemporaryFile("w+", encoding="utf-8")
+            shutil.copyfileobj(sys.stdin, source)
+            source.seek(0)
+        else:
+            source = open(args.file, encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file}: not UTF-8 text") from None
+    with source:
+        try:
+            report = import_lines(source, _database(settings), utc_now())
+        except UnicodeDecodeError:
+            raise UsageError(f"{args.file}: not UTF-8 text") from None
+    kept = "; ids kept from the export" if report.kept_ids else ""
+    print(
+        f"imported {report.subscribers_added} new subscribers and {report.alerts_added} alerts"
+        f" ({report.alerts_present} already present){kept}"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "subscribe": _cmd_subscribe,
     "list": _cmd_list,
@@ -354,6 +430,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "feeds": _cmd_feeds,
     "render-sample": _cmd_render_sample,
     "web": _cmd_web,
+    "export": _cmd_export,
+    "import": _cmd_import,
 }
 
 

@@ -16,6 +16,7 @@ from alertd.matching.engine import MatchEngine
 from alertd.matching.history import matching_item_ids
 from alertd.matching.hits import item_document, match_new_answers
 from alertd.matching.live import LiveMatcher
+from alertd.matching.query import parse_canonical
 
 __all__ = [
     "AnalysedDocument",
@@ -29,5 +30,6 @@ __all__ = [
     "item_document",
     "match_new_answers",
     "matching_item_ids",
+    "parse_canonical",
     "parse_query",
 ]
