@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright, expect
 
+from alertd.alerts import subscribe
 from alertd.config import Settings
 from alertd.db import open_database
+from alertd.links import Links
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
 from alertd.web import serve_web
@@ -106,6 +108,67 @@ async def test_sign_up_confirm_and_manage_in_a_browser(
                 await page.get_by_role("button", name="Pause Navendu Mishra").click()
                 await expect(page.get_by_role("status")).to_contain_text("The alert is paused")
                 await expect(page.locator("main")).to_contain_text("Paused")
+            finally:
+                await browser.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+        sock.close()
+        engine.dispose()
+
+
+async def test_manage_on_a_phone_asks_before_deleting(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(web={"base_url": base})
+    engine = open_database(settings.database)
+    long_query = "school funding OR " + " OR ".join(f"academy{n}" for n in range(12))
+    for query in ('"special educational needs"', long_query):
+        alert = subscribe(engine, "phone@example.org", query, "weekly", confirmed=True, now=NOW)
+    manage = Links.for_settings(settings).url(
+        Links.for_settings(settings).manage_path(alert.subscriber_id)
+    )
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, clock=lambda: NOW))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 844})
+                await page.goto(manage)
+                await expect(page.get_by_role("heading", name="Your alerts")).to_be_visible()
+                await page.screenshot(path=str(tmp_path / "manage-390.png"), full_page=True)
+                # Nothing wider than the phone: no sideways scrolling to reach the buttons.
+                assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+                delete = page.get_by_role(
+                    "button", name=re.compile("^Delete .?special educational needs")
+                )
+                box = await delete.bounding_box()
+                assert box is not None and box["x"] + box["width"] <= 390
+
+                await delete.click()
+                await expect(page.get_by_role("heading", name="Delete this alert?")).to_be_visible()
+                await page.get_by_role("link", name="No, keep it").click()
+                await expect(page.locator("main")).to_contain_text("2 alerts")
+
+                await page.get_by_role("button", name="Delete all my alerts").click()
+                await expect(
+                    page.get_by_role("heading", name="Delete all your alerts?")
+                ).to_be_visible()
+                await page.get_by_role("button", name="Delete all 2 alerts").click()
+                await expect(page.get_by_role("status")).to_contain_text(
+                    "All your alerts are deleted"
+                )
+
+                await page.get_by_role("link", name="Add an alert").click()
+                assert await page.get_by_label("Your email address").input_value() == (
+                    "phone@example.org"
+                )
             finally:
                 await browser.close()
     finally:

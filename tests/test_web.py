@@ -483,8 +483,12 @@ async def test_forged_altered_and_swapped_tokens_do_nothing(any_web: Web) -> Non
         assert response.status_code == 400 and "Nothing was changed" in response.text, path
     # The other subscriber's manage link cannot touch the victim's alert.
     for action in ("pause", "delete"):
-        response = await web.client.post(f"{other}/alerts/{alert_id}/{action}")
+        response = await web.client.post(
+            f"{other}/alerts/{alert_id}/{action}", data={"confirmed": "yes"}
+        )
         assert response.status_code == 404 and "Nothing was changed" in response.text
+    asked = await web.client.post(f"{other}/alerts/{alert_id}/delete")  # the question first
+    assert asked.status_code == 404 and "Delete this alert" not in asked.text
     assert [(a.unsubscribed_at, a.paused_at) for a in web.alerts()] == [(None, None)] * 2
     assert "special educational needs" in (await web.client.get(manage)).text
 
@@ -524,13 +528,51 @@ async def test_manage_pause_resume_frequency_delete(any_web: Web) -> None:
     bad = await web.client.post(f"{manage}/alerts/{first}/frequency", data={"frequency": "x"})
     assert bad.status_code == 422 and web.alerts()[0].frequency == "weekly"
 
-    assert (await web.client.post(f"{manage}/alerts/{first}/delete")).status_code == 303
+    # A delete asks first (a slip of the finger deletes nothing), then acts on the answer.
+    asked = await web.client.post(f"{manage}/alerts/{first}/delete")
+    assert asked.status_code == 200 and "Delete this alert?" in _main(asked.text)
+    assert 'name="confirmed" value="yes"' in asked.text
+    assert all(a.unsubscribed_at is None for a in web.alerts())
+    yes = {"confirmed": "yes"}
+    deleted = await web.client.post(f"{manage}/alerts/{first}/delete", data=yes)
+    assert deleted.status_code == 303
     assert web.alerts()[0].unsubscribed_at is not None and web.alerts()[1].unsubscribed_at is None
     assert (await web.client.post(f"{manage}/alerts/{first}/pause")).status_code == 404
-    response = await web.client.post(f"{manage}/delete-all")
+    asked = await web.client.post(f"{manage}/delete-all")
+    assert "Delete all your alerts?" in _main(asked.text) and "Delete all 1 alert" not in asked.text
+    assert "Delete your alert" in asked.text and web.alerts()[1].unsubscribed_at is None
+    response = await web.client.post(f"{manage}/delete-all", data=yes)
     page = await web.client.get(response.headers["location"])
     assert "All your alerts are deleted" in page.text and "You have no alerts" in page.text
     assert all(a.unsubscribed_at is not None for a in web.alerts())
+
+
+async def test_pages_speak_of_one_alert_as_one(web: Web) -> None:
+    manage = await _confirmed(web, "single@example.org")
+    subscriber_id = web.alerts()[0].subscriber_id
+    page = await web.client.get(f"/unsubscribe/{make_token(SECRET, 'unsubscribe', subscriber_id)}")
+    assert "Stop your alert?" in _main(page.text) and "all 1" not in page.text
+    # "Add an alert" brings the address along to the sign-up form.
+    managed = await web.client.get(manage)
+    assert 'href="/?email=single%40example.org"' in managed.text
+    form = await web.client.get("/", params={"email": "single@example.org"})
+    assert 'value="single@example.org"' in form.text
+
+
+async def test_a_browser_gets_pages_for_wrong_addresses_and_the_api_gets_json(web: Web) -> None:
+    for path in ("/no-such-page", "/manage/x/y/z/w"):
+        page = await web.client.get(path, headers={"accept": "text/html"})
+        assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+        assert "Page not found" in _main(page.text)
+        assert page.headers["x-frame-options"] == "DENY"  # the security headers too
+    wrong_method = await web.client.put("/manage")
+    assert wrong_method.status_code == 405 and "Method Not Allowed" in _main(wrong_method.text)
+    bad_query = await web.client.get("/", params={"member_id": "not-a-number"})
+    assert bad_query.status_code == 422 and "Nothing was changed" in _main(bad_query.text)
+    api = await web.client.get("/api/no-such-thing")
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+    api = await web.client.post("/api/alerts", json={"email": 5})
+    assert api.status_code == 422 and isinstance(api.json()["detail"], list)
 
 
 async def test_one_click_unsubscribe(any_web: Web) -> None:
@@ -542,7 +584,7 @@ async def test_one_click_unsubscribe(any_web: Web) -> None:
     for _ in range(2):  # a mail scanner following the link changes nothing
         page = await web.client.get(path)
         assert page.status_code == 200 and "Unsubscribe from all alerts" in page.text
-        assert "Stop all 2 of your alerts" in _main(page.text)
+        assert "Stop all 2 of your alerts?" in _main(page.text)
     assert all(a.unsubscribed_at is None for a in web.alerts())
     # RFC 8058: the mail provider POSTs this body, with no cookie and no confirmation.
     response = await web.client.post(
@@ -608,15 +650,25 @@ async def test_signups_are_limited_per_ip(make_web: Callable[..., Awaitable[Web]
     assert (await _subscribe(web, "ip4@example.org")).status_code == 200
 
 
-async def test_mails_are_limited_per_address_without_saying_so(
+async def test_mails_are_limited_per_address_and_the_page_says_so(
     make_web: Callable[..., Awaitable[Web]],
 ) -> None:
     web = await make_web(mails_per_address_per_hour=2)
     pages = [await _subscribe(web, "flood@example.org", q) for q in (TOPIC, "visas", "fishing")]
-    assert [p.status_code for p in pages] == [200, 200, 200]
-    assert _main(pages[2].text) == _main(pages[0].text)
+    assert [p.status_code for p in pages] == [200, 200, 429]
+    assert "We have sent an email" in _main(pages[0].text)
+    held = _main(pages[2].text)
+    assert "No email sent" in held and "We have sent an email" not in held
+    assert "did not send another, and this alert was not saved" in held
+    assert 0 < int(pages[2].headers["retry-after"]) <= 3600
+    assert 'href="/?email=flood%40example.org"' in pages[2].text  # try again, address kept
     assert len(web.sink.messages_to("flood@example.org")) == 2
     assert [a.query for a in web.alerts()] == [TOPIC, "visas"]  # the third was not saved
+    # The JSON API says the same in its own terms.
+    body = {"email": "flood@example.org", "query": "fishing", "frequency": "daily"}
+    response = await web.client.post("/api/alerts", json=body)
+    assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
+    assert len(web.alerts()) == 2
 
 
 async def test_mails_are_limited_per_ip(make_web: Callable[..., Awaitable[Web]]) -> None:

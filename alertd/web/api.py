@@ -18,6 +18,7 @@ from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
     MAX_ID,
     SignupFields,
+    address_retry_after,
     check_signup,
     field_problem,
     preview,
@@ -168,7 +169,9 @@ async def create_alert(ctx: Ctx, request: Request, body: AlertCreate) -> Accepte
     broad = await ctx.bounded(ip, too_broad, checked.query)
     if broad is not None:
         return _errors({"query" if body.query is not None else "member_id": broad})
-    await sign_up(ctx, checked, ip)
+    if not await sign_up(ctx, checked, ip):
+        # Nothing was saved or sent: say so, rather than "check your email".
+        raise RateLimited(address_retry_after(ctx, checked.email))
     return Accepted()
 
 

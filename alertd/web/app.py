@@ -5,15 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alertd import __version__
 from alertd.config import Settings
@@ -88,6 +95,27 @@ async def _busy(request: Request, exc: Exception) -> Response:
     retry = exc.retry_after if isinstance(exc, Busy) else 5
     text = f"Other previews are being worked out: please try again in {retry} seconds."
     return _problem(request, 503, "Busy", text, {"Retry-After": str(retry)})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # FastAPI answers JSON for every error; a person who mistyped an address gets a page.
+    assert isinstance(exc, StarletteHTTPException)
+    if _is_api(request):
+        return await http_exception_handler(request, exc)
+    if exc.status_code == 404:
+        title, text = "Page not found", "There is no page at this address."
+    else:
+        title = HTTPStatus(exc.status_code).phrase
+        text = "This address does not take that kind of request."
+    return _problem(request, exc.status_code, title, text, dict(exc.headers or {}))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if _is_api(request):
+        return await request_validation_exception_handler(request, exc)
+    text = "Part of this address or form is not valid (it may have been cut short)."
+    return _problem(request, 422, "Not a valid request", text + " Nothing was changed.")
 
 
 async def _security_headers(
@@ -177,6 +205,8 @@ def create_app(
     app.add_exception_handler(NotYours, _not_yours)
     app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(Busy, _busy)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _bad_request)
     app.middleware("http")(_security_headers)
 
     @app.get(

@@ -218,6 +218,11 @@ def _check_mail_limits(ctx: WebContext, ip: str, email: str) -> bool:
     return True
 
 
+def address_retry_after(ctx: WebContext, email: str) -> int:
+    """Seconds until an address held back by its hourly email limit may be mailed again."""
+    return ctx.limits.mails_per_address.retry_after(email.casefold(), ctx.clock().timestamp())
+
+
 def _queue_mail(
     ctx: WebContext,
     template: str,
@@ -254,8 +259,9 @@ def _queue_mail(
     )
 
 
-async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
-    """Save the unconfirmed alert and queue the confirmation (or the manage link) email.
+async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
+    """Save the unconfirmed alert and queue the confirmation (or the manage link) email;
+    False when the address has had its hour's share of emails, so none was queued.
 
     The outcome is the same for a new and a known address, so the caller's page cannot tell.
     The email is sent in the background: a mail server that is down delays it, and the
@@ -265,7 +271,7 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
         RateLimited: too many emails asked for from this IP.
     """
     if not _check_mail_limits(ctx, ip, checked.email):
-        return
+        return False
     now = ctx.clock()
     result = await run_in_threadpool(
         service.register_signup,
@@ -306,6 +312,7 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> None:
         )
     )
     ctx.sender.wake()
+    return True
 
 
 async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -19,6 +20,7 @@ from alertd.web.flows import (
     Checked,
     Preview,
     SignupFields,
+    address_retry_after,
     check_signup,
     email_or_error,
     field_problem,
@@ -94,9 +96,12 @@ def _gone(ctx: Ctx) -> HTMLResponse:
 
 @router.get("/", summary="Sign-up form")
 async def signup_form(
-    ctx: Ctx, member_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None
+    ctx: Ctx,
+    member_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    email: Annotated[str, Query(max_length=254)] = "",
 ) -> HTMLResponse:
-    fields, checked = SignupFields(), Checked()
+    # "Add an alert" on the manage page fills in the address the person already uses.
+    fields, checked = SignupFields(email=email.strip()), Checked()
     if member_id is not None:
         member = await run_in_threadpool(get_member, ctx.engine, member_id)
         if member is not None:
@@ -141,8 +146,13 @@ async def signup_submit(
         if broad is not None:
             checked.errors["member" if typed.follow == "member" else "query"] = broad
             return _signup_page(ctx, typed, checked, 422)
-        await sign_up(ctx, checked, ip)
-        return ctx.page("check_email.html", email=checked.email)
+        if await sign_up(ctx, checked, ip):
+            return ctx.page("check_email.html", email=checked.email, sent=True)
+        # Held back by the address's hourly limit (whoever asked, known address or not, so
+        # saying so tells nothing about who has alerts): nothing saved, nothing sent.
+        page = ctx.page("check_email.html", 429, email=checked.email, sent=False)
+        page.headers["Retry-After"] = str(address_retry_after(ctx, checked.email))
+        return page
     try:
         found = await ctx.bounded(ip, preview, checked.query)
     except QueryError as exc:  # a Member or department renamed since the check
@@ -212,7 +222,7 @@ async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResp
         token=token,
         done=DONE.get(done or ""),
         frequencies=FREQUENCIES,
-        signup_url="/",
+        signup_url=f"/?{urlencode({'email': email})}",
     )
 
 
@@ -240,13 +250,46 @@ async def manage_frequency(
     return _back(ctx, token, "frequency")
 
 
-@router.post("/manage/{token}/alerts/{alert_id}/{action}", summary="Pause, resume or delete")
+async def _confirm_delete(
+    ctx: Ctx, token: str, subscriber_id: int, alert_id: int | None
+) -> HTMLResponse:
+    """The question before a delete: the manage page's buttons post here first, so a slip of
+    the finger (or a browser without JavaScript) never deletes anything at once."""
+    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
+    alerts = found[1] if found else []
+    if alert_id is not None:
+        alerts = [alert for alert in alerts if alert.id == alert_id]
+        if not alerts:
+            return _gone(ctx)
+    action = f"/manage/{token}/" + (
+        f"alerts/{alert_id}/delete" if alert_id is not None else "delete-all"
+    )
+    return ctx.page(
+        "confirm_delete.html",
+        alerts=alerts,
+        action=action,
+        back=f"/manage/{token}",
+        every=(alert_id is None),
+    )
+
+
+@router.post(
+    "/manage/{token}/alerts/{alert_id}/{action}",
+    summary="Pause, resume or delete (a delete asks first, unless confirmed=yes)",
+    response_model=None,
+)
 async def manage_action(
-    ctx: Ctx, token: str, alert_id: AlertId, action: Literal["pause", "resume", "delete"]
-) -> RedirectResponse:
+    ctx: Ctx,
+    token: str,
+    alert_id: AlertId,
+    action: Literal["pause", "resume", "delete"],
+    confirmed: Annotated[str, Form()] = "",
+) -> HTMLResponse | RedirectResponse:
     subscriber_id = ctx.read("manage", token)
     now = ctx.clock()
     if action == "delete":
+        if confirmed != "yes":
+            return await _confirm_delete(ctx, token, subscriber_id, alert_id)
         await run_in_threadpool(service.stop_alert, ctx.engine, subscriber_id, alert_id, now)
         return _back(ctx, token, "deleted")
     paused = action == "pause"
@@ -256,9 +299,17 @@ async def manage_action(
     return _back(ctx, token, "paused" if paused else "resumed")
 
 
-@router.post("/manage/{token}/delete-all", summary="Delete every alert of the address")
-async def manage_delete_all(ctx: Ctx, token: str) -> RedirectResponse:
+@router.post(
+    "/manage/{token}/delete-all",
+    summary="Delete every alert of the address (asks first, unless confirmed=yes)",
+    response_model=None,
+)
+async def manage_delete_all(
+    ctx: Ctx, token: str, confirmed: Annotated[str, Form()] = ""
+) -> HTMLResponse | RedirectResponse:
     subscriber_id = ctx.read("manage", token)
+    if confirmed != "yes":
+        return await _confirm_delete(ctx, token, subscriber_id, None)
     await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return _back(ctx, token, "deleted-all")
 
