@@ -312,7 +312,7 @@ class Prepared:
     alerts: AlertSet
     engine: MatchEngine[str]
     build_seconds: float
-    found: dict[str, list[int]]
+    found: dict[str, int]
     alert_hits: int = 0
     cpu: float = float("inf")
     wall: float = float("inf")
@@ -320,10 +320,11 @@ class Prepared:
     def match_and_fan_out(self, docs: Sequence[AnalysedDocument]) -> None:
         """One batch match plus the fan-out count, timed; keeps the least times."""
 
-        def run() -> tuple[dict[str, list[int]], int]:
-            found = self.engine.match(docs)
+        def run() -> tuple[dict[str, int], int]:
+            # Masks: each query's matching questions as an int, counted with bit_count.
+            found = self.engine.match_masks(docs)
             subscribers = self.alerts.subscribers
-            return found, sum(len(hits) * subscribers[key] for key, hits in found.items())
+            return found, sum(mask.bit_count() * subscribers[key] for key, mask in found.items())
 
         (self.found, self.alert_hits), cpu, wall = clocked(run)
         self.cpu, self.wall = min(self.cpu, cpu), min(self.wall, wall)
@@ -359,7 +360,7 @@ def engine_run(
         match_wall=each.wall,
         candidates=len(each.engine.candidates(docs)),
         matched_queries=len(found),
-        matched_pairs=sum(len(hits) for hits in found.values()),
+        matched_pairs=sum(mask.bit_count() for mask in found.values()),
         alert_hits=each.alert_hits,
         latencies=per_question_latency(each.engine, singles),
     )
@@ -425,7 +426,7 @@ def every_query(engine: MatchEngine[str], docs: Sequence[AnalysedDocument]) -> f
     started = time.process_time()
     batch = _Batch(docs)
     with _collector_paused():
-        found = {key: hits for key, plan in plans.items() if (hits := plan.result(batch))}
+        found = {key: hits for key, plan in plans.items() if (hits := plan.evaluate(batch, None))}
     seconds = time.process_time() - started
     del found
     return seconds
@@ -572,8 +573,7 @@ def _alert_values(row: AlertRow, created: datetime) -> dict[str, Any]:
 
 def _fan_out(matcher: LiveMatcher, docs: Sequence[AnalysedDocument]) -> int:
     """(alert, question) pairs, counted per distinct query (as the batch rows above)."""
-    found = matcher.match_queries(docs)
-    return sum(len(indexes) * matcher.sharing(key) for key, indexes in found.items())
+    return matcher.fan_out_count(docs)
 
 
 def _walk(matcher: LiveMatcher, docs: Sequence[AnalysedDocument]) -> int:
