@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -11,43 +10,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+# Re-exported: callers of alerts keep these names; the quick commands import them directly.
+from alertd.addresses import normalise_email as normalise_email
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
+from alertd.listing import AlertRow as AlertRow
+from alertd.listing import list_alerts as list_alerts
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, Member, Subscriber
 
-_DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_EMAIL = re.compile(
-    r"^[^@\s<>(),;:\"\[\]\\]{1,64}@" + _DOMAIN_LABEL + r"(?:\." + _DOMAIN_LABEL + r")+$"
-)
 _MEMBER_FIELDS = ("member", "asker", "answerer")
 # Above this many matches a day over the stored history an alert is refused unless forced:
 # nobody reads such a digest (CourtListener refuses these too).
 BROAD_ALERT_PER_DAY = 30
 BREADTH_WINDOW_DAYS = 90
-
-
-@dataclass(frozen=True)
-class AlertRow:
-    """One alert with its owner, as `alertd list` shows it."""
-
-    alert: Alert
-    email: str
-    suspended: bool
-
-
-def normalise_email(address: str) -> str:
-    """The address, trimmed, with its domain lower-cased.
-
-    Raises:
-        UsageError: not a plain, single email address (CR/LF and display names included).
-    """
-    candidate = address.strip()
-    if len(candidate) > 254 or not _EMAIL.match(candidate):
-        raise UsageError(f"invalid email address: {address!r}")
-    local, _, domain = candidate.rpartition("@")
-    return f"{local}@{domain.lower()}"
 
 
 def parse_frequency(value: str) -> Frequency:
@@ -155,25 +132,6 @@ def _get_alert(session: Session, alert_id: int) -> Alert:
     if alert is None or alert.unsubscribed_at is not None:
         raise UsageError(f"no active alert with id {alert_id}")
     return alert
-
-
-def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
-    """Active alerts, oldest first, optionally of one address."""
-    statement = (
-        select(Alert, Subscriber)
-        .join(Subscriber, col(Subscriber.id) == col(Alert.subscriber_id))
-        .where(col(Alert.unsubscribed_at).is_(None))
-        .order_by(col(Alert.id))
-    )
-    if email is not None:
-        statement = statement.where(Subscriber.email == normalise_email(email))
-    with Session(engine) as session:
-        return [
-            AlertRow(
-                alert=alert, email=subscriber.email, suspended=subscriber.suspended_at is not None
-            )
-            for alert, subscriber in session.exec(statement).all()
-        ]
 
 
 def matching_ids(engine: Engine, query_text: str, since: date) -> list[int]:

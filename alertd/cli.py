@@ -158,9 +158,9 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from alertd import alerts
+    from alertd.listing import list_alerts
 
-    rows = alerts.list_alerts(_database(settings), args.email)
+    rows = list_alerts(_database(settings), args.email)
     for row in rows:
         status = (
             "suspended" if row.suspended else ("confirmed" if row.alert.confirmed else "pending")

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
 from alertd.config import DatabaseSettings
 from alertd.errors import ConfigError
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlmodel import Session
 
 log = logging.getLogger("alertd.db")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -186,6 +186,9 @@ def open_database(settings: DatabaseSettings) -> Engine:
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """A writing session: commits on success, rolls back on any error."""
+    # Here, not at the top: `alertd list` opens the database without sqlmodel and the ORM.
+    from sqlmodel import Session
+
     with Session(
         engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
     ) as session:

@@ -312,7 +312,7 @@ class Prepared:
     alerts: AlertSet
     engine: MatchEngine[str]
     build_seconds: float
-    found: dict[str, list[int]]
+    found: dict[str, int]
     alert_hits: int = 0
     cpu: float = float("inf")
     wall: float = float("inf")
@@ -320,10 +320,11 @@ class Prepared:
     def match_and_fan_out(self, docs: Sequence[AnalysedDocument]) -> None:
         """One batch match plus the fan-out count, timed; keeps the least times."""
 
-        def run() -> tuple[dict[str, list[int]], int]:
-            found = self.engine.match(docs)
+        def run() -> tuple[dict[str, int], int]:
+            # Masks: each query's matching questions as an int, counted with bit_count.
+            found = self.engine.match_masks(docs)
             subscribers = self.alerts.subscribers
-            return found, sum(len(hits) * subscribers[key] for key, hits in found.items())
+            return found, sum(mask.bit_count() * subscribers[key] for key, mask in found.items())
 
         (self.found, self.alert_hits), cpu, wall = clocked(run)
         self.cpu, self.wall = min(self.cpu, cpu), min(self.wall, wall)
@@ -359,7 +360,7 @@ def engine_run(
         match_wall=each.wall,
         candidates=len(each.engine.candidates(docs)),
         matched_queries=len(found),
-        matched_pairs=sum(len(hits) for hits in found.values()),
+        matched_pairs=sum(mask.bit_count() for mask in found.values()),
         alert_hits=each.alert_hits,
         latencies=per_question_latency(each.engine, singles),
     )
@@ -425,7 +426,7 @@ def every_query(engine: MatchEngine[str], docs: Sequence[AnalysedDocument]) -> f
     started = time.process_time()
     batch = _Batch(docs)
     with _collector_paused():
-        found = {key: hits for key, plan in plans.items() if (hits := plan.result(batch))}
+        found = {key: hits for key, plan in plans.items() if (hits := plan.evaluate(batch, None))}
     seconds = time.process_time() - started
     del found
     return seconds
@@ -572,8 +573,7 @@ def _alert_values(row: AlertRow, created: datetime) -> dict[str, Any]:
 
 def _fan_out(matcher: LiveMatcher, docs: Sequence[AnalysedDocument]) -> int:
     """(alert, question) pairs, counted per distinct query (as the batch rows above)."""
-    found = matcher.match_queries(docs)
-    return sum(len(indexes) * matcher.sharing(key) for key, indexes in found.items())
+    return matcher.fan_out_count(docs)
 
 
 def _walk(matcher: LiveMatcher, docs: Sequence[AnalysedDocument]) -> int:
@@ -1000,11 +1000,12 @@ def design_note(report: Report) -> str:
         "anchor; queries with no possible anchor are always checked). A batch is indexed once "
         "(posting sets per stem, token, heading stem/token, field value; prefixes by bisecting "
         "the batch's sorted vocabulary); only queries with an anchor in the batch are "
-        "evaluated, each once over the whole batch with frozenset operations (rarest required "
-        "key first, stop when empty, exclusions last; phrases verified with the exact "
-        "`has_phrase`). Small batches (what hits.py sees between polls) cost in proportion "
-        "to their candidates, large ones run set-at-a-time in C. In this run, verifying "
-        f"candidates one question at a time (Lucene Monitor style) was {presearch:.0f}× "
+        "evaluated, each once over the whole batch with operations on masks (an int per key, "
+        "a bit per question: rarest required key first, stop when empty, exclusions last; "
+        "phrases verified with the exact `has_phrase`); a query of one key takes that key's "
+        "mask with no step of its own. Small batches (what hits.py sees between polls) cost "
+        "in proportion to their candidates, large ones run set-at-a-time in C. In this run, "
+        f"verifying candidates one question at a time (Lucene Monitor style) was {presearch:.0f}× "
         "slower on the 5,000 batch; evaluating every query over the batch index without the "
         f"presearcher was {every:.1f}× the time on the 5,000 batch and {every_single:.0f}× on "
         "a batch of one; FTS5 pays a SQL statement per query, and its stemmer, phrase and "
@@ -1068,12 +1069,14 @@ def section(report: Report, command: str) -> str:
 
 DAEMON_NOTE = (
     "The daemon keeps one `LiveMatcher` (alertd/matching/live.py): loaded once from the live "
-    "alerts (each distinct canonical query parsed once, by `parse_canonical`), then changed "
+    "alerts (each distinct canonical query compiled once, straight from its text for the "
+    "common shapes: `MatchEngine.add_canonical`), then changed "
     "alert by alert as the alerts version in the database says alerts changed. Here it is "
     "loaded from in-memory rows of the same population; reading those rows back from a "
     "SQLite file holding them (one subscriber each) is timed on its own row. A poll is a "
     "random sample of answers, analysed, matched, and fanned out as a count per distinct "
-    "query (as the rows above and the Xapian loop count); the walk over every matching "
+    "query (`LiveMatcher.fan_out_count`: each query's mask's bit count times its alerts, as "
+    "the rows above and the Xapian loop count); the walk over every matching "
     "alert that hits.py does before writing hits is timed on its own row. "
     "The TheyWorkForYou-style loop runs in this process on Debian's python3-xapian: an "
     "in-memory Xapian database of the batch (TermGenerator, English stemmer, heading also "

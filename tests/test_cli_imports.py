@@ -92,6 +92,24 @@ def test_help_imports_no_database_or_settings_library(cli_env: dict[str, str]) -
 
 
 @pytest.mark.slow
+def test_list_reads_without_the_orm_or_the_models(cli_env: dict[str, str]) -> None:
+    # sqlmodel, the ORM and the model classes were ~45 % of `alertd list`'s start (bench/).
+    subprocess.run(
+        [str(ALERTD), "subscribe", "a@example.org", "school", "--confirmed"],
+        env=cli_env,
+        check=True,
+        capture_output=True,
+    )
+    imported = _imported(["list"], cli_env)
+    heavy = {"sqlmodel", "sqlalchemy.orm", "alertd.models", "alertd.matching", "alertd.alerts"}
+    assert "sqlalchemy" in imported and not heavy & imported
+    listed = subprocess.run(
+        [str(ALERTD), "list", "a@Example.ORG"], env=cli_env, capture_output=True, text=True
+    )
+    assert listed.stdout.split("\t")[1:] == ["a@example.org", "daily", "confirmed", "school\n"]
+
+
+@pytest.mark.slow
 def test_the_daemon_command_still_imports_what_it_runs(cli_env: dict[str, str]) -> None:
     # The probe would see these modules if a command imported them (it is not blind).
     imported = _imported(["status"], cli_env)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alertd.errors import QueryError
 from alertd.matching.analysis import (
     And,
     Document,
@@ -26,8 +27,8 @@ from alertd.matching.analysis import (
     parse_query,
     tokenize,
 )
-from alertd.matching.engine import MatchEngine
-from alertd.matching.query import make_and, make_or
+from alertd.matching.engine import MatchEngine, _Compiler
+from alertd.matching.query import make_and, make_or, parse_canonical, plain_parts
 
 from standin_api import load_2021_answered
 
@@ -226,3 +227,42 @@ def test_many_prefixes_against_a_small_batch(scope: Literal["text", "heading"]) 
     for batch in (DOCS[:1], DOCS[5:8]):
         found = MatchEngine(queries).match(batch)
         assert found == match_batch(queries, batch) and found
+
+
+def _described(plan: object) -> object:
+    """A plan as nested tuples of its class and fields (plans compare by identity)."""
+    if isinstance(plan, tuple):
+        return tuple(_described(part) for part in plan)
+    slots = getattr(type(plan), "__slots__", None)
+    if slots is None:
+        return plan
+    return (type(plan).__name__, *(_described(getattr(plan, name)) for name in sorted(slots)))
+
+
+@given(NODES.map(Query))
+def test_property_compile_canonical_is_compile_of_the_parsed_canonical(query: Query) -> None:
+    """The daemon's fast path from canonical text gives the very plan of the parsed query."""
+    try:
+        parsed = parse_canonical(query.canonical)
+    except QueryError:
+        with pytest.raises(QueryError):
+            _Compiler().compile_canonical(query.canonical)
+        return
+    fast, slow = _Compiler().compile_canonical(query.canonical), _Compiler().compile(parsed.root)
+    assert _described(fast.plan) == _described(slow.plan)
+    assert (fast.anchors, fast.share) == (slow.anchors, slow.share)
+
+
+def test_shapes_of_the_matching_population_take_the_fast_path() -> None:
+    for canonical in [
+        "school",
+        "-covid school",
+        '"social care" health',
+        'heading:"universal credit" member:4138',
+        "education OR healthcare",
+        "nhs OR school -covid",
+        "educat* house:lords",
+    ]:
+        assert plain_parts(canonical) is not None, canonical
+    for canonical in ["(nhs OR health) -covid", "café", "a OR a", "school OR nhs"]:
+        assert plain_parts(canonical) is None, canonical

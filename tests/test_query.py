@@ -394,14 +394,32 @@ def test_property_parse_canonical_is_parse_query(text: str) -> None:
     assert parse_canonical(query.canonical).canonical == query.canonical
 
 
-PLAIN_ATOMS = st.lists(
+PLAIN_AND = st.lists(
     st.tuples(
         st.sampled_from(["", "-"]),
-        st.sampled_from(["school", "need", "ed*", "educat*", "member:4138", "house:lords", "a"]),
+        st.sampled_from(
+            [
+                "school",
+                "need",
+                "ed*",
+                "educat*",
+                "member:4138",
+                "house:lords",
+                "a",
+                '"social care"',
+                '"care"',
+                "heading:school",
+                'heading:"social care"',
+                "heading:educat*",
+                "heading:ed*",
+            ]
+        ),
     ).map("".join),
     min_size=1,
     max_size=5,
 ).map(" ".join)
+# Plain ANDs, or ORs of them (canonical or not: the fast path must refuse what it cannot order).
+PLAIN_ATOMS = st.lists(PLAIN_AND, min_size=1, max_size=3).map(" OR ".join)
 
 
 @given(PLAIN_ATOMS)

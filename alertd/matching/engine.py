@@ -8,7 +8,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from alertd.matching.analysis import AnalysedDocument
 from alertd.matching.query import (
@@ -18,20 +18,24 @@ from alertd.matching.query import (
     Not,
     Or,
     Phrase,
+    PlainAtom,
     Prefix,
     Query,
     Scope,
     Term,
+    parse_canonical,
+    plain_parts,
     stem_words,
 )
 
-__all__ = ["MatchEngine"]
+__all__ = ["MatchEngine", "Mask", "indexes_of"]
 
 K = TypeVar("K", bound=Hashable)
 
 Key: TypeAlias = tuple[str, Hashable]
 """(space, value) of something a document contains; spaces are below."""
-DocSet: TypeAlias = frozenset[int]
+Mask: TypeAlias = int
+"""A set of the documents of a batch: bit i is document i."""
 
 STEM, HEADING_STEM = "s", "hs"
 TOKEN, HEADING_TOKEN = "t", "ht"
@@ -100,18 +104,59 @@ _CONTENTS: dict[str, Callable[[AnalysedDocument], Iterable[Hashable]]] = {
     HEADING_TOKEN: lambda doc: doc.heading_tokens,
     FIELD: _field_keys,
 }
+# Above this many documents a mask is built in a bytearray (each `|=` on a long int copies it).
+_BYTEWISE_FROM = 512
+
+
+def mask_of(indexes: Iterable[int], size: int) -> Mask:
+    """The mask with the bits of `indexes` set (documents of a batch of `size`)."""
+    mask = 0
+    if size < _BYTEWISE_FROM:
+        for index in indexes:
+            mask |= 1 << index
+        return mask
+    packed = bytearray((size + 7) // 8)
+    for index in indexes:
+        packed[index >> 3] |= 1 << (index & 7)
+    return int.from_bytes(packed, "little")
+
+
+def indexes_of(mask: Mask) -> list[int]:
+    """The set bits of a mask, ascending."""
+    if mask.bit_count() * 16 >= mask.bit_length():
+        return [index for index, bit in enumerate(bin(mask)[:1:-1]) if bit == "1"]
+    found: list[int] = []
+    while mask:
+        low = mask & -mask
+        found.append(low.bit_length() - 1)
+        mask ^= low
+    return found
+
+
+class _Masks(dict[Key, Mask]):
+    """Key -> mask of the batch's documents containing it, made on first lookup."""
+
+    def __init__(self, batch: _Batch) -> None:
+        super().__init__()
+        self.batch = batch
+
+    def __missing__(self, key: Key) -> Mask:
+        found = self[key] = self.batch.mask(key)
+        return found
 
 
 class _Batch:
-    """Posting lists of one batch of documents, built per space on first use."""
+    """Posting lists of one batch of documents, built per space on first use, and a mask
+    (an int, bit i for document i) per key the queries ask about."""
 
     def __init__(self, docs: Sequence[AnalysedDocument]) -> None:
         self.docs = docs
-        self.universe: DocSet = frozenset(range(len(docs)))
+        self.size = len(docs)
+        self.universe: Mask = (1 << len(docs)) - 1
+        self.masks = _Masks(self)
         self._postings: dict[str, dict[Hashable, list[int]]] = {}
         self._vocabulary: dict[str, list[str]] = {}
-        self._sets: dict[Key, DocSet] = {}
-        self._phrases: dict[tuple[tuple[str, ...], bool], DocSet] = {}
+        self._phrases: dict[tuple[tuple[str, ...], bool], Mask] = {}
 
     def postings(self, space: str) -> dict[Hashable, list[int]]:
         """Value -> sorted indexes of the documents containing it, for one space."""
@@ -150,45 +195,35 @@ class _Batch:
             if size <= len(token) and token[:size] in wanted
         }
 
-    def docs_with(self, key: Key) -> DocSet:
-        """The documents containing a stem, token, prefix or field value."""
-        found = self._sets.get(key)
-        if found is None:
-            space, value = key
-            if space in _PREFIX_TOKENS:
-                found = self._prefixed(_PREFIX_TOKENS[space], str(value))
-            else:
-                found = frozenset(self.postings(space).get(value, ()))
-            self._sets[key] = found
-        return found
-
-    def sorted_docs_with(self, key: Key) -> list[int]:
+    def mask(self, key: Key) -> Mask:
+        """The documents containing a stem, token, prefix or field value (use `masks`)."""
         space, value = key
         if space in _PREFIX_TOKENS:
-            return sorted(self.docs_with(key))
-        return list(self.postings(space).get(value, ()))
+            return self._prefixed(_PREFIX_TOKENS[space], str(value))
+        return mask_of(self.postings(space).get(value, ()), self.size)
 
-    def _prefixed(self, space: str, prefix: str) -> DocSet:
-        vocabulary, postings = self.vocabulary(space), self.postings(space)
-        lists: list[list[int]] = []
+    def _prefixed(self, space: str, prefix: str) -> Mask:
+        vocabulary, masks = self.vocabulary(space), self.masks
+        found = 0
         at = bisect_left(vocabulary, prefix)
         while at < len(vocabulary) and vocabulary[at].startswith(prefix):
-            lists.append(postings[vocabulary[at]])
+            found |= masks[space, vocabulary[at]]
             at += 1
-        return frozenset().union(*lists)
+        return found
 
-    def docs_with_phrase(self, words: tuple[str, ...], heading: bool) -> DocSet:
+    def docs_with_phrase(self, words: tuple[str, ...], heading: bool) -> Mask:
         """The documents containing every word of a phrase, next to each other, in order."""
         found = self._phrases.get((words, heading))
         if found is None:
             space = HEADING_TOKEN if heading else TOKEN
-            sets = sorted((self.docs_with((space, word)) for word in words), key=len)
+            masks = self.masks
+            candidates = self.universe
+            for word in words:
+                candidates &= masks[space, word]
             scope: Scope = "heading" if heading else "text"
             docs = self.docs
-            found = frozenset(
-                index
-                for index in frozenset.intersection(*sets)
-                if docs[index].has_phrase(words, scope)
+            found = mask_of(
+                (i for i in indexes_of(candidates) if docs[i].has_phrase(words, scope)), self.size
             )
             self._phrases[(words, heading)] = found
         return found
@@ -208,10 +243,7 @@ class _Plan(ABC):
     __slots__ = ()
 
     @abstractmethod
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet: ...
-
-    def result(self, batch: _Batch) -> list[int]:
-        return sorted(self.evaluate(batch, None))
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask: ...
 
 
 class _Contains(_Plan):
@@ -222,12 +254,9 @@ class _Contains(_Plan):
     def __init__(self, key: Key) -> None:
         self.key = key
 
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
-        found = batch.docs_with(self.key)
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
+        found = batch.masks[self.key]
         return found if within is None else within & found
-
-    def result(self, batch: _Batch) -> list[int]:
-        return batch.sorted_docs_with(self.key)
 
 
 class _Phrase(_Plan):
@@ -237,7 +266,7 @@ class _Phrase(_Plan):
         self.words = words
         self.heading = heading
 
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
         found = batch.docs_with_phrase(self.words, self.heading)
         return found if within is None else within & found
 
@@ -257,10 +286,10 @@ class _All(_Plan):
         self.rest = rest
         self.excluded = excluded
 
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
-        docs_with = batch.docs_with
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
+        masks = batch.masks
         for key in self.required:
-            found = docs_with(key)
+            found = masks[key]
             within = found if within is None else within & found
             if not within:
                 return within
@@ -271,7 +300,7 @@ class _All(_Plan):
         if within is None:
             within = batch.universe
         for key in self.excluded:
-            within = within - docs_with(key)
+            within &= ~masks[key]
         return within
 
 
@@ -281,11 +310,11 @@ class _Any(_Plan):
     def __init__(self, children: tuple[_Plan, ...]) -> None:
         self.children = children
 
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
-        if not self.children:
-            return frozenset()
-        first, *others = [child.evaluate(batch, within) for child in self.children]
-        return first.union(*others)
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
+        found = 0
+        for child in self.children:
+            found |= child.evaluate(batch, within)
+        return found
 
 
 class _Without(_Plan):
@@ -294,9 +323,9 @@ class _Without(_Plan):
     def __init__(self, child: _Plan) -> None:
         self.child = child
 
-    def evaluate(self, batch: _Batch, within: DocSet | None) -> DocSet:
+    def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
         base = batch.universe if within is None else within
-        return base - self.child.evaluate(batch, base)
+        return base & ~self.child.evaluate(batch, base)
 
 
 class _Compiled(NamedTuple):
@@ -316,6 +345,49 @@ class _Compiler:
 
     def __init__(self) -> None:
         self._contains: dict[Key, _Contains] = {}
+        self._stems: dict[str, str] = {}
+
+    def compile_canonical(self, canonical: str) -> _Compiled:
+        """Compile a stored canonical form: exactly `compile(parse_canonical(c).root)`, but the
+        common shapes (an OR of ANDs of words, prefixes, phrases, fields) go straight to
+        their plan without the query tree, words stemmed once per engine (a daemon's start).
+
+        Raises:
+            QueryError: as `parse_canonical`.
+        """
+        parts = plain_parts(canonical)
+        if parts is None:
+            return self.compile(parse_canonical(canonical).root)
+        compiled = [self._plain_and(atoms) for atoms in parts]
+        return compiled[0] if len(compiled) == 1 else self._or(compiled)
+
+    def _plain_and(self, atoms: list[PlainAtom]) -> _Compiled:
+        children = [self._plain_atom(atom) for atom in atoms]
+        return children[0] if len(children) == 1 else self._and(children)
+
+    def _plain_atom(self, atom: PlainAtom) -> _Compiled:
+        if atom.excluded:
+            return _Compiled(
+                _Without(self._plain_atom(atom._replace(excluded=False)).plan), None, _NEVER
+            )
+        heading = atom.scope == "heading"
+        if atom.kind == "word":
+            stem = self._stem(atom.text)
+            space = HEADING_STEM if heading else STEM
+            return self._leaf((space, stem), _stem_share(stem, heading))
+        if atom.kind == "prefix":
+            space = HEADING_PREFIX if heading else PREFIX
+            return self._leaf((space, atom.text), _prefix_share(atom.text, heading))
+        if atom.kind == "phrase":
+            return self._phrase(Phrase(tuple(atom.text.split(" ")), atom.scope))
+        assert atom.field_value is not None
+        return self._leaf(*_leaf_key(Field(atom.text, atom.field_value)))
+
+    def _stem(self, word: str) -> str:
+        stem = self._stems.get(word)
+        if stem is None:
+            stem = self._stems[word] = stem_words([word])[0]
+        return stem
 
     def compile(self, node: Node) -> _Compiled:
         if isinstance(node, And):
@@ -337,7 +409,7 @@ class _Compiler:
     def _phrase(self, node: Phrase) -> _Compiled:
         heading = node.scope == "heading"
         space = HEADING_TOKEN if heading else TOKEN
-        shares = [_stem_share(stem, heading) for stem in stem_words(list(node.words))]
+        shares = [_stem_share(self._stem(word), heading) for word in node.words]
         share, rarest = min(zip(shares, node.words, strict=True), default=(_NEVER, ""))
         if len(node.words) == 1:
             return self._leaf((space, rarest), share)
@@ -412,14 +484,20 @@ class MatchEngine(Generic[K]):
 
     `match` indexes a batch of documents, takes the queries filed under something the batch
     contains (plus the few with no anchor), and evaluates each of those once over the whole
-    batch with set operations. The results are exactly those of `match_batch`.
+    batch with operations on masks (an int per key, a bit per document). The results are
+    exactly those of `match_batch`.
     """
 
     def __init__(self, queries: Mapping[K, Query] | None = None) -> None:
         self._compiler = _Compiler()
         self._plans: dict[K, _Plan] = {}
         self._anchors: dict[K, tuple[Key, ...] | None] = {}
+        # Queries that are one key: their result is that key's mask, with no work per query.
+        self._single: dict[str, dict[Hashable, dict[K, None]]] = defaultdict(dict)
+        # Queries with one anchor, and those with several (an OR): those are gathered first,
+        # since a batch can contain more than one of their anchors.
         self._filed: dict[str, dict[Hashable, dict[K, _Plan]]] = defaultdict(dict)
+        self._filed_often: dict[str, dict[Hashable, dict[K, _Plan]]] = defaultdict(dict)
         self._unanchored: dict[K, _Plan] = {}
         with _collector_paused():
             for key, query in (queries or {}).items():
@@ -433,50 +511,96 @@ class MatchEngine(Generic[K]):
 
     def add(self, key: K, query: Query) -> None:
         """Add a query under `key` (replacing any query already under it)."""
+        self._file(key, self._compiler.compile(query.root))
+
+    def add_canonical(self, key: K, canonical: str) -> None:
+        """Add a query by its canonical form (parsed as `parse_canonical` does, faster).
+
+        Raises:
+            QueryError: the canonical form does not parse.
+        """
+        self._file(key, self._compiler.compile_canonical(canonical))
+
+    def _file(self, key: K, compiled: _Compiled) -> None:
         if key in self._plans:
             self.remove(key)
-        compiled = self._compiler.compile(query.root)
-        self._plans[key] = compiled.plan
-        self._anchors[key] = compiled.anchors
-        if compiled.anchors is None:
-            self._unanchored[key] = compiled.plan
-            return
-        for space, value in compiled.anchors:
-            self._filed[space].setdefault(value, {})[key] = compiled.plan
+        plan, anchors = compiled.plan, compiled.anchors
+        self._plans[key] = plan
+        self._anchors[key] = anchors
+        if anchors is None:
+            self._unanchored[key] = plan
+        elif isinstance(plan, _Contains):
+            space, value = plan.key
+            self._single[space].setdefault(value, {})[key] = None
+        else:
+            filed = self._filed if len(anchors) == 1 else self._filed_often
+            for space, value in anchors:
+                filed[space].setdefault(value, {})[key] = plan
 
     def remove(self, key: K) -> None:
         """Remove the query under `key`; raises KeyError if there is none."""
-        del self._plans[key]
+        plan = self._plans.pop(key)
         anchors = self._anchors.pop(key)
         if anchors is None:
             del self._unanchored[key]
             return
+        if isinstance(plan, _Contains):
+            many: dict[str, dict[Hashable, dict[K, Any]]] = self._single
+        else:
+            many = self._filed if len(anchors) == 1 else self._filed_often
         for space, value in anchors:
-            filed = self._filed[space]
+            filed = many[space]
             del filed[value][key]
             if not filed[value]:
                 del filed[value]
 
     def match(self, docs: Sequence[AnalysedDocument]) -> dict[K, list[int]]:
         """The indexes of the documents each query matches; no key if none (as match_batch)."""
+        return {key: indexes_of(mask) for key, mask in self.match_masks(docs).items()}
+
+    def match_masks(self, docs: Sequence[AnalysedDocument]) -> dict[K, Mask]:
+        """The documents each query matches, as a mask (bit i: docs[i]); no key if none.
+
+        Queries of one key share that key's mask (the same int): the result is made without
+        a step per such query.
+        """
         if not docs:
             return {}
         batch = _Batch(docs)
-        found: dict[K, list[int]] = {}
+        masks = batch.masks
+        found: dict[K, Mask] = {}
         with _collector_paused():
-            for key, plan in self._candidates(batch).items():
-                indexes = plan.result(batch)
-                if indexes:
-                    found[key] = indexes
+            for space, single in self._single.items():
+                for value in batch.present(space, single):
+                    found.update(dict.fromkeys(single[value], masks[space, value]))
+            for space, filed in self._filed.items():
+                for value in batch.present(space, filed):
+                    for key, plan in filed[value].items():
+                        mask = plan.evaluate(batch, None)
+                        if mask:
+                            found[key] = mask
+            for key, plan in self._gathered(batch).items():
+                mask = plan.evaluate(batch, None)
+                if mask:
+                    found[key] = mask
         return found
 
     def candidates(self, docs: Sequence[AnalysedDocument]) -> list[K]:
-        """The keys of the queries `match` would evaluate for these documents."""
-        return list(self._candidates(_Batch(docs))) if docs else []
+        """The keys of the queries `match` would evaluate (or take a key's mask for)."""
+        if not docs:
+            return []
+        batch = _Batch(docs)
+        found: dict[K, object] = dict(self._gathered(batch))
+        for each in (self._single, self._filed):
+            for space, filed in each.items():
+                for value in batch.present(space, filed):
+                    found.update(filed[value])
+        return list(found)
 
-    def _candidates(self, batch: _Batch) -> dict[K, _Plan]:
+    def _gathered(self, batch: _Batch) -> dict[K, _Plan]:
+        """The unanchored queries, and those with several anchors of which one is present."""
         found = dict(self._unanchored)
-        for space, filed in self._filed.items():
+        for space, filed in self._filed_often.items():
             for value in batch.present(space, filed):
                 found.update(filed[value])
         return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -12,12 +13,13 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd.errors import QueryError
-from alertd.matching.analysis import AnalysedDocument, Query
-from alertd.matching.engine import MatchEngine, _collector_paused
-from alertd.matching.query import parse_canonical
+from alertd.matching.analysis import AnalysedDocument
+from alertd.matching.engine import Mask, MatchEngine, _collector_paused, indexes_of
 from alertd.models import Alert, AlertsVersion, Subscriber
 
 log = logging.getLogger("alertd.matching.live")
+# A load of this many alerts is a daemon's start at scale (see `load`), not a test's.
+_FREEZE_FROM = 100_000
 
 
 class LiveAlert(NamedTuple):
@@ -94,7 +96,6 @@ class LiveMatcher:
 
     def __init__(self) -> None:
         self._engine: MatchEngine[str] = MatchEngine()
-        self._parsed: dict[str, Query | None] = {}
         self._alerts: dict[str, dict[int, LiveAlert]] = {}
         self._canonical_of: dict[int, str] = {}
         # The alerts version this matcher reflects; None until the first load.
@@ -136,6 +137,10 @@ class LiveMatcher:
                 grouped.setdefault(row.canonical, {})[row.alert.id] = row.alert
             for canonical, alerts in grouped.items():
                 self._place(canonical, alerts)
+            if len(self._canonical_of) >= _FREEZE_FROM:
+                # What was just built lives as long as the daemon: out of the collector's
+                # reach, no full collection ever walks these millions of objects again.
+                gc.freeze()
 
     def apply(self, row: AlertRow) -> None:
         """Take one alert's current state: file it under its query if live, else drop it."""
@@ -155,33 +160,38 @@ class LiveMatcher:
         sharing = self._alerts.get(canonical)
         if sharing is None:
             sharing = self._alerts[canonical] = {}
-            query = self._parse(canonical)
-            if query is not None:
-                self._engine.add(canonical, query)
+            # Parsed (compiled) once per canonical form while any alert has it.
+            try:
+                self._engine.add_canonical(canonical, canonical)
+            except QueryError as exc:
+                # Saved queries were valid when saved; one that no longer parses is skipped
+                # loudly.
+                log.error("alert query %r no longer parses: %s", canonical, exc)
         sharing.update(alerts)
         self._canonical_of.update(dict.fromkeys(alerts, canonical))
 
-    def _parse(self, canonical: str) -> Query | None:
-        if canonical in self._parsed:
-            return self._parsed[canonical]
-        try:
-            query: Query | None = parse_canonical(canonical)
-        except QueryError as exc:
-            # Saved queries were valid when saved; one that no longer parses is skipped loudly.
-            log.error("alert query %r no longer parses: %s", canonical, exc)
-            query = None
-        self._parsed[canonical] = query
-        return query
-
     def match(self, documents: Sequence[AnalysedDocument]) -> Iterator[tuple[LiveAlert, list[int]]]:
         """Each live alert matching some documents, with the indexes of those documents."""
-        for canonical, indexes in self.match_queries(documents).items():
+        for canonical, mask in self.match_masks(documents).items():
+            indexes = indexes_of(mask)
             for alert in self._alerts[canonical].values():
                 yield alert, indexes
 
     def match_queries(self, documents: Sequence[AnalysedDocument]) -> dict[str, list[int]]:
         """The indexes of the documents each matching canonical query matches."""
         return self._engine.match(documents)
+
+    def match_masks(self, documents: Sequence[AnalysedDocument]) -> dict[str, Mask]:
+        """The documents each matching canonical query matches, as a mask (bit i: the i-th)."""
+        return self._engine.match_masks(documents)
+
+    def fan_out_count(self, documents: Sequence[AnalysedDocument]) -> int:
+        """(alert, document) pairs matching: a count per distinct query, times its alerts."""
+        alerts = self._alerts
+        return sum(
+            mask.bit_count() * len(alerts[canonical])
+            for canonical, mask in self.match_masks(documents).items()
+        )
 
     def sharing(self, canonical: str) -> int:
         """How many live alerts have this canonical query."""

@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from alertd.errors import QueryError
 
@@ -524,13 +524,87 @@ def parse_query(text: str, resolve: Resolver | None = None) -> Query:
     return _Parser(text, resolve).parse()
 
 
-# A canonical query of plain atoms only: words, exclusions, prefixes, id and house fields.
-_PLAIN_ATOM = re.compile(
-    r"(?P<minus>-?)(?:(?P<word>[a-z0-9]+)(?P<star>\*?)"
-    r"|(?P<field>member|asker|answerer|department):(?P<id>[1-9][0-9]{0,8})"
-    r"|house:(?P<house>commons|lords))"
+# The atoms of a plain canonical query: words, prefixes, phrases (each maybe in the heading),
+# id and house fields, maybe excluded; each ends at a space or the end.
+_ATOM = (
+    r'(-?)(?:(heading:)?(?:"([a-z0-9]+(?: [a-z0-9]+)*)"|([a-z0-9]+)(\*?))'
+    r"|(member|asker|answerer|department):([1-9][0-9]{0,8})|house:(commons|lords))(?= |$)"
 )
-_NEEDS_PARSER = re.compile(r"[\"()]| OR ")
+_ATOMS = re.compile(f"({_ATOM})")
+_PLAIN_AND = re.compile(f"{_ATOM}(?: {_ATOM})*")
+
+
+class PlainAtom(NamedTuple):
+    """One leaf of a plain canonical query, maybe excluded."""
+
+    excluded: bool
+    kind: Literal["word", "prefix", "phrase", "field"]
+    scope: Scope
+    # The word or prefix; a phrase's words, a space between them; a field's name.
+    text: str
+    # A field's value (an id, or a house).
+    field_value: int | str | None = None
+
+
+def plain_parts(canonical: str) -> list[list[PlainAtom]] | None:
+    """A canonical query that is an OR of ANDs of atoms (the common shapes), as its parts'
+    atoms, deduplicated and in make_and's / make_or's order; None when it needs the parser
+    (groups, other words than [a-z0-9], anything the parser would refuse or reorder)."""
+    if len(canonical) > MAX_QUERY_LENGTH:
+        return None
+    texts = canonical.split(" OR ")
+    parts: list[list[PlainAtom]] = []
+    terms = 0
+    for text in texts:
+        if _PLAIN_AND.fullmatch(text) is None:
+            return None
+        found = _ATOMS.findall(text)
+        terms += len(found)
+        if terms > MAX_TERMS:
+            return None
+        ordered = sorted({atom[0]: atom for atom in found}.values(), key=_atom_order)
+        if len(texts) > 1 and [atom[0] for atom in ordered] != [atom[0] for atom in found]:
+            return None  # its text is not its render: make_or might order it elsewhere
+        atoms = [_plain_atom(groups) for groups in ordered]
+        if None in atoms or atoms[0] is None or atoms[0].excluded:
+            return None  # a short prefix, or nothing to look for: the parser says why
+        parts.append([atom for atom in atoms if atom is not None])
+    if any(before >= after for before, after in zip(texts, texts[1:], strict=False)):
+        return None
+    return parts
+
+
+def _atom_order(groups: tuple[str, ...]) -> tuple[bool, str]:
+    return groups[1] == "-", groups[0]
+
+
+def _plain_atom(groups: tuple[str, ...]) -> PlainAtom | None:
+    _, minus, heading, phrase, word, star, name, number, house = groups
+    excluded = minus == "-"
+    scope: Scope = "heading" if heading else "text"
+    if phrase:
+        return PlainAtom(excluded, "phrase", scope, phrase)
+    if word:
+        if not star:
+            return PlainAtom(excluded, "word", scope, word)
+        if len(word) < MIN_PREFIX:
+            return None
+        return PlainAtom(excluded, "prefix", scope, word)
+    if name:
+        return PlainAtom(excluded, "field", "text", name, int(number))
+    return PlainAtom(excluded, "field", "text", "house", house)
+
+
+def plain_leaf(atom: PlainAtom) -> Leaf:
+    """The query tree's leaf for an atom (without its exclusion)."""
+    if atom.kind == "word":
+        return Term(atom.text, atom.scope)
+    if atom.kind == "prefix":
+        return Prefix(atom.text, atom.scope)
+    if atom.kind == "phrase":
+        return Phrase(tuple(atom.text.split(" ")), atom.scope)
+    assert atom.field_value is not None
+    return Field(atom.text, atom.field_value)
 
 
 def parse_canonical(canonical: str) -> Query:
@@ -540,35 +614,14 @@ def parse_canonical(canonical: str) -> Query:
     Raises:
         QueryError: as `parse_query`.
     """
-    atoms = canonical.split(" ")
-    if len(atoms) > MAX_TERMS or len(canonical) > MAX_QUERY_LENGTH:
+    parts = plain_parts(canonical)
+    if parts is None:
         return parse_query(canonical)
-    if _NEEDS_PARSER.search(canonical):
-        return parse_query(canonical)
-    children: list[Node] = []
-    for atom in atoms:
-        found = _PLAIN_ATOM.fullmatch(atom)
-        if found is None:
-            return parse_query(canonical)
-        word, name, house = found.group("word", "field", "house")
-        leaf: Leaf
-        if word is not None:
-            if not found.group("star"):
-                leaf = Term(word)
-            elif len(word) >= MIN_PREFIX:
-                leaf = Prefix(word)
-            else:
-                return parse_query(canonical)
-        elif name is not None:
-            leaf = Field(name, int(found.group("id")))
-        else:
-            leaf = Field("house", house)
-        children.append(Not(leaf) if found.group("minus") else leaf)
-    # Atoms render as themselves: in make_and's order already (as a canonical form is),
-    # the AND is made as it stands, else through make_and.
-    order = [(atom.startswith("-"), atom) for atom in atoms]
-    in_order = all(a < b for a, b in zip(order, order[1:], strict=False))
-    root = And(tuple(children)) if in_order and len(children) > 1 else make_and(children)
-    if not root.positive:
-        return parse_query(canonical)
-    return Query(root)
+    ands: list[Node] = []
+    for atoms in parts:
+        children: list[Node] = [
+            Not(plain_leaf(atom)) if atom.excluded else plain_leaf(atom) for atom in atoms
+        ]
+        # Deduplicated and in make_and's order already: the AND is made as it stands.
+        ands.append(children[0] if len(children) == 1 else And(tuple(children)))
+    return Query(ands[0] if len(ands) == 1 else Or(tuple(ands)))
