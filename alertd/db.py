@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from alertd.config import DatabaseSettings
 from alertd.errors import ConfigError
+from alertd.redact import redact
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -82,7 +83,7 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 def describe_error(exc: SQLAlchemyError) -> str:
     """One line for a database error: the driver's message, without SQLAlchemy's SQL dump."""
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
+    lines = redact(str(cause)).strip().splitlines()
     return lines[0] if lines else type(cause).__name__
 
 
