@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -16,6 +18,11 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # RFC 8058 one-click unsubscribe is posted by mail providers from anywhere; its token is
 # what protects it.
 ORIGIN_EXEMPT_PREFIXES = ("/unsubscribe/",)
+# Before refusing a body, read and drop up to this much more of it (for at most DRAIN_S) so
+# that the client, still sending, reads the 413 rather than a reset; a larger body is cut
+# off at once (such a client may see only the reset).
+DRAIN_BYTES = 1 << 20
+DRAIN_S = 5.0
 # Characters a path keeps unescaped in a Location header (RFC 3986 pchar and "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -48,7 +55,8 @@ class BodyLimit:
             return
         declared = Request(scope).headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(scope, receive, send)
+            drain = declared.isdigit() and int(declared) <= DRAIN_BYTES
+            await self._too_large(scope, receive, send, drain=drain)
             return
         chunks: list[bytes] = []
         size = 0
@@ -59,7 +67,8 @@ class BodyLimit:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+                more = message.get("more_body", False)
+                await self._too_large(scope, receive, send, drain=more)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -71,11 +80,24 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, drain: bool) -> None:
+        if drain:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_drain(receive), DRAIN_S)
         text = f"A request may carry at most {self.max_bytes // 1024} KB. Nothing was changed."
         response = await self.refuse(Request(scope), 413, "Too large", text)
+        # Whatever is left of the body is not read: the connection cannot carry another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _drain(receive: Receive) -> None:
+    dropped = 0
+    while dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        dropped += len(message.get("body", b""))
 
 
 class SameOrigin:
