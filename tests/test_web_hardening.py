@@ -25,6 +25,7 @@ from alertd.db import open_database
 from alertd.errors import ConfigError
 from alertd.models import Alert
 from alertd.web import serve_web
+from alertd.web.limits import SlidingWindow, client_key
 
 TOPIC = '"special educational needs"'
 EVIL = "https://evil.example"
@@ -231,8 +232,11 @@ async def test_unknown_json_fields_are_refused_by_name(
         {"referer": f"{EVIL}/innocent-page"},
         # The same host on another port or scheme is another origin.
         {"origin": "http://127.0.0.1:1"},
+        # What a browser says of a form on another site, whatever Origin and Referer say.
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site", "origin": "null"},
     ],
-    ids=["origin", "null-origin", "referer", "other-port"],
+    ids=["origin", "null-origin", "referer", "other-port", "fetch-cross-site", "same-site"],
 )
 async def test_a_cross_site_form_post_is_refused(
     serve: Callable[..., Awaitable[Served]], headers: dict[str, str]
@@ -256,7 +260,11 @@ async def test_a_same_site_or_browserless_post_goes_through(
     response = await app.client.post("/signup", data=_signup("b@example.org"), headers=referer_only)
     assert response.status_code == 200
     scripted = await app.client.post("/signup", data=_signup("c@example.org"))
-    assert scripted.status_code == 200 and len(app.alerts()) == 3
+    assert scripted.status_code == 200
+    # Chromium's own form post from our page (Origin "null" under a no-referrer policy).
+    chromium = {"origin": "null", "sec-fetch-site": "same-origin"}
+    response = await app.client.post("/signup", data=_signup("d@example.org"), headers=chromium)
+    assert response.status_code == 200 and len(app.alerts()) == 4
 
 
 # -- redirects -----------------------------------------------------------------------------------
@@ -315,3 +323,45 @@ def test_a_metrics_port_in_use_is_a_config_error(
         with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1"):
             asyncio.run(serve_web(settings, engine, asyncio.Event(), sock=public))
         engine.dispose()
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+async def test_ipv6_clients_are_limited_by_their_64(
+    serve: Callable[..., Awaitable[Served]],
+) -> None:
+    # Behind the proxy (X-Forwarded-For believed from loopback), a client that walks its /64
+    # gets no fresh allowance per address.
+    app = await serve(signups_per_ip_per_hour=2, forwarded_allow_ips="127.0.0.1")
+
+    async def from_(address: str, n: int) -> int:
+        headers = {"x-forwarded-for": address}
+        data = _signup(f"v6-{n}@example.org")
+        return (await app.client.post("/signup", data=data, headers=headers)).status_code
+
+    assert await from_("2001:db8:1:1::1", 1) == 200
+    assert await from_("2001:db8:1:1:ffff:ffff:ffff:ffff", 2) == 200
+    assert await from_("2001:db8:1:1:abcd::7", 3) == 429
+    assert await from_("2001:db8:1:2::1", 4) == 200  # the next /64 is someone else
+    assert await from_("::ffff:192.0.2.1", 5) == 200
+    assert await from_("192.0.2.1", 6) == 200
+    assert await from_("192.0.2.1", 7) == 429  # the same IPv4 client, however written
+
+
+def test_client_keys() -> None:
+    assert client_key("2001:DB8::1") == "2001:db8::/64"
+    assert client_key("::ffff:198.51.100.4") == "198.51.100.4"
+    assert client_key("198.51.100.4") == "198.51.100.4"
+    assert client_key("unknown") == "unknown"
+
+
+def test_the_limiter_drops_idle_keys_and_keeps_live_ones() -> None:
+    window = SlidingWindow(1, 60.0)
+    for n in range(50_000):
+        assert window.allow(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", n / 1000)
+    assert len(window) == 50_000  # all still inside the window
+    assert not window.allow("10.0.0.0", 50.0)  # the first one is still limited
+    # A minute after the last of them: one call drops every idle key (each once).
+    assert window.allow("192.0.2.1", 50.0 + 60.0) and len(window) == 1
+    assert window.allow("10.0.0.0", 111.0)

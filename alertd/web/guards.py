@@ -101,32 +101,42 @@ async def _drain(receive: Receive) -> None:
 
 
 class SameOrigin:
-    """Refuses (403) a POST, PUT, PATCH or DELETE that a browser sent from another site:
-    one whose Origin (or, without one, Referer) is not web.base_url's. A request carrying
-    neither comes from no browser page (a script, a mail provider) and is let through."""
+    """Refuses (403) a POST, PUT, PATCH or DELETE that a browser sent from another site.
+
+    Sec-Fetch-Site, which a browser sets and a page cannot, decides when present; else the
+    Origin (or, without one, the Referer) must be web.base_url's. A request carrying none of
+    them comes from no browser page (a script, a mail provider) and is let through.
+    """
 
     def __init__(self, app: ASGIApp, base_url: str, refuse: Refuse) -> None:
         self.app, self.origin, self.refuse = app, origin_of(base_url), refuse
+
+    def _cross_site(self, request: Request) -> bool:
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            # "none": typed or bookmarked by the person; "same-site": a sibling subdomain,
+            # which may be someone else's.
+            return site not in ("same-origin", "none")
+        sent_from = request.headers.get("origin") or request.headers.get("referer")
+        if sent_from is None:
+            return False
+        # "null": a sandboxed frame, a data: URL, a privacy-stripped origin.
+        return sent_from == "null" or origin_of(sent_from) != self.origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["method"] in UNSAFE_METHODS
             and not scope["path"].startswith(ORIGIN_EXEMPT_PREFIXES)
+            and self._cross_site(request := Request(scope))
         ):
-            request = Request(scope)
-            sent_from = request.headers.get("origin") or request.headers.get("referer")
-            # "null": a sandboxed frame, a data: URL, a privacy-stripped origin.
-            if sent_from is not None and (
-                sent_from == "null" or origin_of(sent_from) != self.origin
-            ):
-                text = (
-                    "This form was sent from another site, so nothing was done. If you meant "
-                    "to send it, open this site's own page and send it from there."
-                )
-                response = await self.refuse(request, 403, "Sent from another site", text)
-                await response(scope, receive, send)
-                return
+            text = (
+                "This form was sent from another site, so nothing was done. If you meant "
+                "to send it, open this site's own page and send it from there."
+            )
+            response = await self.refuse(request, 403, "Sent from another site", text)
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
