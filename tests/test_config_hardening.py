@@ -6,15 +6,17 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from alertd.config import load_settings
-from alertd.db import describe_error
+from alertd.config import DatabaseSettings, load_settings
+from alertd.db import describe_error, open_database
 from alertd.errors import ConfigError
 from alertd.logs import setup_logging
+from alertd.mail.transports import MaildirMailer
 
 ALERTD = Path(sys.executable).with_name("alertd")
 PASSWORD = "S3cretPW"
@@ -154,3 +156,45 @@ def test_the_daemon_refuses_a_cleartext_password_at_start(tmp_path: Path) -> Non
     )
     assert done.returncode == 2 and "smtp.password would be sent in clear" in done.stderr
     assert PASSWORD not in done.stderr
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)  # the common default, under which files come out 0644
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_database_files_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    url = f"sqlite:///{data}/alertd.db"
+    upgraded = _alertd(tmp_path, "db", "upgrade", ALERTD_DATABASE__URL=url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert _mode(data) == 0o700
+    assert _mode(data / "alertd.db") == 0o600
+    assert _mode(data / "alertd.db.migrate-lock") == 0o600
+    # The -wal and -shm files exist while a connection is open.
+    engine = open_database(DatabaseSettings(url=url))
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE probe (x)"))
+        side_files = sorted(data.glob("alertd.db-*"))
+        assert [p.name for p in side_files] == ["alertd.db-shm", "alertd.db-wal"]
+        assert [_mode(p) for p in side_files] == [0o600, 0o600]
+    engine.dispose()
+
+
+@pytest.mark.usefixtures("umask_022")
+async def test_maildir_folders_and_messages_are_private(tmp_path: Path) -> None:
+    maildir = tmp_path / "mail"
+    async with MaildirMailer(maildir) as mailer:
+        await mailer.send("alerts@example.org", "parent@example.org", b"Subject: x\r\n\r\nhi\r\n")
+    for folder in (maildir, maildir / "new", maildir / "tmp", maildir / "cur"):
+        assert _mode(folder) == 0o700, folder
+    [message] = (maildir / "new").iterdir()
+    assert _mode(message) == 0o600
+    assert message.read_bytes() == b"Subject: x\n\nhi\n"
