@@ -332,12 +332,13 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd.redact import redact
     from alertd.sources.feeds import add_feed, list_feeds, remove_feed
 
     engine = _database(settings)
     if args.feed_action == "add":
         feed = add_feed(engine, args.name, args.url, args.interval)
-        print(f"feed {feed.name!r} added: {feed.url}")
+        print(redact(f"feed {feed.name!r} added: {feed.url}"))
     elif args.feed_action == "remove":
         remove_feed(engine, args.name)
         print(f"feed {args.name!r} removed")
@@ -347,7 +348,8 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
             last_poll = poll.last_poll_at if poll else None
             polled = f"{last_poll:%Y-%m-%d %H:%M}Z" if last_poll else "never"
             error = f"\terror: {poll.last_error}" if poll and poll.last_error else ""
-            print(f"{feed.name}\t{feed.url}\t{state}\tlast poll {polled}{error}")
+            line = f"{feed.name}\t{feed.url}\t{state}\tlast poll {polled}{error}"
+            print(redact(line))
     return 0
 
 
@@ -443,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from alertd.config import load_settings
     from alertd.errors import AlertdError, ConfigError, UsageError
     from alertd.logs import setup_logging
+    from alertd.redact import redact
 
     try:
         settings = load_settings(args.config)
@@ -457,10 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (UsageError, ConfigError) as exc:
-        print(f"alertd: error: {exc}", file=sys.stderr)
+        # A URL's password (database.url, a feed) never reaches the terminal or a log file.
+        print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AlertdError as exc:
-        print(f"alertd: error: {exc}", file=sys.stderr)
+        print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except SQLAlchemyError as exc:
         from alertd.db import describe_error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,10 +23,13 @@ from pydantic import (
 )
 
 from alertd.errors import ConfigError
+from alertd.redact import redact
 
 ENV_PREFIX = "ALERTD_"
 CONFIG_ENV = "ALERTD_CONFIG"
 DEFAULT_SECRET_KEY = "change-me"
+# HMAC-SHA256 keys: shorter than the hash's own 32 bytes, a key is the weak point of a link.
+MIN_SECRET_KEY_BYTES = 32
 Frequency = Literal["immediate", "daily", "weekly"]
 FREQUENCIES: tuple[Frequency, ...] = ("immediate", "daily", "weekly")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -120,6 +124,9 @@ class SmtpSettings(_Section):
     max_per_second: float | None = Field(default=None, gt=0)
     # Reconnect after this many messages: relays cap messages per session (421 past it).
     messages_per_connection: int = Field(default=100, ge=1)
+    # A username/password with tls = "none" to a host other than loopback is refused at start
+    # (the password would cross the network in clear) unless this is true.
+    allow_cleartext_password: bool = False
 
 
 class WebSettings(_Section):
@@ -140,6 +147,16 @@ class WebSettings(_Section):
     # computed at once by a process, the rest refused with 503; and per client IP a minute.
     preview_concurrency: int = Field(default=2, ge=1, le=64)
     previews_per_ip_per_minute: int = Field(default=10, ge=1)
+    # Request bodies larger than this are refused with 413, before the app reads them.
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    # /metrics on its own listener (metrics_host:metrics_port), never on the public port; no
+    # port: not served, unless metrics_token is set (then also on the public port, for a
+    # request with "Authorization: Bearer <token>").
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_token: SecretStr | None = None
+    # /openapi.json and /docs on the public app.
+    openapi_docs: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -249,6 +266,7 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     _check_secret(settings)
+    _check_smtp_password(settings)
     return settings
 
 
@@ -282,17 +300,64 @@ def _describe(exc: ValidationError) -> str:
         return f"config error: unknown key {key}"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    shown = (
-        "" if "secret" in key or "password" in key or isinstance(value, dict) else f" ({value!r})"
-    )
-    return f"config error: {key}: {message}{shown}"
+    secret = any(word in key for word in ("secret", "password", "token"))
+    shown = "" if secret or isinstance(value, dict) else f" ({value!r})"
+    return redact(f"config error: {key}: {message}{shown}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine only (localhost, 127.0.0.0/8, ::1)."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_public(web: WebSettings) -> bool:
+    """Whether the web app can be reached from other machines: a public base_url, or a
+    listener on an address other than loopback (0.0.0.0, a LAN address)."""
+    return not is_loopback(urlsplit(web.base_url).hostname or "") or not is_loopback(web.host)
+
+
+def secret_key_problem(name: str, key: str, web: WebSettings) -> str | None:
+    """Why one signing key is refused (None when it is fine): a public app needs a key of
+    at least MIN_SECRET_KEY_BYTES bytes that is not the shipped default."""
+    if not is_public(web):
+        return None
+    if key == DEFAULT_SECRET_KEY:
+        return (
+            f"config error: {name} is the default; set a long random value (openssl rand -hex 32)"
+        )
+    if len(key.encode()) < MIN_SECRET_KEY_BYTES:
+        return (
+            f"config error: {name} is shorter than {MIN_SECRET_KEY_BYTES} bytes; "
+            "set a long random value (openssl rand -hex 32)"
+        )
+    return None
+
+
+def configured_secret_keys(web: WebSettings) -> list[tuple[str, str]]:
+    """Every signing key with the setting it comes from, for the checks."""
+    return [("web.secret_key", web.secret_key.get_secret_value())]
 
 
 def _check_secret(settings: Settings) -> None:
-    host = urlsplit(settings.web.base_url).hostname or ""
-    is_local = host in ("localhost", "127.0.0.1", "::1")
-    if not is_local and settings.web.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+    for name, key in configured_secret_keys(settings.web):
+        problem = secret_key_problem(name, key, settings.web)
+        if problem is not None:
+            raise ConfigError(problem)
+
+
+def _check_smtp_password(settings: Settings) -> None:
+    smtp = settings.smtp
+    if settings.mail.delivery != "smtp" or smtp.tls != "none" or smtp.allow_cleartext_password:
+        return
+    if (smtp.username or smtp.password) and not is_loopback(smtp.host):
         raise ConfigError(
-            "config error: web.secret_key must be set to a long random value "
-            "when web.base_url is not a localhost URL"
+            "config error: smtp.password would be sent in clear to "
+            f"{smtp.host}: set smtp.tls to starttls or implicit "
+            "(or smtp.allow_cleartext_password = true)"
         )

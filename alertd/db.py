@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from alertd.config import DatabaseSettings
 from alertd.errors import ConfigError
+from alertd.redact import redact
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -40,11 +42,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
-        folder = Path(url.database).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the database folder {folder}: {exc}") from exc
+        _create_private(Path(url.database).expanduser())
     engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
     busy_timeout_ms = settings.busy_timeout_ms
 
@@ -70,6 +68,23 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     return engine
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file (and its folder) readable by their owner only, 0600 and 0700:
+    it holds addresses and link secrets. SQLite gives its -wal and -shm files the mode of
+    the database file. An existing file or folder is left as it is.
+
+    Raises:
+        ConfigError: the folder or the file cannot be created.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create the database file {path}: {exc}") from exc
+
+
 def alembic_config(engine: Engine) -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
@@ -82,7 +97,7 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 def describe_error(exc: SQLAlchemyError) -> str:
     """One line for a database error: the driver's message, without SQLAlchemy's SQL dump."""
     cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    lines = str(cause).strip().splitlines()
+    lines = redact(str(cause)).strip().splitlines()
     return lines[0] if lines else type(cause).__name__
 
 
@@ -109,7 +124,8 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         yield
         return
     path = Path(database).expanduser()
-    with path.with_name(path.name + ".migrate-lock").open("a") as lock_file:
+    lock_path = path.with_name(path.name + ".migrate-lock")
+    with open(os.open(lock_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
         yield
 

@@ -8,6 +8,17 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
+from alertd.redact import redact
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, with the password of any URL in a line hidden."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
@@ -17,10 +28,10 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -29,7 +40,7 @@ def default_log_config(verbose: bool, level: str = "INFO", fmt: str = "text") ->
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "text": {"()": TextFormatter, "fmt": TEXT_FORMAT},
             "json": {"()": JsonFormatter},
         },
         "handlers": {

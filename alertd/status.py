@@ -24,6 +24,7 @@ from alertd.models import (
     SourceState,
     Subscriber,
 )
+from alertd.redact import redact
 from alertd.sources.source import PARLIAMENT_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)
@@ -124,7 +125,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
                 s.last_poll_at,
                 s.last_ok_at,
                 s.last_new_count,
-                s.last_error,
+                redact(s.last_error) if s.last_error else None,
                 s.high_water.isoformat() if s.high_water else None,
             )
             for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()

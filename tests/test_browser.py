@@ -176,3 +176,48 @@ async def test_manage_on_a_phone_asks_before_deleting(
         await asyncio.wait_for(server, 10)
         sock.close()
         engine.dispose()
+
+
+async def test_a_form_on_another_site_cannot_post_to_alertd(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # A page on another origin auto-submits a sign-up form at alertd (the CSRF attack): the
+    # browser posts it with the other site's Origin, and alertd refuses it and saves nothing.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(web={"base_url": base})
+    engine = open_database(settings.database)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock))
+    attack = (
+        f'<form id="f" method="post" action="{base}/signup">'
+        '<input name="email" value="victim@example.org"><input name="query" value="visas">'
+        '<input name="follow" value="topic"><input name="step" value="subscribe"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page()
+                await page.route(
+                    "http://evil.test/",
+                    lambda route: route.fulfill(body=attack, content_type="text/html"),
+                )
+                async with page.expect_response(f"{base}/signup") as answer:
+                    await page.goto("http://evil.test/")
+                response = await answer.value
+                assert response.status == 403
+                await expect(page.get_by_role("heading")).to_have_text("Sent from another site")
+            finally:
+                await browser.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+        sock.close()
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM alert").scalar() == 0
+    engine.dispose()

@@ -26,7 +26,8 @@ from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
 from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
-from alertd.web import create_app, serve_web
+from alertd.web import serve_web
+from alertd.web.server import metrics_app
 
 from smtp_server import SmtpSink
 from standin_api import StandinApi
@@ -358,7 +359,8 @@ async def test_a_failing_page_stores_nothing_and_sending_carries_on(
 async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
     _subscribe(runtime, "parent@example.org", '"special educational needs"')
     await run_once(runtime, now=MONDAY_EVENING)
-    app = create_app(runtime.settings, runtime.engine, metrics=runtime.metrics)
+    # The loopback listener's app (web.metrics_port), as serve_web runs it.
+    app = metrics_app(runtime.metrics)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
         response = await web.get("/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")

@@ -216,7 +216,7 @@ async def test_signup_form_has_labelled_fields(web: Web) -> None:
     assert response.status_code == 200
     for field in ("email", "follow-topic", "follow-member", "query", "member", "frequency"):
         assert f'id="{field}"' in response.text and f'for="{field}"' in response.text
-    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["referrer-policy"] == "same-origin"
     assert "no-store" in response.headers["cache-control"]
 
 
@@ -772,7 +772,8 @@ async def test_api_tokens(web: Web) -> None:
     assert web.alerts()[0].unsubscribed_at is None and web.alerts()[0].paused_at is None
 
 
-async def test_api_preview_health_and_schema(web: Web) -> None:
+async def test_api_preview_health_and_schema(make_web: Callable[..., Awaitable[Web]]) -> None:
+    web = await make_web(openapi_docs=True)
     preview = await web.client.get("/api/preview", params={"q": "visas"})
     assert preview.status_code == 200 and preview.json()["count"] == 6
     assert len(preview.json()["examples"]) == 5
@@ -855,6 +856,7 @@ def web_schema(
             "signups_per_ip_per_hour": 10_000,
             "lookups_per_ip_per_minute": 10_000,
             "previews_per_ip_per_minute": 10_000,
+            "openapi_docs": True,
         },
     )
     engine = _stored(settings, stored_db)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import aiosmtplib
 
@@ -36,6 +37,16 @@ class Mailer(Protocol):
     async def send(self, sender: str, recipient: str, message: bytes) -> None: ...
 
 
+class PrivateMaildir(mailbox.Maildir):
+    """A Maildir whose messages (addresses, signed links) only their owner can read: files
+    0600 whatever the umask; the folders are made 0700 by mailbox itself."""
+
+    def _create_tmp(self) -> Any:
+        created = super()._create_tmp()  # type: ignore[misc]
+        os.fchmod(created.fileno(), 0o600)
+        return created
+
+
 class MaildirMailer:
     """Writes each message into a Maildir (atomically: tmp/ then new/); needs no mail server."""
 
@@ -44,7 +55,7 @@ class MaildirMailer:
 
     async def __aenter__(self) -> Self:
         try:
-            mailbox.Maildir(self.path, create=True)
+            PrivateMaildir(self.path, create=True)
         except OSError as exc:
             raise MailServerUnavailable(f"cannot create Maildir {self.path}: {exc}") from exc
         return self
@@ -62,7 +73,7 @@ class MaildirMailer:
 
     def _write(self, message: bytes) -> None:
         # Maildir files use the local line ending; the stored message uses SMTP's CRLF.
-        mailbox.Maildir(self.path, create=True).add(message.replace(b"\r\n", b"\n"))
+        PrivateMaildir(self.path, create=True).add(message.replace(b"\r\n", b"\n"))
 
 
 def _classify_code(code: int, text: str, where: str) -> SmtpReplyError:

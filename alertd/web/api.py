@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Frequency
@@ -42,6 +42,9 @@ SENT = (
 class AlertCreate(BaseModel):
     """A new alert: a topic query, or a Member by id (from /api/members)."""
 
+    # An unknown field is refused (422 naming it), never silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
     email: str = Field(max_length=1000, examples=["parent@example.org"])
     query: str | None = Field(default=None, max_length=1000, examples=['"special needs"'])
     member_id: int | None = Field(default=None, ge=1, le=MAX_ID, examples=[4138])
@@ -49,7 +52,11 @@ class AlertCreate(BaseModel):
 
 
 class AlertUpdate(BaseModel):
-    """Changes to an alert; fields left out stay as they are."""
+    """Changes to an alert; fields left out stay as they are. An unknown field (say
+    {"status": "paused"}) is refused with 422 naming it: it would otherwise change nothing
+    and answer 200."""
+
+    model_config = ConfigDict(extra="forbid")
 
     frequency: Frequency | None = None
     paused: bool | None = None

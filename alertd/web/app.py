@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
@@ -31,12 +32,14 @@ from alertd.metrics import Metrics
 from alertd.pipeline import make_worker_id
 from alertd.web import api, atom, pages
 from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
+from alertd.web.guards import BodyLimit, SameOrigin, slash_redirects
 from alertd.web.limits import Limits
 
 log = logging.getLogger("alertd.web")
 SECURITY_HEADERS = {
-    # Links carry tokens: never leak them in a Referer, never cache the pages.
-    "Referrer-Policy": "no-referrer",
+    # Links carry tokens: never leak them in a Referer to another site, never cache the
+    # pages. (Not "no-referrer": a browser then sends "Origin: null" with our own forms.)
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -66,6 +69,10 @@ def _problem(
     )
     response.headers.update(headers or {})
     return response
+
+
+async def _refuse(request: Request, status: int, title: str, text: str) -> Response:
+    return _problem(request, status, title, text)
 
 
 async def _invalid_token(request: Request, exc: Exception) -> Response:
@@ -127,6 +134,15 @@ async def _security_headers(
     return response
 
 
+def metrics_response(metrics: Metrics) -> Response:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
+
+
 def _ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT 1"))
@@ -169,7 +185,8 @@ def create_app(
         mailer: makes the mailer of the app's own sender; by default the configured
             delivery (SMTP or Maildir), as the daemon uses.
         clock: the current time (aware, UTC); tests move it to expire links.
-        metrics: the daemon's counters, served at /metrics (Prometheus text format).
+        metrics: the daemon's counters (Prometheus text format), at /metrics on the
+            web.metrics_port listener (server.py) and, with web.metrics_token, here.
         sender: the daemon's sender (`alertd run`), so one drain runs at a time in the
             process; by default the app makes its own, which also drains every
             delivery.send_interval_s (retries).
@@ -182,13 +199,16 @@ def create_app(
         async with sender.running(settings.delivery.shutdown_timeout_s):
             yield
 
+    docs = settings.web.openapi_docs
     app = FastAPI(
         title="alertd",
         version=__version__,
         description="Email alerts for UK Parliament written answers: sign up, manage, stop.",
-        docs_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
         redoc_url=None,
         lifespan=lifespan,
+        redirect_slashes=False,
     )
     app.state.web = WebContext(
         settings=settings,
@@ -207,6 +227,13 @@ def create_app(
     app.add_exception_handler(Busy, _busy)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _bad_request)
+    app.router.default = slash_redirects(
+        app.router.routes, settings.web.base_url, app.router.default
+    )
+    # Outermost last: security headers on every answer, then cross-site posts refused before
+    # a body is read, then the body capped.
+    app.add_middleware(BodyLimit, max_bytes=settings.web.max_body_bytes, refuse=_refuse)
+    app.add_middleware(SameOrigin, base_url=settings.web.base_url, refuse=_refuse)
     app.middleware("http")(_security_headers)
 
     @app.get(
@@ -225,8 +252,13 @@ def create_app(
             return JSONResponse(body, status_code=503)
         return Health(status="ok", version=__version__)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(exported.exposition(), media_type=CONTENT_TYPE_LATEST)
+    token = settings.web.metrics_token
+    if token is not None:
+
+        @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+        async def prometheus_metrics(request: Request) -> Response:
+            if not _bearer_is(request, token.get_secret_value()):
+                return _problem(request, 404, "Not found", "There is no page here.")
+            return metrics_response(exported)
 
     return app

@@ -19,7 +19,7 @@ from alertd.errors import RateLimited
 from alertd.links import Links
 from alertd.mail.sender import Sender
 from alertd.tokens import read_token
-from alertd.web.limits import Limits
+from alertd.web.limits import Limits, client_key
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -103,8 +103,9 @@ def get_context(request: Request) -> WebContext:
 
 
 def client_ip(request: Request) -> str:
-    """The client's address (uvicorn sets it from X-Forwarded-For for trusted proxies)."""
-    return request.client.host if request.client is not None else "unknown"
+    """The client's address as the rate limits count it: IPv4, or the IPv6 /64 (uvicorn
+    sets the address from X-Forwarded-For for trusted proxies)."""
+    return client_key(request.client.host) if request.client is not None else "unknown"
 
 
 Ctx = Annotated[WebContext, Depends(get_context)]

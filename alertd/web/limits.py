@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,22 +12,44 @@ from dataclasses import dataclass
 from alertd.config import WebSettings
 from alertd.errors import Busy
 
-_PRUNE_ABOVE_KEYS = 10_000
 # Retry-After of a request refused because every slot was taken: about one preview's time.
 BUSY_RETRY_AFTER_S = 5
+# IPv6 clients are counted by network: one host is usually given a whole /64 to pick from.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_key(address: str) -> str:
+    """What a client's requests are counted under: its IPv4 address, or its IPv6 /64
+    (an IPv4-mapped IPv6 address counts as the IPv4 one); anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 class SlidingWindow:
-    """At most ``limit`` events per key in any ``window_s`` seconds."""
+    """At most ``limit`` events per key in any ``window_s`` seconds.
+
+    Keys are kept in the order of their newest event, so the idle ones (no event left in
+    the window) are all at the front: each call drops those, and a key is dropped at most
+    once per time it is added, so a call costs O(1) amortised however many keys are held.
+    """
 
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._events: dict[str, deque[float]] = {}
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        events = self._events.setdefault(key, deque())
+        events = self._events.get(key)
+        if events is None:
+            return deque()
         while events and events[0] <= now - self.window_s:
             events.popleft()
         return events
@@ -34,12 +57,13 @@ class SlidingWindow:
     def allow(self, key: str, now: float) -> bool:
         """Record an event for ``key`` if within the limit; else False, recording nothing."""
         with self._lock:
-            if len(self._events) > _PRUNE_ABOVE_KEYS:
-                self._prune(now)
+            self._drop_idle(now)
             events = self._recent(key, now)
             if len(events) >= self.limit:
                 return False
             events.append(now)
+            self._events[key] = events
+            self._events.move_to_end(key)
             return True
 
     def retry_after(self, key: str, now: float) -> int:
@@ -50,10 +74,17 @@ class SlidingWindow:
                 return 0
             return max(1, int(events[0] + self.window_s - now + 0.999))
 
-    def _prune(self, now: float) -> None:
-        for key in list(self._events):
-            if not self._recent(key, now):
-                del self._events[key]
+    def __len__(self) -> int:
+        """How many keys are held (for tests and the bench)."""
+        return len(self._events)
+
+    def _drop_idle(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self._events:
+            key, events = next(iter(self._events.items()))
+            if events and events[-1] > cutoff:
+                return
+            del self._events[key]
 
 
 class WorkSlots:

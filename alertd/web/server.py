@@ -11,6 +11,11 @@ from collections.abc import Iterator
 
 import uvicorn
 from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from alertd.config import Settings
 from alertd.db import open_database
@@ -18,7 +23,7 @@ from alertd.errors import ConfigError
 from alertd.mail.sender import Sender
 from alertd.mail.transports import MailerFactory
 from alertd.metrics import Metrics
-from alertd.web.app import create_app
+from alertd.web.app import create_app, metrics_response
 from alertd.web.context import Clock, utc_now
 
 log = logging.getLogger("alertd.web")
@@ -43,16 +48,45 @@ async def serve_web(
     metrics: Metrics | None = None,
     sender: Sender | None = None,
 ) -> None:
-    """Serve the web app on web.host:web.port (or a bound ``sock``) until ``stop`` is set.
+    """Serve the web app on web.host:web.port (or a bound ``sock``) until ``stop`` is set,
+    and /metrics alone on web.metrics_host:web.metrics_port when that is set.
 
     Requests in flight are finished, then the app's sender (its lifespan) finishes the
     send in flight; X-Forwarded-For/-Proto are believed from web.forwarded_allow_ips only.
 
     Raises:
-        ConfigError: the address cannot be bound.
+        ConfigError: an address cannot be bound.
     """
+    metrics = metrics or Metrics()
     app = create_app(settings, engine, mailer, clock=clock, metrics=metrics, sender=sender)
-    listening = sock if sock is not None else listen(settings.web.host, settings.web.port)
+    web = settings.web
+    apps: list[tuple[ASGIApp, socket.socket]] = [
+        (app, sock if sock is not None else listen(web.host, web.port))
+    ]
+    try:
+        if web.metrics_port is not None:
+            apps.append((metrics_app(metrics), listen(web.metrics_host, web.metrics_port)))
+            log.info("metrics: serving /metrics on %s:%d", web.metrics_host, web.metrics_port)
+        async with asyncio.TaskGroup() as servers:
+            for served, listening in apps:
+                servers.create_task(_serve_until(_server(settings, served), [listening], stop))
+    finally:
+        for _, listening in apps:
+            if listening is not sock:
+                listening.close()
+    log.info("web server stopped")
+
+
+def metrics_app(metrics: Metrics) -> Starlette:
+    """/metrics and nothing else, for the loopback listener at web.metrics_port."""
+
+    async def exposition(request: Request) -> Response:
+        return metrics_response(metrics)
+
+    return Starlette(routes=[Route("/metrics", exposition)])
+
+
+def _server(settings: Settings, app: ASGIApp) -> _Server:
     config = uvicorn.Config(
         app,
         host=settings.web.host,
@@ -65,8 +99,11 @@ async def serve_web(
         server_header=False,
         timeout_graceful_shutdown=max(1, round(settings.delivery.shutdown_timeout_s)),
     )
-    server = _Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    return _Server(config)
+
+
+async def _serve_until(server: _Server, sockets: list[socket.socket], stop: asyncio.Event) -> None:
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -74,9 +111,6 @@ async def serve_web(
         server.should_exit = True
         stopping.cancel()
         await serving
-        if sock is None:
-            listening.close()
-    log.info("web server stopped")
 
 
 def listen(host: str, port: int) -> socket.socket:
