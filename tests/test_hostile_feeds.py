@@ -5,12 +5,18 @@ gzip-bomb bodies, and feed items kept out of anonymous previews."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -21,6 +27,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd import alerts
+from alertd.cli import main as cli_main
 from alertd.config import Settings
 from alertd.links import Links
 from alertd.models import Feed, Item, ItemKind
@@ -29,8 +36,10 @@ from alertd.sources import http
 from alertd.sources.feeds import add_feed, parse_feed
 from alertd.web import create_app
 
+from configs import write_config
 from feed_server import FeedServer, Route, gzip_bomb
 from smtp_server import SmtpSink
+from standin_api import StandinApi
 from test_pipeline import smtp_runtime
 
 NOW = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
@@ -377,3 +386,38 @@ async def test_feed_items_stay_out_of_anonymous_previews_unless_opted_in(
         assert "Item 1 about" not in page.text and WORD in page.text
         assert signup.status_code == 202, signup.text
     runtime.engine.dispose()
+
+
+# -- the daemon ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a real daemon process, the stand-in API and an SMTP server
+def test_a_dripping_feed_never_holds_up_an_immediate_digest_in_the_daemon(
+    tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink, feed_server: FeedServer
+) -> None:
+    # The feed drips about 1 KB at a byte a second, well within its 300 s deadline: a poll
+    # that held the cycle would hold the digest as long.
+    feed_server.serve("/rss", Route(feed_xml(["https://example.org/a"] * 3), drip_s=1.0))
+    config = write_config(tmp_path, standin_api, smtp_sink, parliament={"fetch_deadline_s": 300.0})
+    common = ["--config", str(config)]
+    assert cli_main(["feeds", "add", "slow", feed_server.url("/rss"), *common]) == 0
+    args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
+    assert cli_main([*args, "--frequency", "immediate", *common]) == 0
+    env = {**os.environ, "ALERTD_CONFIG": str(config)}
+    alertd = shutil.which("alertd", path=str(Path(sys.executable).parent))
+    assert alertd is not None
+    started = time.monotonic()
+    process = subprocess.Popen([alertd, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        while not smtp_sink.messages:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() - started < 60, "no digest while the feed drips"
+            time.sleep(0.1)
+        assert [path for path, _ in feed_server.requests] == ["/rss"]  # still dripping
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err, err
+    (sent,) = smtp_sink.messages
+    assert "special educational needs" in _parts(sent.message)[0].lower()
