@@ -73,13 +73,8 @@ def feed_xml(links: list[str], *, word: str = WORD, day: datetime = NOW) -> byte
 
 
 @pytest.fixture
-def feed_server() -> Iterator[FeedServer]:
-    with FeedServer() as server:
-        yield server
-
-
-@pytest.fixture
 def other_server() -> Iterator[FeedServer]:
+    """A second feed server: another host, as far as redirects go."""
     with FeedServer() as server:
         yield server
 
