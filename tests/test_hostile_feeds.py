@@ -88,7 +88,7 @@ def _settings(make_settings: Any, **sections: dict[str, Any]) -> Settings:
 @pytest.fixture
 def runtime(make_settings: Any, smtp_sink: SmtpSink) -> Iterator[Runtime]:
     runtime = smtp_runtime(
-        _settings(make_settings, parliament={"fetch_deadline_s": 2.0}), smtp_sink
+        _settings(make_settings, parliament={"fetch_deadline_s": 3.0}), smtp_sink
     )
     yield runtime
     runtime.engine.dispose()
@@ -296,8 +296,8 @@ async def test_a_feed_dripping_a_byte_at_a_time_fails_at_the_deadline(
     feed_server.serve("/rss", Route(feed_xml(["https://example.org/a"]), drip_s=0.5))
     add_feed(runtime.engine, "drip", feed_server.url("/rss"))
     errors, elapsed, _ = await _timed_poll(runtime)
-    assert errors == [f"GET {feed_server.url('/rss')} gave no complete answer within 2s"]
-    assert elapsed < 4
+    assert errors == [f"GET {feed_server.url('/rss')} gave no complete answer within 3s"]
+    assert elapsed < 7
 
 
 @pytest.mark.parametrize("declare_length", [True, False], ids=["declared", "streamed"])
@@ -309,7 +309,7 @@ async def test_a_200_mb_feed_is_refused_at_the_cap_in_bounded_memory(
     add_feed(runtime.engine, "huge", feed_server.url("/rss"))
     errors, elapsed, peak = await _timed_poll(runtime)
     assert errors == [f"GET {feed_server.url('/rss')} answered more than 5,000,000 bytes: refused"]
-    assert elapsed < 5 and peak < 40_000_000
+    assert elapsed < 8 and peak < 40_000_000
 
 
 @pytest.mark.slow  # building the bomb takes seconds
@@ -322,7 +322,7 @@ async def test_a_gzip_bomb_is_refused_at_the_cap_in_bounded_memory(
     add_feed(runtime.engine, "bomb", feed_server.url("/rss"))
     errors, elapsed, peak = await _timed_poll(runtime)
     assert errors == [f"GET {feed_server.url('/rss')} answered more than 5,000,000 bytes: refused"]
-    assert elapsed < 5 and peak < 40_000_000
+    assert elapsed < 8 and peak < 40_000_000
 
 
 async def test_a_gzipped_feed_under_the_cap_is_read(

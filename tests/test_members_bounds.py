@@ -31,7 +31,8 @@ def settings(make_settings: Any, standin_api: StandinApi) -> Settings:
         members={
             "base_url": standin_api.base_url,
             "timeout_s": 5.0,
-            "fetch_deadline_s": 1.0,
+            # Room for a loaded test machine; a drip would take an hour.
+            "fetch_deadline_s": 3.0,
             "cache_max_rows": 3,
         }
     )
@@ -48,7 +49,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        ({"kind": "drip", "seconds": 0.5}, "gave no complete answer within 1s"),
+        ({"kind": "drip", "seconds": 1.0}, "gave no complete answer within 3s"),
         ({"kind": "huge"}, "answered more than 1,000,000 bytes: refused"),
         pytest.param(
             {"kind": "gzip_bomb"},
@@ -84,7 +85,7 @@ async def test_a_hostile_members_api_fails_fast_in_bounded_memory(
     assert found == known  # the Member already known is still found
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "Members API search for 'starmer' failed" in warning and message in warning
-    assert elapsed < 4 and peak < 20_000_000
+    assert elapsed < 6 and peak < 20_000_000
 
 
 async def test_the_search_cache_expires_and_keeps_at_most_its_cap(
