@@ -18,7 +18,7 @@ from alertd.errors import QueryError, UsageError
 from alertd.listing import AlertRow as AlertRow
 from alertd.listing import list_alerts as list_alerts
 from alertd.matching import Query, matching_item_ids, parse_query
-from alertd.models import Alert, Item, Member, Subscriber
+from alertd.models import Alert, Item, ItemKind, Member, Subscriber
 
 _MEMBER_FIELDS = ("member", "asker", "answerer")
 # Above this many matches a day over the stored history an alert is refused unless forced:
@@ -134,16 +134,34 @@ def _get_alert(session: Session, alert_id: int) -> Alert:
     return alert
 
 
-def matching_ids(engine: Engine, query_text: str, since: date) -> list[int]:
+def matching_ids(
+    engine: Engine, query_text: str, since: date, *, include_feed_items: bool = True
+) -> list[int]:
     """Ids of the stored items (not holding answers) answered or published since a day that
-    a query matches, newest first (from the index of stored items; see matching.history).
+    a query matches, newest first (from the index of stored items; see matching.history);
+    without feed items unless ``include_feed_items``.
 
     Raises:
         QueryError: the query is malformed or names someone unknown.
     """
     with Session(engine) as session:
         query = compile_query(session, query_text)
-        return matching_item_ids(session.connection(), query, since)
+        found = matching_item_ids(session.connection(), query, since)
+        if include_feed_items or not found:
+            return found
+        return _without_feed_items(session, found)
+
+
+def _without_feed_items(session: Session, ids: list[int]) -> list[int]:
+    """``ids`` less those of feed items, in the order given."""
+    feed_ids: set[int] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        statement = select(Item.id).where(
+            col(Item.id).in_(chunk), col(Item.kind) == ItemKind.FEED_ITEM
+        )
+        feed_ids.update(i for i in session.exec(statement).all() if i is not None)
+    return [item_id for item_id in ids if item_id not in feed_ids]
 
 
 def load_items(engine: Engine, ids: list[int]) -> list[Item]:
@@ -199,8 +217,9 @@ def matching_answers(engine: Engine, query_text: str, since: date) -> list[Item]
     return load_items(engine, matching_ids(engine, query_text, since))
 
 
-def daily_match_rate(engine: Engine, query_text: str) -> float:
-    """Average matches a day over the stored history (its last 90 days; 0 with no history)."""
+def daily_match_rate(engine: Engine, query_text: str, *, include_feed_items: bool = True) -> float:
+    """Average matches a day over the stored history (its last 90 days; 0 with no history);
+    feed items counted only if ``include_feed_items``."""
     with Session(engine) as session:
         first, last = session.exec(
             select(func.min(Item.date_answered), func.max(Item.date_answered))
@@ -208,4 +227,5 @@ def daily_match_rate(engine: Engine, query_text: str) -> float:
     if first is None or last is None:
         return 0.0
     first = max(first, last - timedelta(days=BREADTH_WINDOW_DAYS - 1))
-    return len(matching_ids(engine, query_text, first)) / ((last - first).days + 1)
+    found = matching_ids(engine, query_text, first, include_feed_items=include_feed_items)
+    return len(found) / ((last - first).days + 1)

@@ -69,6 +69,11 @@ class ParliamentSettings(_Section):
     detail_concurrency: int = Field(default=4, ge=1, le=32)
     retry_base_s: float = Field(default=2.0, gt=0)
     user_agent: str = "alertd/0.1 (+https://github.com/alertd)"
+    # Every fetch of the daemon (this API, feeds): the whole of it, redirects and body
+    # included, ends within fetch_deadline_s; a body larger than max_response_bytes once
+    # decoded (gzip included) is refused.
+    fetch_deadline_s: float = Field(default=60.0, gt=0)
+    max_response_bytes: int = Field(default=5_000_000, ge=1024)
 
 
 class MailSettings(_Section):
@@ -157,6 +162,8 @@ class WebSettings(_Section):
     metrics_token: SecretStr | None = None
     # /openapi.json and /docs on the public app.
     openapi_docs: bool = False
+    # Whether previews and sign-up breadth estimates (open to anyone) count feed items.
+    preview_feed_items: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -170,6 +177,11 @@ class MembersSettings(_Section):
     base_url: str = "https://members-api.parliament.uk"
     timeout_s: float = Field(default=10.0, gt=0)
     cache_hours: float = Field(default=24.0, ge=0)
+    # One lookup, redirects and body included, and its body's size once decoded.
+    fetch_deadline_s: float = Field(default=15.0, gt=0)
+    max_response_bytes: int = Field(default=1_000_000, ge=1024)
+    # Cached searches kept at most (the oldest go first); older than cache_hours go anyway.
+    cache_max_rows: int = Field(default=10_000, ge=1)
 
 
 class DigestSettings(_Section):

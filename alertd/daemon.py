@@ -18,7 +18,7 @@ from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.mail.transports import mailer_factory
-from alertd.pipeline import RunReport, Runtime, run_once
+from alertd.pipeline import RunReport, Runtime, poll_once, run_once
 from alertd.sources.feeds import sync_config_feeds
 from alertd.sources.parliament import make_http_client
 
@@ -58,6 +58,10 @@ class Daemon:
     """Runs cycles one at a time in a runner task it owns; on SIGTERM/SIGINT it stops taking
     new work and lets the cycle in flight finish.
 
+    Polls run beside the cycles, in a task of their own (one at a time): a source that
+    answers slowly never holds up matching and sending. Each source polled asks for a
+    cycle, which matches and sends what it stored.
+
     The scheduler's jobs only ask the runner for a cycle and return at once: APScheduler
     cancels a job still running when it shuts down (whatever ``wait=`` says), which would
     cut a send short and leave its outbox row to be sent again.
@@ -70,6 +74,7 @@ class Daemon:
         self._stop = runtime.stopping
         self._wake = asyncio.Event()
         self._poll_wanted = False
+        self._polling: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Daemon cycles={self.cycles} stopping={self._stop.is_set()}>"
@@ -78,7 +83,8 @@ class Daemon:
         """Ask for a cycle (with a poll, or only composing and sending); returns at once.
 
         Requests made while a cycle runs are merged into one cycle after it (one with a
-        poll if any of them wanted one).
+        poll if any of them wanted one). The poll starts at once unless one is running
+        already; the cycle does not wait for it.
         """
         self._poll_wanted = self._poll_wanted or poll
         self._wake.set()
@@ -108,9 +114,27 @@ class Daemon:
                     return
                 poll, self._poll_wanted = self._poll_wanted, False
                 self._wake.clear()
-                await self.run_cycle(poll)
+                if poll and self._polling is None:
+                    self._polling = asyncio.create_task(self._poll(), name="alertd poll")
+                await self.run_cycle(poll=False)
         finally:
             stopping.cancel()
+            if self._polling is not None:
+                # It gives up at once on a stop (see pipeline._poll_until_stopped).
+                await asyncio.wait({self._polling})
+
+    async def _poll(self) -> None:
+        """One poll; after each source, a cycle to match and send what it stored."""
+
+        async def source_done() -> None:
+            await self.request_cycle(poll=False)
+
+        try:
+            await poll_once(self.runtime, now=self.clock(), source_done=source_done)
+        except Exception:
+            log.exception("poll failed")
+        finally:
+            self._polling = None
 
     def stop(self) -> None:
         self._stop.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
 
 import nh3
 
@@ -63,6 +64,28 @@ def sanitise_html(html: str) -> str:
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer",
     )
+
+
+MAX_LINK_CHARS = 2000
+
+
+def web_link(link: str, base: str | None = None) -> str | None:
+    """``link`` if it is an absolute http(s) URL (a relative one resolved against ``base``
+    first), else None: javascript:, data:, vbscript:, file: and the like never reach a page
+    or a mail, nor do links with control characters or spaces (browsers strip some of them,
+    which turns "java\tscript:" back into a script)."""
+    link = link.strip()
+    if base is not None and link:
+        link = urljoin(base, link)
+    if not link or len(link) > MAX_LINK_CHARS or any(c.isspace() or ord(c) < 32 for c in link):
+        return None
+    try:
+        parts = urlsplit(link)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return link
 
 
 class _TextExtractor(HTMLParser):

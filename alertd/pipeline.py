@@ -128,22 +128,33 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
     return sources
 
 
-async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
+# Called after each source's poll: the daemon sends what it stored without waiting for the
+# sources still being polled.
+SourceDone = Callable[[], Awaitable[None]]
+
+
+async def _poll(
+    runtime: Runtime, report: RunReport, now: datetime, source_done: SourceDone | None = None
+) -> None:
     client = runtime.http or make_http_client(runtime.settings.parliament)
     try:
         sources = await asyncio.to_thread(_sources, runtime, client, now)
         for source in sources:
             await _poll_source(source, report, now)
+            if source_done is not None:
+                await source_done()
     finally:
         if runtime.http is None:
             await client.aclose()
 
 
-async def _poll_until_stopped(runtime: Runtime, report: RunReport, now: datetime) -> None:
+async def _poll_until_stopped(
+    runtime: Runtime, report: RunReport, now: datetime, source_done: SourceDone | None = None
+) -> None:
     """Poll, but give up at once when a stop is requested: a poll sends nothing, stores what
     it fetched as it goes, and the next run polls again (a hanging source must not hold up
     a shutdown)."""
-    poll = asyncio.ensure_future(_poll(runtime, report, now))
+    poll = asyncio.ensure_future(_poll(runtime, report, now, source_done))
     stop = asyncio.ensure_future(runtime.stopping.wait())
     try:
         await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,6 +208,23 @@ async def _stage(name: str, report: RunReport, work: Callable[[], Awaitable[None
         )
         report.errors.append(f"{name}: {message or type(exc).__name__}")
         report.failed_stages.append(name)
+
+
+async def poll_once(
+    runtime: Runtime, *, now: datetime, source_done: SourceDone | None = None
+) -> RunReport:
+    """Only the poll of a cycle, ``source_done`` awaited after each source.
+
+    The daemon runs it beside its cycles of matching and sending (run_once with poll=False):
+    a slow source, up to parliament.fetch_deadline_s, never holds up a digest that is due.
+    """
+    started = time.monotonic()
+    report = RunReport()
+    await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now, source_done))
+    runtime.metrics.record_run(report, time.monotonic() - started)
+    if report.fetched or report.errors:
+        log.info("%.2fs poll finished: %s", time.monotonic() - started, report.summary())
+    return report
 
 
 async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> RunReport:

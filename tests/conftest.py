@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from alertd.config import Settings
 from alertd.db import open_database
 
+from feed_server import FeedServer
 from smtp_server import SmtpSink
 from standin_api import StandinApi
 
@@ -88,6 +89,13 @@ def standin_api() -> Iterator[StandinApi]:
     """The local stand-in for the Parliament API, serving the 469 recorded answers of 1 Feb 2021."""
     with StandinApi.from_fixtures(hang_seconds=10.0) as api:
         yield api
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    """A loopback feed server (routes set per test, faults included)."""
+    with FeedServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,12 +1,23 @@
-"""A loopback HTTP server for feed tests: per-path bodies, ETag/Last-Modified, redirects."""
+"""A loopback HTTP server for feed tests: per-path bodies, ETag/Last-Modified, redirects, and
+hostile answers (a body dripped a byte at a time, a huge body, a pre-encoded gzip bomb)."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+
+
+@functools.cache
+def gzip_bomb(decoded_mb: int = 400) -> bytes:
+    """A gzip body of zeros: about 400 KB that decodes to ``decoded_mb`` MB (built once)."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(1 << 20)
+    return b"".join([*(deflater.compress(zeros) for _ in range(decoded_mb)), deflater.flush()])
 
 
 @dataclass
@@ -19,6 +30,13 @@ class Route:
     etag: str | None = None
     last_modified: str | None = None
     location: str | None = None
+    # Hostile answers: a pause before each byte of the body; the body sent this many times
+    # over (streamed, never held whole); a Content-Encoding header for a body encoded already.
+    drip_s: float | None = None
+    repeat: int = 1
+    content_encoding: str | None = None
+    # False: no Content-Length; the body ends when the connection closes.
+    declare_length: bool = True
 
 
 @dataclass
@@ -28,6 +46,7 @@ class FeedServer:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +70,7 @@ class FeedServer:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -75,11 +95,29 @@ class FeedServer:
             ("ETag", route.etag),
             ("Last-Modified", route.last_modified),
             ("Location", route.location),
+            ("Content-Encoding", route.content_encoding),
         ):
             if value:
                 handler.send_header(name, value)
         body = b"" if status == 304 else route.body
         handler.send_header("Content-Type", route.content_type)
-        handler.send_header("Content-Length", str(len(body)))
+        if route.declare_length:
+            handler.send_header("Content-Length", str(len(body) * route.repeat))
         handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            self._send_body(handler, body, route)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client gave up (its deadline or size cap): what the tests want
+
+    def _send_body(self, handler: BaseHTTPRequestHandler, body: bytes, route: Route) -> None:
+        if route.drip_s is not None:
+            for byte in body:
+                if self._stopping.wait(route.drip_s):
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+            return
+        for _ in range(route.repeat):
+            if self._stopping.is_set():
+                return
+            handler.wfile.write(body)

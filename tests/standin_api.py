@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
+from feed_server import gzip_bomb
+
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 ANSWERED_2021 = FIXTURES_DIR / "list_answered_2021-02-01_bicameral_expandMember.json"
 TABLED_2021 = FIXTURES_DIR / "list_tabled_2021-02-01_bicameral_expandMember.json"
@@ -39,11 +41,27 @@ DATE_FILTERS = (
     ("tabledwhen", "dateTabled"),
     ("dateforanswerwhen", "dateForAnswer"),
 )
-FAULT_WORDS = ("hang", "delay", "broken_json", "truncated", "drop")
+FAULT_WORDS = (
+    "hang",
+    "delay",
+    "broken_json",
+    "truncated",
+    "drop",
+    "drip",
+    "huge",
+    "gzip_bomb",
+    "redirect",
+)
+HUGE_BODY_BYTES = 200_000_000
 TAG_RE = re.compile(r"<[^>]*>")
 HTML_RE = re.compile(r"<[a-zA-Z][^>]*>")
 
-FaultKind = int | Literal["hang", "delay", "broken_json", "truncated", "drop"]
+FaultKind = (
+    int
+    | Literal[
+        "hang", "delay", "broken_json", "truncated", "drop", "drip", "huge", "gzip_bomb", "redirect"
+    ]
+)
 Route = Literal["list", "detail", "members", "other"]
 Record = dict[str, Any]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -348,7 +366,11 @@ class FaultRule:
       "delay": wait ``seconds`` (default 1), then answer normally;
       "broken_json": HTTP 200 with a complete, declared-length body that is not valid JSON;
       "truncated": Content-Length of the full body, only half of it sent, then closed;
-      "drop": the connection is closed without any response.
+      "drop": the connection is closed without any response;
+      "drip": the answer's body one byte every ``seconds`` (default 2), its length declared;
+      "huge": HTTP 200 with a 200 MB JSON body (spaces after the answer), streamed;
+      "gzip_bomb": HTTP 200, Content-Encoding gzip: 400 KB that decode to 400 MB of zeros;
+      "redirect": HTTP 302 to ``location``.
     target: "any", "list", "detail", "members", or a path prefix starting with "/"
       (case-insensitive, matched against the path without the query).
     skip: only list requests with this ``skip`` value (a missing skip counts as 0).
@@ -364,6 +386,7 @@ class FaultRule:
     seconds: float | None = None
     retry_after: int | None = None
     hits: int = 0
+    location: str | None = None
 
     def __post_init__(self) -> None:
         valid_status = isinstance(self.kind, int) and 100 <= self.kind <= 599
@@ -666,9 +689,10 @@ class StandinApi:
         skip: int | None = None,
         seconds: float | None = None,
         retry_after: int | None = None,
+        location: str | None = None,
     ) -> FaultRule:
         """Fail the next ``count`` requests matching ``target`` (see FaultRule); returns it."""
-        rule = FaultRule(kind, target, skip, count, seconds, retry_after)
+        rule = FaultRule(kind, target, skip, count, seconds, retry_after, location=location)
         return self.add_fault(rule)
 
     def add_fault(self, rule: FaultRule) -> FaultRule:
@@ -736,7 +760,44 @@ class StandinApi:
         elif rule.kind == "truncated":
             body = response.body
             handler.send_body(_Response(200, _half(body)), declared=len(body))
+        elif rule.kind in ("drip", "huge", "gzip_bomb", "redirect"):
+            with contextlib.suppress(ConnectionError):
+                self._hostile(handler, rule, response)
         # "drop" (and "hang" afterwards): close without sending anything
+
+    def _hostile(self, handler: _Handler, rule: FaultRule, response: _Response) -> None:
+        if rule.kind == "redirect":
+            handler.send_response(302)
+            handler.send_header("Location", rule.location or "/")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", response.content_type)
+        if rule.kind == "drip":
+            handler.send_header("Content-Length", str(len(response.body)))
+            handler.end_headers()
+            for byte in response.body:
+                if self._stopping.wait(rule.seconds if rule.seconds is not None else 2.0):
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+        elif rule.kind == "huge":
+            handler.send_header("Content-Length", str(HUGE_BODY_BYTES))
+            handler.end_headers()
+            handler.wfile.write(response.body)
+            spaces = b" " * (1 << 20)
+            sent = len(response.body)
+            while sent < HUGE_BODY_BYTES and not self._stopping.is_set():
+                chunk = spaces[: HUGE_BODY_BYTES - sent]
+                handler.wfile.write(chunk)
+                sent += len(chunk)
+        else:
+            bomb = gzip_bomb()
+            handler.send_header("Content-Encoding", "gzip")
+            handler.send_header("Content-Length", str(len(bomb)))
+            handler.end_headers()
+            handler.wfile.write(bomb)
 
     def _respond(self, route: Route, path: str, params: Params) -> _Response:
         try:

@@ -91,12 +91,6 @@ def atom(records: list[dict[str, Any]]) -> bytes:
 
 
 @pytest.fixture
-def feed_server() -> Iterator[FeedServer]:
-    with FeedServer() as server:
-        yield server
-
-
-@pytest.fixture
 def runtime(settings_no_api: Settings, smtp_sink: SmtpSink) -> Iterator[Runtime]:
     runtime = smtp_runtime(settings_no_api, smtp_sink)
     yield runtime

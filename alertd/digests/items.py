@@ -13,6 +13,7 @@ from alertd.config import Settings
 from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
 from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
 from alertd.errors import QueryError
+from alertd.htmltext import web_link
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
 from alertd.models import Alert, Hit, Item, Member, Subscriber
@@ -231,7 +232,8 @@ def _item(
         date_answered=item.date_answered,
         question_text=text.text,
         answer_excerpt=answer.text,
-        url=item.url,
+        # Checked again as it is shown: rows stored before links were checked at ingest.
+        url=web_link(item.url) or "",
         uin=item.uin or "",
         house=item.house or "",
         corrected=item.date_answer_corrected is not None,

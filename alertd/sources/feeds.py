@@ -27,7 +27,7 @@ from alertd.errors import (
     TransientError,
     UsageError,
 )
-from alertd.htmltext import html_to_text, sanitise_html
+from alertd.htmltext import html_to_text, sanitise_html, web_link
 from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.sources import http
 from alertd.sources.source import PollResult, feed_source
@@ -40,9 +40,7 @@ from alertd.sources.state import (
 )
 
 log = logging.getLogger("alertd.sources.feeds")
-MAX_REDIRECTS = 5
 PERMANENT = (301, 308)
-TEMPORARY = (302, 303, 307)
 
 
 @dataclass(frozen=True)
@@ -62,36 +60,43 @@ class Fetched:
     body: bytes | None
     etag: str | None
     last_modified: str | None
+    # The address a chain of permanent redirects (301/308) ends at, if any.
     moved_to: str | None
 
 
 async def fetch_feed(client: httpx.AsyncClient, feed: Feed) -> Fetched:
-    """GET the feed with its stored validators, following up to five redirects.
+    """GET the feed with its stored validators, following up to five redirects (none from a
+    public address to a non-public one: see http.get).
 
     Raises:
         SourceUnavailable: timeout, connection error, 429 or 5xx.
         SourceGone: 410.
-        SourceInvalid: any other failure status, or too many redirects.
+        SourceInvalid: any other failure status, too many or refused redirects, or a body
+            over the size cap.
     """
     headers = {"Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9"}
     if feed.etag:
         headers["If-None-Match"] = feed.etag
     if feed.last_modified:
         headers["If-Modified-Since"] = feed.last_modified
-    url, moved_to, permanent = feed.url, None, True
-    for _ in range(MAX_REDIRECTS + 1):
-        response = await http.get(client, url, headers=headers, follow_redirects=False)
-        if response.status_code in PERMANENT + TEMPORARY and "location" in response.headers:
-            url = str(response.url.join(response.headers["location"]))
-            # Only a chain of permanent redirects moves the feed for good.
-            permanent = permanent and response.status_code in PERMANENT
-            moved_to = url if permanent else moved_to
-            continue
-        http.check_status(response, ok=(200, 304))
-        etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
-        body = None if response.status_code == 304 else response.content
-        return Fetched(body, etag, modified, moved_to)
-    raise SourceInvalid(f"feed {feed.url} redirects more than {MAX_REDIRECTS} times")
+    response = await http.get(client, feed.url, headers=headers)
+    http.check_status(response, ok=(200, 304))
+    etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
+    body = None if response.status_code == 304 else response.content
+    return Fetched(body, etag, modified, _moved_to(response))
+
+
+def _moved_to(response: httpx.Response) -> str | None:
+    """Where the leading run of permanent redirects points: only such a chain moves the feed
+    for good (a temporary hop after it does not undo it; one before it makes it temporary)."""
+    hops = response.history
+    targets = [str(later.url) for later in [*hops, response][1:]]
+    moved_to = None
+    for hop, target in zip(hops, targets, strict=True):
+        if hop.status_code not in PERMANENT:
+            break
+        moved_to = target
+    return moved_to
 
 
 def _published(entry: Any) -> datetime | None:
@@ -102,7 +107,7 @@ def _published(entry: Any) -> datetime | None:
     return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
 
 
-def _item(entry: Any) -> FeedItem:
+def _item(entry: Any, base_url: str, fallback_link: str) -> FeedItem:
     title = html_to_text(str(entry.get("title") or "")).strip()
     link = str(entry.get("link") or "")
     raw_summary = str(entry.get("summary") or entry.get("description") or "")
@@ -113,8 +118,16 @@ def _item(entry: Any) -> FeedItem:
     uid = guid or link or "sha256:" + hashlib.sha256(content).hexdigest()
     if len(uid) > 128:
         uid = "sha256:" + hashlib.sha256(uid.encode()).hexdigest()
+    # The uid keeps the link as given (items stored before links were checked keep theirs);
+    # what is stored and shown is an absolute http(s) link, else the feed's own.
+    shown_link = web_link(link, base_url) or fallback_link
     return FeedItem(
-        uid, title or link or "(untitled)", link, summary_html, summary_text, _published(entry)
+        uid,
+        title or shown_link or "(untitled)",
+        shown_link,
+        summary_html,
+        summary_text,
+        _published(entry),
     )
 
 
@@ -134,7 +147,10 @@ def parse_feed(body: bytes, url: str) -> list[FeedItem]:
             parsed.get("bozo_exception"),
             len(parsed.entries),
         )
-    return [_item(entry) for entry in parsed.entries]
+    # Never the feed's URL itself as given: it may carry a user:password.
+    own_link = http.shown_url(url)
+    fallback = web_link(str(parsed.feed.get("link") or ""), own_link) or web_link(own_link) or ""
+    return [_item(entry, own_link, fallback) for entry in parsed.entries]
 
 
 def store_feed_items(
@@ -242,9 +258,29 @@ def _record_fetch(engine: Engine, feed: Feed, fetched: Fetched) -> None:
         assert row is not None
         row.etag = fetched.etag or row.etag
         row.last_modified = fetched.last_modified or row.last_modified
-        if fetched.moved_to and fetched.moved_to != row.url:
-            log.info("feed %s moved permanently: %s -> %s", row.name, row.url, fetched.moved_to)
-            row.url = fetched.moved_to
+        moved_to = fetched.moved_to
+        if not moved_to or moved_to == row.url:
+            return
+        old_host, new_host = httpx.URL(row.url).host, httpx.URL(moved_to).host
+        if old_host != new_host:
+            # Someone else's server now names the feed: an operator decides to follow it.
+            log.warning(
+                "feed %s: %s redirects permanently to another host, %s; the stored URL is kept "
+                "(if %s is trusted, remove the feed and add it again with %s)",
+                row.name,
+                old_host,
+                new_host,
+                new_host,
+                http.shown_url(moved_to),
+            )
+            return
+        log.info(
+            "feed %s moved permanently: %s -> %s",
+            row.name,
+            http.shown_url(row.url),
+            http.shown_url(moved_to),
+        )
+        row.url = moved_to
 
 
 def due_feed_sources(

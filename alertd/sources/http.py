@@ -1,22 +1,106 @@
-"""HTTP for sources: one way to build the client and one mapping of failures to errors."""
+"""HTTP for sources: one client, fetches within bounds, one mapping of failures to errors."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import ipaddress
+import socket
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 
 from alertd.errors import SourceGone, SourceInvalid, SourceUnavailable
 
+# Every fetch, redirects and body included, ends within this (a server dripping one byte at
+# a time never trips a per-read timeout), and its body, once decoded, stays under this.
+DEFAULT_DEADLINE_S = 60.0
+DEFAULT_MAX_BYTES = 5_000_000
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# We decode bodies ourselves, a bounded piece at a time: only what we can bound is asked for.
+ACCEPT_ENCODING = "gzip, deflate"
+
+# Whether a URL's host is on the public internet; injectable so tests can call a loopback
+# server "public" without faking the server itself.
+PublicCheck = Callable[[httpx.URL], Awaitable[bool]]
+
+
+def _is_global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not (
+        address.is_multicast or address.is_reserved or address.is_unspecified
+    )
+
+
+async def resolves_public(url: httpx.URL) -> bool:
+    """Whether every address the URL's host resolves to is a public (global) one.
+
+    Loopback, private ranges, link-local (169.254.169.254, the cloud metadata service), CGNAT
+    and the like are not; nor is a host that does not resolve.
+    """
+    host = url.host
+    try:
+        return _is_global(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, url.port or 443, type=socket.SOCK_STREAM
+        )
+    except (OSError, UnicodeError):
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    return bool(addresses) and all(_is_global(a) for a in addresses)
+
+
+class BoundedClient(httpx.AsyncClient):
+    """An AsyncClient that carries the bounds ``get`` applies to every fetch through it."""
+
+    def __init__(
+        self,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        is_public: PublicCheck = resolves_public,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deadline_s = deadline_s
+        self.max_bytes = max_bytes
+        self.is_public = is_public
+
 
 def make_client(
-    user_agent: str, timeout_s: float, *, accept: str = "*/*", follow_redirects: bool = True
+    user_agent: str,
+    timeout_s: float,
+    *,
+    accept: str = "*/*",
+    follow_redirects: bool = True,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    is_public: PublicCheck = resolves_public,
 ) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+    """A client for ``get``: ``timeout_s`` per connect/read, ``deadline_s`` for a whole fetch,
+    ``max_bytes`` of decoded body. ``follow_redirects`` is kept for callers' sake: ``get``
+    follows redirects itself, checking each hop."""
+    del follow_redirects
+    return BoundedClient(
+        deadline_s=deadline_s,
+        max_bytes=max_bytes,
+        is_public=is_public,
         timeout=httpx.Timeout(timeout_s),
-        headers={"User-Agent": user_agent, "Accept": accept},
-        follow_redirects=follow_redirects,
+        headers={"User-Agent": user_agent, "Accept": accept, "Accept-Encoding": ACCEPT_ENCODING},
+        follow_redirects=False,
     )
+
+
+def shown_url(url: httpx.URL | str) -> str:
+    """A URL as errors and logs show it: without any user:password."""
+    parsed = httpx.URL(str(url))
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else str(parsed)
 
 
 async def get(
@@ -27,19 +111,144 @@ async def get(
     headers: Mapping[str, str] | None = None,
     follow_redirects: bool = True,
 ) -> httpx.Response:
-    """GET ``url``; the response whatever its status (see ``check_status``).
+    """GET ``url`` within the client's bounds; the response whatever its status (see
+    ``check_status``), its body read and decoded, and the redirects followed in its
+    ``history``.
+
+    A redirect from a public address to a non-public one (loopback, private, link-local) is
+    refused: a feed on the internet must not point alertd at the machine's own network. A feed
+    the operator put on a private address may still redirect within it.
 
     Raises:
-        SourceUnavailable: a timeout or a connection error.
+        SourceUnavailable: a timeout (per read, or the whole fetch past its deadline), or a
+            connection error.
+        SourceInvalid: the body is larger than the cap once decoded, an unknown
+            Content-Encoding, more than MAX_REDIRECTS redirects, or a refused redirect.
     """
+    deadline_s = getattr(client, "deadline_s", DEFAULT_DEADLINE_S)
+    shown = shown_url(url)
     try:
-        return await client.get(
-            url, params=params, headers=headers, follow_redirects=follow_redirects
-        )
+        async with asyncio.timeout(deadline_s):
+            return await _get(client, url, params, headers, follow_redirects)
+    except TimeoutError as exc:
+        raise SourceUnavailable(
+            f"GET {shown} gave no complete answer within {deadline_s:g}s"
+        ) from exc
     except httpx.TimeoutException as exc:
-        raise SourceUnavailable(f"GET {url} timed out") from exc
+        raise SourceUnavailable(f"GET {shown} timed out") from exc
     except httpx.HTTPError as exc:
-        raise SourceUnavailable(f"GET {url} failed: {exc!r}") from exc
+        raise SourceUnavailable(f"GET {shown} failed: {exc!r}") from exc
+
+
+async def _get(
+    client: httpx.AsyncClient,
+    url: str,
+    params: Mapping[str, str | int] | None,
+    headers: Mapping[str, str] | None,
+    follow_redirects: bool,
+) -> httpx.Response:
+    max_bytes: int = getattr(client, "max_bytes", DEFAULT_MAX_BYTES)
+    is_public: PublicCheck = getattr(client, "is_public", resolves_public)
+    request = client.build_request("GET", url, params=params, headers=headers)
+    history: list[httpx.Response] = []
+    # Once a hop was public, every later hop must be too.
+    public_seen = False
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            location = response.headers.get("location")
+            if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
+                target = _redirect_target(request.url, location)
+                public_seen = public_seen or await is_public(request.url)
+                if public_seen and not await is_public(target):
+                    raise SourceInvalid(
+                        f"GET {shown_url(url)}: {request.url.host} redirected to "
+                        f"{target.host}, which is not a public address: refused"
+                    )
+                history.append(response)
+                request = client.build_request("GET", target, headers=headers)
+                continue
+            body = await _read_body(response, max_bytes)
+        finally:
+            await response.aclose()
+        return _complete(response, body, history)
+    raise SourceInvalid(f"GET {shown_url(url)} redirects more than {MAX_REDIRECTS} times")
+
+
+def _redirect_target(base: httpx.URL, location: str) -> httpx.URL:
+    try:
+        target = base.join(location)
+    except httpx.InvalidURL as exc:
+        raise SourceInvalid(f"{shown_url(base)} redirected to a broken address") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise SourceInvalid(f"{shown_url(base)} redirected to a {target.scheme}: address: refused")
+    return target
+
+
+class _Decoder:
+    """Content-Encoding undone in pieces no larger than asked for (a gzip bomb stays small)."""
+
+    def __init__(self, encoding: str, url: httpx.URL) -> None:
+        self.raw_deflate_tried = False
+        if encoding in ("", "identity"):
+            self.inflater = None
+        elif encoding in ("gzip", "x-gzip"):
+            self.inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif encoding == "deflate":
+            self.inflater = zlib.decompressobj()
+        else:
+            raise SourceInvalid(f"GET {shown_url(url)} answered in Content-Encoding {encoding!r}")
+        self.url = url
+
+    def decode(self, data: bytes, limit: int) -> bytes:
+        """At most ``limit`` bytes of what ``data`` decodes to (more means: over the cap)."""
+        if self.inflater is None:
+            return data
+        try:
+            return self.inflater.decompress(data, limit)
+        except zlib.error as exc:
+            # "deflate" is often sent without its zlib header, as raw deflate.
+            if self.raw_deflate_tried or self.inflater.eof:
+                raise SourceInvalid(f"GET {shown_url(self.url)} sent a broken body") from exc
+            self.raw_deflate_tried = True
+            self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self.decode(data, limit)
+
+
+async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    decoder = _Decoder(encoding, response.url)
+    too_big = SourceInvalid(
+        f"GET {shown_url(response.url)} answered more than {max_bytes:,} bytes: refused"
+    )
+    declared = response.headers.get("content-length", "")
+    if not encoding and declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    pieces: list[bytes] = []
+    size = 0
+    async for raw in response.aiter_raw():
+        piece = decoder.decode(raw, max_bytes - size + 1)
+        size += len(piece)
+        if size > max_bytes:
+            raise too_big
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _complete(
+    response: httpx.Response, body: bytes, history: list[httpx.Response]
+) -> httpx.Response:
+    # The body is decoded already: the headers must no longer say it is encoded.
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    complete = httpx.Response(
+        response.status_code, headers=headers, content=body, request=response.request
+    )
+    complete.history = history
+    return complete
 
 
 def check_status(response: httpx.Response, *, ok: tuple[int, ...] = (200,)) -> None:
@@ -53,7 +262,7 @@ def check_status(response: httpx.Response, *, ok: tuple[int, ...] = (200,)) -> N
     status = response.status_code
     if status in ok:
         return
-    shown = f"GET {response.url} answered HTTP {status}"
+    shown = f"GET {shown_url(response.url)} answered HTTP {status}"
     if status == 429 or status >= 500:
         raise SourceUnavailable(shown)
     if status == 410:

@@ -244,5 +244,11 @@ def _page_results(page: Any, skip: int) -> tuple[int, list[Any]]:
 
 
 def make_http_client(settings: ParliamentSettings) -> httpx.AsyncClient:
-    """The client every source shares: the Parliament settings' User-Agent and timeout."""
-    return http.make_client(settings.user_agent, settings.timeout_s)
+    """The client every source shares: the Parliament settings' User-Agent, timeout and fetch
+    bounds."""
+    return http.make_client(
+        settings.user_agent,
+        settings.timeout_s,
+        deadline_s=settings.fetch_deadline_s,
+        max_bytes=settings.max_response_bytes,
+    )

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Frequency
 from alertd.errors import InvalidToken, QueryError, RateLimited
+from alertd.htmltext import web_link
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -94,7 +95,8 @@ class Example(BaseModel):
     heading: str
     date_answered: str | None
     asked_by: str | None
-    url: str
+    # None when the stored link is not an absolute http(s) one.
+    url: str | None
 
 
 class PreviewOut(BaseModel):
@@ -282,7 +284,7 @@ async def preview_query(
             heading=q.heading,
             date_answered=q.date_answered.isoformat() if q.date_answered else None,
             asked_by=q.asking_member_name,
-            url=q.url,
+            url=web_link(q.url),
         )
         for q in found.examples
     ]

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
+from alertd.htmltext import web_link
 from alertd.models import Alert, Hit, Item, ItemKind
 from alertd.sources.source import feed_name
 from alertd.web.context import Ctx
@@ -32,7 +33,9 @@ def _entry(feed: ET.Element, item: Item) -> None:
     ET.SubElement(entry, "id").text = _entry_id(item)
     corrected = " (corrected answer)" if item.date_answer_corrected else ""
     ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + corrected
-    ET.SubElement(entry, "link", href=item.url)
+    link = web_link(item.url)
+    if link is not None:
+        ET.SubElement(entry, "link", href=link)
     ET.SubElement(entry, "updated").text = _stamp(item)
     if item.asking_member_name:
         author = ET.SubElement(entry, "author")

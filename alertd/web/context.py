@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from alertd.config import Settings
 from alertd.digests.render import templates_dir
 from alertd.errors import RateLimited
+from alertd.htmltext import web_link
 from alertd.links import Links
 from alertd.mail.sender import Sender
 from alertd.tokens import read_token
@@ -31,7 +32,7 @@ def utc_now() -> datetime:
 
 def web_templates() -> jinja2.Environment:
     """Templates of the pages and the transactional emails; HTML is autoescaped."""
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
@@ -39,6 +40,9 @@ def web_templates() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # Stored links are shown only if absolute http(s): see htmltext.web_link.
+    env.filters["web_link"] = web_link
+    return env
 
 
 @dataclass(frozen=True)

@@ -186,14 +186,20 @@ def preview(ctx: WebContext, query_text: str) -> Preview:
         QueryError: the query is malformed.
     """
     since: date = (ctx.clock() - timedelta(days=PREVIEW_DAYS)).date()
-    found = alerts.matching_ids(ctx.engine, query_text, since)
+    # Feed items only if the operator says so: a feed's text may not be for the public, and a
+    # preview answers anyone, word by word.
+    found = alerts.matching_ids(
+        ctx.engine, query_text, since, include_feed_items=ctx.settings.web.preview_feed_items
+    )
     examples = alerts.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
     return Preview(len(found), PREVIEW_DAYS, tuple(examples))
 
 
 def too_broad(ctx: WebContext, query_text: str) -> str | None:
     """Why an alert is refused as too broad to read (as `alertd subscribe` does), or None."""
-    rate = alerts.daily_match_rate(ctx.engine, query_text)
+    rate = alerts.daily_match_rate(
+        ctx.engine, query_text, include_feed_items=ctx.settings.web.preview_feed_items
+    )
     if rate <= alerts.BROAD_ALERT_PER_DAY:
         return None
     return (

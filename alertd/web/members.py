@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
@@ -104,13 +105,19 @@ async def fetch_members(settings: Settings, name: str) -> list[MemberHit]:
     """Search the Members API by name, through the sources' HTTP helper.
 
     Raises:
-        SourceUnavailable: a timeout, a connection error, 429 or 5xx.
-        SourceInvalid: any other status, or a body that is not a search result.
+        SourceUnavailable: a timeout, a connection error, 429 or 5xx, or no whole answer
+            within members.fetch_deadline_s.
+        SourceInvalid: any other status, a body that is not a search result or is larger
+            than members.max_response_bytes, or a redirect to a non-public address.
     """
     members = settings.members
     url = members.base_url.rstrip("/") + "/api/Members/Search"
     async with http.make_client(
-        settings.parliament.user_agent, members.timeout_s, accept="application/json"
+        settings.parliament.user_agent,
+        members.timeout_s,
+        accept="application/json",
+        deadline_s=members.fetch_deadline_s,
+        max_bytes=members.max_response_bytes,
     ) as client:
         response = await http.get(client, url, params={"Name": name, "take": MAX_RESULTS})
         http.check_status(response)
@@ -124,8 +131,12 @@ async def fetch_members(settings: Settings, name: str) -> list[MemberHit]:
     return [hit for hit in map(parse_search_item, items) if hit is not None]
 
 
-def _store(engine: Engine, key: str, hits: list[MemberHit], now: datetime) -> None:
-    """Cache API results: new Members are added, known ones get missing details filled in."""
+def _store(
+    engine: Engine, key: str, hits: list[MemberHit], now: datetime, settings: MembersSettings
+) -> None:
+    """Cache API results: new Members are added, known ones get missing details filled in;
+    searches past their time, or beyond the most kept, are forgotten."""
+    _expire_searches(engine, now, settings)
     with transaction(engine) as session:
         for hit in hits:
             member = session.get(Member, hit.id)
@@ -138,6 +149,25 @@ def _store(engine: Engine, key: str, hits: list[MemberHit], now: datetime) -> No
         search = session.get(MemberSearch, key) or MemberSearch(name=key, fetched_at=now)
         search.fetched_at = now
         session.add(search)
+
+
+def _expire_searches(engine: Engine, now: datetime, settings: MembersSettings) -> None:
+    """Forget cached searches older than cache_hours, and the oldest beyond cache_max_rows
+    less one (room for the one about to be stored): anyone can make a search, each of a new
+    name, so the cache must not grow without end."""
+    expired = now - timedelta(hours=settings.cache_hours)
+    with transaction(engine) as session:
+        session.execute(sa.delete(MemberSearch).where(col(MemberSearch.fetched_at) < expired))
+        keep = settings.cache_max_rows - 1
+        count = session.exec(select(func.count()).select_from(MemberSearch)).one()
+        if count > keep:
+            oldest = (
+                select(MemberSearch.name)
+                .order_by(col(MemberSearch.fetched_at), col(MemberSearch.name))
+                .limit(count - keep)
+            )
+            names = list(session.exec(oldest).all())
+            session.execute(sa.delete(MemberSearch).where(col(MemberSearch.name).in_(names)))
 
 
 async def search_members(
@@ -157,7 +187,7 @@ async def search_members(
         else:
             found.update((hit.id, hit) for hit in fetched)
             try:
-                await run_in_threadpool(_store, engine, key, fetched, now)
+                await run_in_threadpool(_store, engine, key, fetched, now, settings.members)
             except IntegrityError:
                 log.info("Members for %r were cached by another request", key)
     for hit in await run_in_threadpool(local_members, engine, key):
