@@ -140,11 +140,28 @@ class WebSettings(_Section):
     # computed at once by a process, the rest refused with 503; and per client IP a minute.
     preview_concurrency: int = Field(default=2, ge=1, le=64)
     previews_per_ip_per_minute: int = Field(default=10, ge=1)
+    # Key rotation: newest first (it signs), every one verifies; replaces secret_key when set.
+    secret_keys: tuple[SecretStr, ...] = ()
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         return http_url(url).rstrip("/")
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        # From the environment (ALERTD_WEB__SECRET_KEYS) the keys come comma-separated.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """The keys that sign (the first) and verify (all): secret_keys, else secret_key."""
+        if self.secret_keys:
+            return tuple(key.get_secret_value() for key in self.secret_keys)
+        return (self.secret_key.get_secret_value(),)
 
 
 class MembersSettings(_Section):
@@ -291,7 +308,15 @@ def _describe(exc: ValidationError) -> str:
 def _check_secret(settings: Settings) -> None:
     host = urlsplit(settings.web.base_url).hostname or ""
     is_local = host in ("localhost", "127.0.0.1", "::1")
-    if not is_local and settings.web.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+    web = settings.web
+    single = web.secret_key.get_secret_value()
+    if web.secret_keys and single != DEFAULT_SECRET_KEY and single not in web.signing_keys:
+        # Both set and disagreeing: which one signs would be a guess.
+        raise ConfigError(
+            "config error: web.secret_key is set but not listed in web.secret_keys: "
+            "put it in web.secret_keys (newest first) and remove web.secret_key"
+        )
+    if not is_local and DEFAULT_SECRET_KEY in web.signing_keys:
         raise ConfigError(
             "config error: web.secret_key must be set to a long random value "
             "when web.base_url is not a localhost URL"
