@@ -96,7 +96,10 @@ def _rebuild_table(raw: object, name: str, autoincrement: bool) -> None:
     plain, growing = "id INTEGER NOT NULL,", "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,"
     if autoincrement:
         new_sql, made = re.subn(re.escape(plain), growing, table_sql, count=1)
+        # The table constraint goes, wherever it stands among the others.
         new_sql, moved = re.subn(r"\s*PRIMARY KEY \(id\),", "", new_sql, count=1)
+        if not moved:
+            new_sql, moved = re.subn(r",\s*PRIMARY KEY \(id\)(?=\s*\)\s*$)", "", new_sql)
         # The secrets are filled in: from now on every row has one.
         new_sql = new_sql.replace("link_secret VARCHAR(64)", "link_secret VARCHAR(64) NOT NULL")
     else:
