@@ -14,7 +14,6 @@ from sqlmodel import Session, col, func, select
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.mail.outbox import cancel_dead_digests
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, Member, Subscriber
 
@@ -184,6 +183,9 @@ def unsubscribe(engine: Engine, alert_id: int, now: datetime) -> Alert:
     Raises:
         UsageError: there is no such active alert.
     """
+    # Here, not at the top: `alertd list` and `subscribe` must not load the mail package.
+    from alertd.mail.outbox import cancel_dead_digests
+
     with transaction(engine) as session:
         alert = _get_alert(session, alert_id)
         alert.unsubscribed_at = now
