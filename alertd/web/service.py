@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
@@ -110,24 +112,27 @@ def sign_out(engine: Engine, subscriber_id: int) -> None:
 def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int, str]:
     """The id and link secret of the address's subscriber, made if it is new.
 
-    A manage-link request does this same work whether or not the address has alerts, so
-    that neither the answer nor its timing tells them apart.
+    A manage-link request runs these same statements whether or not the address is known
+    (an INSERT that does nothing on a known one, then a SELECT), so that neither the answer
+    nor its timing tells them apart.
     """
-    try:
-        return _subscriber_for_link(engine, email, now)
-    except IntegrityError:  # the same new address asked twice at once
-        return _subscriber_for_link(engine, email, now)
-
-
-def _subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int, str]:
+    dialect = engine.dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    new_row = insert(Subscriber).values(
+        email=email,
+        created_at=now,
+        consecutive_bounces=0,
+        changed_version=0,
+        link_secret=new_link_secret(),
+    )
     with transaction(engine) as session:
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()
-        if subscriber is None:
-            subscriber = Subscriber(email=email, created_at=now)
-            session.add(subscriber)
-            session.flush()
-        assert subscriber.id is not None
-        return subscriber.id, subscriber.link_secret
+        session.execute(new_row.on_conflict_do_nothing(index_elements=["email"]))
+        found = session.exec(
+            select(Subscriber.id, Subscriber.link_secret).where(Subscriber.email == email)
+        ).one()
+    subscriber_id, link_secret = found
+    assert subscriber_id is not None
+    return subscriber_id, link_secret
 
 
 def _counting(subscriber_id: int, now: datetime, confirm_window: timedelta) -> ColumnElement[bool]:
