@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -60,6 +61,39 @@ class _DbResolver:
         raise QueryError(f"unknown {kind} {name!r}{hint}", position)
 
 
+# Web addresses (with a scheme, www., or a bare host.tld/path) and phone numbers (7+ digits,
+# with spaces, dots, dashes, brackets or a leading +) typed into a query.
+_URL = re.compile(
+    r"(?i)(?:\b[a-z][a-z0-9+.-]*://\S+|\bwww\.\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?:/\S*)?)"
+)
+_PHONE = re.compile(r"\+?\(?\d(?:[\s().-]*\d){6,}")
+URL_PHONE_ERROR = (
+    "Type the words to look for: a query made mostly of web addresses or phone numbers is refused"
+)
+
+
+def check_query_words(text: str) -> None:
+    """Refuse a query that is mostly web addresses or phone numbers.
+
+    Such a query finds nothing in Parliament's answers, and the confirmation email would
+    carry it to any address from our domain (phishing text).
+
+    Raises:
+        QueryError: half or more of its characters (not counting spaces) are in URLs or
+            phone numbers.
+    """
+    total = sum(not c.isspace() for c in text)
+    if total == 0:
+        return
+    flagged = [False] * len(text)
+    for pattern in (_URL, _PHONE):
+        for found in pattern.finditer(text):
+            flagged[found.start() : found.end()] = [True] * (found.end() - found.start())
+    marked = sum(1 for c, hit in zip(text, flagged, strict=True) if hit and not c.isspace())
+    if marked * 2 >= total:
+        raise QueryError(URL_PHONE_ERROR)
+
+
 def compile_query(session: Session, text: str) -> Query:
     """Parse a query, resolving names to ids.
 
@@ -79,6 +113,7 @@ def subscribe(
     """
     address = normalise_email(email)
     chosen = parse_frequency(frequency)
+    check_query_words(query_text)
     with transaction(engine) as session:
         query = compile_query(session, query_text)
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
@@ -101,6 +136,11 @@ def subscribe(
         return alert
 
 
+def confirm_alert_row(alert: Alert, now: datetime) -> None:
+    """Mark a loaded alert confirmed (its session saves it)."""
+    _mark_confirmed(alert, now)
+
+
 def _mark_confirmed(alert: Alert, now: datetime) -> None:
     # Only answers that reach alertd from now on are mailed: no flood of old answers.
     alert.confirmed = True
@@ -121,9 +161,13 @@ def unsubscribe(engine: Engine, alert_id: int, now: datetime) -> Alert:
     Raises:
         UsageError: there is no such active alert.
     """
+    # Here, not at the top: `alertd list` and `subscribe` must not load the mail package.
+    from alertd.mail.outbox import cancel_dead_digests
+
     with transaction(engine) as session:
         alert = _get_alert(session, alert_id)
         alert.unsubscribed_at = now
+        cancel_dead_digests(session, alert.subscriber_id, now)
         return alert
 
 

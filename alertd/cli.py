@@ -138,6 +138,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     engine = _database(settings)
     alerts.normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
+    alerts.check_query_words(args.query)
     rate = alerts.daily_match_rate(engine, args.query)
     if rate > alerts.BROAD_ALERT_PER_DAY:
         verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"

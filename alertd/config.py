@@ -164,11 +164,28 @@ class WebSettings(_Section):
     openapi_docs: bool = False
     # Whether previews and sign-up breadth estimates (open to anyone) count feed items.
     preview_feed_items: bool = False
+    # Key rotation: newest first (it signs), every one verifies; replaces secret_key when set.
+    secret_keys: tuple[SecretStr, ...] = ()
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         return http_url(url).rstrip("/")
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        # From the environment (ALERTD_WEB__SECRET_KEYS) the keys come comma-separated.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def signing_keys(self) -> tuple[str, ...]:
+        """The keys that sign (the first) and verify (all): secret_keys, else secret_key."""
+        if self.secret_keys:
+            return tuple(key.get_secret_value() for key in self.secret_keys)
+        return (self.secret_key.get_secret_value(),)
 
 
 class MembersSettings(_Section):
@@ -353,10 +370,23 @@ def secret_key_problem(name: str, key: str, web: WebSettings) -> str | None:
 
 def configured_secret_keys(web: WebSettings) -> list[tuple[str, str]]:
     """Every signing key with the setting it comes from, for the checks."""
+    if web.secret_keys:
+        return [
+            (f"web.secret_keys[{index}]", key.get_secret_value())
+            for index, key in enumerate(web.secret_keys)
+        ]
     return [("web.secret_key", web.secret_key.get_secret_value())]
 
 
 def _check_secret(settings: Settings) -> None:
+    web = settings.web
+    single = web.secret_key.get_secret_value()
+    if web.secret_keys and single != DEFAULT_SECRET_KEY and single not in web.signing_keys:
+        # Both set and disagreeing: which one signs would be a guess.
+        raise ConfigError(
+            "config error: web.secret_key is set but not listed in web.secret_keys: "
+            "put it in web.secret_keys (newest first) and remove web.secret_key"
+        )
     for name, key in configured_secret_keys(settings.web):
         problem = secret_key_problem(name, key, settings.web)
         if problem is not None:

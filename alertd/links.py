@@ -4,41 +4,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from alertd.config import Settings
+from alertd.keys import subkeys
 from alertd.tokens import make_token
+
+Action = Literal["manage", "unsubscribe", "confirm", "stop", "feed"]
+# Whose id a token carries: the subscriber's, or one of their alerts'.
+SUBSCRIBER_ACTIONS: frozenset[Action] = frozenset({"manage", "unsubscribe"})
 
 
 @dataclass(frozen=True)
 class Links:
-    """Paths carry a token signed with ``secret``; ``url`` puts ``base_url`` before a path."""
+    """Paths carry a token signed with ``key`` (the newest links subkey) and the owner's
+    link secret; ``url`` puts ``base_url`` before a path."""
 
     base_url: str
-    secret: str
+    key: bytes
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Links:
-        return cls(settings.web.base_url, settings.web.secret_key.get_secret_value())
+        return cls(settings.web.base_url, subkeys(settings, "links")[0])
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def manage_path(self, subscriber_id: int) -> str:
+    def manage_path(self, subscriber_id: int, link_secret: str) -> str:
         """The subscriber's manage page: every alert, pause, frequency, stop."""
-        return f"/manage/{make_token(self.secret, 'manage', subscriber_id)}"
+        return f"/manage/{make_token(self.key, 'manage', subscriber_id, link_secret)}"
 
-    def confirm_path(self, alert_id: int, issued_at: datetime) -> str:
-        """Confirms a new alert; expires (web.confirm_days after ``issued_at``)."""
-        return f"/confirm/{make_token(self.secret, 'confirm', alert_id, issued_at=issued_at)}"
+    def confirm_path(self, alert_id: int, link_secret: str, issued_at: datetime) -> str:
+        """Confirms a new alert, once; expires (web.confirm_days after ``issued_at``)."""
+        token = make_token(self.key, "confirm", alert_id, link_secret, issued_at=issued_at)
+        return f"/confirm/{token}"
 
-    def stop_path(self, alert_id: int) -> str:
+    def stop_path(self, alert_id: int, link_secret: str) -> str:
         """Stops one alert, from its section of a digest."""
-        return f"/alerts/stop/{make_token(self.secret, 'stop', alert_id)}"
+        return f"/alerts/stop/{make_token(self.key, 'stop', alert_id, link_secret)}"
 
-    def unsubscribe_path(self, subscriber_id: int) -> str:
+    def unsubscribe_path(self, subscriber_id: int, link_secret: str) -> str:
         """Stops every alert of the subscriber (also the RFC 8058 one-click target)."""
-        return f"/unsubscribe/{make_token(self.secret, 'unsubscribe', subscriber_id)}"
+        return f"/unsubscribe/{make_token(self.key, 'unsubscribe', subscriber_id, link_secret)}"
 
-    def feed_path(self, alert_id: int) -> str:
+    def feed_path(self, alert_id: int, link_secret: str) -> str:
         """The private Atom feed of one alert's matches."""
-        return f"/alerts/feed/{make_token(self.secret, 'feed', alert_id)}"
+        return f"/alerts/feed/{make_token(self.key, 'feed', alert_id, link_secret)}"

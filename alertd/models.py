@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel, col
 
+from alertd.tokens import new_link_secret
+
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Stores aware datetimes as naive UTC and gives them back aware, on SQLite too."""
@@ -36,6 +38,9 @@ def _utc(**kwargs: Any) -> Any:
 
 
 class Subscriber(SQLModel, table=True):
+    # AUTOINCREMENT: SQLite never gives a deleted row's id (which old links carry) again.
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=254, unique=True)
     created_at: datetime = _utc()
@@ -43,9 +48,14 @@ class Subscriber(SQLModel, table=True):
     suspended_at: datetime | None = _utc(default=None, nullable=True)
     # The AlertsVersion.version of the last change to suspended_at (see mark_alert_changes).
     changed_version: int = Field(default=0, index=True)
+    # Signed into every link of the subscriber: a new one ("sign me out of all links")
+    # revokes them all, and a row that reuses an id never accepts another row's links.
+    link_secret: str = Field(default_factory=new_link_secret, max_length=64)
 
 
 class Alert(SQLModel, table=True):
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
     query: str = Field(max_length=500)

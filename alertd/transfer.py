@@ -17,6 +17,7 @@ from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical
 from alertd.models import Alert, Subscriber, bump_alerts_version
+from alertd.tokens import new_link_secret
 
 # The first line of every export; an import refuses a file without it only when the file
 # says it is an alertd export of another version (a list from another system has none).
@@ -27,7 +28,9 @@ FORMAT_VERSION = 1
 # besides "query": their states, so that a restore is the same set of alerts.
 _SUBSCRIBER_TIMES = ("created_at", "suspended_at")
 _ALERT_TIMES = ("created_at", "confirmed_at", "paused_at", "unsubscribed_at")
-_SUBSCRIBER_FIELDS = frozenset({"id", "email", "consecutive_bounces", "alerts", *_SUBSCRIBER_TIMES})
+_SUBSCRIBER_FIELDS = frozenset(
+    {"id", "email", "consecutive_bounces", "link_secret", "alerts", *_SUBSCRIBER_TIMES}
+)
 _ALERT_FIELDS = frozenset({"id", "query", "canonical", "frequency", "confirmed", *_ALERT_TIMES})
 # Rows written per flush: bounded memory for a million alerts.
 _CHUNK = 1000
@@ -87,6 +90,8 @@ def _subscriber_lines(session: Session, subscribers: list[Subscriber]) -> Iterat
                 "id": subscriber.id,
                 "email": subscriber.email,
                 "consecutive_bounces": subscriber.consecutive_bounces,
+                # With the ids, it keeps the links in mail already sent working after a move.
+                "link_secret": subscriber.link_secret,
                 **{name: _time(getattr(subscriber, name)) for name in _SUBSCRIBER_TIMES},
                 "alerts": alerts[subscriber.id],
             },
@@ -109,6 +114,7 @@ class _SubscriberIn:
     id: int | None
     email: str
     consecutive_bounces: int
+    link_secret: str | None
     times: dict[str, datetime | None]
     alerts: list[_AlertIn]
 
@@ -220,10 +226,16 @@ def _parse_subscriber(line: str, queries: _Queries) -> _SubscriberIn:
     alerts = document.get("alerts", [])
     if not isinstance(alerts, list):
         raise _LineError("alerts: not a list")
+    link_secret = document.get("link_secret")
+    if link_secret is not None and (
+        not isinstance(link_secret, str) or not 16 <= len(link_secret) <= 64
+    ):
+        raise _LineError("link_secret: not 16 to 64 characters of text")
     return _SubscriberIn(
         id=_parse_id(document),
         email=address,
         consecutive_bounces=bounces,
+        link_secret=link_secret,
         times={name: _parse_time(document, name) for name in _SUBSCRIBER_TIMES},
         alerts=[_parse_alert(alert, queries) for alert in alerts],
     )
@@ -346,6 +358,8 @@ class _Writer:
                     **({"id": incoming.id} if self.keep_ids else {}),
                     "email": incoming.email,
                     "consecutive_bounces": incoming.consecutive_bounces,
+                    # Core inserts skip the model's default: a new secret unless moved.
+                    "link_secret": incoming.link_secret or new_link_secret(),
                     "created_at": incoming.times["created_at"] or self.now,
                     "suspended_at": incoming.times["suspended_at"],
                     "changed_version": 0,

@@ -20,6 +20,7 @@ from alertd.links import Links
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
 from alertd.web import serve_web
+from alertd.web.service import link_secret_of
 
 from smtp_server import SmtpSink
 from standin_api import StandinApi, load_2021_answered
@@ -129,7 +130,9 @@ async def test_manage_on_a_phone_asks_before_deleting(
     for query in ('"special educational needs"', long_query):
         alert = subscribe(engine, "phone@example.org", query, "weekly", confirmed=True, now=NOW)
     manage = Links.for_settings(settings).url(
-        Links.for_settings(settings).manage_path(alert.subscriber_id)
+        Links.for_settings(settings).manage_path(
+            alert.subscriber_id, link_secret_of(engine, "manage", alert.subscriber_id) or ""
+        )
     )
     stop = asyncio.Event()
     server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, clock=lambda: NOW))

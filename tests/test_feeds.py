@@ -23,6 +23,7 @@ from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.feeds import add_feed, list_feeds, parse_feed
 from alertd.web import create_app
+from alertd.web.service import link_secret_of
 
 from feed_server import FeedServer, Route
 from smtp_server import SmtpSink
@@ -319,12 +320,14 @@ async def test_every_alert_is_a_valid_private_atom_feed(
     await run_once(runtime, now=NOW + timedelta(hours=1))
     assert alert.id is not None
     links = Links.for_settings(runtime.settings)
-    path = links.feed_path(alert.id)
+    secret = link_secret_of(runtime.engine, "feed", alert.id)
+    assert secret is not None
+    path = links.feed_path(alert.id, secret)
     app = create_app(runtime.settings, runtime.engine)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
         response = await web.get(path)
         forged = await web.get(path[:-3] + "abc")
-        other = await web.get(links.feed_path(alert.id + 1).replace("feed.", "stop.", 1))
+        other = await web.get(links.feed_path(alert.id + 1, secret).replace("feed.", "stop.", 1))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/atom+xml")
     parsed = feedparser.parse(response.content)

@@ -103,11 +103,16 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
     assert d_items and d_items <= _items_stored_at(engine, T0 + timedelta(hours=5))
     assert by_alert["a"] & _items_stored_at(engine, T0 + timedelta(hours=3))
 
-    # c resumed and e's owner confirms again (which lifts the suspension): both match again.
+    # c resumed and e's owner confirms a new alert (which lifts the suspension; a confirm
+    # link works once): both match again.
     service.update_alert(
         engine, ids["c"].subscriber_id, alert["c"], now=T0 + timedelta(hours=6), paused=False
     )
-    service.confirm(engine, alert["e"], T0 + timedelta(hours=6))
+    assert not service.confirm(engine, alert["e"], T0 + timedelta(hours=6))  # used already
+    again = alerts.subscribe(
+        engine, "e@example.org", QUERIES["e"], "daily", confirmed=False, now=T0
+    )
+    assert service.confirm(engine, again.id or 0, T0 + timedelta(hours=6))
     _store(engine, 360, 469, T0 + timedelta(hours=7))
     expected = _expected(engine)
     got = _run(engine, matcher, T0 + timedelta(hours=7, minutes=5))

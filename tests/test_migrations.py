@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, upgrade
-from alertd.models import Hit, Item, ItemKind, Ledger, SourceState
+from alertd.models import Alert, Hit, Item, ItemKind, Ledger, SourceState, Subscriber
 
 T0 = datetime(2024, 1, 2, 10, 0)  # naive UTC, as the columns store it
 T1 = datetime(2024, 1, 3, 10, 0)
@@ -344,3 +344,39 @@ def test_upgraded_database_takes_new_rows(engine_at_0001: Engine) -> None:
         )
         with pytest.raises(sa.exc.IntegrityError):
             session.flush()  # that version was sent to that subscriber already
+
+
+def test_0006_gives_every_subscriber_a_link_secret_and_never_reuses_ids(
+    engine_at_0001: Engine,
+) -> None:
+    """Rows and their ids survive; each subscriber has its own random link secret; on SQLite
+    the id of a deleted newest row is not given again (AUTOINCREMENT); and back down."""
+    engine = engine_at_0001
+    upgrade(engine)
+    with engine.begin() as connection:
+        secrets = dict(connection.execute(sa.text("SELECT id, link_secret FROM subscriber")).all())
+        alerts = connection.execute(sa.text("SELECT id, subscriber_id FROM alert")).all()
+        assert set(secrets) == {1, 2} and len(set(secrets.values())) == 2
+        assert all(len(secret) == 32 for secret in secrets.values())
+        assert sorted(alerts) == sorted((a["id"], a["subscriber_id"]) for a in ROWS_0001["alert"])
+        newest = max(a["id"] for a in ROWS_0001["alert"])
+        connection.execute(sa.text("DELETE FROM hit WHERE alert_id = :id"), {"id": newest})
+        connection.execute(sa.text("DELETE FROM alert WHERE id = :id"), {"id": newest})
+        if engine.dialect.name == "postgresql":  # the fixture gave its ids explicitly
+            for name in ("alert", "subscriber"):
+                connection.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                    f"(SELECT MAX(id) + 1 FROM {name}))"
+                )
+    with Session(engine) as session:
+        alert = Alert(subscriber_id=1, query="x", canonical="x", frequency="daily", created_at=T0)
+        subscriber = Subscriber(email="new@example.org", created_at=_utc(T0))
+        alert.created_at = _utc(T0)
+        session.add_all([alert, subscriber])
+        session.commit()
+        assert alert.id is not None and alert.id > newest
+        assert subscriber.link_secret not in secrets.values()
+    config = alembic_config(engine)
+    command.downgrade(config, "0005")
+    assert "link_secret" not in {c["name"] for c in sa.inspect(engine).get_columns("subscriber")}
+    command.upgrade(config, "head")

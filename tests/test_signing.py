@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import re
 import socket
 from collections.abc import Callable
@@ -168,6 +170,23 @@ def test_verp_address_names_the_subscriber_and_cannot_be_forged() -> None:
         {"mail": {"verp_address": "bounces@example.org"}, "web": {"secret_key": "k2"}}
     )
     assert bounced_subscriber(other_key, sender) is None
+
+
+def test_verp_tags_use_their_own_subkey_and_survive_a_key_rotation() -> None:
+    def verp(**web: object) -> Settings:
+        return Settings.model_validate({"mail": {"verp_address": "b@example.org"}, "web": web})
+
+    old = verp(secret_key="k1")
+    sender = envelope_sender(old, 42)
+    tag = sender.split("+", 1)[1].split("@")[0].split("-")[1]
+    # Not the raw key's HMAC of the same text (the signature of the old scheme): a subkey.
+    raw = hmac.new(b"k1", b"verp.42", hashlib.sha256).hexdigest()[:16]
+    assert tag != raw
+    assert bounced_subscriber(verp(secret_keys=["k2", "k1"]), sender) == 42  # rotated
+    assert bounced_subscriber(verp(secret_keys=["k2"]), sender) is None  # k1 removed
+    assert envelope_sender(verp(secret_keys=["k2", "k1"]), 42) == envelope_sender(
+        verp(secret_key="k2"), 42
+    )
 
 
 async def test_a_confirmation_queued_while_smtp_is_down_goes_out_signed_once_it_is_back(

@@ -21,18 +21,20 @@ import sqlalchemy as sa
 from schemathesis import BaseSchema, Case
 from schemathesis.checks import not_a_server_error
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from alertd.cli import main
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
 from alertd.errors import InvalidToken, TokenExpired
+from alertd.keys import subkey
+from alertd.links import Action
 from alertd.matching.hits import match_new_answers
-from alertd.models import Alert, Hit, Member, Subscriber
+from alertd.models import Alert, Hit, Member, Outbox, Subscriber
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
-from alertd.tokens import make_token, read_token
-from alertd.web import create_app, serve_web
+from alertd.tokens import check_age, make_token, parse_token, verify_token
+from alertd.web import create_app, serve_web, service
 from alertd.web.limits import SlidingWindow
 
 from smtp_server import ReceivedMessage, SmtpSink
@@ -182,6 +184,30 @@ def _path(message: ReceivedMessage, kind: str) -> str:
     found = re.search(rf"{re.escape(BASE)}(/{kind}/\S+)", _text(message))
     assert found, _text(message)
     return found.group(1)
+
+
+def _token(
+    web: Web,
+    action: Action,
+    subject_id: int,
+    *,
+    key: str = SECRET,
+    secret_of: int | None = None,
+    issued_at: datetime | None = None,
+) -> str:
+    """A token made as the app makes them: ``key``'s links subkey and the link secret of the
+    owner of ``secret_of`` (default: ``subject_id``) as the database has it now."""
+    secret = service.link_secret_of(web.engine, action, secret_of or subject_id)
+    assert secret is not None
+    return make_token(subkey(key, "links"), action, subject_id, secret, issued_at=issued_at)
+
+
+def _read(key: str, action: str, token: str, secret: str = "s", **age: Any) -> int:
+    parsed = parse_token(action, token, expiring=bool(age))
+    found = verify_token(parsed, [subkey(key, "links")], secret)
+    if age:
+        check_age(parsed, age["max_age"], age["now"])
+    return found
 
 
 def _form(email: str, query: str = TOPIC, **extra: str) -> dict[str, str]:
@@ -344,8 +370,12 @@ async def test_typed_html_is_escaped_in_pages_and_mails(web: Web) -> None:
     manage = await _confirmed(web, "xss@example.org", query)
     html = web.sink.messages[0].message.get_body(("html",))
     assert html is not None
-    for text in (html.get_content(), (await web.client.get(manage)).text):  # type: ignore[attr-defined]
-        assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    mail = html.get_content()  # type: ignore[attr-defined]
+    page = (await web.client.get(manage)).text
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # The email shows the canonical query (words only), never the markup as typed.
+    assert "<script" not in mail and "&lt;script" not in mail
+    assert "\N{LEFT DOUBLE QUOTATION MARK}" in mail and "visas" in mail
 
 
 async def test_a_sign_up_while_the_mail_server_refuses_is_mailed_later(web: Web) -> None:
@@ -425,20 +455,21 @@ async def test_member_lookup_falls_back_to_known_members(web: Web) -> None:
 
 
 def test_expiring_tokens() -> None:
-    token = make_token("k", "confirm", 7, issued_at=NOW)
+    key = subkey("k", "links")
+    token = make_token(key, "confirm", 7, "s", issued_at=NOW)
     week = timedelta(days=7)
-    assert read_token("k", "confirm", token, max_age=week, now=NOW + timedelta(days=6)) == 7
+    assert _read("k", "confirm", token, max_age=week, now=NOW + timedelta(days=6)) == 7
     with pytest.raises(TokenExpired):
-        read_token("k", "confirm", token, max_age=week, now=NOW + timedelta(days=7, seconds=1))
+        _read("k", "confirm", token, max_age=week, now=NOW + timedelta(days=7, seconds=1))
     with pytest.raises(TokenExpired):
-        read_token("k", "confirm", token, max_age=week, now=NOW - timedelta(hours=1))
+        _read("k", "confirm", token, max_age=week, now=NOW - timedelta(hours=1))
     with pytest.raises(InvalidToken):  # a non-expiring token where an expiring one is needed
-        read_token("k", "confirm", make_token("k", "confirm", 7), max_age=week, now=NOW)
+        _read("k", "confirm", make_token(key, "confirm", 7, "s"), max_age=week, now=NOW)
     with pytest.raises(InvalidToken):  # the issue time altered
-        read_token("k", "confirm", token.replace(".1612", ".1712"), max_age=week, now=NOW)
+        _read("k", "confirm", token.replace(".1612", ".1712"), max_age=week, now=NOW)
     for odd in ("confirm.\u00b2.1.x", "unsubscribe.1.\u00e9", "a" * 1000):
         with pytest.raises(InvalidToken):
-            read_token("k", "unsubscribe", odd)
+            _read("k", "unsubscribe", odd)
 
 
 async def test_an_expired_confirmation_link_does_nothing(web: Web) -> None:
@@ -459,10 +490,12 @@ async def test_forged_altered_and_swapped_tokens_do_nothing(any_web: Web) -> Non
     assert victim_alert.id is not None and other_alert.id is not None
     alert_id, subscriber_id = victim_alert.id, victim_alert.subscriber_id
     forged = [
-        make_token("another-secret", "unsubscribe", subscriber_id),
-        make_token(SECRET, "unsubscribe", subscriber_id).replace(f".{subscriber_id}.", ".99."),
-        make_token(SECRET, "stop", alert_id),  # a stop token used to unsubscribe
-        make_token(SECRET, "manage", subscriber_id),  # a manage token used to unsubscribe
+        _token(web, "unsubscribe", subscriber_id, key="another-secret"),
+        _token(web, "unsubscribe", subscriber_id).replace(f".{subscriber_id}.", ".99."),
+        _token(web, "stop", alert_id),  # a stop token used to unsubscribe
+        _token(web, "manage", subscriber_id),  # a manage token used to unsubscribe
+        # The raw key, not the links subkey: a signature made for another purpose.
+        make_token(SECRET.encode(), "unsubscribe", subscriber_id, "x"),
         "unsubscribe.1",
         "%00",
     ]
@@ -472,11 +505,11 @@ async def test_forged_altered_and_swapped_tokens_do_nothing(any_web: Web) -> Non
             assert response.status_code == 400, (method, token)
             assert "This link is not valid" in response.text
     swapped = [
-        ("POST", f"/alerts/stop/{make_token(SECRET, 'unsubscribe', subscriber_id)}"),
-        ("POST", f"/alerts/stop/{make_token(SECRET, 'stop', alert_id)}x"),
-        ("GET", f"/manage/{make_token(SECRET, 'unsubscribe', subscriber_id)}"),
-        ("POST", f"/confirm/{make_token(SECRET, 'confirm', alert_id)}"),  # no issue time
-        ("POST", f"/manage/{make_token(SECRET, 'manage', subscriber_id)[:-1]}/delete-all"),
+        ("POST", f"/alerts/stop/{_token(web, 'unsubscribe', subscriber_id)}"),
+        ("POST", f"/alerts/stop/{_token(web, 'stop', alert_id)}x"),
+        ("GET", f"/manage/{_token(web, 'unsubscribe', subscriber_id)}"),
+        ("POST", f"/confirm/{_token(web, 'confirm', alert_id)}"),  # no issue time
+        ("POST", f"/manage/{_token(web, 'manage', subscriber_id)[:-1]}/delete-all"),
     ]
     for method, path in swapped:
         response = await web.client.request(method, path)
@@ -550,7 +583,7 @@ async def test_manage_pause_resume_frequency_delete(any_web: Web) -> None:
 async def test_pages_speak_of_one_alert_as_one(web: Web) -> None:
     manage = await _confirmed(web, "single@example.org")
     subscriber_id = web.alerts()[0].subscriber_id
-    page = await web.client.get(f"/unsubscribe/{make_token(SECRET, 'unsubscribe', subscriber_id)}")
+    page = await web.client.get(f"/unsubscribe/{_token(web, 'unsubscribe', subscriber_id)}")
     assert "Stop your alert?" in _main(page.text) and "all 1" not in page.text
     # "Add an alert" brings the address along to the sign-up form.
     managed = await web.client.get(manage)
@@ -580,7 +613,7 @@ async def test_one_click_unsubscribe(any_web: Web) -> None:
     await _confirmed(web, "bye@example.org")
     await _confirmed(web, "bye@example.org", "visas")
     subscriber_id = web.alerts()[0].subscriber_id
-    path = f"/unsubscribe/{make_token(SECRET, 'unsubscribe', subscriber_id)}"
+    path = f"/unsubscribe/{_token(web, 'unsubscribe', subscriber_id)}"
     for _ in range(2):  # a mail scanner following the link changes nothing
         page = await web.client.get(path)
         assert page.status_code == 200 and "Unsubscribe from all alerts" in page.text
@@ -603,7 +636,7 @@ async def test_stop_one_alert(web: Web) -> None:
     await _confirmed(web, "stop@example.org", "visas")
     first = web.alerts()[0]
     assert first.id is not None
-    path = f"/alerts/stop/{make_token(SECRET, 'stop', first.id)}"
+    path = f"/alerts/stop/{_token(web, 'stop', first.id)}"
     page = await web.client.get(path)
     assert "Stop the alert" in page.text and "special educational needs" in page.text
     assert web.alerts()[0].unsubscribed_at is None
@@ -613,14 +646,39 @@ async def test_stop_one_alert(web: Web) -> None:
     assert "already stopped" in (await web.client.get(path)).text
 
 
-async def test_lost_manage_link_is_mailed_without_enumeration(web: Web) -> None:
+def _outbox(web: Web) -> list[Outbox]:
+    with Session(web.engine) as session:
+        return list(session.exec(select(Outbox).order_by(col(Outbox.id))))
+
+
+async def test_lost_manage_link_is_mailed_without_enumeration(any_web: Web) -> None:
+    """POST /manage does the same work for a known and an unknown address (the subscriber
+    row, one outbox row, the same email) and answers the same, while mail fails too."""
+    web = any_web
     manage = await _confirmed(web, "lost@example.org")
+    web.sink.fail_rcpt(None, 451, count=None)  # the mail server is failing
+    before = len(_outbox(web))
     known = await web.client.post("/manage", data={"email": "lost@example.org"})
     unknown = await web.client.post("/manage", data={"email": "nobody@example.org"})
     assert known.status_code == unknown.status_code == 200
     assert _main(known.text).replace("lost@", "nobody@") == _main(unknown.text)
+    assert known.headers.keys() == unknown.headers.keys()
+    queued = _outbox(web)[before:]
+    assert [(row.recipient, row.subject, row.status) for row in queued] == [
+        ("lost@example.org", "Your link to manage your alerts", "retry"),
+        ("nobody@example.org", "Your link to manage your alerts", "retry"),
+    ]
+    assert queued[0].attempts == queued[1].attempts == 1
+    assert abs(len(queued[0].message) - len(queued[1].message)) < 40  # only the names differ
+    assert {s.email for s in web.subscribers()} == {"lost@example.org", "nobody@example.org"}
+
+    web.sink.reset()
+    web.clock.advance(hours=1)
+    await web.send_due()
     assert _path(web.sink.messages_to("lost@example.org")[-1], "manage") == manage
-    assert web.sink.messages_to("nobody@example.org") == []
+    # The unknown address's link leads to an empty manage page, as signing up would.
+    empty = await web.client.get(_path(web.sink.messages_to("nobody@example.org")[-1], "manage"))
+    assert empty.status_code == 200 and "You have no alerts" in _main(empty.text)
     bad = await web.client.post("/manage", data={"email": "lost@example.org\r\nBcc: x@y.org"})
     assert bad.status_code == 422 and 'id="email-error"' in bad.text
 
@@ -756,8 +814,8 @@ async def test_api_tokens(web: Web) -> None:
     owner_alert = web.alerts()[0]
     assert (await web.client.get("/api/alerts")).status_code == 401
     for token in (
-        make_token(SECRET, "unsubscribe", owner_alert.subscriber_id),
-        make_token("other-secret", "manage", owner_alert.subscriber_id),
+        _token(web, "unsubscribe", owner_alert.subscriber_id),
+        _token(web, "manage", owner_alert.subscriber_id, key="other-secret"),
         "nonsense",
     ):
         response = await web.client.get("/api/alerts", headers={"Authorization": f"Bearer {token}"})

@@ -119,7 +119,8 @@ def build_digest(
         memo = ComposeMemo(settings)
     links = Links.for_settings(settings)
     assert subscriber.id is not None
-    manage_url = links.url(links.manage_path(subscriber.id))
+    secret = subscriber.link_secret
+    manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
     order, shown, totals = _group(rows, labels, memo)
     sections = []
@@ -128,18 +129,18 @@ def build_digest(
         sections.append(
             DigestSection(
                 label=labels[alert.id],
-                stop_url=links.url(links.stop_path(alert.id)),
+                stop_url=links.url(links.stop_path(alert.id, secret)),
                 items=tuple(shown[alert.id]),
                 total=totals[alert.id],
                 reason=_reason(alert, labels[alert.id]),
                 more_url=manage_url,
-                feed_url=links.url(links.feed_path(alert.id)),
+                feed_url=links.url(links.feed_path(alert.id, secret)),
             )
         )
     return Digest(
         recipient=subscriber.email,
         sections=tuple(sections),
-        unsubscribe_url=links.url(links.unsubscribe_path(subscriber.id)),
+        unsubscribe_url=links.url(links.unsubscribe_path(subscriber.id, secret)),
         manage_url=manage_url,
     )
 

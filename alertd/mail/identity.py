@@ -12,6 +12,7 @@ import dkim
 
 from alertd.config import MailSettings, Settings
 from alertd.errors import ConfigError
+from alertd.keys import subkeys
 
 # Signed even when absent (so none can be added later): the headers a receiver shows or
 # acts on, List-Unsubscribe and List-Unsubscribe-Post included (RFC 8058 asks for both).
@@ -82,9 +83,9 @@ def sign_message(message: bytes, mail: MailSettings) -> bytes:
     return bytes(header) + message
 
 
-def _verp_tag(secret: str, subscriber_id: int) -> str:
+def _verp_tag(key: bytes, subscriber_id: int) -> str:
     # Lower-case hex: some mail servers fold the case of local parts.
-    digest = hmac.new(secret.encode(), f"verp.{subscriber_id}".encode(), hashlib.sha256)
+    digest = hmac.new(key, f"verp.{subscriber_id}".encode(), hashlib.sha256)
     return f"{subscriber_id}-{digest.hexdigest()[:16]}"
 
 
@@ -99,7 +100,7 @@ def envelope_sender(settings: Settings, subscriber_id: int) -> str:
     if verp is None:
         return settings.mail.from_address
     local, _, domain = verp.rpartition("@")
-    tag = _verp_tag(settings.web.secret_key.get_secret_value(), subscriber_id)
+    tag = _verp_tag(subkeys(settings, "verp")[0], subscriber_id)
     return f"{local}+{tag}@{domain}"
 
 
@@ -118,5 +119,8 @@ def bounced_subscriber(settings: Settings, recipient: str) -> int | None:
     if found is None:
         return None
     subscriber_id = int(found.group(1))
-    expected = _verp_tag(settings.web.secret_key.get_secret_value(), subscriber_id)
-    return subscriber_id if hmac.compare_digest(expected, found.group(0)) else None
+    # Any configured key: a bounce of a mail sent before a key rotation is still ours.
+    for key in subkeys(settings, "verp"):
+        if hmac.compare_digest(_verp_tag(key, subscriber_id), found.group(0)):
+            return subscriber_id
+    return None

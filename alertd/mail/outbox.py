@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.models import Outbox, Subscriber
+from alertd.models import Alert, Hit, Ledger, Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
 # The backoff between attempts at one message (delivery.retry_for_hours bounds the total).
@@ -32,6 +32,7 @@ class OutboxState(StrEnum):
     SENDING --permanent failure, or retried past retry_for_hours--> DEAD
     SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
     SENDING --lease ran out (its worker died)--> claimed again as it is
+    PENDING or RETRY --a digest none of whose alerts is live any more--> CANCELLED
     """
 
     PENDING = "pending"
@@ -39,6 +40,7 @@ class OutboxState(StrEnum):
     RETRY = "retry"
     SENT = "sent"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 # Waiting to be sent: what `alertd status` counts as unsent.
@@ -273,3 +275,52 @@ def _count_bounce(
     if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
         subscriber.suspended_at = now
         log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
+        cancel_dead_digests(session, subscriber_id, now)
+
+
+def cancel_dead_digests(session: Session, subscriber_id: int, now: datetime) -> int:
+    """Cancel the subscriber's unsent digests that no longer have a live alert; how many.
+
+    Called in the transaction that stops an alert, unsubscribes or suspends: a digest
+    queued (or retrying, for up to delivery.retry_for_hours) before is then never sent.
+    A digest is live while one of its alerts is (confirmed, not stopped) and the subscriber
+    is not suspended; transactional mails (no hits) are left alone. The cancelled digest's
+    ledger rows go too: it was never sent.
+    """
+    session.flush()
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        return 0
+    has_hits = sa.exists().where(col(Hit.outbox_id) == col(Outbox.id))
+    wanted = [
+        col(Outbox.subscriber_id) == subscriber_id,
+        col(Outbox.status).in_(UNSENT),
+        has_hits,
+    ]
+    if subscriber.suspended_at is None:
+        live_alert = (
+            sa.select(col(Hit.id))
+            .join(Alert, col(Alert.id) == col(Hit.alert_id))
+            .where(
+                col(Hit.outbox_id) == col(Outbox.id),
+                col(Alert.confirmed).is_(True),
+                col(Alert.unsubscribed_at).is_(None),
+            )
+        )
+        wanted.append(~live_alert.exists())
+    ids = list(session.exec(select(Outbox.id).where(*wanted).with_for_update()).all())
+    if not ids:
+        return 0
+    session.execute(
+        sa.update(Outbox)
+        .where(col(Outbox.id).in_(ids), col(Outbox.status).in_(UNSENT))
+        .values(
+            status=OutboxState.CANCELLED,
+            last_error=f"cancelled {now.isoformat()}: no live alert",
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+    session.execute(sa.delete(Ledger).where(col(Ledger.outbox_id).in_(ids)))
+    log.info("cancelled %d queued digest(s) of subscriber %d", len(ids), subscriber_id)
+    return len(ids)

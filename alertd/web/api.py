@@ -120,7 +120,7 @@ def _errors(errors: dict[str, str]) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def subscriber_of(
+async def subscriber_of(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> int:
@@ -132,7 +132,8 @@ def subscriber_of(
     if credentials is None:
         raise InvalidToken("send the token of your manage link: Authorization: Bearer TOKEN")
     ctx = request.app.state.web
-    subscriber_id: int = ctx.read("manage", credentials.credentials)
+    signed = await ctx.read("manage", credentials.credentials)
+    subscriber_id: int = signed.id
     return subscriber_id
 
 

@@ -83,9 +83,9 @@ def render_alert_feed(engine: Engine, alert_id: int, self_url: str) -> bytes | N
 
 @router.get("/alerts/feed/{token}", summary="An alert's recent matches as an Atom feed")
 async def alert_feed(ctx: Ctx, token: str) -> Response:
-    alert_id = ctx.read("feed", token)
-    self_url = ctx.links.url(ctx.links.feed_path(alert_id))
-    body = await run_in_threadpool(render_alert_feed, ctx.engine, alert_id, self_url)
+    signed = await ctx.read("feed", token)
+    self_url = ctx.links.url(ctx.links.feed_path(signed.id, signed.link_secret))
+    body = await run_in_threadpool(render_alert_feed, ctx.engine, signed.id, self_url)
     if body is None:
         return Response("No such alert.\n", status_code=404, media_type="text/plain")
     return Response(body, media_type="application/atom+xml; charset=utf-8")

@@ -17,9 +17,11 @@ from alertd.config import Settings
 from alertd.digests.render import templates_dir
 from alertd.errors import RateLimited
 from alertd.htmltext import web_link
-from alertd.links import Links
+from alertd.keys import subkeys
+from alertd.links import Action, Links
 from alertd.mail.sender import Sender
-from alertd.tokens import read_token
+from alertd.tokens import check_age, parse_token, verify_token
+from alertd.web import service
 from alertd.web.limits import Limits, client_key
 
 Clock = Callable[[], datetime]
@@ -46,6 +48,15 @@ def web_templates() -> jinja2.Environment:
 
 
 @dataclass(frozen=True)
+class Signed:
+    """What a verified link token is for: a subscriber's or alert's id, and the owner's
+    current link secret."""
+
+    id: int
+    link_secret: str
+
+
+@dataclass(frozen=True)
 class WebContext:
     """One app's state (the app factory makes one; nothing lives in module globals)."""
 
@@ -58,10 +69,6 @@ class WebContext:
     templates: jinja2.Environment
 
     @property
-    def secret(self) -> str:
-        return self.settings.web.secret_key.get_secret_value()
-
-    @property
     def confirm_window(self) -> timedelta:
         return timedelta(days=self.settings.web.confirm_days)
 
@@ -69,17 +76,26 @@ class WebContext:
     def links(self) -> Links:
         return Links.for_settings(self.settings)
 
-    def read(self, action: str, token: str) -> int:
-        """The id a link token is for; confirmation links expire after web.confirm_days.
+    async def read(self, action: Action, token: str) -> Signed:
+        """The id a link token is for, and its owner's link secret (to make further links).
+
+        Any configured key verifies (web.secret_keys); the token must be signed with the
+        owner's current link secret. Confirmation links expire after web.confirm_days.
 
         Raises:
-            InvalidToken: forged, altered, for another action, or (TokenExpired) too old.
+            InvalidToken: forged, altered, for another action, signed out or its row gone,
+                or (TokenExpired) too old.
         """
-        if action == "confirm":
-            return read_token(
-                self.secret, action, token, max_age=self.confirm_window, now=self.clock()
-            )
-        return read_token(self.secret, action, token)
+        expiring = action == "confirm"
+        parsed = parse_token(action, token, expiring=expiring)
+        link_secret = await run_in_threadpool(
+            service.link_secret_of, self.engine, action, parsed.subject_id
+        )
+        subject_id = verify_token(parsed, subkeys(self.settings, "links"), link_secret)
+        if expiring:
+            check_age(parsed, self.confirm_window, self.clock())
+        assert link_secret is not None
+        return Signed(subject_id, link_secret)
 
     async def bounded(self, ip: str, work: Callable[[WebContext, str], T], query_text: str) -> T:
         """Run preview-class work (a preview, a breadth check: each reads the stored history)

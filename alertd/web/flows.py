@@ -31,6 +31,8 @@ EMAIL_ERROR = "Enter an email address like name@example.org"
 CONFIRM_SUBJECT = "Confirm your alert"
 MANAGE_SUBJECT = "You already have alerts \N{EM DASH} manage them here"
 LINK_SUBJECT = "Your link to manage your alerts"
+# How much of a query a transactional email shows (it goes to any address typed in).
+QUERY_SHOWN_CHARS = 60
 
 
 def field_problem(name: str, value: str) -> str | None:
@@ -68,6 +70,8 @@ class Checked:
     frequency: Frequency = "daily"
     member: MemberHit | None = None
     candidates: list[MemberHit] = field(default_factory=list)
+    # The query's canonical form (what emails show, never the text as typed).
+    canonical: str = ""
 
     @property
     def ok(self) -> bool:
@@ -109,11 +113,19 @@ async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) 
         checked.errors["query"] = "Enter what to follow, for example: school funding"
         return
     try:
-        await run_in_threadpool(_compile, ctx, text)
+        alerts.check_query_words(text)
+        checked.canonical = await run_in_threadpool(_compile, ctx, text)
     except QueryError as exc:
         checked.errors["query"] = str(exc)
         return
     checked.query = text
+
+
+def quoted_query(text: str, limit: int = QUERY_SHOWN_CHARS) -> str:
+    """The text in curly quotes, cut to ``limit`` characters with an ellipsis."""
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "\N{HORIZONTAL ELLIPSIS}"
+    return f"\N{LEFT DOUBLE QUOTATION MARK}{text}\N{RIGHT DOUBLE QUOTATION MARK}"
 
 
 def _chosen_id(fields: SignupFields) -> int | None:
@@ -289,15 +301,19 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
         confirm_window=ctx.confirm_window,
         now=now,
     )
+    links, link_secret = ctx.links, result.link_secret
     confirm_url = None
     if result.alert_id is not None and result.note is None:
-        confirm_url = ctx.links.url(ctx.links.confirm_path(result.alert_id, now))
+        confirm_url = links.url(links.confirm_path(result.alert_id, link_secret, now))
+    # The canonical query, quoted and cut short: what was typed goes to any address, so
+    # the email must not carry it as a message of its own.
+    shown = checked.member.name if checked.member is not None else checked.canonical
     context = {
-        "label": result.label,
+        "label": quoted_query(shown),
         "frequency": checked.frequency,
         "confirm_url": confirm_url,
         "confirm_days": ctx.settings.web.confirm_days,
-        "manage_url": ctx.links.url(ctx.links.manage_path(result.subscriber_id)),
+        "manage_url": links.url(links.manage_path(result.subscriber_id, link_secret)),
         "note": result.note,
         "max_alerts": ctx.settings.web.max_alerts_per_address,
     }
@@ -322,17 +338,23 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
 
 
 async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
-    """Queue the manage link for an address that has alerts (nothing otherwise, same outcome).
+    """Queue the manage link to the address, whether or not it has alerts.
+
+    The same work either way (the subscriber row is made if new, the same email queued in
+    the outbox), so neither the answer nor its timing says whether the address is known;
+    a mail server that is down only delays the email. An address with no alerts finds an
+    empty manage page, as it would by signing up.
 
     Raises:
         RateLimited: too many emails asked for from this IP.
     """
     if not _check_mail_limits(ctx, ip, email):
         return
-    subscriber_id = await run_in_threadpool(service.subscriber_id_of, ctx.engine, email)
-    if subscriber_id is None:
-        return
-    context = {"manage_url": ctx.links.url(ctx.links.manage_path(subscriber_id))}
+    now = ctx.clock()
+    subscriber_id, link_secret = await run_in_threadpool(
+        service.subscriber_for_link, ctx.engine, email, now
+    )
+    context = {"manage_url": ctx.links.url(ctx.links.manage_path(subscriber_id, link_secret))}
     await run_in_threadpool(
         functools.partial(
             _queue_mail,
@@ -342,7 +364,7 @@ async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
             recipient=email,
             subject=LINK_SUBJECT,
             context=context,
-            now=ctx.clock(),
+            now=now,
         )
     )
     ctx.sender.wake()

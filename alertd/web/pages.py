@@ -42,6 +42,10 @@ DONE = {
     "deleted": "The alert is deleted.",
     "deleted-all": "All your alerts are deleted: you will get no more digests.",
 }
+ALREADY_CONFIRMED = (
+    "This alert is already confirmed: a confirmation link works once. To see or change "
+    "your alerts, use the manage link at the foot of any alert email, or ask for one by email."
+)
 PREVIEW_BUSY = (
     "Previews are busy just now, so this one was not counted. Preview again in a few "
     "seconds, or subscribe without one."
@@ -170,23 +174,33 @@ async def signup_submit(
 
 @router.get("/confirm/{token}", summary="Confirmation link: a page with a button")
 async def confirm_page(ctx: Ctx, token: str) -> HTMLResponse:
-    alert_id = ctx.read("confirm", token)
-    alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
+    signed = await ctx.read("confirm", token)
+    alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
+    if alert.status != "pending":
+        return _already_confirmed(ctx)
     return ctx.page("confirm.html", alert=alert, token=token)
+
+
+def _already_confirmed(ctx: Ctx) -> HTMLResponse:
+    # Never the manage page: a confirmation link (forwarded, or read from a log) is not
+    # a key to the subscriber's alerts once it has done its one job.
+    return ctx.page("message.html", title="Already confirmed", text=ALREADY_CONFIRMED)
 
 
 @router.post("/confirm/{token}", summary="Confirm an alert", response_model=None)
 async def confirm_submit(ctx: Ctx, token: str) -> HTMLResponse | RedirectResponse:
-    alert_id = ctx.read("confirm", token)
-    alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
+    signed = await ctx.read("confirm", token)
+    alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
-    subscriber_id = await run_in_threadpool(service.confirm, ctx.engine, alert_id, ctx.clock())
-    return RedirectResponse(
-        f"{ctx.links.manage_path(subscriber_id)}?done=confirmed", status_code=303
-    )
+    done = await run_in_threadpool(service.confirm, ctx.engine, signed.id, ctx.clock())
+    if not done:
+        return _already_confirmed(ctx)
+    subscriber_id = await run_in_threadpool(service.owner_of, ctx.engine, signed.id)
+    manage = ctx.links.manage_path(subscriber_id, signed.link_secret)
+    return RedirectResponse(f"{manage}?done=confirmed", status_code=303)
 
 
 @router.get("/manage", summary="Ask for the manage link by email")
@@ -207,8 +221,8 @@ async def manage_request(
 
 @router.get("/manage/{token}", summary="An address's alerts, with pause, resume, delete")
 async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResponse:
-    subscriber_id = ctx.read("manage", token)
-    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
+    signed = await ctx.read("manage", token)
+    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, signed.id)
     if found is None:
         return ctx.page(
             "message.html", 404, title="No alerts here", text="There are no alerts for this link."
@@ -218,7 +232,9 @@ async def manage_page(ctx: Ctx, token: str, done: str | None = None) -> HTMLResp
         "manage.html",
         email=email,
         alerts=alerts,
-        feed_urls={a.id: ctx.links.url(ctx.links.feed_path(a.id)) for a in alerts},
+        feed_urls={
+            a.id: ctx.links.url(ctx.links.feed_path(a.id, signed.link_secret)) for a in alerts
+        },
         token=token,
         done=DONE.get(done or ""),
         frequencies=FREQUENCIES,
@@ -238,7 +254,7 @@ def _back(ctx: Ctx, token: str, done: str) -> RedirectResponse:
 async def manage_frequency(
     ctx: Ctx, token: str, alert_id: AlertId, frequency: Annotated[str, Form()] = ""
 ) -> HTMLResponse | RedirectResponse:
-    subscriber_id = ctx.read("manage", token)
+    subscriber_id = (await ctx.read("manage", token)).id
     chosen = next((f for f in FREQUENCIES if f == frequency), None)
     if chosen is None:
         text = "Choose immediate, daily or weekly. Nothing was changed."
@@ -285,7 +301,7 @@ async def manage_action(
     action: Literal["pause", "resume", "delete"],
     confirmed: Annotated[str, Form()] = "",
 ) -> HTMLResponse | RedirectResponse:
-    subscriber_id = ctx.read("manage", token)
+    subscriber_id = (await ctx.read("manage", token)).id
     now = ctx.clock()
     if action == "delete":
         if confirmed != "yes":
@@ -307,16 +323,31 @@ async def manage_action(
 async def manage_delete_all(
     ctx: Ctx, token: str, confirmed: Annotated[str, Form()] = ""
 ) -> HTMLResponse | RedirectResponse:
-    subscriber_id = ctx.read("manage", token)
+    subscriber_id = (await ctx.read("manage", token)).id
     if confirmed != "yes":
         return await _confirm_delete(ctx, token, subscriber_id, None)
     await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return _back(ctx, token, "deleted-all")
 
 
+@router.post("/manage/{token}/sign-out", summary="Sign out of all links: revoke every link")
+async def manage_sign_out(ctx: Ctx, token: str) -> HTMLResponse:
+    subscriber_id = (await ctx.read("manage", token)).id
+    await run_in_threadpool(service.sign_out, ctx.engine, subscriber_id)
+    return ctx.page(
+        "message.html",
+        title="Signed out of all links",
+        text=(
+            "Every link we sent you before (manage, unsubscribe, stop, feed, confirmation) "
+            "no longer works, this one included. Your alerts keep running; new emails carry "
+            "new links. To manage your alerts now, ask for a new link by email."
+        ),
+    )
+
+
 @router.get("/unsubscribe/{token}", summary="Unsubscribe link: a page with a button")
 async def unsubscribe_page(ctx: Ctx, token: str) -> HTMLResponse:
-    subscriber_id = ctx.read("unsubscribe", token)
+    subscriber_id = (await ctx.read("unsubscribe", token)).id
     found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
     count = len(found[1]) if found else 0
     return ctx.page("unsubscribe.html", token=token, count=count, done=False)
@@ -324,21 +355,21 @@ async def unsubscribe_page(ctx: Ctx, token: str) -> HTMLResponse:
 
 @router.post("/unsubscribe/{token}", summary="One-click unsubscribe (RFC 8058)")
 async def unsubscribe_submit(ctx: Ctx, token: str) -> HTMLResponse:
-    subscriber_id = ctx.read("unsubscribe", token)
+    subscriber_id = (await ctx.read("unsubscribe", token)).id
     count = await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return ctx.page("unsubscribe.html", token=token, count=count, done=True)
 
 
 @router.get("/alerts/stop/{token}", summary="Stop-this-alert link: a page with a button")
 async def stop_page(ctx: Ctx, token: str) -> HTMLResponse:
-    alert_id = ctx.read("stop", token)
+    alert_id = (await ctx.read("stop", token)).id
     alert = await run_in_threadpool(service.pending_alert, ctx.engine, alert_id)
     return ctx.page("stop.html", token=token, alert=alert, done=False)
 
 
 @router.post("/alerts/stop/{token}", summary="Stop one alert")
 async def stop_submit(ctx: Ctx, token: str) -> HTMLResponse:
-    alert_id = ctx.read("stop", token)
+    alert_id = (await ctx.read("stop", token)).id
     alert = await run_in_threadpool(service.stop_alert_by_id, ctx.engine, alert_id, ctx.clock())
     return ctx.page("stop.html", token=token, alert=alert, done=True)
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
@@ -16,7 +18,10 @@ from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
 from alertd.errors import NotYours
+from alertd.links import SUBSCRIBER_ACTIONS, Action
+from alertd.mail.outbox import cancel_dead_digests
 from alertd.models import Alert, Subscriber
+from alertd.tokens import new_link_secret
 
 Status = Literal["pending", "active", "paused"]
 Note = Literal["limit", "duplicate"]
@@ -45,6 +50,8 @@ class SignupResult:
     # The address already has confirmed alerts: it is sent the manage link.
     existing: bool
     note: Note | None
+    # The subscriber's link secret, which every link to them is signed with.
+    link_secret: str
 
 
 def _status(alert: Alert) -> Status:
@@ -79,9 +86,53 @@ def subscriber_alerts(engine: Engine, subscriber_id: int) -> tuple[str, list[Ale
         return subscriber.email, [_view(session, alert) for alert in rows]
 
 
-def subscriber_id_of(engine: Engine, email: str) -> int | None:
+def link_secret_of(engine: Engine, action: Action, subject_id: int) -> str | None:
+    """The link secret a token for ``action`` on this id must be signed with; None if the
+    subscriber (or alert) does not exist."""
+    query = select(Subscriber.link_secret)
+    if action in SUBSCRIBER_ACTIONS:
+        query = query.where(Subscriber.id == subject_id)
+    else:
+        query = query.join(Alert, col(Alert.subscriber_id) == col(Subscriber.id)).where(
+            Alert.id == subject_id
+        )
     with Session(engine) as session:
-        return session.exec(select(Subscriber.id).where(Subscriber.email == email)).first()
+        return session.exec(query).first()
+
+
+def sign_out(engine: Engine, subscriber_id: int) -> None:
+    """A new link secret for the subscriber: every link made before stops working."""
+    with transaction(engine) as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is not None:
+            subscriber.link_secret = new_link_secret()
+            session.add(subscriber)
+
+
+def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int, str]:
+    """The id and link secret of the address's subscriber, made if it is new.
+
+    A manage-link request runs these same statements whether or not the address is known
+    (an INSERT that does nothing on a known one, then a SELECT), so that neither the answer
+    nor its timing tells them apart.
+    """
+    dialect = engine.dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    new_row = insert(Subscriber).values(
+        email=email,
+        created_at=now,
+        consecutive_bounces=0,
+        changed_version=0,
+        link_secret=new_link_secret(),
+    )
+    with transaction(engine) as session:
+        session.execute(new_row.on_conflict_do_nothing(index_elements=["email"]))
+        found = session.exec(
+            select(Subscriber.id, Subscriber.link_secret).where(Subscriber.email == email)
+        ).one()
+    subscriber_id, link_secret = found
+    assert subscriber_id is not None
+    return subscriber_id, link_secret
 
 
 def _counting(subscriber_id: int, now: datetime, confirm_window: timedelta) -> ColumnElement[bool]:
@@ -150,6 +201,7 @@ def _register(
             label=alert_label(session, same) if same else " ".join(query_text.split()),
             existing=existing or note is not None,
             note=note,
+            link_secret=subscriber.link_secret,
         )
     if same is not None or note is not None:
         return result
@@ -157,7 +209,17 @@ def _register(
     assert alert.id is not None
     with Session(engine) as session:
         label = alert_label(session, alert)
-    return SignupResult(address, result.subscriber_id, alert.id, label, existing, None)
+    return SignupResult(
+        address, result.subscriber_id, alert.id, label, existing, None, result.link_secret
+    )
+
+
+def owner_of(engine: Engine, alert_id: int) -> int:
+    """The subscriber id of an alert that exists."""
+    with Session(engine) as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        return alert.subscriber_id
 
 
 def pending_alert(engine: Engine, alert_id: int) -> AlertView | None:
@@ -169,20 +231,20 @@ def pending_alert(engine: Engine, alert_id: int) -> AlertView | None:
         return _view(session, alert)
 
 
-def confirm(engine: Engine, alert_id: int, now: datetime) -> int:
-    """Confirm an alert (idempotent); the owner's bounce suspension is lifted. Its subscriber id.
-
-    Raises:
-        UsageError: the alert was deleted.
-    """
-    alert = alerts.confirm_alert(engine, alert_id, now)
+def confirm(engine: Engine, alert_id: int, now: datetime) -> bool:
+    """Confirm a pending alert and lift the owner's bounce suspension; False when it was
+    confirmed already (a confirmation link works once) or is gone."""
     with transaction(engine) as session:
+        alert = session.get(Alert, alert_id, with_for_update=True)
+        if alert is None or alert.unsubscribed_at is not None or alert.confirmed:
+            return False
+        alerts.confirm_alert_row(alert, now)
         subscriber = session.get(Subscriber, alert.subscriber_id)
         assert subscriber is not None
         # Following the link proves mail reaches the address again.
         subscriber.suspended_at, subscriber.consecutive_bounces = None, 0
-        session.add(subscriber)
-    return alert.subscriber_id
+        session.add_all([alert, subscriber])
+    return True
 
 
 def _owned(session: Session, subscriber_id: int, alert_id: int) -> Alert:
@@ -227,6 +289,7 @@ def stop_alert(engine: Engine, subscriber_id: int, alert_id: int, now: datetime)
         alert = _owned(session, subscriber_id, alert_id)
         alert.unsubscribed_at = now
         session.add(alert)
+        cancel_dead_digests(session, subscriber_id, now)
 
 
 def stop_alert_by_id(engine: Engine, alert_id: int, now: datetime) -> AlertView | None:
@@ -237,6 +300,7 @@ def stop_alert_by_id(engine: Engine, alert_id: int, now: datetime) -> AlertView 
             return None
         alert.unsubscribed_at = now
         session.add(alert)
+        cancel_dead_digests(session, alert.subscriber_id, now)
         return _view(session, alert)
 
 
@@ -247,4 +311,5 @@ def stop_all(engine: Engine, subscriber_id: int, now: datetime) -> int:
         for alert in rows:
             alert.unsubscribed_at = now
             session.add(alert)
+        cancel_dead_digests(session, subscriber_id, now)
         return len(rows)
