@@ -65,6 +65,8 @@ class ParliamentSettings(_Section):
     detail_concurrency: int = Field(default=4, ge=1, le=32)
     retry_base_s: float = Field(default=2.0, gt=0)
     user_agent: str = "alertd/0.1 (+https://github.com/alertd)"
+    # Also list the questions tabled in the window (for alerts that hear about them).
+    poll_tabled: bool = True
 
 
 class MailSettings(_Section):
@@ -153,6 +155,8 @@ class MembersSettings(_Section):
     base_url: str = "https://members-api.parliament.uk"
     timeout_s: float = Field(default=10.0, gt=0)
     cache_hours: float = Field(default=24.0, ge=0)
+    # Members named only by id in a poll's items are looked up by id, at most this many a poll.
+    lookups_per_poll: int = Field(default=50, ge=0, le=1000)
 
 
 class DigestSettings(_Section):

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 
 from markupsafe import Markup
 
 from alertd.digests.excerpt import Span
 from alertd.htmltext import sanitise_html
+
+
+class ItemStage(StrEnum):
+    """What a digest says of a question, for one reader."""
+
+    ANSWERED = "answered"
+    TABLED = "tabled"
+    NOW_ANSWERED = "now_answered"
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,26 @@ class DigestItem:
     source: str = ""
     # The whole answer as HTML from outside: sanitised again whenever a template shows it.
     answer_html: str = ""
+    # Where the question is, for this reader (ItemStage): an answer, or a question as tabled,
+    # now answered (after one mailed as tabled), withdrawn.
+    stage: str = "answered"
+    # A tabled question's due date, e.g. "due 3 February 2021, a named day".
+    due: str = ""
+    # When this reader was told of the question as tabled (now answered, withdrawn).
+    told_on: date | None = None
+    # The questions answered together with this one, when it heads a group: "HL123: text".
+    group: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """The words beside the heading: "Asked, awaiting answer (due …)", "Now answered"."""
+        if self.stage == ItemStage.TABLED:
+            return f"Asked, awaiting answer ({self.due})" if self.due else "Asked, awaiting answer"
+        if self.stage == ItemStage.NOW_ANSWERED:
+            return "Now answered"
+        if self.stage == ItemStage.WITHDRAWN:
+            return "Withdrawn"
+        return "Corrected answer" if self.corrected else ""
 
     @property
     def answer_markup(self) -> Markup:
