@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -17,7 +18,10 @@ from alertd.db import transaction
 from alertd.errors import PermanentError, SourceInvalid, TransientError
 from alertd.models import Member
 from alertd.sources import http
-from alertd.web.members import MemberHit, parse_search_item
+
+if TYPE_CHECKING:
+    # alertd.web imports the pipeline, which imports this: the web side is imported late.
+    from alertd.web.members import MemberHit
 
 log = logging.getLogger("alertd.sources.member_names")
 # Lookups in flight at once: the Members API is shared with everyone.
@@ -26,6 +30,8 @@ LOOKUP_CONCURRENCY = 4
 
 def known_members(engine: Engine, ids: Iterable[int]) -> dict[int, MemberHit]:
     """The Members of these ids that the Member table names."""
+    from alertd.web.members import MemberHit
+
     wanted = sorted(set(ids))
     found: dict[int, MemberHit] = {}
     with Session(engine) as session:
@@ -109,6 +115,8 @@ class MemberNames:
 
 
 def _member_of(response: httpx.Response) -> MemberHit | None:
+    from alertd.web.members import parse_search_item
+
     try:
         body = response.json()
     except ValueError as exc:

@@ -17,25 +17,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("alert") as batch:
-        # Existing alerts keep hearing about answers only, as before.
-        batch.add_column(
-            sa.Column("notify_on", sa.String(32), nullable=False, server_default="answered")
-        )
-    with op.batch_alter_table("item") as batch:
-        batch.add_column(sa.Column("date_for_answer", sa.Date(), nullable=True))
-        batch.add_column(
-            sa.Column("is_named_day", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch.add_column(
-            sa.Column("grouped_uins", sa.String(2000), nullable=False, server_default="")
-        )
+    # Plain ADD COLUMNs (no table rebuild on SQLite: hits and the ledger point at both).
+    # Existing alerts keep hearing about answers only, as before.
+    op.add_column(
+        "alert", sa.Column("notify_on", sa.String(32), nullable=False, server_default="answered")
+    )
+    op.add_column("item", sa.Column("date_for_answer", sa.Date(), nullable=True))
+    op.add_column(
+        "item", sa.Column("is_named_day", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    op.add_column(
+        "item", sa.Column("grouped_uins", sa.String(2000), nullable=False, server_default="")
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("item") as batch:
-        batch.drop_column("grouped_uins")
-        batch.drop_column("is_named_day")
-        batch.drop_column("date_for_answer")
-    with op.batch_alter_table("alert") as batch:
-        batch.drop_column("notify_on")
+    for column in ("grouped_uins", "is_named_day", "date_for_answer"):
+        op.drop_column("item", column)
+    op.drop_column("alert", "notify_on")
