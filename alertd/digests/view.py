@@ -91,6 +91,17 @@ class DigestSection:
     feed_url: str = ""
 
     @property
+    def noun(self) -> str:
+        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(self.items)
+
+    def counted(self, count: int) -> str:
+        """``3 new answers``, ``1 new question``, ``2 updates``."""
+        noun = self.noun
+        plural = "s" if count != 1 else ""
+        return f"{count} {noun}{plural}" if noun == "update" else f"{count} new {noun}{plural}"
+
+    @property
     def hidden(self) -> int:
         """How many of the alert's answers this digest does not show."""
         return max(self.total - len(self.items), 0)
@@ -112,6 +123,30 @@ class Digest:
     @property
     def total(self) -> int:
         return sum(section.total for section in self.sections)
+
+    @property
+    def noun(self) -> str:
+        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(tuple(item for section in self.sections for item in section.items))
+
+    @property
+    def headline(self) -> str:
+        """``3 new answers to written questions``; ``1 new written question``; ``2 updates on
+        written questions``."""
+        count, noun = self.total, self.noun
+        plural = "s" if count != 1 else ""
+        if noun == "answer":
+            return f"{count} new answer{plural} to written questions"
+        if noun == "question":
+            return f"{count} new written question{plural}"
+        return f"{count} update{plural} on written questions"
+
+
+def _noun(items: tuple[DigestItem, ...]) -> str:
+    stages = {item.stage for item in items}
+    if stages <= {ItemStage.ANSWERED, ItemStage.NOW_ANSWERED}:
+        return "answer"
+    return "question" if stages == {ItemStage.TABLED} else "update"
 
 
 def describe_alert(label: str, *, member: bool = False) -> str:
