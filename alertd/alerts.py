@@ -63,16 +63,16 @@ def parse_notify_on(value: str | Iterable[str] | None, canonical: str) -> str:
     tabled and again when answered; any other alert, of answers.
 
     Raises:
-        UsageError: an unknown stage, or none.
+        UsageError: anything but answers, or questions as tabled and their answers.
     """
     if value is None:
         return "tabled,answered" if _FOLLOWS_ASKER.fullmatch(canonical) else "answered"
     words = value.split(",") if isinstance(value, str) else list(value)
     chosen = {word.strip().lower() for word in words if word.strip()}
-    unknown = sorted(chosen - set(NOTIFY_STAGES))
-    if unknown or not chosen:
-        shown = f"unknown stage {unknown[0]!r}" if unknown else "no stage given"
-        raise UsageError(f"{shown}: --on takes {', '.join(NOTIFY_STAGES)} or both, comma-separated")
+    # Told of a question as tabled, a reader is always told of its answer: no "tabled" alone.
+    if chosen not in ({"answered"}, {"tabled", "answered"}):
+        shown = ",".join(sorted(chosen)) or "nothing"
+        raise UsageError(f"--on {shown!r}: use answered, or tabled,answered")
     return ",".join(stage for stage in NOTIFY_STAGES if stage in chosen)
 
 

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--on",
         metavar="STAGES",
-        help="tabled,answered | answered | tabled: what to hear about (default: answered; "
+        help="tabled,answered | answered: what to hear about (default: answered; "
         "tabled,answered for member:/asker: follows)",
     )
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from alertd.cli import main
+
 from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi, load_2021_tabled, member_search_item
@@ -193,3 +195,22 @@ def test_members_given_only_by_id_are_named_through_the_members_api(
     assert "Asked by Julian Sturdy (Conservative, York Outer)" in text
     assert f"Member {STURDY}" not in text
     assert lookups == [f"/api/Members/{STURDY}"]
+
+
+@pytest.mark.slow
+def test_status_shows_each_source_and_its_last_poll(
+    tmp_path: Path, tabled_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, tabled_api))
+    assert main(["status", "--config", config]) == 0
+    assert "source parliament: last poll never, not polled yet" in capsys.readouterr().out
+    tabled_api.fail_next("list", 503)
+    assert main(["run", "--once", "--config", config]) == 1
+    main(["status", "--config", config])
+    failed = capsys.readouterr().out
+    assert "source parliament: last poll 20" in failed and "(last good poll never)" in failed
+    assert main(["run", "--once", "--config", config]) == 0
+    assert main(["status", "--config", config]) == 0
+    # The 520 questions tabled on 1 Feb 2021, 7 of them stored as tabled (not answered yet).
+    healthy = capsys.readouterr().out
+    assert "source parliament: last poll 20" in healthy and ", 520 new\n" in healthy

@@ -48,7 +48,8 @@ class AlertCreate(BaseModel):
     on: list[Literal["tabled", "answered"]] | None = Field(
         default=None,
         min_length=1,
-        description="What to hear about: questions as they are tabled, answers, or both. "
+        description='What to hear about: ["answered"], or ["tabled", "answered"] (questions as '
+        "they are tabled, then again when answered). "
         'Default: ["answered"] for a topic, ["tabled", "answered"] for a Member.',
         examples=[["tabled", "answered"]],
     )
