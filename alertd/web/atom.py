@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
-from alertd.models import Alert, Hit, Item, ItemKind
+from alertd.models import Alert, Hit, Item, ItemKind, QuestionStage, question_stage
 from alertd.sources.source import feed_name
 from alertd.web.context import Ctx
 
@@ -27,11 +27,19 @@ def _stamp(item: Item) -> str:
     return datetime.combine(day, time(0, 0), UTC).isoformat()
 
 
+def _status(item: Item) -> str:
+    stage = question_stage(item.version_key)
+    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.TABLED:
+        return " (asked, awaiting answer)"
+    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.WITHDRAWN:
+        return " (withdrawn)"
+    return " (corrected answer)" if item.date_answer_corrected else ""
+
+
 def _entry(feed: ET.Element, item: Item) -> None:
     entry = ET.SubElement(feed, "entry")
     ET.SubElement(entry, "id").text = _entry_id(item)
-    corrected = " (corrected answer)" if item.date_answer_corrected else ""
-    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + corrected
+    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + _status(item)
     ET.SubElement(entry, "link", href=item.url)
     ET.SubElement(entry, "updated").text = _stamp(item)
     if item.asking_member_name:
