@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
+from alertd import alerts
 from alertd.cli import main
+from alertd.config import Settings
+from alertd.db import open_database
+from alertd.digests.render import build_environment
+from alertd.mail.transports import mailer_factory
+from alertd.models import Ledger, Subscriber
+from alertd.pipeline import Runtime, run_once
 
 from configs import write_config
 from smtp_server import SmtpSink
@@ -214,3 +222,46 @@ def test_status_shows_each_source_and_its_last_poll(
     # The 520 questions tabled on 1 Feb 2021, 7 of them stored as tabled (not answered yet).
     healthy = capsys.readouterr().out
     assert "source parliament: last poll 20" in healthy and ", 520 new\n" in healthy
+
+
+MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
+
+
+@pytest.mark.slow
+async def test_tabled_then_answered_on_each_database(
+    make_settings: Callable[..., Settings], tabled_api: StandinApi, database_url: str
+) -> None:
+    """In process, on SQLite and PostgreSQL: the ledger keeps one row per version mailed."""
+    settings = make_settings(
+        database={"url": database_url},
+        parliament={"base_url": tabled_api.base_url, "lookback_days": 1},
+        members={"base_url": tabled_api.base_url},
+    )
+    engine = open_database(settings.database)
+    mailer = mailer_factory("maildir", settings.mail.maildir, settings.smtp)
+    runtime = Runtime(settings, engine, mailer, build_environment())
+    try:
+        earlier = MONDAY_EVENING - timedelta(hours=1)
+        for email, query in (
+            ("m@example.org", f"member:{STURDY}"),
+            ("t@example.org", '"jet car washes"'),
+        ):
+            alerts.subscribe(
+                engine, email, query, "immediate", confirmed=True, now=earlier, notify_on=None
+            )
+        report = await run_once(runtime, now=MONDAY_EVENING)
+        assert report.sent == 1  # the Member alert; the topic alert waits for answers
+        tabled_api.update(STURDY_QUESTION, dateAnswered="2021-02-02T00:00:00", answerText="No.")
+        tuesday = MONDAY_EVENING + timedelta(days=1)
+        assert (await run_once(runtime, now=tuesday)).sent == 2
+        assert (await run_once(runtime, now=tuesday + timedelta(hours=1))).sent == 0
+        with Session(engine) as session:
+            rows = session.exec(
+                select(Subscriber.email, Ledger.version)
+                .join(Subscriber, col(Subscriber.id) == col(Ledger.subscriber_id))
+                .where(Ledger.source_id == str(STURDY_QUESTION))
+                .order_by(col(Subscriber.email), col(Ledger.version))
+            ).all()
+        assert rows == [("m@example.org", 1), ("m@example.org", 2), ("t@example.org", 2)]
+    finally:
+        engine.dispose()
