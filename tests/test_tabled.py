@@ -227,11 +227,11 @@ def test_status_shows_each_source_and_its_last_poll(
 MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
 
 
-@pytest.mark.slow
-async def test_tabled_then_answered_on_each_database(
+@pytest.fixture
+def runtime(
     make_settings: Callable[..., Settings], tabled_api: StandinApi, database_url: str
-) -> None:
-    """In process, on SQLite and PostgreSQL: the ledger keeps one row per version mailed."""
+) -> Iterator[Runtime]:
+    """The pipeline in process over the stand-in, on SQLite and PostgreSQL, into a Maildir."""
     settings = make_settings(
         database={"url": database_url},
         parliament={"base_url": tabled_api.base_url, "lookback_days": 1},
@@ -239,29 +239,56 @@ async def test_tabled_then_answered_on_each_database(
     )
     engine = open_database(settings.database)
     mailer = mailer_factory("maildir", settings.mail.maildir, settings.smtp)
-    runtime = Runtime(settings, engine, mailer, build_environment())
-    try:
-        earlier = MONDAY_EVENING - timedelta(hours=1)
-        for email, query in (
-            ("m@example.org", f"member:{STURDY}"),
-            ("t@example.org", '"jet car washes"'),
-        ):
-            alerts.subscribe(
-                engine, email, query, "immediate", confirmed=True, now=earlier, notify_on=None
-            )
-        report = await run_once(runtime, now=MONDAY_EVENING)
-        assert report.sent == 1  # the Member alert; the topic alert waits for answers
-        tabled_api.update(STURDY_QUESTION, dateAnswered="2021-02-02T00:00:00", answerText="No.")
-        tuesday = MONDAY_EVENING + timedelta(days=1)
-        assert (await run_once(runtime, now=tuesday)).sent == 2
-        assert (await run_once(runtime, now=tuesday + timedelta(hours=1))).sent == 0
-        with Session(engine) as session:
-            rows = session.exec(
-                select(Subscriber.email, Ledger.version)
-                .join(Subscriber, col(Subscriber.id) == col(Ledger.subscriber_id))
-                .where(Ledger.source_id == str(STURDY_QUESTION))
-                .order_by(col(Subscriber.email), col(Ledger.version))
-            ).all()
-        assert rows == [("m@example.org", 1), ("m@example.org", 2), ("t@example.org", 2)]
-    finally:
-        engine.dispose()
+    yield Runtime(settings, engine, mailer, build_environment())
+    engine.dispose()
+
+
+def _follow(runtime: Runtime, email: str, query: str, frequency: str = "immediate") -> None:
+    earlier = MONDAY_EVENING - timedelta(hours=1)
+    alerts.subscribe(runtime.engine, email, query, frequency, confirmed=True, now=earlier)
+
+
+def _ledger(runtime: Runtime, question_id: int) -> list[tuple[str, int]]:
+    with Session(runtime.engine) as session:
+        rows = session.exec(
+            select(Subscriber.email, Ledger.version)
+            .join(Subscriber, col(Subscriber.id) == col(Ledger.subscriber_id))
+            .where(Ledger.source_id == str(question_id))
+            .order_by(col(Subscriber.email), col(Ledger.version))
+        ).all()
+    return list(rows)
+
+
+@pytest.mark.slow
+async def test_tabled_then_answered_on_each_database(
+    runtime: Runtime, tabled_api: StandinApi
+) -> None:
+    """The ledger keeps one row per version mailed: tabled (1) and answered (2)."""
+    _follow(runtime, "m@example.org", f"member:{STURDY}")
+    _follow(runtime, "t@example.org", '"jet car washes"')
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.sent == 1  # the Member alert; the topic alert waits for answers
+    tabled_api.update(STURDY_QUESTION, dateAnswered="2021-02-02T00:00:00", answerText="No.")
+    tuesday = MONDAY_EVENING + timedelta(days=1)
+    assert (await run_once(runtime, now=tuesday)).sent == 2
+    assert (await run_once(runtime, now=tuesday + timedelta(hours=1))).sent == 0
+    assert _ledger(runtime, STURDY_QUESTION) == [
+        ("m@example.org", 1),
+        ("m@example.org", 2),
+        ("t@example.org", 2),
+    ]
+
+
+@pytest.mark.slow
+async def test_withdrawn_before_its_daily_digest_is_never_mailed(
+    runtime: Runtime, tabled_api: StandinApi
+) -> None:
+    _follow(runtime, "daily@example.org", f"member:{STURDY}", frequency="daily")
+    # Monday's daily period is done before the poll: the match waits for Tuesday 07:00.
+    await run_once(runtime, now=MONDAY_EVENING - timedelta(minutes=50), poll=False)
+    assert (await run_once(runtime, now=MONDAY_EVENING)).hits == 1
+    tabled_api.update(STURDY_QUESTION, isWithdrawn=True)
+    tuesday = datetime(2021, 2, 2, 6, 0, tzinfo=UTC)
+    await run_once(runtime, now=tuesday)
+    report = await run_once(runtime, now=tuesday + timedelta(hours=1, minutes=1))
+    assert report.sent == 0 and _ledger(runtime, STURDY_QUESTION) == []

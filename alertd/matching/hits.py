@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
@@ -56,6 +56,7 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
         fresh: list[Item] = []
         told: set[tuple[int, int]] = set()  # (alert id, item id) already hit as a follow-up
         for item in items:
+            _drop_unsent_tabled(session, item)
             earlier, only_follow_up = _follow_up_of(session, item)
             if earlier is not None:
                 alert_ids = _follow_up_hits(session, item, earlier, now)
@@ -69,6 +70,15 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
             session.add(item)
     log.info("matched %d new items: %d hits", len(items), hits)
     return hits
+
+
+def _drop_unsent_tabled(session: Session, item: Item) -> None:
+    """A question answered or withdrawn before its digest as tabled went: that hit is dropped
+    (the answer is matched as any answer is; a withdrawn question is never alerted)."""
+    if item.version == 1 or question_stage(item.version_key) is QuestionStage.TABLED:
+        return
+    tabled = _earlier_versions(item).where(Item.version_key == QuestionStage.TABLED.value)
+    session.exec(delete(Hit).where(col(Hit.item_id).in_(tabled), col(Hit.outbox_id).is_(None)))
 
 
 def _follow_up_of(session: Session, item: Item) -> tuple[SelectOfScalar[int | None] | None, bool]:
