@@ -725,6 +725,9 @@ async def test_api_and_form_choose_what_an_alert_hears_about(web: Web) -> None:
     assert len(web.alerts()) == 4
     form = await web.client.get("/")
     assert '<select id="on" name="on"' in form.text
+    confirmed = await web.client.post(_path(web.sink.messages_to("f@example.org")[0], "confirm"))
+    manage = await web.client.get(confirmed.headers["location"])
+    assert "Questions when asked, and when answered" in _main(manage.text)
 
 
 async def test_api_tokens(web: Web) -> None:
