@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -26,6 +27,31 @@ _MEMBER_FIELDS = ("member", "asker", "answerer")
 # nobody reads such a digest (CourtListener refuses these too).
 BROAD_ALERT_PER_DAY = 30
 BREADTH_WINDOW_DAYS = 90
+
+
+# The question stages an alert can hear about (Alert.notify_on), in the order they happen.
+NOTIFY_STAGES = ("tabled", "answered")
+_FOLLOWS_ASKER = re.compile(r"(member|asker):\d+")
+
+
+def parse_notify_on(value: str | Iterable[str] | None, canonical: str) -> str:
+    """The stored form of what an alert hears about ("tabled,answered", "answered").
+
+    None gives the default: a plain follow of a Member's questions hears of them as they are
+    tabled and again when answered; any other alert, of answers.
+
+    Raises:
+        UsageError: anything but answers, or questions as tabled and their answers.
+    """
+    if value is None:
+        return "tabled,answered" if _FOLLOWS_ASKER.fullmatch(canonical) else "answered"
+    words = value.split(",") if isinstance(value, str) else list(value)
+    chosen = {word.strip().lower() for word in words if word.strip()}
+    # Told of a question as tabled, a reader is always told of its answer: no "tabled" alone.
+    if chosen not in ({"answered"}, {"tabled", "answered"}):
+        shown = ",".join(sorted(chosen)) or "nothing"
+        raise UsageError(f"--on {shown!r}: use answered, or tabled,answered")
+    return ",".join(stage for stage in NOTIFY_STAGES if stage in chosen)
 
 
 def parse_frequency(value: str) -> Frequency:
@@ -104,18 +130,28 @@ def compile_query(session: Session, text: str) -> Query:
 
 
 def subscribe(
-    engine: Engine, email: str, query_text: str, frequency: str, *, confirmed: bool, now: datetime
+    engine: Engine,
+    email: str,
+    query_text: str,
+    frequency: str,
+    *,
+    confirmed: bool,
+    now: datetime,
+    notify_on: str | Iterable[str] | None = None,
 ) -> Alert:
     """Save an alert for an address (creating the subscriber); nothing is saved on bad input.
 
+    ``notify_on`` is what it hears about (see ``parse_notify_on``; None: the default).
+
     Raises:
-        UsageError: a bad address, query or frequency.
+        UsageError: a bad address, query, frequency or stage.
     """
     address = normalise_email(email)
     chosen = parse_frequency(frequency)
     check_query_words(query_text)
     with transaction(engine) as session:
         query = compile_query(session, query_text)
+        stages = parse_notify_on(notify_on, query.canonical)
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
@@ -128,6 +164,7 @@ def subscribe(
             canonical=query.canonical,
             frequency=chosen,
             created_at=now,
+            notify_on=stages,
         )
         if confirmed:
             _mark_confirmed(alert, now)

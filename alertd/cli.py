@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCY_CHOICES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
     sub.add_argument("--force", action="store_true", help="save even a very broad alert")
+    sub.add_argument(
+        "--on",
+        metavar="STAGES",
+        help="tabled,answered | answered: what to hear about (default: answered; "
+        "tabled,answered for member:/asker: follows)",
+    )
 
     listing = commands.add_parser("list", parents=[common], help="list alerts")
     listing.add_argument("email", nargs="?")
@@ -139,6 +145,8 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     alerts.normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
+    if args.on is not None:
+        alerts.parse_notify_on(args.on, "")
     rate = alerts.daily_match_rate(engine, args.query)
     if rate > alerts.BROAD_ALERT_PER_DAY:
         verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"
@@ -150,7 +158,13 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(message)
         print(f"alertd: warning: {message}", file=sys.stderr)
     alert = alerts.subscribe(
-        engine, args.email, args.query, args.frequency, confirmed=args.confirmed, now=utc_now()
+        engine,
+        args.email,
+        args.query,
+        args.frequency,
+        confirmed=args.confirmed,
+        now=utc_now(),
+        notify_on=args.on,
     )
     print(alert.id)
     if not alert.confirmed:

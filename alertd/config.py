@@ -74,6 +74,8 @@ class ParliamentSettings(_Section):
     # decoded (gzip included) is refused.
     fetch_deadline_s: float = Field(default=60.0, gt=0)
     max_response_bytes: int = Field(default=5_000_000, ge=1024)
+    # Also list the questions tabled in the window (for alerts that hear about them).
+    poll_tabled: bool = True
 
 
 class MailSettings(_Section):
@@ -199,6 +201,8 @@ class MembersSettings(_Section):
     max_response_bytes: int = Field(default=1_000_000, ge=1024)
     # Cached searches kept at most (the oldest go first); older than cache_hours go anyway.
     cache_max_rows: int = Field(default=10_000, ge=1)
+    # Members named only by id in a poll's items are looked up by id, at most this many a poll.
+    lookups_per_poll: int = Field(default=50, ge=0, le=1000)
 
 
 class DigestSettings(_Section):

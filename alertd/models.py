@@ -71,6 +71,9 @@ class Alert(SQLModel, table=True):
     # The AlertsVersion.version of the last change to whether it matches (see
     # mark_alert_changes): a running daemon reloads only the alerts changed since it looked.
     changed_version: int = Field(default=0, index=True)
+    # What it hears about, comma-separated stages (alertd.alerts.NOTIFY_STAGES): "answered",
+    # or "tabled,answered" (questions as they are asked, then again when answered).
+    notify_on: str = Field(default="answered", max_length=32)
 
 
 class AlertsVersion(SQLModel, table=True):
@@ -108,9 +111,29 @@ class ItemKind(StrEnum):
     FEED_ITEM = "feed_item"
 
 
+class QuestionStage(StrEnum):
+    """Where a written question is; each stage is a version of it (the version key's prefix)."""
+
+    TABLED = "tabled"
+    HOLDING = "holding"
+    ANSWERED = "answer"
+    WITHDRAWN = "withdrawn"
+
+
+def question_stage(version_key: str) -> QuestionStage:
+    """The stage a version key names ("answer:2021-02-01:-" is ANSWERED); feed items are
+    ANSWERED (their one version is the item itself)."""
+    prefix = version_key.partition(":")[0]
+    try:
+        return QuestionStage(prefix)
+    except ValueError:
+        return QuestionStage.ANSWERED
+
+
 class Item(SQLModel, table=True):
-    """One version of one item of a source: an answer version of a written question (a
-    holding answer, the answer, a correction), or an item of a feed (always version 1)."""
+    """One version of one item of a source: a version of a written question (as tabled, a
+    holding answer, the answer, a correction, its withdrawal), or an item of a feed (always
+    version 1)."""
 
     __table_args__ = (
         sa.UniqueConstraint("source", "source_id", "version"),
@@ -148,6 +171,11 @@ class Item(SQLModel, table=True):
     date_answer_corrected: date | None = None
     is_holding: bool = False
     is_withdrawn: bool = False
+    # A question not answered yet: the day its answer is due, and whether that is a named day.
+    date_for_answer: date | None = None
+    is_named_day: bool = False
+    # The UINs of the questions answered together with this one, space-separated.
+    grouped_uins: str = Field(default="", max_length=2000)
     # The day it was answered, or a feed item published (first seen, when the feed gives
     # no date): digests, previews and estimates order and window every kind by it.
     date_answered: date | None = Field(default=None, index=True)
@@ -269,6 +297,7 @@ _ALERT_MATCH_FIELDS = (
     "confirmed_at",
     "unsubscribed_at",
     "paused_at",
+    "notify_on",
 )
 
 

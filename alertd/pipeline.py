@@ -28,6 +28,7 @@ from alertd.matching import LiveMatcher, match_new_answers
 from alertd.metrics import Metrics
 from alertd.sources.feeds import due_feed_sources
 from alertd.sources.ingest import ParliamentSource
+from alertd.sources.member_names import MemberNames
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PARLIAMENT_SOURCE, Source
 from alertd.sources.state import PollLease
@@ -113,6 +114,8 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
                 zone=settings.digest.zone,
                 lookback_days=settings.parliament.lookback_days,
                 lease=lease,
+                member_names=MemberNames(runtime.engine, settings.members, client),
+                poll_tabled=settings.parliament.poll_tabled,
             )
         )
     sources.extend(

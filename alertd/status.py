@@ -131,6 +131,10 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
             for s in session.exec(select(SourceState).order_by(col(SourceState.name))).all()
             if s.name in live
         ]
+        # Every source polled is listed, including one not polled yet.
+        polled = {s.name for s in sources}
+        sources += [SourceStatus(n, None, None, 0, None, None) for n in live - polled]
+        sources.sort(key=lambda s: s.name)
         oldest = session.exec(
             select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(UNSENT))
         ).one()
@@ -240,7 +244,11 @@ def format_status(status: Status) -> str:
     lines = [f"alertd status at {status.now:%Y-%m-%d %H:%M:%S}Z"]
     for s in status.sources:
         polled = f"{s.last_poll_at:%Y-%m-%d %H:%M}Z" if s.last_poll_at else "never"
-        outcome = f"error: {s.last_error}" if s.last_error else f"{s.last_new_count} new"
+        if s.last_error:
+            good = f"{s.last_ok_at:%Y-%m-%d %H:%M}Z" if s.last_ok_at else "never"
+            outcome = f"error: {s.last_error} (last good poll {good})"
+        else:
+            outcome = f"{s.last_new_count} new" if s.last_poll_at else "not polled yet"
         lines.append(f"  source {s.name}: last poll {polled}, {outcome}")
     if not status.sources:
         lines.append("  no source polled yet")

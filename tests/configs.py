@@ -34,6 +34,8 @@ def write_config(
             "lookback_days": (date.today() - RECORDED_DAY).days + 1,
             "timeout_s": 5.0,
         },
+        # Members named only by id are looked up in the stand-in, never the real API.
+        "members": {"base_url": standin.base_url},
         "mail": {"maildir": f"{tmp_path}/mail", "from": "alerts@alertd.test"},
         # `alertd run` serves the web app too: any free port, so tests never collide.
         "web": {"port": 0},

@@ -32,6 +32,7 @@ MEMBERS_SAMPLE = FIXTURES_DIR / "members_search_sample_snommoc.json"
 
 LIST_PATH = "/api/writtenquestions/questions"
 MEMBERS_SEARCH_PATH = "/api/members/search"
+MEMBERS_PATH = "/api/members"
 LIST_TEXT_LIMIT = 255
 DEFAULT_TAKE = 20
 MEMBER_FIELDS = ("askingMember", "answeringMember", "correctingMember")
@@ -422,6 +423,8 @@ def _route(path: str) -> Route:
         return "detail"
     if lowered == MEMBERS_SEARCH_PATH:
         return "members"
+    if lowered.startswith(MEMBERS_PATH + "/") and lowered[len(MEMBERS_PATH) + 1 :].isdigit():
+        return "members"  # one Member by id
     return "other"
 
 
@@ -525,8 +528,10 @@ class StandinApi:
 
     Endpoints: ``GET /api/writtenquestions/questions`` (filters, skip/take paging, list texts
     cut at 255 characters), ``GET /api/writtenquestions/questions/{id}`` and ``.../{date}/{uin}``
-    (full record, HTML answer), ``GET /api/Members/Search?Name=`` (members seen in records plus
-    any given). Records are the API's ``value`` objects, stored with their full texts.
+    (full record, HTML answer), ``GET /api/Members/Search?Name=`` and ``GET /api/Members/{id}``
+    (members seen in records plus any given: a record whose member objects are removed still
+    names its Members here, as the real Members API does). Records are the API's ``value``
+    objects, stored with their full texts.
     """
 
     def __init__(
@@ -805,8 +810,10 @@ class StandinApi:
                 return self._list(params)
             if route == "detail":
                 return self._detail(path, params)
-            if route == "members":
+            if route == "members" and path.rstrip("/").lower() == MEMBERS_SEARCH_PATH:
                 return self._members_search(params)
+            if route == "members":
+                return self._member(int(path.rstrip("/").rsplit("/", 1)[1]))
         except ValueError as exc:
             return _json_response(400, _problem(400, "Bad Request", str(exc)))
         return _status_response(404)
@@ -857,6 +864,13 @@ class StandinApi:
         return sorted(
             found.values(), key=lambda i: (str(i["value"]["nameListAs"]), i["value"]["id"])
         )
+
+    def _member(self, member_id: int) -> _Response:
+        """``GET /api/Members/{id}``: ``{"value": {...}, "links": [...]}`` as the real API."""
+        found = [i for i in self._all_members() if i["value"]["id"] == member_id]
+        if not found:
+            return _status_response(404)
+        return _json_response(200, copy.deepcopy(found[0]))
 
     def _members_search(self, params: Params) -> _Response:
         take = _int_param(params, "take", DEFAULT_TAKE)

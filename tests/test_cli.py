@@ -39,6 +39,8 @@ def _rows(tmp_path: Path, table: str) -> int:
         (["subscribe", "a@example.org", "--", "-schools"], "exclu"),
         (["subscribe", "a@example.org", "colour:red"], "unknown field"),
         (["subscribe", "a@example.org", "schools", "--frequency", "hourly"], "unknown frequency"),
+        (["subscribe", "a@example.org", "schools", "--on", "tabled"], "use answered, or tabled"),
+        (["subscribe", "a@example.org", "schools", "--on", "asked"], "use answered, or tabled"),
         (["unsubscribe", "999"], "no active alert with id 999"),
         (["preview", "schools", "--days", "0"], "--days"),
         (["unsubscribe", "x"], "invalid int value"),

@@ -235,29 +235,30 @@ def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
         with engine.begin() as connection:
             # Core inserts, as an older alertd stored them: nothing indexes them on the way in.
             for number, answer in enumerate(answers, 1):
-                connection.execute(
-                    sa.insert(Item.__table__),  # type: ignore[attr-defined]
-                    {
-                        "kind": ItemKind.WRITTEN_QUESTION.value,
-                        "source": "parliament",
-                        "source_id": str(answer.api_id),
-                        "version": 1,
-                        "version_key": answer.version_key,
-                        "heading": answer.heading,
-                        "question_text": answer.question_text,
-                        "answer_html": answer.answer_html,
-                        "answer_text": answer.answer_text,
-                        "url": answer.url,
-                        "house": answer.house,
-                        "answering_body_id": answer.answering_body_id,
-                        "date_answered": answer.date_answered,
-                        "is_holding": answer.is_holding,
-                        "is_withdrawn": False,
-                        "ingested_at": NOW,
-                        "matched_at": NOW,
-                        "id": number,
-                    },
-                )
+                row = {
+                    "kind": ItemKind.WRITTEN_QUESTION.value,
+                    "source": "parliament",
+                    "source_id": str(answer.api_id),
+                    "version": 1,
+                    "version_key": answer.version_key,
+                    "heading": answer.heading,
+                    "question_text": answer.question_text,
+                    "answer_html": answer.answer_html,
+                    "answer_text": answer.answer_text,
+                    "url": answer.url,
+                    "house": answer.house,
+                    "answering_body_id": answer.answering_body_id,
+                    "date_answered": answer.date_answered,
+                    "is_holding": answer.is_holding,
+                    "is_withdrawn": False,
+                    "ingested_at": NOW,
+                    "matched_at": NOW,
+                    "id": number,
+                }
+                # Only the columns that schema had (the model's later ones have defaults).
+                columns = Item.__table__.c  # type: ignore[attr-defined]
+                old_item = sa.table("item", *(sa.column(n, columns[n].type) for n in row))
+                connection.execute(sa.insert(old_item), row)
         upgrade(engine)
         with engine.connect() as connection:
             indexed = connection.execute(sa.text(f"SELECT count(*) FROM {TABLE}")).scalar_one()

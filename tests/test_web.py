@@ -808,6 +808,38 @@ async def test_api_member_alert_and_errors(web: Web) -> None:
     assert len(web.alerts()) == 1 and len(web.sink.messages) == 1
 
 
+async def test_api_and_form_choose_what_an_alert_hears_about(web: Web) -> None:
+    member = await web.client.post(
+        "/api/alerts", json={"email": "m@example.org", "member_id": 4811}
+    )
+    assert member.status_code == 202
+    both = {"email": "b@example.org", "query": TOPIC, "on": ["answered", "tabled"]}
+    assert (await web.client.post("/api/alerts", json=both)).status_code == 202
+    assert (
+        await _subscribe(web, "f@example.org", "visas", on="tabled,answered")
+    ).status_code == 200
+    assert (await _subscribe(web, "t@example.org", "visas")).status_code == 200
+    assert [a.notify_on for a in web.alerts()] == [
+        "tabled,answered",  # a Member alert, by default
+        "tabled,answered",
+        "tabled,answered",
+        "answered",  # a topic alert, by default
+    ]
+    for on in (["tabled"], ["soon"], []):
+        body = {"email": "x@example.org", "query": TOPIC, "on": on}
+        response = await web.client.post("/api/alerts", json=body)
+        assert response.status_code == 422, on
+        assert any("on" in error["loc"] for error in response.json()["detail"]), on
+    refused = await _subscribe(web, "y@example.org", "visas", on="tabled")
+    assert refused.status_code == 422 and "when to hear about questions" in refused.text
+    assert len(web.alerts()) == 4
+    form = await web.client.get("/")
+    assert '<select id="on" name="on"' in form.text
+    confirmed = await web.client.post(_path(web.sink.messages_to("f@example.org")[0], "confirm"))
+    manage = await web.client.get(confirmed.headers["location"])
+    assert "Questions when asked, and when answered" in _main(manage.text)
+
+
 async def test_api_tokens(web: Web) -> None:
     await _confirmed(web, "owner@example.org")
     other = await _confirmed(web, "other@example.org", "visas")

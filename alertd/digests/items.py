@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
-from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
-from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
+from alertd.digests.excerpt import excerpt_around, flatten, long_date, mark, merge_highlights
+from alertd.digests.view import Digest, DigestItem, DigestSection, ItemStage, describe_alert
 from alertd.errors import QueryError
 from alertd.htmltext import web_link
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
-from alertd.models import Alert, Hit, Item, Member, Subscriber
+from alertd.models import (
+    Alert,
+    Hit,
+    Item,
+    ItemKind,
+    Ledger,
+    Member,
+    QuestionStage,
+    Subscriber,
+    question_stage,
+)
 from alertd.sources.source import feed_name
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
@@ -122,7 +134,8 @@ def build_digest(
     secret = subscriber.link_secret
     manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
-    order, shown, totals = _group(rows, labels, memo)
+    told = _told_when_tabled(session, subscriber.id, [row.item for row in rows])
+    order, shown, totals = _group(rows, labels, memo, told)
     sections = []
     for alert in order:
         assert alert.id is not None
@@ -145,13 +158,89 @@ def build_digest(
     )
 
 
+def _told_when_tabled(
+    session: Session, subscriber_id: int, items: list[Item]
+) -> dict[tuple[str, str], date]:
+    """When this subscriber was sent each question (of these items' later versions) as tabled."""
+    later = {(q.source, q.source_id) for q in items if q.version > 1}
+    if not later:
+        return {}
+    ids = sorted({source_id for _, source_id in later})
+    rows = session.exec(
+        select(Ledger.source, Ledger.source_id, Ledger.created_at)
+        .join(Item, col(Item.id) == col(Ledger.item_id))
+        .where(
+            Ledger.subscriber_id == subscriber_id,
+            col(Ledger.source_id).in_(ids),
+            Item.version_key == QuestionStage.TABLED.value,
+        )
+    ).all()
+    return {(s, i): created.date() for s, i, created in rows if (s, i) in later}
+
+
+def _reader_stage(item: Item, told: dict[tuple[str, str], date]) -> tuple[str, date | None]:
+    stage = question_stage(item.version_key)
+    told_on = told.get((item.source, item.source_id))
+    if item.kind != ItemKind.WRITTEN_QUESTION:
+        return ItemStage.ANSWERED, None
+    if stage is QuestionStage.TABLED:
+        return ItemStage.TABLED, None
+    if stage is QuestionStage.WITHDRAWN:
+        return ItemStage.WITHDRAWN, told_on
+    if told_on is not None and item.date_answer_corrected is None:
+        return ItemStage.NOW_ANSWERED, told_on
+    return ItemStage.ANSWERED, None
+
+
+def _groups(rows: list[Row]) -> dict[int, list[Item]]:
+    """Questions answered together (groupedQuestions) that this digest carries: the first
+    one's id → the others, which are not shown on their own."""
+    by_uin = {(r.item.house, r.item.uin): r.item for r in rows if r.item.uin}
+    heads: dict[int, list[Item]] = {}
+    placed: set[int] = set()
+    for row in rows:
+        head = row.item
+        if head.id is None or head.id in placed or not head.grouped_uins:
+            continue
+        stage = question_stage(head.version_key)
+        if stage is not QuestionStage.ANSWERED:
+            continue
+        members = []
+        for uin in head.grouped_uins.split():
+            other = by_uin.get((head.house, uin))
+            if other is None or other.id in placed or other.id == head.id:
+                continue
+            if question_stage(other.version_key) is stage:
+                members.append(other)
+                placed.add(other.id or 0)
+        placed.add(head.id)
+        if members:
+            heads[head.id] = members
+    return heads
+
+
+def _group_lines(head: Item, members: list[Item]) -> tuple[str, ...]:
+    texts = {m.uin: flatten(m.question_text) for m in members}
+    lines = [f"{head.uin}: {flatten(head.question_text)}"]
+    for uin in head.grouped_uins.split():
+        lines.append(f"{uin}: {texts[uin]}" if texts.get(uin) else uin)
+    return tuple(lines)
+
+
 def _group(
-    rows: list[Row], labels: dict[int | None, str], memo: ComposeMemo
+    rows: list[Row],
+    labels: dict[int | None, str],
+    memo: ComposeMemo,
+    told: dict[tuple[str, str], date] | None = None,
 ) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int]]:
     """The alerts in order, the items each shows and how many answers each has.
 
-    An answer is counted only under its first alert; only those shown are built.
+    An answer is counted only under its first alert; only those shown are built. Questions
+    answered together are shown once, under the first, which lists the group.
     """
+    told = told or {}
+    groups = _groups(rows)
+    grouped = {m.id for members in groups.values() for m in members}
     alerts_of: dict[int, list[Alert]] = defaultdict(list)
     for row in rows:
         assert row.item.id is not None
@@ -164,7 +253,7 @@ def _group(
     for row in rows:
         item_id, alert_id = row.item.id, row.alert.id
         assert item_id is not None and alert_id is not None
-        if item_id in placed:
+        if item_id in placed or item_id in grouped:
             continue
         placed.add(item_id)
         if alert_id not in totals:
@@ -177,7 +266,12 @@ def _group(
             dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
         )
         queries = frozenset(a.canonical for a in matched)
-        shown[alert_id].append(memo.item(row.item, others, queries))
+        shown_item = memo.item(row.item, others, queries)
+        stage, told_on = _reader_stage(row.item, told)
+        group = _group_lines(row.item, groups[item_id]) if item_id in groups else ()
+        if stage != shown_item.stage or told_on is not None or group:
+            shown_item = dataclasses.replace(shown_item, stage=stage, told_on=told_on, group=group)
+        shown[alert_id].append(shown_item)
     return order, shown, totals
 
 
@@ -201,10 +295,11 @@ def _reason(alert: Alert, label: str) -> str:
 
 
 def _name(name: str | None) -> str:
-    # Without expanded member data the API gives only an id, stored as the name.
-    if name is not None and name.isdigit():
-        return f"Member {name}"
-    return name or ""
+    # Items stored before Members were named at ingest may hold a bare id as the name:
+    # a reader is never shown "Member 5336".
+    if name is None or name.isdigit():
+        return ""
+    return name
 
 
 def _person(name: str | None, party: str | None, constituency: str | None) -> str:
@@ -243,4 +338,12 @@ def _item(
         excerpt_marks=answer.spans,
         source=feed or "",
         answer_html=item.answer_html,
+        due=_due(item),
     )
+
+
+def _due(item: Item) -> str:
+    if item.date_for_answer is None or question_stage(item.version_key) != QuestionStage.TABLED:
+        return ""
+    named = ", a named day" if item.is_named_day else ""
+    return f"due {long_date(item.date_for_answer)}{named}"

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 
 from markupsafe import Markup
 
 from alertd.digests.excerpt import Span
 from alertd.htmltext import sanitise_html
+
+
+class ItemStage(StrEnum):
+    """What a digest says of a question, for one reader."""
+
+    ANSWERED = "answered"
+    TABLED = "tabled"
+    NOW_ANSWERED = "now_answered"
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,26 @@ class DigestItem:
     source: str = ""
     # The whole answer as HTML from outside: sanitised again whenever a template shows it.
     answer_html: str = ""
+    # Where the question is, for this reader (ItemStage): an answer, or a question as tabled,
+    # now answered (after one mailed as tabled), withdrawn.
+    stage: str = "answered"
+    # A tabled question's due date, e.g. "due 3 February 2021, a named day".
+    due: str = ""
+    # When this reader was told of the question as tabled (now answered, withdrawn).
+    told_on: date | None = None
+    # The questions answered together with this one, when it heads a group: "HL123: text".
+    group: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """The words beside the heading: "Asked, awaiting answer (due …)", "Now answered"."""
+        if self.stage == ItemStage.TABLED:
+            return f"Asked, awaiting answer ({self.due})" if self.due else "Asked, awaiting answer"
+        if self.stage == ItemStage.NOW_ANSWERED:
+            return "Now answered"
+        if self.stage == ItemStage.WITHDRAWN:
+            return "Withdrawn"
+        return "Corrected answer" if self.corrected else ""
 
     @property
     def answer_markup(self) -> Markup:
@@ -61,6 +91,17 @@ class DigestSection:
     feed_url: str = ""
 
     @property
+    def noun(self) -> str:
+        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(self.items)
+
+    def counted(self, count: int) -> str:
+        """``3 new answers``, ``1 new question``, ``2 updates``."""
+        noun = self.noun
+        plural = "s" if count != 1 else ""
+        return f"{count} {noun}{plural}" if noun == "update" else f"{count} new {noun}{plural}"
+
+    @property
     def hidden(self) -> int:
         """How many of the alert's answers this digest does not show."""
         return max(self.total - len(self.items), 0)
@@ -82,6 +123,30 @@ class Digest:
     @property
     def total(self) -> int:
         return sum(section.total for section in self.sections)
+
+    @property
+    def noun(self) -> str:
+        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(tuple(item for section in self.sections for item in section.items))
+
+    @property
+    def headline(self) -> str:
+        """``3 new answers to written questions``; ``1 new written question``; ``2 updates on
+        written questions``."""
+        count, noun = self.total, self.noun
+        plural = "s" if count != 1 else ""
+        if noun == "answer":
+            return f"{count} new answer{plural} to written questions"
+        if noun == "question":
+            return f"{count} new written question{plural}"
+        return f"{count} update{plural} on written questions"
+
+
+def _noun(items: tuple[DigestItem, ...]) -> str:
+    stages = {item.stage for item in items}
+    if stages <= {ItemStage.ANSWERED, ItemStage.NOW_ANSWERED}:
+        return "answer"
+    return "question" if stages == {ItemStage.TABLED} else "update"
 
 
 def describe_alert(label: str, *, member: bool = False) -> str:

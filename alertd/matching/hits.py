@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from alertd.db import transaction
 from alertd.matching.analysis import Document, analyse
 from alertd.matching.live import LiveAlert, LiveMatcher
-from alertd.models import Alert, Hit, Item
+from alertd.models import Alert, Hit, Item, ItemKind, QuestionStage, question_stage
 
 log = logging.getLogger("alertd.matching.hits")
 
@@ -31,11 +31,14 @@ def item_document(item: Item) -> Document:
 
 
 def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | None = None) -> int:
-    """Match every unmatched answer version; record hits and mark them matched, atomically.
+    """Match every unmatched item version; record hits and mark them matched, atomically.
 
-    An alert only gets answers that reached alertd after it was confirmed, so a new
-    subscriber is never flooded with history. `matcher` is the daemon's, kept from run to
-    run; without one, a matcher is built for this call. Returns the number of hits recorded.
+    An alert only gets items that reached alertd after it was confirmed, so a new
+    subscriber is never flooded with history, and only the question stages it hears about
+    (Alert.notify_on). A follow-up (a correction, the answer to a question mailed as tabled,
+    a withdrawal) goes to those sent the earlier version. `matcher` is the daemon's, kept
+    from run to run; without one, a matcher is built for this call. Returns the number of
+    hits recorded.
     """
     live = LiveMatcher() if matcher is None else matcher
     _load_unless_idle(engine, live)
@@ -49,15 +52,49 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
         ).all()
         if not items:
             return 0
-        corrections = {q.id for q in items if _corrects_an_answer(session, q)}
-        hits = sum(_correction_hits(session, q, now) for q in items if q.id in corrections)
-        fresh = [q for q in items if q.id not in corrections]
-        hits += _match_fresh(session, live, fresh, now)
+        hits = 0
+        fresh: list[Item] = []
+        told: set[tuple[int, int]] = set()  # (alert id, item id) already hit as a follow-up
+        for item in items:
+            _drop_unsent_tabled(session, item)
+            earlier, only_follow_up = _follow_up_of(session, item)
+            if earlier is not None:
+                alert_ids = _follow_up_hits(session, item, earlier, now)
+                hits += len(alert_ids)
+                told.update((alert_id, item.id) for alert_id in alert_ids if item.id)
+            if not only_follow_up:
+                fresh.append(item)
+        hits += _match_fresh(session, live, fresh, now, told)
         for item in items:
             item.matched_at = now
             session.add(item)
     log.info("matched %d new items: %d hits", len(items), hits)
     return hits
+
+
+def _drop_unsent_tabled(session: Session, item: Item) -> None:
+    """A question answered or withdrawn before its digest as tabled went: that hit is dropped
+    (the answer is matched as any answer is; a withdrawn question is never alerted)."""
+    if item.version == 1 or question_stage(item.version_key) is QuestionStage.TABLED:
+        return
+    tabled = _earlier_versions(item).where(Item.version_key == QuestionStage.TABLED.value)
+    session.exec(delete(Hit).where(col(Hit.item_id).in_(tabled), col(Hit.outbox_id).is_(None)))
+
+
+def _follow_up_of(session: Session, item: Item) -> tuple[SelectOfScalar[int | None] | None, bool]:
+    """The earlier versions whose recipients get this one, and whether only they do."""
+    if item.version == 1 or item.kind != ItemKind.WRITTEN_QUESTION:
+        return None, False
+    stage = question_stage(item.version_key)
+    if stage is QuestionStage.WITHDRAWN:
+        return _earlier_versions(item), True
+    if _corrects_an_answer(session, item):
+        return _earlier_answers(item), True
+    if stage is QuestionStage.ANSWERED:
+        # Now answered: those told when it was tabled; alerts hearing of answers match too.
+        tabled = _earlier_versions(item).where(Item.version_key == QuestionStage.TABLED.value)
+        return tabled, False
+    return None, False
 
 
 def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
@@ -73,9 +110,14 @@ def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
 
 
 def _match_fresh(
-    session: Session, matcher: LiveMatcher, items: Sequence[Item], now: datetime
+    session: Session,
+    matcher: LiveMatcher,
+    items: Sequence[Item],
+    now: datetime,
+    told: set[tuple[int, int]],
 ) -> int:
-    """Hits of answers seen for the first time (or substantive after a holding answer)."""
+    """Hits of items seen for the first time: a question as tabled, an answer (substantive
+    after a holding answer), a feed item; none for an alert already told of it (``told``)."""
     if not items:
         return 0
     documents = [analyse(item_document(q)) for q in items]
@@ -83,17 +125,24 @@ def _match_fresh(
     with matcher.lock:
         matcher.refresh(session)
         for alert, indexes in matcher.match(documents):
-            hits += _record_hits(session, alert, [items[i] for i in indexes], now)
+            hits += _record_hits(session, alert, [items[i] for i in indexes], now, told)
     return hits
 
 
-def _earlier_answers(item: Item) -> SelectOfScalar[int | None]:
+def _earlier_versions(item: Item) -> SelectOfScalar[int | None]:
+    """The item's earlier versions that are ever mailed (not holding answers)."""
     return select(col(Item.id)).where(
         Item.source == item.source,
         Item.source_id == item.source_id,
         col(Item.version) < item.version,
         col(Item.is_holding).is_(False),
     )
+
+
+def _earlier_answers(item: Item) -> SelectOfScalar[int | None]:
+    """The item's earlier answers (not as tabled, not holding)."""
+    prefix = QuestionStage.ANSWERED.value + ":"
+    return _earlier_versions(item).where(col(Item.version_key).startswith(prefix))
 
 
 def _corrects_an_answer(session: Session, item: Item) -> bool:
@@ -103,10 +152,12 @@ def _corrects_an_answer(session: Session, item: Item) -> bool:
     return session.exec(_earlier_answers(item)).first() is not None
 
 
-def _correction_hits(session: Session, correction: Item, now: datetime) -> int:
-    """A corrected answer goes to the people the earlier answer went to, under the same alert."""
-    assert correction.id is not None
-    earlier = _earlier_answers(correction)
+def _follow_up_hits(
+    session: Session, follow_up: Item, earlier: SelectOfScalar[int | None], now: datetime
+) -> set[int]:
+    """A follow-up goes to the people the earlier version went to, under the same alert;
+    the ids of those alerts."""
+    assert follow_up.id is not None
     mailed = session.exec(
         select(Hit.alert_id, Hit.subscriber_id)
         .join(Alert, col(Alert.id) == col(Hit.alert_id))
@@ -122,18 +173,36 @@ def _correction_hits(session: Session, correction: Item, now: datetime) -> int:
             Hit(
                 alert_id=alert_id,
                 subscriber_id=subscriber_id,
-                item_id=correction.id,
+                item_id=follow_up.id,
                 created_at=now,
             )
         )
-    return len(mailed)
+    return {alert_id for alert_id, _ in mailed}
 
 
-def _record_hits(session: Session, alert: LiveAlert, items: list[Item], now: datetime) -> int:
+def _hears(alert: LiveAlert, item: Item) -> bool:
+    """Whether the alert hears about this stage of a question (any other kind: yes)."""
+    stage = question_stage(item.version_key)
+    if item.kind != ItemKind.WRITTEN_QUESTION or stage is QuestionStage.ANSWERED:
+        return "answered" in alert.notify_on.split(",")
+    if stage is QuestionStage.TABLED:
+        return "tabled" in alert.notify_on.split(",")
+    return False  # a withdrawal (or holding answer) is only ever a follow-up
+
+
+def _record_hits(
+    session: Session,
+    alert: LiveAlert,
+    items: list[Item],
+    now: datetime,
+    told: set[tuple[int, int]],
+) -> int:
     count = 0
     for item in items:
         assert item.id is not None
         if alert.confirmed_at is not None and item.ingested_at < alert.confirmed_at:
+            continue
+        if (alert.id, item.id) in told or not _hears(alert, item):
             continue
         session.add(
             Hit(

@@ -28,6 +28,8 @@ class LiveAlert(NamedTuple):
     id: int
     subscriber_id: int
     confirmed_at: datetime | None
+    # Alert.notify_on: the question stages it hears about.
+    notify_on: str = "answered"
 
 
 class AlertRow(NamedTuple):
@@ -43,6 +45,7 @@ _COLUMNS = (
     col(Alert.subscriber_id),
     col(Alert.confirmed_at),
     col(Alert.canonical),
+    col(Alert.notify_on),
 )
 # Confirmed, active alerts of subscribers not suspended.
 _LIVE = sa.and_(
@@ -60,8 +63,8 @@ def live_rows(session: Session) -> Iterator[AlertRow]:
         .join(Subscriber, col(Subscriber.id) == col(Alert.subscriber_id))
         .where(_LIVE)
     )
-    for alert_id, subscriber_id, confirmed_at, canonical in session.execute(statement):
-        yield AlertRow(LiveAlert(alert_id, subscriber_id, confirmed_at), canonical, True)
+    for alert_id, subscriber_id, confirmed_at, canonical, on in session.execute(statement):
+        yield AlertRow(LiveAlert(alert_id, subscriber_id, confirmed_at, on), canonical, True)
 
 
 def rows_changed_since(session: Session, version: int) -> Iterator[AlertRow]:
@@ -77,8 +80,9 @@ def rows_changed_since(session: Session, version: int) -> Iterator[AlertRow]:
         .join(Subscriber, col(Subscriber.id) == col(Alert.subscriber_id))
         .where(col(Alert.id).in_(changed_ids))
     )
-    for alert_id, subscriber_id, confirmed_at, canonical, live in session.execute(statement):
-        yield AlertRow(LiveAlert(alert_id, subscriber_id, confirmed_at), canonical, bool(live))
+    for alert_id, subscriber_id, confirmed_at, canonical, on, live in session.execute(statement):
+        alert = LiveAlert(alert_id, subscriber_id, confirmed_at, on)
+        yield AlertRow(alert, canonical, bool(live))
 
 
 def alerts_version(session: Session) -> int:

@@ -1,8 +1,9 @@
-"""The Parliament source: poll the API over a look-back window, store the new answer versions."""
+"""The Parliament source: poll the API over a look-back window, store the new question versions."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from sqlmodel import Session, col, func, select
 import alertd.matching.history  # noqa: F401  (indexes each Item as it is inserted)
 from alertd.db import transaction
 from alertd.errors import AlertdError, PermanentError
-from alertd.models import Item, ItemKind, Member
+from alertd.models import Item, ItemKind, Member, QuestionStage, question_stage
+from alertd.sources.member_names import MemberNames
 from alertd.sources.parliament import AnswerItem, MemberInfo, ParliamentApi, parse_item
 from alertd.sources.source import PARLIAMENT_SOURCE, PollResult
 from alertd.sources.state import PollLease, record_poll, release_poll_lease, take_poll_lease
@@ -32,7 +34,8 @@ def poll_window(high_water: date | None, today: date, lookback_days: int) -> tup
 
 @dataclass
 class ParliamentSource:
-    """The Written Questions API as a source: answers over a look-back window."""
+    """The Written Questions API as a source: questions tabled and answered over a look-back
+    window."""
 
     engine: Engine
     api: ParliamentApi
@@ -40,6 +43,9 @@ class ParliamentSource:
     lookback_days: int
     lease: PollLease
     name: str = PARLIAMENT_SOURCE
+    # Names the Members the API gives only by id; None leaves them unnamed.
+    member_names: MemberNames | None = None
+    poll_tabled: bool = True
 
     async def poll(self, now: datetime) -> PollResult:
         """Fetch the window's answers, store new versions, then move the high-water mark.
@@ -58,9 +64,9 @@ class ParliamentSource:
             return PollResult(name, fetched=0, new_items=0, polled=False)
         first, last = poll_window(high_water, today, self.lookback_days)
         try:
-            summaries = await self.api.answers_between(first, last)
+            summaries = await self._summaries(first, last)
             unseen = await asyncio.to_thread(unseen_summaries, engine, summaries)
-            items = await self.api.full_items(unseen)
+            items = await name_members(await self.api.full_items(unseen), self.member_names)
             new_versions = await asyncio.to_thread(store_items, engine, items, now=now)
         except AlertdError as exc:
             await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
@@ -73,22 +79,75 @@ class ParliamentSource:
         )
         return PollResult(name, fetched=len(summaries), new_items=new_versions)
 
+    async def _summaries(self, first: date, last: date) -> list[Mapping[str, Any]]:
+        """The window's answered and corrected questions, and (unless switched off) tabled ones;
+        a question in several lists is its answered listing."""
+        answered = await self.api.answers_between(first, last)
+        if not self.poll_tabled:
+            return list(answered)
+        tabled = await self.api.tabled_between(first, last)
+        merged: dict[Any, Mapping[str, Any]] = {value["id"]: value for value in tabled}
+        merged.update((value["id"], value) for value in answered)
+        return list(merged.values())
+
+
+async def name_members(
+    items: Sequence[AnswerItem], member_names: MemberNames | None
+) -> list[AnswerItem]:
+    """The items with every Member the API gave only by id named (where the Members API can)."""
+    unnamed = {
+        member.id
+        for item in items
+        for member in (item.asking_member, item.answering_member)
+        if member is not None and member.name is None
+    }
+    if not unnamed or member_names is None:
+        return list(items)
+    found = await member_names.names(unnamed)
+
+    def named(member: MemberInfo | None) -> MemberInfo | None:
+        if member is None or member.name is not None or member.id not in found:
+            return member
+        hit = found[member.id]
+        return MemberInfo(member.id, hit.name, hit.party, hit.constituency, member.house)
+
+    return [
+        dataclasses.replace(
+            item,
+            asking_member=named(item.asking_member),
+            answering_member=named(item.answering_member),
+        )
+        for item in items
+    ]
+
 
 def unseen_summaries(
     engine: Engine, summaries: Sequence[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
-    """Summaries whose answer version is not stored yet (only those need a detail fetch)."""
+    """Summaries of versions to store (only those need a detail fetch).
+
+    An answer version not stored yet; a question as tabled when nothing of it is stored; a
+    withdrawal of a question stored (one never seen is not worth a word).
+    """
     parsed: list[tuple[Mapping[str, Any], AnswerItem]] = []
     for summary in summaries:
         try:
-            item = parse_item(summary)
+            parsed.append((summary, parse_item(summary)))
         except PermanentError as exc:
             log.warning("skipping a listing item: %s", exc)
-            continue
-        if item.date_answered is not None:
-            parsed.append((summary, item))
     known = _known_versions(engine, [item.api_id for _, item in parsed])
-    return [summary for summary, item in parsed if (item.api_id, item.version_key) not in known]
+    stored = {api_id for api_id, _ in known}
+    unseen = []
+    for summary, item in parsed:
+        if (item.api_id, item.version_key) in known:
+            continue
+        stage = question_stage(item.version_key)
+        if stage is QuestionStage.TABLED and item.api_id in stored:
+            continue  # an answer (or a holding one) is stored already: no going back
+        if stage is QuestionStage.WITHDRAWN and item.api_id not in stored:
+            continue
+        unseen.append(summary)
+    return unseen
 
 
 def _known_versions(engine: Engine, api_ids: Iterable[int]) -> set[tuple[int, str]]:
@@ -151,8 +210,9 @@ def _store_item(session: Session, item: AnswerItem, now: datetime, alert: bool) 
 
 def _item_row(item: AnswerItem, *, version: int, now: datetime) -> Item:
     asker, answerer = item.asking_member, item.answering_member
-    # Holding and withdrawn answers are stored but never alerted: mark them matched already.
-    silent = item.is_holding or item.is_withdrawn
+    # Holding answers are stored but never alerted: mark them matched already. (A withdrawal
+    # goes only to those who were sent the question: see matching.hits.)
+    silent = item.is_holding
     return Item(
         kind=ItemKind.WRITTEN_QUESTION,
         source=PARLIAMENT_SOURCE,
@@ -178,6 +238,9 @@ def _item_row(item: AnswerItem, *, version: int, now: datetime) -> Item:
         date_answer_corrected=item.date_answer_corrected,
         is_holding=item.is_holding,
         is_withdrawn=item.is_withdrawn,
+        date_for_answer=item.date_for_answer,
+        is_named_day=item.is_named_day,
+        grouped_uins=" ".join(item.grouped_uins)[:2000],
         url=item.url,
         ingested_at=now,
         matched_at=now if silent else None,
@@ -185,7 +248,7 @@ def _item_row(item: AnswerItem, *, version: int, now: datetime) -> Item:
 
 
 def _upsert_member(session: Session, info: MemberInfo) -> None:
-    if info.name == str(info.id):
+    if info.name is None:
         return  # only an id: nothing to learn about this Member
     member = session.get(Member, info.id)
     if member is None:

@@ -1,4 +1,4 @@
-"""Sources: fetch answered written questions from the Parliament API as normalised items."""
+"""Sources: fetch written questions (tabled and answered) from the Parliament API as items."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import httpx
 from alertd.config import ParliamentSettings
 from alertd.errors import PermanentError, SourceInvalid
 from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
+from alertd.models import QuestionStage
 from alertd.sources import http
 
 log = logging.getLogger("alertd.sources.parliament")
@@ -26,7 +27,8 @@ OFFICIAL_URL = "https://questions-statements.parliament.uk/written-questions/det
 @dataclass(frozen=True)
 class MemberInfo:
     id: int
-    name: str
+    # None when the API gave only the id (no member object): named at ingest (MemberNames).
+    name: str | None
     party: str | None
     constituency: str | None
     house: str | None
@@ -52,6 +54,10 @@ class AnswerItem:
     date_answer_corrected: date | None
     is_holding: bool
     is_withdrawn: bool
+    date_for_answer: date | None = None
+    is_named_day: bool = False
+    # The UINs of the questions grouped with this one (answered together).
+    grouped_uins: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -59,8 +65,13 @@ class AnswerItem:
 
     @property
     def version_key(self) -> str:
-        """Names the answer version: it changes when a holding answer is replaced or corrected."""
-        answered = self.date_answered.isoformat() if self.date_answered else "-"
+        """Names the version: it changes when a tabled question is answered (or withdrawn),
+        or a holding answer is replaced or corrected. The prefix is its QuestionStage."""
+        if self.is_withdrawn:
+            return QuestionStage.WITHDRAWN.value
+        if self.date_answered is None:
+            return QuestionStage.TABLED.value
+        answered = self.date_answered.isoformat()
         if self.is_holding:
             return f"holding:{answered}"
         corrected = self.date_answer_corrected.isoformat() if self.date_answer_corrected else "-"
@@ -80,15 +91,13 @@ def _member(raw: Any, fallback_id: Any, house: str) -> MemberInfo | None:
     if isinstance(raw, Mapping) and isinstance(raw.get("id"), int):
         return MemberInfo(
             id=raw["id"],
-            name=str(raw.get("name") or raw.get("listAs") or raw["id"]),
+            name=str(raw.get("name") or raw.get("listAs") or "") or None,
             party=raw.get("party"),
             constituency=raw.get("memberFrom"),
             house=house,
         )
     if isinstance(fallback_id, int):
-        return MemberInfo(
-            id=fallback_id, name=str(fallback_id), party=None, constituency=None, house=house
-        )
+        return MemberInfo(id=fallback_id, name=None, party=None, constituency=None, house=house)
     return None
 
 
@@ -128,9 +137,19 @@ def parse_item(value: Mapping[str, Any]) -> AnswerItem:
             ),
             is_holding=bool(value.get("answerIsHolding")),
             is_withdrawn=bool(value.get("isWithdrawn")),
+            date_for_answer=_api_date(value.get("dateForAnswer"), "dateForAnswer"),
+            is_named_day=bool(value.get("isNamedDay")),
+            grouped_uins=_grouped(value.get("groupedQuestions")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SourceInvalid(f"question {value.get('id')!r} has a bad field: {exc}") from exc
+
+
+def _grouped(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    uins = (str(uin).strip() for uin in value if isinstance(uin, str | int))
+    return tuple(uin for uin in uins if uin)
 
 
 def _paragraphs(text: str) -> str:
@@ -200,6 +219,12 @@ class ParliamentApi:
         merged = {value["id"]: value for value in answered}
         merged.update({value["id"]: value for value in corrected})
         return list(merged.values())
+
+    async def tabled_between(self, first: date, last: date) -> list[dict[str, Any]]:
+        """Summaries of questions tabled between two UK dates inclusive (answered or not)."""
+        return await self.list_answers(
+            {"tabledWhenFrom": first.isoformat(), "tabledWhenTo": last.isoformat()}
+        )
 
     async def full_items(self, summaries: Sequence[Mapping[str, Any]]) -> list[AnswerItem]:
         """Fetch the detail of each summary; keep the summary when the detail is gone (404).

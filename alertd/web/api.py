@@ -50,6 +50,14 @@ class AlertCreate(BaseModel):
     query: str | None = Field(default=None, max_length=1000, examples=['"special needs"'])
     member_id: int | None = Field(default=None, ge=1, le=MAX_ID, examples=[4138])
     frequency: Frequency = "daily"
+    on: list[Literal["tabled", "answered"]] | None = Field(
+        default=None,
+        min_length=1,
+        description='What to hear about: ["answered"], or ["tabled", "answered"] (questions as '
+        "they are tabled, then again when answered). "
+        'Default: ["answered"] for a topic, ["tabled", "answered"] for a Member.',
+        examples=[["tabled", "answered"]],
+    )
 
 
 class AlertUpdate(BaseModel):
@@ -70,6 +78,7 @@ class AlertOut(BaseModel):
     frequency: str
     status: Literal["pending", "active", "paused"]
     created_at: datetime
+    on: list[str]
 
 
 class AlertList(BaseModel):
@@ -145,7 +154,9 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def _alert_out(view: service.AlertView) -> AlertOut:
-    return AlertOut(**view.__dict__)
+    fields = {**view.__dict__, "on": list(view.notify_on)}
+    del fields["notify_on"]
+    return AlertOut(**fields)
 
 
 @router.post(
@@ -172,6 +183,7 @@ async def create_alert(ctx: Ctx, request: Request, body: AlertCreate) -> Accepte
         query=body.query or "",
         member_id=str(body.member_id or ""),
         frequency=body.frequency,
+        on=",".join(body.on or ()),
     )
     checked = await check_signup(ctx, fields)
     if checked.errors:

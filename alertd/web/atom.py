@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
 from alertd.htmltext import web_link
-from alertd.models import Alert, Hit, Item, ItemKind
+from alertd.models import Alert, Hit, Item, ItemKind, QuestionStage, question_stage
 from alertd.sources.source import feed_name
 from alertd.web.context import Ctx
 
@@ -28,11 +28,19 @@ def _stamp(item: Item) -> str:
     return datetime.combine(day, time(0, 0), UTC).isoformat()
 
 
+def _status(item: Item) -> str:
+    stage = question_stage(item.version_key)
+    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.TABLED:
+        return " (asked, awaiting answer)"
+    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.WITHDRAWN:
+        return " (withdrawn)"
+    return " (corrected answer)" if item.date_answer_corrected else ""
+
+
 def _entry(feed: ET.Element, item: Item) -> None:
     entry = ET.SubElement(feed, "entry")
     ET.SubElement(entry, "id").text = _entry_id(item)
-    corrected = " (corrected answer)" if item.date_answer_corrected else ""
-    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + corrected
+    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + _status(item)
     link = web_link(item.url)
     if link is not None:
         ET.SubElement(entry, "link", href=link)

@@ -26,7 +26,14 @@ log = logging.getLogger("alertd.web")
 PREVIEW_DAYS = 30
 PREVIEW_EXAMPLES = 5
 MAX_ID = 2**31 - 1
-FIELD_MAX = {"email": 254, "query": 500, "member": 100, "member_id": 12, "frequency": 16}
+FIELD_MAX = {
+    "email": 254,
+    "query": 500,
+    "member": 100,
+    "member_id": 12,
+    "frequency": 16,
+    "on": 32,
+}
 EMAIL_ERROR = "Enter an email address like name@example.org"
 CONFIRM_SUBJECT = "Confirm your alert"
 MANAGE_SUBJECT = "You already have alerts \N{EM DASH} manage them here"
@@ -58,6 +65,8 @@ class SignupFields:
     member: str = ""
     member_id: str = ""
     frequency: str = "daily"
+    # What the alert hears about ("tabled,answered", "answered"); empty: the default.
+    on: str = ""
 
 
 @dataclass
@@ -68,6 +77,8 @@ class Checked:
     email: str = ""
     query: str = ""
     frequency: Frequency = "daily"
+    # None: the default for the kind of alert (see alerts.parse_notify_on).
+    notify_on: str | None = None
     member: MemberHit | None = None
     candidates: list[MemberHit] = field(default_factory=list)
     # The query's canonical form (what emails show, never the text as typed).
@@ -100,6 +111,15 @@ def _check_frequency(fields: SignupFields, checked: Checked) -> None:
         checked.frequency = alerts.parse_frequency(fields.frequency)
     except UsageError:
         checked.errors["frequency"] = "Choose immediate, daily or weekly"
+
+
+def _check_on(fields: SignupFields, checked: Checked) -> None:
+    if not fields.on.strip():
+        return
+    try:
+        checked.notify_on = alerts.parse_notify_on(fields.on, "")
+    except UsageError:
+        checked.errors["on"] = "Choose when to hear about questions: when answered, or both"
 
 
 def _compile(ctx: WebContext, text: str) -> str:
@@ -165,7 +185,7 @@ async def _check_member(ctx: WebContext, fields: SignupFields, checked: Checked)
 async def check_signup(ctx: WebContext, fields: SignupFields) -> Checked:
     """Check every field (all errors at once); a Member is looked up by name if needed."""
     checked = Checked()
-    for name in ("email", "query", "member", "member_id", "frequency"):
+    for name in ("email", "query", "member", "member_id", "frequency", "on"):
         problem = field_problem(name, getattr(fields, name))
         if problem is not None:
             checked.errors[name] = problem
@@ -173,6 +193,7 @@ async def check_signup(ctx: WebContext, fields: SignupFields) -> Checked:
         return checked
     _check_email(fields, checked)
     _check_frequency(fields, checked)
+    _check_on(fields, checked)
     if fields.follow == "member":
         await _check_member(ctx, fields, checked)
     elif fields.follow == "topic":
@@ -300,6 +321,7 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
         max_alerts=ctx.settings.web.max_alerts_per_address,
         confirm_window=ctx.confirm_window,
         now=now,
+        notify_on=checked.notify_on,
     )
     links, link_secret = ctx.links, result.link_secret
     confirm_url = None

@@ -65,6 +65,7 @@ class SignupForm(BaseModel):
     member: str = ""
     member_id: str = ""
     frequency: str = "daily"
+    on: str = ""
     step: str = "preview"
 
 
@@ -131,7 +132,13 @@ async def signup_submit(
     subscribing = fields.step == "subscribe"
     _rate_limit(ctx, "signup" if subscribing else "lookup", ip)
     typed = SignupFields(
-        fields.email, fields.follow, fields.query, fields.member, fields.member_id, fields.frequency
+        fields.email,
+        fields.follow,
+        fields.query,
+        fields.member,
+        fields.member_id,
+        fields.frequency,
+        fields.on,
     )
     checked = await check_signup(ctx, typed)
     if checked.member is not None:

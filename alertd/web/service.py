@@ -37,6 +37,8 @@ class AlertView:
     frequency: str
     status: Status
     created_at: datetime
+    # The question stages it hears about: ("answered",) or ("tabled", "answered").
+    notify_on: tuple[str, ...] = ("answered",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def _view(session: Session, alert: Alert) -> AlertView:
         frequency=alert.frequency,
         status=_status(alert),
         created_at=alert.created_at,
+        notify_on=tuple(alert.notify_on.split(",")),
     )
 
 
@@ -150,17 +153,19 @@ def register_signup(
     max_alerts: int,
     confirm_window: timedelta,
     now: datetime,
+    notify_on: str | None = None,
 ) -> SignupResult:
     """Save an unconfirmed alert unless the address is at its limit or already has it.
 
     Raises:
-        UsageError: a bad address or query (nothing saved).
+        UsageError: a bad address, query or stage (nothing saved).
     """
+    args = (engine, email, query_text, frequency, max_alerts, confirm_window, now, notify_on)
     try:
-        return _register(engine, email, query_text, frequency, max_alerts, confirm_window, now)
+        return _register(*args)
     except IntegrityError:
         # The same new address signed up twice at once: the other request made the row.
-        return _register(engine, email, query_text, frequency, max_alerts, confirm_window, now)
+        return _register(*args)
 
 
 def _register(
@@ -171,6 +176,7 @@ def _register(
     max_alerts: int,
     confirm_window: timedelta,
     now: datetime,
+    notify_on: str | None,
 ) -> SignupResult:
     address = alerts.normalise_email(email)
     with transaction(engine) as session:
@@ -188,6 +194,7 @@ def _register(
         same = next((a for a in counted if a.canonical == canonical), None)
         if same is not None and not same.confirmed:
             same.frequency, same.created_at = frequency, now  # a fresh link for the same alert
+            same.notify_on = alerts.parse_notify_on(notify_on, canonical)
             session.add(same)
         note: Note | None = None
         if same is not None and same.confirmed:
@@ -205,7 +212,9 @@ def _register(
         )
     if same is not None or note is not None:
         return result
-    alert = alerts.subscribe(engine, address, query_text, frequency, confirmed=False, now=now)
+    alert = alerts.subscribe(
+        engine, address, query_text, frequency, confirmed=False, now=now, notify_on=notify_on
+    )
     assert alert.id is not None
     with Session(engine) as session:
         label = alert_label(session, alert)
