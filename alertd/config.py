@@ -67,6 +67,13 @@ class ParliamentSettings(_Section):
     user_agent: str = "alertd/0.1 (+https://github.com/alertd)"
 
 
+class StatementsSettings(_Section):
+    """Ministers' written statements, from the same API as the questions."""
+
+    enabled: bool = True
+    poll_interval_minutes: int = Field(default=60, ge=1)
+
+
 class MailSettings(_Section):
     from_address: str = Field(default="alerts@localhost", alias="from")
     from_name: str = "alertd"
@@ -221,6 +228,7 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()
     feeds: tuple[FeedConfig, ...] = ()
+    statements: StatementsSettings = StatementsSettings()
 
 
 def load_settings(

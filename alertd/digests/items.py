@@ -15,7 +15,7 @@ from alertd.digests.view import Digest, DigestItem, DigestSection, describe_aler
 from alertd.errors import QueryError
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
-from alertd.models import Alert, Hit, Item, Member, Subscriber
+from alertd.models import Alert, Hit, Item, ItemKind, Member, Subscriber
 from alertd.sources.source import feed_name
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
@@ -120,7 +120,7 @@ def build_digest(
     assert subscriber.id is not None
     manage_url = links.url(links.manage_path(subscriber.id))
     labels = memo.labels(session, (row.alert for row in rows))
-    order, shown, totals = _group(rows, labels, memo)
+    order, shown, totals, statements = _group(rows, labels, memo)
     sections = []
     for alert in order:
         assert alert.id is not None
@@ -133,6 +133,7 @@ def build_digest(
                 reason=_reason(alert, labels[alert.id]),
                 more_url=manage_url,
                 feed_url=links.url(links.feed_path(alert.id)),
+                statements_total=statements[alert.id],
             )
         )
     return Digest(
@@ -145,10 +146,11 @@ def build_digest(
 
 def _group(
     rows: list[Row], labels: dict[int | None, str], memo: ComposeMemo
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int]]:
-    """The alerts in order, the items each shows and how many answers each has.
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], Counter[int]]:
+    """The alerts in order, the items each shows, how many items each has and how many of
+    them are statements.
 
-    An answer is counted only under its first alert; only those shown are built.
+    An item is counted only under its first alert; only those shown are built.
     """
     alerts_of: dict[int, list[Alert]] = defaultdict(list)
     for row in rows:
@@ -158,6 +160,7 @@ def _group(
     placed: set[int] = set()
     shown: dict[int, list[DigestItem]] = defaultdict(list)
     totals: Counter[int] = Counter()
+    statements: Counter[int] = Counter()
     order: list[Alert] = []
     for row in rows:
         item_id, alert_id = row.item.id, row.alert.id
@@ -168,7 +171,12 @@ def _group(
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
-        if totals[alert_id] > limit:
+        # The limit is per group: many answers never hide an alert's statements.
+        if row.item.kind == ItemKind.STATEMENT:
+            statements[alert_id] += 1
+            if statements[alert_id] > limit:
+                continue
+        elif totals[alert_id] - statements[alert_id] > limit:
             continue
         matched = alerts_of[item_id]
         others = tuple(
@@ -176,7 +184,7 @@ def _group(
         )
         queries = frozenset(a.canonical for a in matched)
         shown[alert_id].append(memo.item(row.item, others, queries))
-    return order, shown, totals
+    return order, shown, totals, statements
 
 
 def _highlights(canonical: str) -> Highlights | None:
@@ -214,6 +222,8 @@ def _person(name: str | None, party: str | None, constituency: str | None) -> st
 def _item(
     item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
 ) -> DigestItem:
+    if item.kind == ItemKind.STATEMENT:
+        return _statement(item, settings, also, highlights)
     feed = feed_name(item.source)
     asked = _person(
         item.asking_member_name,
@@ -240,4 +250,32 @@ def _item(
         excerpt_marks=answer.spans,
         source=feed or "",
         answer_html=item.answer_html,
+    )
+
+
+def _statement(
+    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
+) -> DigestItem:
+    text = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
+    return DigestItem(
+        heading=flatten(item.heading) or f"Statement {item.uin or ''}",
+        department=item.answering_body_name or "",
+        asked_by="",
+        answered_by=_name(item.answering_member_name),
+        date_tabled=item.date_tabled,
+        date_answered=item.date_answered,
+        question_text="",
+        answer_excerpt=text.text,
+        url=item.url,
+        uin=item.uin or "",
+        house=item.house or "",
+        corrected=item.date_answer_corrected is not None,
+        also_matches=also,
+        excerpt_marks=text.spans,
+        answer_html=item.answer_html,
+        is_statement=True,
+        role=flatten(item.answering_member_role or ""),
+        attachments=tuple(
+            flatten(str(a.get("title") or "")) for a in item.attachments or () if a.get("title")
+        ),
     )

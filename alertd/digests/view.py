@@ -13,10 +13,12 @@ from alertd.htmltext import sanitise_html
 
 @dataclass(frozen=True)
 class DigestItem:
-    """One answered question as a digest shows it.
+    """One answered question (or a feed item, or a written statement) as a digest shows it.
 
     ``question_marks`` and ``excerpt_marks`` are the (start, end) ranges of
-    ``question_text`` and ``answer_excerpt`` that the alert's query looks for.
+    ``question_text`` and ``answer_excerpt`` that the alert's query looks for. A statement
+    has its title as ``heading``, the minister as ``answered_by``, the day made as
+    ``date_answered`` and an excerpt of its text as ``answer_excerpt``.
     """
 
     heading: str
@@ -38,6 +40,11 @@ class DigestItem:
     source: str = ""
     # The whole answer as HTML from outside: sanitised again whenever a template shows it.
     answer_html: str = ""
+    # A written statement (shown in its own group) rather than an answer or a feed item.
+    is_statement: bool = False
+    # A statement's minister's role ("Minister for Investment") and attachments' titles.
+    role: str = ""
+    attachments: tuple[str, ...] = ()
 
     @property
     def answer_markup(self) -> Markup:
@@ -47,7 +54,7 @@ class DigestItem:
 
 @dataclass(frozen=True)
 class DigestSection:
-    """The answers one alert found, under that alert's label, with a count."""
+    """The answers (and statements) one alert found, under that alert's label, with counts."""
 
     label: str
     stop_url: str
@@ -59,6 +66,23 @@ class DigestSection:
     more_url: str = ""
     # The alert's private Atom feed, for people who prefer a feed reader.
     feed_url: str = ""
+    # How many of ``total`` are written statements.
+    statements_total: int = 0
+
+    @property
+    def answers(self) -> tuple[DigestItem, ...]:
+        """The items shown that are not statements (answers, feed items), in order."""
+        return tuple(item for item in self.items if not item.is_statement)
+
+    @property
+    def statements(self) -> tuple[DigestItem, ...]:
+        """The written statements shown, in order: their own group in the section."""
+        return tuple(item for item in self.items if item.is_statement)
+
+    @property
+    def counted(self) -> str:
+        """``3 new answers``, or ``2 new answers and 1 new statement``."""
+        return count_phrase(self.total - self.statements_total, self.statements_total)
 
     @property
     def hidden(self) -> int:
@@ -82,6 +106,24 @@ class Digest:
     @property
     def total(self) -> int:
         return sum(section.total for section in self.sections)
+
+    @property
+    def statements_total(self) -> int:
+        return sum(section.statements_total for section in self.sections)
+
+    @property
+    def counted(self) -> str:
+        """``3 new answers``, or ``2 new answers and 1 new statement``."""
+        return count_phrase(self.total - self.statements_total, self.statements_total)
+
+
+def count_phrase(answers: int, statements: int) -> str:
+    """How a digest counts its items: answers alone as ever; statements named when there are."""
+    said = f"{answers} new answer{'s' if answers != 1 else ''}"
+    if not statements:
+        return said
+    made = f"{statements} new statement{'s' if statements != 1 else ''}"
+    return f"{said} and {made}" if answers else made
 
 
 def describe_alert(label: str, *, member: bool = False) -> str:

@@ -15,8 +15,10 @@ MAX_TERMS = 32
 MAX_DEPTH = 16
 MIN_PREFIX = 3
 ID_FIELDS = ("member", "asker", "answerer", "department")
-FIELDS = (*ID_FIELDS, "house", "heading")
+FIELDS = (*ID_FIELDS, "house", "heading", "type")
 HOUSES = ("commons", "lords")
+# What type: narrows an alert to (alertd.models.ITEM_TYPES names each kind's type).
+TYPES = ("question", "statement")
 
 Scope: TypeAlias = Literal["text", "heading"]
 Resolver: TypeAlias = Callable[[str, str, int], int]
@@ -141,7 +143,8 @@ class Prefix:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """A metadata condition: member/asker/answerer/department take an id, house a house."""
+    """A metadata condition: member/asker/answerer/department take an id, house a house,
+    type an item type."""
 
     name: str
     value: int | str
@@ -375,6 +378,11 @@ class _Lexer:
             if house not in HOUSES:
                 raise QueryError("house: must be commons or lords", at)
             return Field(name, house)
+        if name == "type":
+            kind = value.strip().lower()
+            if kind not in TYPES:
+                raise QueryError(f"type: must be {' or '.join(TYPES)}", at)
+            return Field(name, kind)
         return Field(name, self._id(name, value, at))
 
     def _id(self, name: str, value: str, at: int) -> int:
@@ -524,13 +532,31 @@ def parse_query(text: str, resolve: Resolver | None = None) -> Query:
     return _Parser(text, resolve).parse()
 
 
-# A canonical query of plain atoms only: words, exclusions, prefixes, id and house fields.
+# A canonical query of plain atoms only: words, exclusions, prefixes, id, house and type fields.
 _PLAIN_ATOM = re.compile(
     r"(?P<minus>-?)(?:(?P<word>[a-z0-9]+)(?P<star>\*?)"
     r"|(?P<field>member|asker|answerer|department):(?P<id>[1-9][0-9]{0,8})"
-    r"|house:(?P<house>commons|lords))"
+    r"|house:(?P<house>commons|lords)"
+    r"|type:(?P<type>question|statement))"
 )
 _NEEDS_PARSER = re.compile(r"[\"()]| OR ")
+
+
+def _plain_leaf(atom: str) -> Leaf | None:
+    """The leaf a plain canonical atom names (its "-" aside); None when it is not plain."""
+    found = _PLAIN_ATOM.fullmatch(atom)
+    if found is None:
+        return None
+    word, name, house, kind = found.group("word", "field", "house", "type")
+    if word is not None:
+        if not found.group("star"):
+            return Term(word)
+        return Prefix(word) if len(word) >= MIN_PREFIX else None
+    if name is not None:
+        return Field(name, int(found.group("id")))
+    if kind is not None:
+        return Field("type", kind)
+    return Field("house", house)
 
 
 def parse_canonical(canonical: str) -> Query:
@@ -547,23 +573,10 @@ def parse_canonical(canonical: str) -> Query:
         return parse_query(canonical)
     children: list[Node] = []
     for atom in atoms:
-        found = _PLAIN_ATOM.fullmatch(atom)
-        if found is None:
+        leaf = _plain_leaf(atom)
+        if leaf is None:
             return parse_query(canonical)
-        word, name, house = found.group("word", "field", "house")
-        leaf: Leaf
-        if word is not None:
-            if not found.group("star"):
-                leaf = Term(word)
-            elif len(word) >= MIN_PREFIX:
-                leaf = Prefix(word)
-            else:
-                return parse_query(canonical)
-        elif name is not None:
-            leaf = Field(name, int(found.group("id")))
-        else:
-            leaf = Field("house", house)
-        children.append(Not(leaf) if found.group("minus") else leaf)
+        children.append(Not(leaf) if atom.startswith("-") else leaf)
     # Atoms render as themselves: in make_and's order already (as a canonical form is),
     # the AND is made as it stands, else through make_and.
     order = [(atom.startswith("-"), atom) for atom in atoms]

@@ -145,7 +145,7 @@ def _store_item(session: Session, item: AnswerItem, now: datetime, alert: bool) 
     session.add(row)
     for member in (item.asking_member, item.answering_member):
         if member is not None:
-            _upsert_member(session, member)
+            upsert_member(session, member)
     return True
 
 
@@ -184,7 +184,8 @@ def _item_row(item: AnswerItem, *, version: int, now: datetime) -> Item:
     )
 
 
-def _upsert_member(session: Session, info: MemberInfo) -> None:
+def upsert_member(session: Session, info: MemberInfo) -> None:
+    """Remember a Member's name, party and seat as last seen in an item."""
     if info.name == str(info.id):
         return  # only an id: nothing to learn about this Member
     member = session.get(Member, info.id)
