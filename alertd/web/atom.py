@@ -30,14 +30,21 @@ def _stamp(item: Item) -> str:
 def _entry(feed: ET.Element, item: Item) -> None:
     entry = ET.SubElement(feed, "entry")
     ET.SubElement(entry, "id").text = _entry_id(item)
-    corrected = " (corrected answer)" if item.date_answer_corrected else ""
+    statement = item.kind == ItemKind.STATEMENT
+    corrected = ""
+    if item.date_answer_corrected:
+        corrected = " (corrected statement)" if statement else " (corrected answer)"
     ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + corrected
     ET.SubElement(entry, "link", href=item.url)
     ET.SubElement(entry, "updated").text = _stamp(item)
-    if item.asking_member_name:
+    # A statement's author is the minister who made it.
+    author_name = item.answering_member_name if statement else item.asking_member_name
+    if author_name:
         author = ET.SubElement(entry, "author")
-        ET.SubElement(author, "name").text = item.asking_member_name
-    summary = " ".join(part for part in (item.question_text, item.answer_text) if part)
+        ET.SubElement(author, "name").text = author_name
+    # A statement's question_text holds its attachments' titles: its text is the summary.
+    question = "" if statement else item.question_text
+    summary = " ".join(part for part in (question, item.answer_text) if part)
     ET.SubElement(entry, "summary").text = summary[:2000]
     category = item.answering_body_name or feed_name(item.source)
     if category:
