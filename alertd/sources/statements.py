@@ -17,10 +17,10 @@ from sqlmodel import Session, col, func, select
 
 import alertd.matching.history  # noqa: F401  (indexes each Item as it is inserted)
 from alertd.db import transaction
-from alertd.errors import AlertdError, PermanentError, SourceInvalid
+from alertd.errors import PermanentError, SourceInvalid
 from alertd.htmltext import html_to_text, looks_like_html, sanitise_html
 from alertd.models import Item, ItemKind
-from alertd.sources.ingest import poll_window, upsert_member
+from alertd.sources.ingest import leased_window_poll, upsert_member
 from alertd.sources.parliament import (
     MemberInfo,
     ParliamentApi,
@@ -29,7 +29,7 @@ from alertd.sources.parliament import (
     paragraphs_html,
 )
 from alertd.sources.source import STATEMENTS_SOURCE, PollResult
-from alertd.sources.state import PollLease, record_poll, release_poll_lease, take_poll_lease
+from alertd.sources.state import PollLease
 
 log = logging.getLogger("alertd.sources.statements")
 STATEMENTS_PATH = "/api/writtenstatements/statements"
@@ -225,26 +225,26 @@ class StatementsSource:
         Raises:
             SourceUnavailable, SourceInvalid: the poll failed; the failure is also recorded.
         """
-        engine, name = self.engine, self.name
         today = now.astimezone(self.zone).date()
-        high_water = await asyncio.to_thread(take_poll_lease, engine, name, self.lease, now=now)
-        if high_water is False:
-            log.info("%s: polled recently or by another worker; skipped", name)
-            return PollResult(name, fetched=0, new_items=0, polled=False)
-        first, last = poll_window(high_water, today, self.lookback_days)
-        try:
+
+        async def fetch_and_store(first: date, last: date) -> tuple[int, int]:
             summaries = await self.api.made_between(first, last)
-            unseen = await asyncio.to_thread(unseen_statements, engine, summaries)
+            unseen = await asyncio.to_thread(unseen_statements, self.engine, summaries)
             items = await self.api.full_items(unseen)
-            new = await asyncio.to_thread(store_statements, engine, items, now=now, today=today)
-        except AlertdError as exc:
-            await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
-            raise
-        except asyncio.CancelledError:
-            await asyncio.to_thread(release_poll_lease, engine, name, self.lease.owner)
-            raise
-        await asyncio.to_thread(record_poll, engine, name, now=now, high_water=last, new_count=new)
-        return PollResult(name, fetched=len(summaries), new_items=new)
+            new = await asyncio.to_thread(
+                store_statements, self.engine, items, now=now, today=today
+            )
+            return len(summaries), new
+
+        return await leased_window_poll(
+            self.engine,
+            self.name,
+            self.lease,
+            now=now,
+            today=today,
+            lookback_days=self.lookback_days,
+            fetch_and_store=fetch_and_store,
+        )
 
 
 def unseen_statements(
