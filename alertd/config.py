@@ -70,7 +70,8 @@ class ParliamentSettings(_Section):
 class StatementsSettings(_Section):
     """Ministers' written statements, from the same API as the questions."""
 
-    enabled: bool = True
+    # Unset: as parliament.enabled (turning Parliament off runs alertd on feeds alone).
+    enabled: bool | None = None
     poll_interval_minutes: int = Field(default=60, ge=1)
 
 
@@ -229,6 +230,13 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     feeds: tuple[FeedConfig, ...] = ()
     statements: StatementsSettings = StatementsSettings()
+
+    @property
+    def polls_statements(self) -> bool:
+        """Whether the written statements are polled: ``statements.enabled``, else as
+        ``parliament.enabled``."""
+        enabled = self.statements.enabled
+        return self.parliament.enabled if enabled is None else enabled
 
 
 def load_settings(

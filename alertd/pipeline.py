@@ -117,7 +117,7 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
                 lease=lease,
             )
         )
-    if settings.statements.enabled:
+    if settings.polls_statements:
         interval = settings.statements.poll_interval_minutes
         sources.append(
             StatementsSource(

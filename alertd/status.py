@@ -118,7 +118,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
         live = {feed_source(name) for name in session.exec(select(Feed.name).where(Feed.enabled))}
         if settings.parliament.enabled:
             live.add(PARLIAMENT_SOURCE)
-        if settings.statements.enabled:
+        if settings.polls_statements:
             live.add(STATEMENTS_SOURCE)
         sources = [
             SourceStatus(
