@@ -78,6 +78,14 @@ class ParliamentSettings(_Section):
     poll_tabled: bool = True
 
 
+class StatementsSettings(_Section):
+    """Ministers' written statements, from the same API as the questions."""
+
+    # Unset: as parliament.enabled (turning Parliament off runs alertd on feeds alone).
+    enabled: bool | None = None
+    poll_interval_minutes: int = Field(default=60, ge=1)
+
+
 class MailSettings(_Section):
     from_address: str = Field(default="alerts@localhost", alias="from")
     from_name: str = "alertd"
@@ -271,6 +279,14 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()
     feeds: tuple[FeedConfig, ...] = ()
+    statements: StatementsSettings = StatementsSettings()
+
+    @property
+    def polls_statements(self) -> bool:
+        """Whether the written statements are polled: ``statements.enabled``, else as
+        ``parliament.enabled``."""
+        enabled = self.statements.enabled
+        return self.parliament.enabled if enabled is None else enabled
 
 
 def load_settings(

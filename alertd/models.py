@@ -109,6 +109,15 @@ class ItemKind(StrEnum):
 
     WRITTEN_QUESTION = "written_question"
     FEED_ITEM = "feed_item"
+    # A minister's written statement (Commons HCWS…, Lords HLWS…).
+    STATEMENT = "statement"
+
+
+# What the query language's ``type:`` names each kind by; a kind not here has no type.
+ITEM_TYPES: dict[str, str] = {
+    ItemKind.WRITTEN_QUESTION: "question",
+    ItemKind.STATEMENT: "statement",
+}
 
 
 class QuestionStage(StrEnum):
@@ -132,8 +141,11 @@ def question_stage(version_key: str) -> QuestionStage:
 
 class Item(SQLModel, table=True):
     """One version of one item of a source: a version of a written question (as tabled, a
-    holding answer, the answer, a correction, its withdrawal), or an item of a feed (always
-    version 1)."""
+    holding answer, the answer, a correction, its withdrawal), a written statement (the
+    statement, a correction), or an item of a feed (always version 1).
+
+    A statement keeps its title in ``heading``, its text in ``answer_*``, the minister who
+    made it as the answering member and the day made in ``date_answered``."""
 
     __table_args__ = (
         sa.UniqueConstraint("source", "source_id", "version"),
@@ -181,6 +193,12 @@ class Item(SQLModel, table=True):
     date_answered: date | None = Field(default=None, index=True)
     # A feed item's own publication time, when the feed gives one.
     published_at: datetime | None = _utc(default=None, nullable=True)
+    # Statements only: the minister's role ("Minister for Investment"), the titles and URLs
+    # of its attachments ([{"title", "url"}]) and the statements it links to
+    # ([{"id", "link_type", "uin", "date"}]).
+    answering_member_role: str | None = Field(default=None, max_length=300)
+    attachments: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
+    linked_statements: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
     ingested_at: datetime = _utc(index=True)
     # NULL until matched against the alerts: a crash between ingest and match loses nothing.
     matched_at: datetime | None = _utc(default=None, nullable=True, index=True)

@@ -32,6 +32,7 @@ from alertd.sources.member_names import MemberNames
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PARLIAMENT_SOURCE, Source
 from alertd.sources.state import PollLease
+from alertd.sources.statements import StatementsApi, StatementsSource
 
 log = logging.getLogger("alertd.pipeline")
 
@@ -97,7 +98,8 @@ class Runtime:
 
 
 def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list[Source]:
-    """The sources to poll this run: Parliament when enabled, then the feeds that are due."""
+    """The sources to poll this run: Parliament and written statements when enabled, then
+    the feeds that are due."""
     settings = runtime.settings
     lease = PollLease(
         owner=runtime.worker_id,
@@ -116,6 +118,19 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
                 lease=lease,
                 member_names=MemberNames(runtime.engine, settings.members, client),
                 poll_tabled=settings.parliament.poll_tabled,
+            )
+        )
+    if settings.polls_statements:
+        interval = settings.statements.poll_interval_minutes
+        sources.append(
+            StatementsSource(
+                runtime.engine,
+                StatementsApi(ParliamentApi(settings.parliament, client)),
+                zone=settings.digest.zone,
+                lookback_days=settings.parliament.lookback_days,
+                # Looked at on every poll run; polled once its own interval has (nearly)
+                # passed: a run a little early must not skip a whole interval.
+                lease=PollLease(lease.owner, lease.lease_s, timedelta(minutes=interval * 0.9)),
             )
         )
     sources.extend(

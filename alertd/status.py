@@ -25,7 +25,7 @@ from alertd.models import (
     Subscriber,
 )
 from alertd.redact import redact
-from alertd.sources.source import PARLIAMENT_SOURCE, feed_source
+from alertd.sources.source import PARLIAMENT_SOURCE, STATEMENTS_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -114,11 +114,13 @@ def _subscriber_counts(session: Session) -> dict[str, int]:
 def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Status:
     """Read everything an operator looks at first, and judge what needs attention."""
     with Session(engine) as session:
-        # A removed or disabled feed, or Parliament switched off, is not polled any more: its
-        # last error must not keep asking for attention.
+        # A removed or disabled feed, or Parliament (or statements) switched off, is not
+        # polled any more: its last error must not keep asking for attention.
         live = {feed_source(name) for name in session.exec(select(Feed.name).where(Feed.enabled))}
         if settings.parliament.enabled:
             live.add(PARLIAMENT_SOURCE)
+        if settings.polls_statements:
+            live.add(STATEMENTS_SOURCE)
         sources = [
             SourceStatus(
                 s.name,

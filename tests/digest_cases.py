@@ -19,8 +19,14 @@ from alertd.matching.hits import match_new_answers
 from alertd.models import Outbox
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item
+from alertd.sources.statements import parse_statement, store_statements
 
-from standin_api import load_2021_answered, load_2021_tabled, load_2024_records
+from standin_api import (
+    load_2021_answered,
+    load_2021_statements,
+    load_2021_tabled,
+    load_2024_records,
+)
 
 # The 2021 answers were all answered on Monday 1 February 2021; the 2024 ones in September.
 NOW = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
@@ -36,6 +42,8 @@ class Case:
     queries: tuple[str, ...]
     records: str
     max_per_alert: int
+    # Also the written statements made on 1 Feb 2021.
+    statements: bool = False
 
 
 CASES = {
@@ -45,6 +53,14 @@ CASES = {
     "member": Case(("member:4113",), "2021", 5),
     # An answer matching two alerts is shown once; a corrected answer is labelled.
     "mixed": Case(('"special educational needs"', "pupils", "member:4113", "carers"), "2021", 3),
+    # Answers and statements under one alert (statements in their own group), a statements
+    # only alert, and a questions-only alert that the "Design Update" statements must not reach.
+    "statements": Case(
+        ('"hong kong"', "trade type:statement", "design type:question"),
+        "2021",
+        3,
+        statements=True,
+    ),
 }
 
 
@@ -78,6 +94,9 @@ def compose_case(tmp_path: Path, name: str, settings: Settings | None = None) ->
         for query in case.queries:
             alerts.subscribe(engine, RECIPIENT, query, "immediate", confirmed=True, now=confirmed)
         store_items(engine, _items(case.records), now=NOW)
+        if case.statements:
+            statements = [parse_statement(r) for r in load_2021_statements()]
+            store_statements(engine, statements, now=NOW, today=NOW.date())
         match_new_answers(engine, now=NOW)
         assert compose_due_digests(engine, settings, build_environment(settings), now=NOW) == 1
         with Session(engine) as session:

@@ -1,4 +1,5 @@
-"""A local HTTP stand-in for the Parliament Written Questions and Members APIs, with faults."""
+"""A local HTTP stand-in for the Parliament Written Questions, Written Statements and Members
+APIs, with faults."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ TABLED_2021 = FIXTURES_DIR / "list_tabled_2021-02-01_bicameral_expandMember.json
 RESULTS_2024 = FIXTURES_DIR / "results_tabled_2024-08_commons_mysociety.json"
 LONGFORM_2024 = FIXTURES_DIR / "longform_detail_texts_2024-08_mysociety.sqlite"
 MEMBERS_SAMPLE = FIXTURES_DIR / "members_search_sample_snommoc.json"
+STATEMENTS_2021 = FIXTURES_DIR / "list_made_2021-02-01_bicameral_expandMember.json"
 
 LIST_PATH = "/api/writtenquestions/questions"
+STATEMENTS_PATH = "/api/writtenstatements/statements"
 MEMBERS_SEARCH_PATH = "/api/members/search"
 MEMBERS_PATH = "/api/members"
 LIST_TEXT_LIMIT = 255
@@ -63,7 +66,7 @@ FaultKind = (
         "hang", "delay", "broken_json", "truncated", "drop", "drip", "huge", "gzip_bomb", "redirect"
     ]
 )
-Route = Literal["list", "detail", "members", "other"]
+Route = Literal["list", "detail", "statements", "statement", "members", "other"]
 Record = dict[str, Any]
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -84,6 +87,11 @@ def load_2021_answered() -> list[Record]:
 def load_2021_tabled() -> list[Record]:
     """The 520 questions tabled on 1 Feb 2021 (7 unanswered, 4 corrected)."""
     return [item["value"] for item in _read_json(TABLED_2021)["results"]]
+
+
+def load_2021_statements() -> list[Record]:
+    """The 10 written statements made on 1 Feb 2021 (listed texts, cut at 255 characters)."""
+    return [item["value"] for item in _read_json(STATEMENTS_2021)["results"]]
 
 
 def load_longform_2024() -> dict[int, tuple[str, str]]:
@@ -160,6 +168,48 @@ def detail_view(record: Mapping[str, Any]) -> Record:
         paragraphs = [p.strip() for p in answer.split("\n") if p.strip()]
         value["answerText"] = "".join(f"<p>{html.escape(p, quote=False)}</p>" for p in paragraphs)
     return value
+
+
+def statement_list_view(record: Mapping[str, Any]) -> Record:
+    """A statement as the list shows it: text without tags cut at 255 characters plus "...",
+    no attachments or linked statements (the real list leaves them empty)."""
+    value = dict(record)
+    text = value.get("text")
+    if isinstance(text, str):
+        plain = TAG_RE.sub("", text)
+        value["text"] = plain[:LIST_TEXT_LIMIT] + "..." if len(plain) > LIST_TEXT_LIMIT else plain
+    value["hasAttachments"] = bool(value.get("attachments"))
+    value["hasLinkedStatements"] = bool(value.get("linkedStatements"))
+    value["attachments"], value["linkedStatements"] = [], []
+    return value
+
+
+def _statement_item(value: Record, expand: bool) -> Record:
+    if not expand:
+        value["member"] = None
+    return {
+        "value": value,
+        "links": [{"rel": "self", "href": f"/Statements/{value['id']}", "method": "GET"}],
+    }
+
+
+def _statement_filters(params: Params) -> list[Predicate]:
+    """Predicates for the statements list. Raises ValueError for a bad parameter (400)."""
+    predicates: list[Predicate] = []
+    first, last = _date_param(params, "madewhenfrom"), _date_param(params, "madewhento")
+    if first or last:
+        predicates.append(_date_predicate("dateMade", first, last))
+    house = _param(params, "house")
+    if house and house.lower() != "bicameral":
+        predicates.append(_house_predicate(house))
+    uin = _param(params, "uin")
+    if uin:
+        predicates.append(lambda record: str(record.get("uin") or "").lower() == uin.lower())
+    for name, field in (("answeringbodies", "answeringBodyId"), ("members", "memberId")):
+        wanted = _int_set(params, name)
+        if wanted:
+            predicates.append(_field_in(field, wanted))
+    return predicates
 
 
 def _question_item(value: Record, expand: bool) -> Record:
@@ -372,9 +422,11 @@ class FaultRule:
       "huge": HTTP 200 with a 200 MB JSON body (spaces after the answer), streamed;
       "gzip_bomb": HTTP 200, Content-Encoding gzip: 400 KB that decode to 400 MB of zeros;
       "redirect": HTTP 302 to ``location``.
-    target: "any", "list", "detail", "members", or a path prefix starting with "/"
+    target: "any", "list", "detail", "statements" (the statements list), "statement" (a
+      statement's detail), "members", or a path prefix starting with "/"
       (case-insensitive, matched against the path without the query).
-    skip: only list requests with this ``skip`` value (a missing skip counts as 0).
+    skip: only list requests (questions or statements) with this ``skip`` value (a missing
+      skip counts as 0).
     count: how many matching requests fail; None for every one.
     retry_after: sent as a Retry-After header with a status-code fault.
     hits: how many requests this rule has failed so far.
@@ -397,6 +449,8 @@ class FaultRule:
             "any",
             "list",
             "detail",
+            "statements",
+            "statement",
             "members",
         ):
             raise ValueError(f"unknown fault target {self.target!r}")
@@ -421,6 +475,10 @@ def _route(path: str) -> Route:
         return "list"
     if lowered.startswith(LIST_PATH + "/"):
         return "detail"
+    if lowered == STATEMENTS_PATH:
+        return "statements"
+    if lowered.startswith(STATEMENTS_PATH + "/"):
+        return "statement"
     if lowered == MEMBERS_SEARCH_PATH:
         return "members"
     if lowered.startswith(MEMBERS_PATH + "/") and lowered[len(MEMBERS_PATH) + 1 :].isdigit():
@@ -530,8 +588,11 @@ class StandinApi:
     cut at 255 characters), ``GET /api/writtenquestions/questions/{id}`` and ``.../{date}/{uin}``
     (full record, HTML answer), ``GET /api/Members/Search?Name=`` and ``GET /api/Members/{id}``
     (members seen in records plus any given: a record whose member objects are removed still
-    names its Members here, as the real Members API does). Records are the API's ``value``
-    objects, stored with their full texts.
+    names its Members here, as the real Members API does),
+    ``GET /api/writtenstatements/statements`` (madeWhen, house, uin, answeringBodies, members
+    filters, paging) and ``.../{id}``, ``.../{date}/{uin}`` (whole statement with attachments
+    and links). Records are the API's ``value`` objects, stored with their full texts;
+    statements are kept apart from questions (``statements=`` / ``put_statement``).
     """
 
     def __init__(
@@ -539,6 +600,7 @@ class StandinApi:
         records: Iterable[Mapping[str, Any]] = (),
         *,
         members: Iterable[Mapping[str, Any]] = (),
+        statements: Iterable[Mapping[str, Any]] = (),
         seed: int = 20210201,
         hang_seconds: float = 30.0,
         host: str = "127.0.0.1",
@@ -549,6 +611,7 @@ class StandinApi:
         self._lock = threading.RLock()
         self._records: dict[int, Record] = {}
         self._members: dict[int, Record] = {}
+        self._statements: dict[int, Record] = {}
         self._faults: list[FaultRule] = []
         self._requests: list[tuple[str, str]] = []
         self._stopping = threading.Event()
@@ -556,6 +619,8 @@ class StandinApi:
         self._thread: threading.Thread | None = None
         for record in records:
             self.put(record)
+        for statement in statements:
+            self.put_statement(statement)
         for item in members:
             self._members[int(item["value"]["id"])] = copy.deepcopy(dict(item))
 
@@ -673,6 +738,26 @@ class StandinApi:
         with self._lock:
             return len(self._records)
 
+    # -- statements ------------------------------------------------------------------------------
+
+    def put_statement(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace a written statement (stored as a deep copy)."""
+        stored = copy.deepcopy(dict(record))
+        with self._lock:
+            self._statements[int(stored["id"])] = stored
+
+    def update_statement(self, statement_id: int, **changes: Any) -> Record:
+        """Change some fields of a statement, e.g. ``text="<p>…</p>"``; returns a copy."""
+        with self._lock:
+            record = {**self._statements[statement_id], **copy.deepcopy(changes)}
+            self._statements[statement_id] = record
+            return copy.deepcopy(record)
+
+    def statements(self) -> list[Record]:
+        """Deep copies of all stored statements, in id order."""
+        with self._lock:
+            return [copy.deepcopy(self._statements[k]) for k in sorted(self._statements)]
+
     # -- request log and faults -----------------------------------------------------------------
 
     @property
@@ -733,7 +818,7 @@ class StandinApi:
         with self._lock:
             self._requests.append((handler.command, handler.path))
         skip: int | None = None
-        if route == "list":
+        if route in ("list", "statements"):
             with contextlib.suppress(ValueError):
                 skip = _int_param(params, "skip", 0)
         rule = self._take_fault(route, parts.path, skip)
@@ -810,6 +895,10 @@ class StandinApi:
                 return self._list(params)
             if route == "detail":
                 return self._detail(path, params)
+            if route == "statements":
+                return self._statements_list(params)
+            if route == "statement":
+                return self._statement_detail(path, params)
             if route == "members" and path.rstrip("/").lower() == MEMBERS_SEARCH_PATH:
                 return self._members_search(params)
             if route == "members":
@@ -851,6 +940,42 @@ class StandinApi:
             return _status_response(404)
         item = _question_item(detail_view(record), _flag(params, "expandmember"))
         return _json_response(200, item)
+
+    def _statements_list(self, params: Params) -> _Response:
+        take = _int_param(params, "take", DEFAULT_TAKE)
+        skip = _int_param(params, "skip", 0)
+        predicates = _statement_filters(params)
+        expand = _flag(params, "expandmember")
+        with self._lock:
+            values = list(self._statements.values())
+        ordered = sorted(values, key=lambda r: _order_key(self.seed, int(r["id"])))
+        matched = [r for r in ordered if all(p(r) for p in predicates)]
+        results = [
+            _statement_item(statement_list_view(r), expand) for r in matched[skip : skip + take]
+        ]
+        return _json_response(200, {"totalResults": len(matched), "results": results})
+
+    def _statement_detail(self, path: str, params: Params) -> _Response:
+        segments = path.rstrip("/")[len(STATEMENTS_PATH) + 1 :].split("/")
+        record: Record | None = None
+        with self._lock:
+            if len(segments) == 1 and segments[0].isdigit():
+                record = self._statements.get(int(segments[0]))
+            elif len(segments) == 2:
+                day, uin = segments[0][:10], segments[1].lower()
+                record = next(
+                    (
+                        r
+                        for r in self._statements.values()
+                        if str(r.get("dateMade") or "")[:10] == day
+                        and str(r.get("uin") or "").lower() == uin
+                    ),
+                    None,
+                )
+            record = copy.deepcopy(record)
+        if record is None:
+            return _status_response(404)
+        return _json_response(200, _statement_item(record, _flag(params, "expandmember")))
 
     def _all_members(self) -> list[Record]:
         with self._lock:

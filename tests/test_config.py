@@ -90,3 +90,12 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_statements_follow_parliament_unless_set() -> None:
+    assert load_settings(None, {}).polls_statements
+    off = {"ALERTD_PARLIAMENT__ENABLED": "false"}
+    assert not load_settings(None, off).polls_statements
+    only_statements = {**off, "ALERTD_STATEMENTS__ENABLED": "true"}
+    assert load_settings(None, only_statements).polls_statements
+    assert not load_settings(None, {"ALERTD_STATEMENTS__ENABLED": "false"}).polls_statements

@@ -30,9 +30,10 @@ from alertd.matching.analysis import (
 from alertd.matching.engine import MatchEngine, _Compiler
 from alertd.matching.query import make_and, make_or, parse_canonical, plain_parts
 
-from standin_api import load_2021_answered
+from standin_api import load_2021_answered, load_2021_statements
 
 RECORDS = load_2021_answered()
+STATEMENTS = load_2021_statements()
 DOCS = [
     analyse(
         Document(
@@ -43,9 +44,26 @@ DOCS = [
             asking_member_id=record["askingMemberId"],
             answering_member_id=record["answeringMemberId"],
             answering_body_id=record["answeringBodyId"],
+            # Every tenth as a kind type: has no name for (a feed item).
+            item_type="" if index % 10 == 9 else "question",
         )
     )
-    for record in RECORDS
+    for index, record in enumerate(RECORDS)
+] + [
+    # The written statements of the same day: type:statement, the minister as answerer.
+    analyse(
+        Document(
+            heading=record["title"],
+            question_text="",
+            answer_text=record["text"],
+            house=record["house"],
+            asking_member_id=None,
+            answering_member_id=record["memberId"],
+            answering_body_id=record["answeringBodyId"],
+            item_type="statement",
+        )
+    )
+    for record in STATEMENTS
 ]
 
 
@@ -95,6 +113,7 @@ FIELDS = st.one_of(
     ),
     st.builds(Field, st.just("department"), st.sampled_from(DEPARTMENTS)),
     st.builds(Field, st.just("house"), st.sampled_from(["commons", "lords"])),
+    st.builds(Field, st.just("type"), st.sampled_from(["question", "statement"])),
 )
 LEAVES: st.SearchStrategy[Node] = st.one_of(TERMS, PHRASES, PREFIXES, FIELDS)
 
@@ -266,3 +285,23 @@ def test_shapes_of_the_matching_population_take_the_fast_path() -> None:
         assert plain_parts(canonical) is not None, canonical
     for canonical in ["(nhs OR health) -covid", "café", "a OR a", "school OR nhs"]:
         assert plain_parts(canonical) is None, canonical
+
+
+def test_type_narrows_to_questions_or_statements_and_without_it_both_match() -> None:
+    statements = {index for index, doc in enumerate(DOCS) if doc.document.item_type == "statement"}
+    feed_like = {index for index, doc in enumerate(DOCS) if not doc.document.item_type}
+    queries = {
+        "both": parse_query('"hong kong"'),
+        "statements": parse_query('"hong kong" type:statement'),
+        "questions": parse_query('"hong kong" type:question'),
+        "not statements": parse_query('"hong kong" -type:statement'),
+        "every statement": parse_query("type:statement"),
+    }
+    found = MatchEngine(queries).match(DOCS)
+    assert found == match_batch(queries, DOCS)
+    both = set(found["both"])
+    assert both & statements and both - statements
+    assert set(found["statements"]) == both & statements
+    assert set(found["questions"]) == both - statements - feed_like
+    assert set(found["not statements"]) == both - statements
+    assert set(found["every statement"]) == statements and len(statements) == 10

@@ -29,8 +29,9 @@ from alertd.models import Item, ItemKind
 from alertd.sources.feeds import FeedItem, add_feed, store_feed_items
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item
+from alertd.sources.statements import parse_statement, store_statements
 
-from standin_api import load_2021_answered, load_2024_records
+from standin_api import load_2021_answered, load_2021_statements, load_2024_records
 
 NOW = datetime(2024, 9, 1, 12, 0, tzinfo=UTC)
 EARLY = date(2000, 1, 1)
@@ -107,6 +108,15 @@ def history(history_url: str) -> Iterator[History]:
         )
     ]
     assert store_feed_items(engine, feed, feed_items, now=NOW, seeding=True) == 2
+    # The written statements of 1 Feb 2021, and one of them corrected (a new version).
+    statements = [parse_statement(record) for record in load_2021_statements()]
+    assert store_statements(engine, statements, now=NOW, today=NOW.date()) == 10
+    corrected_statement = dataclasses.replace(
+        statements[0],
+        text=statements[0].text + " Correction: zebras were counted twice.",
+        fingerprint="corrected",
+    )
+    assert store_statements(engine, [corrected_statement], now=NOW, today=NOW.date()) == 1
     with Session(engine) as session:
         items = session.exec(select(Item).order_by(col(Item.id))).all()
     documents = [(item, analyse(item_document(item))) for item in items]
@@ -165,6 +175,7 @@ def queries(draw: st.DrawFn, history: History) -> str:
         st.sampled_from(history.members).map(lambda m: f"asker:{m}"),
         st.sampled_from(history.departments).map(lambda d: f"department:{d}"),
         st.sampled_from(["house:commons", "house:lords"]),
+        st.sampled_from(["type:question", "type:statement"]),
         st.just("zebras"),
     )
     conjunct = st.one_of(atom, st.lists(atom, min_size=2, max_size=3).map(" OR ".join))
@@ -207,6 +218,10 @@ def test_index_finds_what_the_exact_evaluator_finds(history: History, data: st.D
         "house:lords",
         "educat* OR nhs",
         "-(crossings) (road OR safety)",
+        '"hong kong" type:statement',
+        "trade -type:question",
+        "zebras type:statement",
+        "type:question school",
     ],
 )
 def test_index_agrees_on_chosen_queries(history: History, text: str) -> None:
@@ -215,9 +230,11 @@ def test_index_agrees_on_chosen_queries(history: History, text: str) -> None:
 
 def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
     found = alerts.matching_answers(history.engine, "zebras", EARLY)
-    # The feed's "Zebra crossings", and the corrected answer: a new version, its own item.
+    # The feed's "Zebra crossings", and the corrected answer and statement: new versions,
+    # each its own item.
     assert sorted((item.kind, item.version) for item in found) == [
         (ItemKind.FEED_ITEM, 1),
+        (ItemKind.STATEMENT, 2),
         (ItemKind.WRITTEN_QUESTION, 2),
     ]
     crossings = alerts.matching_answers(history.engine, 'heading:"zebra crossings"', EARLY)
@@ -275,5 +292,8 @@ def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
         assert found == [i.id for i in expected] and answers[0].api_id in {
             int(i.source_id) for i in items if i.id in found
         }
+        # Items stored before type: existed are indexed by their kind (migration 0006).
+        assert alerts.matching_ids(engine, f"{word} type:question", EARLY) == found
+        assert alerts.matching_ids(engine, f"{word} type:statement", EARLY) == []
     finally:
         engine.dispose()

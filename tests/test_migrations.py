@@ -12,9 +12,13 @@ from alembic import command
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, upgrade
 from alertd.models import Alert, Hit, Item, ItemKind, Ledger, SourceState, Subscriber
+from alertd.sources.statements import parse_statement, store_statements
+
+from standin_api import load_2021_statements
 
 T0 = datetime(2024, 1, 2, 10, 0)  # naive UTC, as the columns store it
 T1 = datetime(2024, 1, 3, 10, 0)
@@ -380,3 +384,26 @@ def test_0006_gives_every_subscriber_a_link_secret_and_never_reuses_ids(
     command.downgrade(config, "0005")
     assert "link_secret" not in {c["name"] for c in sa.inspect(engine).get_columns("subscriber")}
     command.upgrade(config, "head")
+
+
+def test_written_statements_migration_goes_down_and_up_again(database_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    try:
+        upgrade(engine)
+        now = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
+        statements = [parse_statement(record) for record in load_2021_statements()]
+        assert store_statements(engine, statements, now=now, today=now.date()) == 10
+        since = date(2021, 1, 1)
+        found = alerts.matching_ids(engine, '"hong kong" type:statement', since)
+        assert len(found) == 2
+        command.downgrade(alembic_config(engine), "0005")
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("item")}
+        assert "attachments" not in columns and "answering_member_role" not in columns
+        with engine.connect() as connection:
+            indexed = connection.execute(sa.text("SELECT count(*) FROM item_index")).scalar_one()
+        assert indexed == 10  # the index is rebuilt, not lost
+        command.upgrade(alembic_config(engine), "head")
+        assert alerts.matching_ids(engine, '"hong kong" type:statement', since) == found
+        assert alerts.matching_ids(engine, '"hong kong" type:question', since) == []
+    finally:
+        engine.dispose()

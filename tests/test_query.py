@@ -145,6 +145,8 @@ def test_prefix_is_lowercased() -> None:
         ("department:60", Field("department", 60)),
         ("house:Commons", Field("house", "commons")),
         ("HOUSE:lords", Field("house", "lords")),
+        ("type:statement", Field("type", "statement")),
+        ("Type:Question", Field("type", "question")),
         ('member:"04138"', Field("member", 4138)),
         ("heading:Needs", Term("needs", "heading")),
         ('heading:"Special Needs"', Phrase(("special", "needs"), "heading")),
@@ -258,6 +260,8 @@ def test_without_resolver_a_name_is_refused() -> None:
         ("foo NOT", 4, "NOT needs something after it"),
         ("foo NOT )", 4, "NOT needs something after it"),
         ("house:wales", 6, "commons or lords"),
+        ("nhs type:answer", 9, "type: must be question or statement"),
+        ("type:", 5, "needs a value"),
         ("house:", 6, "needs a value"),
         ("nhs member: 4138", 11, "needs a value"),
         ("member:0", 7, "needs an id"),
@@ -316,6 +320,7 @@ def test_equivalent_alerts_share_one_canonical_form() -> None:
     assert canon("Special  Educational needs") == canon("needs special educational")
     assert canon("(b OR a) -c d") == canon("d NOT c (a OR b)")
     assert canon("member:4138 house:commons") == canon("HOUSE:Commons AND member:4138")
+    assert canon("trade type:statement") == canon("TYPE:Statement AND trade")
 
 
 def test_query_equality_follows_the_tree() -> None:
@@ -360,7 +365,16 @@ LEAVES = st.one_of(
     st.sampled_from(WORDS),
     st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(lambda w: '"' + " ".join(w) + '"'),
     st.sampled_from(
-        ["educat*", "member:4138", "asker:172", "house:Lords", "heading:need", 'heading:"a b"']
+        [
+            "educat*",
+            "member:4138",
+            "asker:172",
+            "house:Lords",
+            "heading:need",
+            'heading:"a b"',
+            "type:statement",
+            "TYPE:Question",
+        ]
     ),
 )
 
@@ -412,6 +426,8 @@ PLAIN_AND = st.lists(
                 'heading:"social care"',
                 "heading:educat*",
                 "heading:ed*",
+                "type:statement",
+                "type:question",
             ]
         ),
     ).map("".join),

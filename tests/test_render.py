@@ -586,3 +586,28 @@ def test_render_sample_without_answers_or_subscriber(
     _store_recorded(tmp_path, alert=False)
     assert main(["render-sample", RECIPIENT, "--config", config, "--days", "1"]) == 1
     assert "nothing to show" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_golden_statements_digest_reads_right(tmp_path: Path) -> None:
+    parsed = message_from_bytes(compose_case(tmp_path, "statements"), policy=default)
+    assert isinstance(parsed, EmailMessage)
+    plain, markup = _parts(parsed)
+    assert parsed["Subject"].startswith("16 new answers and 6 new statements: ")
+    # Under one alert: the answers, then the statements in their own group.
+    hong_kong = plain.split('"hong kong": 3 new answers and 2 new statements')[1]
+    answers, statements = hong_kong.split("Written statements", 1)
+    assert "Answered by" in answers and "Made by" not in answers
+    assert "Made by Priti Patel, The Secretary of State for the Home Department" in statements
+    assert "Made 1 February 2021 (Commons HCWS751)" in statements
+    assert "*Hong Kong*" in statements
+    assert (
+        "https://questions-statements.parliament.uk/written-statements/detail/2021-02-01/HCWS751"
+        in statements
+    )
+    # type:question keeps the "Design Update" statements out; type:statement the answers.
+    assert "design type:question: 13 new answers\n" in plain
+    assert "Design Update" not in plain
+    assert "trade type:statement: 4 new statements" in plain
+    assert '<h3 class="group"' in markup and "Read the full statement" in markup
+    assert ">Hong Kong</mark>" in markup

@@ -135,7 +135,7 @@ def build_digest(
     manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
     told = _told_when_tabled(session, subscriber.id, [row.item for row in rows])
-    order, shown, totals = _group(rows, labels, memo, told)
+    order, shown, totals, statements = _group(rows, labels, memo, told)
     sections = []
     for alert in order:
         assert alert.id is not None
@@ -148,6 +148,7 @@ def build_digest(
                 reason=_reason(alert, labels[alert.id]),
                 more_url=manage_url,
                 feed_url=links.url(links.feed_path(alert.id, secret)),
+                statements_total=statements[alert.id],
             )
         )
     return Digest(
@@ -232,10 +233,11 @@ def _group(
     labels: dict[int | None, str],
     memo: ComposeMemo,
     told: dict[tuple[str, str], date] | None = None,
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int]]:
-    """The alerts in order, the items each shows and how many answers each has.
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], Counter[int]]:
+    """The alerts in order, the items each shows, how many items each has and how many of
+    them are statements.
 
-    An answer is counted only under its first alert; only those shown are built. Questions
+    An item is counted only under its first alert; only those shown are built. Questions
     answered together are shown once, under the first, which lists the group.
     """
     told = told or {}
@@ -249,6 +251,7 @@ def _group(
     placed: set[int] = set()
     shown: dict[int, list[DigestItem]] = defaultdict(list)
     totals: Counter[int] = Counter()
+    statements: Counter[int] = Counter()
     order: list[Alert] = []
     for row in rows:
         item_id, alert_id = row.item.id, row.alert.id
@@ -259,7 +262,12 @@ def _group(
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
-        if totals[alert_id] > limit:
+        # The limit is per group: many answers never hide an alert's statements.
+        if row.item.kind == ItemKind.STATEMENT:
+            statements[alert_id] += 1
+            if statements[alert_id] > limit:
+                continue
+        elif totals[alert_id] - statements[alert_id] > limit:
             continue
         matched = alerts_of[item_id]
         others = tuple(
@@ -272,7 +280,7 @@ def _group(
         if stage != shown_item.stage or told_on is not None or group:
             shown_item = dataclasses.replace(shown_item, stage=stage, told_on=told_on, group=group)
         shown[alert_id].append(shown_item)
-    return order, shown, totals
+    return order, shown, totals, statements
 
 
 def _highlights(canonical: str) -> Highlights | None:
@@ -311,6 +319,8 @@ def _person(name: str | None, party: str | None, constituency: str | None) -> st
 def _item(
     item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
 ) -> DigestItem:
+    if item.kind == ItemKind.STATEMENT:
+        return _statement(item, settings, also, highlights)
     feed = feed_name(item.source)
     asked = _person(
         item.asking_member_name,
@@ -347,3 +357,31 @@ def _due(item: Item) -> str:
         return ""
     named = ", a named day" if item.is_named_day else ""
     return f"due {long_date(item.date_for_answer)}{named}"
+
+
+def _statement(
+    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
+) -> DigestItem:
+    text = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
+    return DigestItem(
+        heading=flatten(item.heading) or f"Statement {item.uin or ''}",
+        department=item.answering_body_name or "",
+        asked_by="",
+        answered_by=_name(item.answering_member_name),
+        date_tabled=item.date_tabled,
+        date_answered=item.date_answered,
+        question_text="",
+        answer_excerpt=text.text,
+        url=item.url,
+        uin=item.uin or "",
+        house=item.house or "",
+        corrected=item.date_answer_corrected is not None,
+        also_matches=also,
+        excerpt_marks=text.spans,
+        answer_html=item.answer_html,
+        is_statement=True,
+        role=flatten(item.answering_member_role or ""),
+        attachments=tuple(
+            flatten(str(a.get("title") or "")) for a in item.attachments or () if a.get("title")
+        ),
+    )

@@ -98,10 +98,9 @@ def build_environment(settings: Settings | None = None) -> jinja2.Environment:
 
 
 def digest_subject(digest: Digest) -> str:
-    """E.g. ``3 new answers: special educational needs, Rushanara Ali``, cut sensibly."""
-    count, noun = digest.total, digest.noun
-    plural = "s" if count != 1 else ""
-    head = f"{count} {noun}{plural}: " if noun == "update" else f"{count} new {noun}{plural}: "
+    """E.g. ``3 new answers: special educational needs, Rushanara Ali``, cut sensibly
+    (``2 new answers and 1 new statement: …`` when there are statements)."""
+    head = f"{digest.counted}: "
     # One line, whatever the labels hold: a line break can never start a new header.
     labels = [" ".join(section.label.split()) for section in digest.sections]
     subject = head + ", ".join(labels)

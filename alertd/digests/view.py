@@ -23,10 +23,12 @@ class ItemStage(StrEnum):
 
 @dataclass(frozen=True)
 class DigestItem:
-    """One answered question as a digest shows it.
+    """One answered question (or a feed item, or a written statement) as a digest shows it.
 
     ``question_marks`` and ``excerpt_marks`` are the (start, end) ranges of
-    ``question_text`` and ``answer_excerpt`` that the alert's query looks for.
+    ``question_text`` and ``answer_excerpt`` that the alert's query looks for. A statement
+    has its title as ``heading``, the minister as ``answered_by``, the day made as
+    ``date_answered`` and an excerpt of its text as ``answer_excerpt``.
     """
 
     heading: str
@@ -67,7 +69,15 @@ class DigestItem:
             return "Now answered"
         if self.stage == ItemStage.WITHDRAWN:
             return "Withdrawn"
-        return "Corrected answer" if self.corrected else ""
+        if not self.corrected:
+            return ""
+        return "Corrected statement" if self.is_statement else "Corrected answer"
+
+    # A written statement (shown in its own group) rather than an answer or a feed item.
+    is_statement: bool = False
+    # A statement's minister's role ("Minister for Investment") and attachments' titles.
+    role: str = ""
+    attachments: tuple[str, ...] = ()
 
     @property
     def answer_markup(self) -> Markup:
@@ -77,7 +87,7 @@ class DigestItem:
 
 @dataclass(frozen=True)
 class DigestSection:
-    """The answers one alert found, under that alert's label, with a count."""
+    """The answers (and statements) one alert found, under that alert's label, with counts."""
 
     label: str
     stop_url: str
@@ -89,17 +99,28 @@ class DigestSection:
     more_url: str = ""
     # The alert's private Atom feed, for people who prefer a feed reader.
     feed_url: str = ""
+    # How many of ``total`` are written statements.
+    statements_total: int = 0
+
+    @property
+    def answers(self) -> tuple[DigestItem, ...]:
+        """The items shown that are not statements (answers, feed items), in order."""
+        return tuple(item for item in self.items if not item.is_statement)
+
+    @property
+    def statements(self) -> tuple[DigestItem, ...]:
+        """The written statements shown, in order: their own group in the section."""
+        return tuple(item for item in self.items if item.is_statement)
 
     @property
     def noun(self) -> str:
-        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
-        return _noun(self.items)
+        """What its questions are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(self.answers)
 
-    def counted(self, count: int) -> str:
-        """``3 new answers``, ``1 new question``, ``2 updates``."""
-        noun = self.noun
-        plural = "s" if count != 1 else ""
-        return f"{count} {noun}{plural}" if noun == "update" else f"{count} new {noun}{plural}"
+    @property
+    def counted(self) -> str:
+        """``3 new answers``, ``1 new question``, ``2 updates``, ``… and 1 new statement``."""
+        return count_phrase(self.total - self.statements_total, self.statements_total, self.noun)
 
     @property
     def hidden(self) -> int:
@@ -125,21 +146,36 @@ class Digest:
         return sum(section.total for section in self.sections)
 
     @property
+    def statements_total(self) -> int:
+        return sum(section.statements_total for section in self.sections)
+
+    @property
     def noun(self) -> str:
-        """What its items are: "answer", "question" (all as tabled) or "update" (a mix)."""
-        return _noun(tuple(item for section in self.sections for item in section.items))
+        """What its questions are: "answer", "question" (all as tabled) or "update" (a mix)."""
+        return _noun(tuple(item for section in self.sections for item in section.answers))
+
+    @property
+    def counted(self) -> str:
+        """``3 new answers``, ``1 new question``, ``2 new answers and 1 new statement``."""
+        return count_phrase(self.total - self.statements_total, self.statements_total, self.noun)
 
     @property
     def headline(self) -> str:
         """``3 new answers to written questions``; ``1 new written question``; ``2 updates on
-        written questions``."""
-        count, noun = self.total, self.noun
-        plural = "s" if count != 1 else ""
-        if noun == "answer":
-            return f"{count} new answer{plural} to written questions"
-        if noun == "question":
-            return f"{count} new written question{plural}"
-        return f"{count} update{plural} on written questions"
+        written questions``; statements named beside: ``… and 1 new written statement``."""
+        questions, statements = self.total - self.statements_total, self.statements_total
+        parts = []
+        if questions or not statements:
+            plural = "s" if questions != 1 else ""
+            parts.append(
+                {
+                    "answer": f"{questions} new answer{plural} to written questions",
+                    "question": f"{questions} new written question{plural}",
+                }.get(self.noun, f"{questions} update{plural} on written questions")
+            )
+        if statements:
+            parts.append(f"{statements} new written statement{'s' if statements != 1 else ''}")
+        return " and ".join(parts)
 
 
 def _noun(items: tuple[DigestItem, ...]) -> str:
@@ -147,6 +183,17 @@ def _noun(items: tuple[DigestItem, ...]) -> str:
     if stages <= {ItemStage.ANSWERED, ItemStage.NOW_ANSWERED}:
         return "answer"
     return "question" if stages == {ItemStage.TABLED} else "update"
+
+
+def count_phrase(questions: int, statements: int, noun: str = "answer") -> str:
+    """How a digest counts its items: ``3 new answers``, ``1 new question``, ``2 updates``
+    (``noun``), statements named when there are: ``2 new answers and 1 new statement``."""
+    plural = "s" if questions != 1 else ""
+    said = f"{questions} {noun}{plural}" if noun == "update" else f"{questions} new {noun}{plural}"
+    if not statements:
+        return said
+    made = f"{statements} new statement{'s' if statements != 1 else ''}"
+    return f"{said} and {made}" if questions else made
 
 
 def describe_alert(label: str, *, member: bool = False) -> str:

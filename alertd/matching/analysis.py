@@ -54,7 +54,11 @@ K = TypeVar("K")
 
 @dataclass(frozen=True)
 class Document:
-    """One answered question, as a query sees it."""
+    """One item (an answered question, a statement, a feed item), as a query sees it.
+
+    ``item_type`` is what ``type:`` names it by ("question", "statement"); "" for a kind
+    that ``type:`` has no name for (a feed item matches neither).
+    """
 
     heading: str
     question_text: str
@@ -63,6 +67,7 @@ class Document:
     asking_member_id: int | None
     answering_member_id: int | None
     answering_body_id: int | None
+    item_type: str = "question"
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +116,8 @@ class AnalysedDocument:
             return value == doc.answering_member_id
         if name == "department":
             return value == doc.answering_body_id
+        if name == "type":
+            return value == doc.item_type
         return name == "house" and value == self.house
 
 

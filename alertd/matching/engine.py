@@ -65,7 +65,7 @@ _DF_BUCKETS = {
 _STEM_SHARE = {stem: share for share, stems in _DF_BUCKETS.items() for stem in stems.split()}
 _RARE_STEM = 0.01
 _HEADING_SHARE = 0.3
-_FIELD_SHARE = {"house": 0.5, "member": 0.004}
+_FIELD_SHARE = {"house": 0.5, "type": 0.5, "member": 0.004}
 _ID_FIELD_SHARE = 0.002
 _NEVER = float("inf")
 
@@ -94,6 +94,8 @@ def _field_keys(doc: AnalysedDocument) -> Iterator[tuple[str, int | str]]:
         yield "answerer", source.answering_member_id
     if source.answering_body_id is not None:
         yield "department", source.answering_body_id
+    if source.item_type:
+        yield "type", source.item_type
     yield "house", doc.house
 
 

@@ -28,7 +28,7 @@ from alertd.matching.query import (
     stem_words,
     tokenize,
 )
-from alertd.models import Item
+from alertd.models import ITEM_TYPES, Item
 
 TABLE = "item_index"
 # Stands between question and answer in a stored token stream: no phrase spans it.
@@ -100,6 +100,8 @@ def index_row(
     fields = [f"asker{doc.asking_member_id}", f"answerer{doc.answering_member_id}"]
     fields += [f"member{m}" for m in (doc.asking_member_id, doc.answering_member_id)]
     fields.append(f"department{doc.answering_body_id}")
+    if doc.item_type:
+        fields.append(f"type{doc.item_type}")
     house = doc.house.strip().lower()
     if house in HOUSES:
         fields.append(f"house{house}")
@@ -176,6 +178,7 @@ def index_missing(connection: Connection) -> int:
             sa.column(name)
             for name in (
                 "id",
+                "kind",
                 "heading",
                 "question_text",
                 "answer_text",
@@ -212,6 +215,7 @@ def index_missing(connection: Connection) -> int:
                         asking_member_id=row.asking_member_id,
                         answering_member_id=row.answering_member_id,
                         answering_body_id=row.answering_body_id,
+                        item_type=ITEM_TYPES.get(row.kind, ""),
                     ),
                     row.date_answered,
                     bool(row.is_holding),
@@ -342,8 +346,8 @@ class StoredDocument:
         )
 
     def has_field(self, name: str, value: int | str) -> bool:
-        # The stored field values name the asker, answerer (both as member), department and
-        # house exactly as Field values do.
+        # The stored field values name the asker, answerer (both as member), department,
+        # house and type exactly as Field values do.
         return f" {name}{value} " in self.fields_text
 
 

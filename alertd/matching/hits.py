@@ -13,7 +13,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from alertd.db import transaction
 from alertd.matching.analysis import Document, analyse
 from alertd.matching.live import LiveAlert, LiveMatcher
-from alertd.models import Alert, Hit, Item, ItemKind, QuestionStage, question_stage
+from alertd.models import ITEM_TYPES, Alert, Hit, Item, ItemKind, QuestionStage, question_stage
 
 log = logging.getLogger("alertd.matching.hits")
 
@@ -27,6 +27,7 @@ def item_document(item: Item) -> Document:
         asking_member_id=item.asking_member_id,
         answering_member_id=item.answering_member_id,
         answering_body_id=item.answering_body_id,
+        item_type=ITEM_TYPES.get(item.kind, ""),
     )
 
 

@@ -15,8 +15,10 @@ MAX_TERMS = 32
 MAX_DEPTH = 16
 MIN_PREFIX = 3
 ID_FIELDS = ("member", "asker", "answerer", "department")
-FIELDS = (*ID_FIELDS, "house", "heading")
+FIELDS = (*ID_FIELDS, "house", "heading", "type")
 HOUSES = ("commons", "lords")
+# What type: narrows an alert to (alertd.models.ITEM_TYPES names each kind's type).
+TYPES = ("question", "statement")
 
 Scope: TypeAlias = Literal["text", "heading"]
 Resolver: TypeAlias = Callable[[str, str, int], int]
@@ -141,7 +143,8 @@ class Prefix:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """A metadata condition: member/asker/answerer/department take an id, house a house."""
+    """A metadata condition: member/asker/answerer/department take an id, house a house,
+    type an item type."""
 
     name: str
     value: int | str
@@ -375,6 +378,11 @@ class _Lexer:
             if house not in HOUSES:
                 raise QueryError("house: must be commons or lords", at)
             return Field(name, house)
+        if name == "type":
+            kind = value.strip().lower()
+            if kind not in TYPES:
+                raise QueryError(f"type: must be {' or '.join(TYPES)}", at)
+            return Field(name, kind)
         return Field(name, self._id(name, value, at))
 
     def _id(self, name: str, value: str, at: int) -> int:
@@ -525,10 +533,11 @@ def parse_query(text: str, resolve: Resolver | None = None) -> Query:
 
 
 # The atoms of a plain canonical query: words, prefixes, phrases (each maybe in the heading),
-# id and house fields, maybe excluded; each ends at a space or the end.
+# id, house and type fields, maybe excluded; each ends at a space or the end.
 _ATOM = (
     r'(-?)(?:(heading:)?(?:"([a-z0-9]+(?: [a-z0-9]+)*)"|([a-z0-9]+)(\*?))'
-    r"|(member|asker|answerer|department):([1-9][0-9]{0,8})|house:(commons|lords))(?= |$)"
+    r"|(member|asker|answerer|department):([1-9][0-9]{0,8})|house:(commons|lords)"
+    r"|type:(question|statement))(?= |$)"
 )
 _ATOMS = re.compile(f"({_ATOM})")
 _PLAIN_AND = re.compile(f"{_ATOM}(?: {_ATOM})*")
@@ -542,7 +551,7 @@ class PlainAtom(NamedTuple):
     scope: Scope
     # The word or prefix; a phrase's words, a space between them; a field's name.
     text: str
-    # A field's value (an id, or a house).
+    # A field's value (an id, a house, or an item type).
     field_value: int | str | None = None
 
 
@@ -579,7 +588,7 @@ def _atom_order(groups: tuple[str, ...]) -> tuple[bool, str]:
 
 
 def _plain_atom(groups: tuple[str, ...]) -> PlainAtom | None:
-    _, minus, heading, phrase, word, star, name, number, house = groups
+    _, minus, heading, phrase, word, star, name, number, house, kind = groups
     excluded = minus == "-"
     scope: Scope = "heading" if heading else "text"
     if phrase:
@@ -592,6 +601,8 @@ def _plain_atom(groups: tuple[str, ...]) -> PlainAtom | None:
         return PlainAtom(excluded, "prefix", scope, word)
     if name:
         return PlainAtom(excluded, "field", "text", name, int(number))
+    if kind:
+        return PlainAtom(excluded, "field", "text", "type", kind)
     return PlainAtom(excluded, "field", "text", "house", house)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -56,28 +56,23 @@ class ParliamentSource:
         Raises:
             SourceUnavailable, SourceInvalid: the poll failed; the failure is also recorded.
         """
-        engine, name = self.engine, self.name
-        today = now.astimezone(self.zone).date()
-        high_water = await asyncio.to_thread(take_poll_lease, engine, name, self.lease, now=now)
-        if high_water is False:
-            log.info("%s: polled recently or by another worker; skipped", name)
-            return PollResult(name, fetched=0, new_items=0, polled=False)
-        first, last = poll_window(high_water, today, self.lookback_days)
-        try:
+
+        async def fetch_and_store(first: date, last: date) -> tuple[int, int]:
             summaries = await self._summaries(first, last)
-            unseen = await asyncio.to_thread(unseen_summaries, engine, summaries)
+            unseen = await asyncio.to_thread(unseen_summaries, self.engine, summaries)
             items = await name_members(await self.api.full_items(unseen), self.member_names)
-            new_versions = await asyncio.to_thread(store_items, engine, items, now=now)
-        except AlertdError as exc:
-            await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
-            raise
-        except asyncio.CancelledError:
-            await asyncio.to_thread(release_poll_lease, engine, name, self.lease.owner)
-            raise
-        await asyncio.to_thread(
-            record_poll, engine, name, now=now, high_water=last, new_count=new_versions
+            new_versions = await asyncio.to_thread(store_items, self.engine, items, now=now)
+            return len(summaries), new_versions
+
+        return await leased_window_poll(
+            self.engine,
+            self.name,
+            self.lease,
+            now=now,
+            today=now.astimezone(self.zone).date(),
+            lookback_days=self.lookback_days,
+            fetch_and_store=fetch_and_store,
         )
-        return PollResult(name, fetched=len(summaries), new_items=new_versions)
 
     async def _summaries(self, first: date, last: date) -> list[Mapping[str, Any]]:
         """The window's answered and corrected questions, and (unless switched off) tabled ones;
@@ -89,6 +84,41 @@ class ParliamentSource:
         merged: dict[Any, Mapping[str, Any]] = {value["id"]: value for value in tabled}
         merged.update((value["id"], value) for value in answered)
         return list(merged.values())
+
+
+async def leased_window_poll(
+    engine: Engine,
+    name: str,
+    lease: PollLease,
+    *,
+    now: datetime,
+    today: date,
+    lookback_days: int,
+    fetch_and_store: Callable[[date, date], Awaitable[tuple[int, int]]],
+) -> PollResult:
+    """One poll of a source that asks for a window of UK dates: take the source's lease
+    (or skip), fetch and store the window (how many were listed, how many are new), then
+    record the poll and move the high-water mark; a failure is recorded and re-raised, an
+    abandoned poll frees the lease.
+
+    Raises:
+        SourceUnavailable, SourceInvalid: as ``fetch_and_store`` does.
+    """
+    high_water = await asyncio.to_thread(take_poll_lease, engine, name, lease, now=now)
+    if high_water is False:
+        log.info("%s: polled recently or by another worker; skipped", name)
+        return PollResult(name, fetched=0, new_items=0, polled=False)
+    first, last = poll_window(high_water, today, lookback_days)
+    try:
+        fetched, new = await fetch_and_store(first, last)
+    except AlertdError as exc:
+        await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))
+        raise
+    except asyncio.CancelledError:
+        await asyncio.to_thread(release_poll_lease, engine, name, lease.owner)
+        raise
+    await asyncio.to_thread(record_poll, engine, name, now=now, high_water=last, new_count=new)
+    return PollResult(name, fetched=fetched, new_items=new)
 
 
 async def name_members(
@@ -204,7 +234,7 @@ def _store_item(session: Session, item: AnswerItem, now: datetime, alert: bool) 
     session.add(row)
     for member in (item.asking_member, item.answering_member):
         if member is not None:
-            _upsert_member(session, member)
+            upsert_member(session, member)
     return True
 
 
@@ -247,7 +277,8 @@ def _item_row(item: AnswerItem, *, version: int, now: datetime) -> Item:
     )
 
 
-def _upsert_member(session: Session, info: MemberInfo) -> None:
+def upsert_member(session: Session, info: MemberInfo) -> None:
+    """Remember a Member's name, party and seat as last seen in an item."""
     if info.name is None:
         return  # only an id: nothing to learn about this Member
     member = session.get(Member, info.id)

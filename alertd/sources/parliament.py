@@ -78,7 +78,8 @@ class AnswerItem:
         return f"answer:{answered}:{corrected}"
 
 
-def _api_date(value: Any, field: str) -> date | None:
+def api_date(value: Any, field: str) -> date | None:
+    """The UK date of an API date-time field; None when it is empty."""
     if value in (None, ""):
         return None
     if not isinstance(value, str):
@@ -87,7 +88,8 @@ def _api_date(value: Any, field: str) -> date | None:
     return datetime.fromisoformat(value).date()
 
 
-def _member(raw: Any, fallback_id: Any, house: str) -> MemberInfo | None:
+def member_info(raw: Any, fallback_id: Any, house: str) -> MemberInfo | None:
+    """A Member from an expanded member object, else from the bare id; None without either."""
     if isinstance(raw, Mapping) and isinstance(raw.get("id"), int):
         return MemberInfo(
             id=raw["id"],
@@ -111,9 +113,9 @@ def parse_item(value: Mapping[str, Any]) -> AnswerItem:
         house = str(value["house"])
         raw_answer = str(value.get("answerText") or "")
         answer_html = sanitise_html(
-            raw_answer if looks_like_html(raw_answer) else _paragraphs(raw_answer)
+            raw_answer if looks_like_html(raw_answer) else paragraphs_html(raw_answer)
         )
-        date_tabled = _api_date(value["dateTabled"], "dateTabled")
+        date_tabled = api_date(value["dateTabled"], "dateTabled")
         if date_tabled is None:
             raise ValueError("dateTabled is empty")
         return AnswerItem(
@@ -124,20 +126,20 @@ def parse_item(value: Mapping[str, Any]) -> AnswerItem:
             question_text=html_to_text(str(value.get("questionText") or "")),
             answer_html=answer_html,
             answer_text=html_to_text(answer_html),
-            asking_member=_member(value.get("askingMember"), value.get("askingMemberId"), house),
-            answering_member=_member(
+            asking_member=member_info(
+                value.get("askingMember"), value.get("askingMemberId"), house
+            ),
+            answering_member=member_info(
                 value.get("answeringMember"), value.get("answeringMemberId"), house
             ),
             answering_body_id=value.get("answeringBodyId"),
             answering_body_name=value.get("answeringBodyName"),
             date_tabled=date_tabled,
-            date_answered=_api_date(value.get("dateAnswered"), "dateAnswered"),
-            date_answer_corrected=_api_date(
-                value.get("dateAnswerCorrected"), "dateAnswerCorrected"
-            ),
+            date_answered=api_date(value.get("dateAnswered"), "dateAnswered"),
+            date_answer_corrected=api_date(value.get("dateAnswerCorrected"), "dateAnswerCorrected"),
             is_holding=bool(value.get("answerIsHolding")),
             is_withdrawn=bool(value.get("isWithdrawn")),
-            date_for_answer=_api_date(value.get("dateForAnswer"), "dateForAnswer"),
+            date_for_answer=api_date(value.get("dateForAnswer"), "dateForAnswer"),
             is_named_day=bool(value.get("isNamedDay")),
             grouped_uins=_grouped(value.get("groupedQuestions")),
         )
@@ -152,7 +154,8 @@ def _grouped(value: Any) -> tuple[str, ...]:
     return tuple(uin for uin in uins if uin)
 
 
-def _paragraphs(text: str) -> str:
+def paragraphs_html(text: str) -> str:
+    """Plain text as HTML paragraphs, one per line."""
     return "".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n") if p.strip())
 
 
@@ -164,7 +167,7 @@ class ParliamentApi:
         self.client = client
         self._detail_slots = asyncio.Semaphore(settings.detail_concurrency)
 
-    async def _get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+    async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
         url = self.settings.base_url.rstrip("/") + path
         response = await http.get(
             self.client, url, params=params, headers={"Accept": "application/json"}
@@ -175,8 +178,11 @@ class ParliamentApi:
         except ValueError as exc:
             raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
 
-    async def list_answers(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Every ``value`` of a listing, paging with skip/take until ``totalResults``.
+    async def list_answers(
+        self, params: Mapping[str, str], *, path: str = LIST_PATH
+    ) -> list[dict[str, Any]]:
+        """Every ``value`` of a listing (questions, or statements by ``path``), paging with
+        skip/take until ``totalResults``.
 
         Raises:
             SourceUnavailable, SourceInvalid: a page failed; nothing partial is returned.
@@ -185,8 +191,8 @@ class ParliamentApi:
         values: dict[int, dict[str, Any]] = {}
         skip = 0
         while True:
-            page = await self._get_json(
-                LIST_PATH, {**params, "expandMember": "true", "take": take, "skip": skip}
+            page = await self.get_json(
+                path, {**params, "expandMember": "true", "take": take, "skip": skip}
             )
             total, results = _page_results(page, skip)
             for result in results:
@@ -202,7 +208,7 @@ class ParliamentApi:
     async def fetch_detail(self, api_id: int) -> dict[str, Any]:
         """The full record of one question (untruncated texts, answer as HTML)."""
         async with self._detail_slots:
-            body = await self._get_json(f"{LIST_PATH}/{api_id}", {"expandMember": "true"})
+            body = await self.get_json(f"{LIST_PATH}/{api_id}", {"expandMember": "true"})
         value = body.get("value") if isinstance(body, Mapping) else None
         if not isinstance(value, dict) or value.get("id") != api_id:
             raise SourceInvalid(f"detail of question {api_id} has no matching value")

@@ -8,6 +8,8 @@ from typing import Protocol
 
 # The name the Parliament written-questions source goes by (items, poll state, metrics).
 PARLIAMENT_SOURCE = "parliament"
+# The Parliament written-statements source.
+STATEMENTS_SOURCE = "statements"
 _FEED_PREFIX = "feed:"
 
 

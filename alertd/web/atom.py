@@ -34,21 +34,28 @@ def _status(item: Item) -> str:
         return " (asked, awaiting answer)"
     if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.WITHDRAWN:
         return " (withdrawn)"
-    return " (corrected answer)" if item.date_answer_corrected else ""
+    if not item.date_answer_corrected:
+        return ""
+    return " (corrected statement)" if item.kind == ItemKind.STATEMENT else " (corrected answer)"
 
 
 def _entry(feed: ET.Element, item: Item) -> None:
     entry = ET.SubElement(feed, "entry")
     ET.SubElement(entry, "id").text = _entry_id(item)
+    statement = item.kind == ItemKind.STATEMENT
     ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + _status(item)
     link = web_link(item.url)
     if link is not None:
         ET.SubElement(entry, "link", href=link)
     ET.SubElement(entry, "updated").text = _stamp(item)
-    if item.asking_member_name:
+    # A statement's author is the minister who made it.
+    author_name = item.answering_member_name if statement else item.asking_member_name
+    if author_name:
         author = ET.SubElement(entry, "author")
-        ET.SubElement(author, "name").text = item.asking_member_name
-    summary = " ".join(part for part in (item.question_text, item.answer_text) if part)
+        ET.SubElement(author, "name").text = author_name
+    # A statement's question_text holds its attachments' titles: its text is the summary.
+    question = "" if statement else item.question_text
+    summary = " ".join(part for part in (question, item.answer_text) if part)
     ET.SubElement(entry, "summary").text = summary[:2000]
     category = item.answering_body_name or feed_name(item.source)
     if category:
