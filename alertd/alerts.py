@@ -15,7 +15,7 @@ from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, matching_item_ids, parse_query
-from alertd.models import Alert, Item, Member, Subscriber
+from alertd.models import Alert, Item, Member, Subscriber, email_key
 
 _DOMAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _EMAIL = re.compile(
@@ -48,6 +48,20 @@ def normalise_email(address: str) -> str:
         raise UsageError(f"invalid email address: {address!r}")
     local, _, domain = candidate.rpartition("@")
     return f"{local}@{domain.lower()}"
+
+
+def find_subscriber(session: Session, address: str) -> Subscriber | None:
+    """The subscriber of an address in any case: Parent@Example.ORG is parent@example.org."""
+    key = email_key(address)
+    return session.exec(select(Subscriber).where(Subscriber.email_key == key)).first()
+
+
+def subscriber_email(engine: Engine, subscriber_id: int) -> str:
+    """The address of a subscriber, as first typed."""
+    with Session(engine) as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        assert subscriber is not None
+        return subscriber.email
 
 
 def parse_frequency(value: str) -> Frequency:
@@ -83,6 +97,33 @@ class _DbResolver:
         raise QueryError(f"unknown {kind} {name!r}{hint}", position)
 
 
+def check_query(text: str) -> list[tuple[str, str]]:
+    """Check a query's syntax without the database; the (field, name) pairs it names.
+
+    Raises:
+        QueryError: the query is malformed.
+    """
+    named: list[tuple[str, str]] = []
+
+    def record(field: str, name: str, position: int) -> int:
+        if field not in (*_MEMBER_FIELDS, "department"):
+            raise QueryError(f"field {field}: takes no name", position)
+        named.append((field, name))
+        return len(named)
+
+    parse_query(text, record)
+    return named
+
+
+def member_names(text: str) -> list[str]:
+    """The Member names (not ids) a query names, for looking them up before it is saved.
+
+    Raises:
+        QueryError: the query is malformed.
+    """
+    return [name for field, name in check_query(text) if field in _MEMBER_FIELDS]
+
+
 def compile_query(session: Session, text: str) -> Query:
     """Parse a query, resolving names to ids.
 
@@ -93,18 +134,36 @@ def compile_query(session: Session, text: str) -> Query:
 
 
 def subscribe(
-    engine: Engine, email: str, query_text: str, frequency: str, *, confirmed: bool, now: datetime
+    engine: Engine,
+    email: str,
+    query_text: str,
+    frequency: str,
+    *,
+    confirmed: bool,
+    now: datetime,
+    refuse_duplicate: bool = False,
 ) -> Alert:
     """Save an alert for an address (creating the subscriber); nothing is saved on bad input.
 
     Raises:
-        UsageError: a bad address, query or frequency.
+        UsageError: a bad address, query or frequency; or (``refuse_duplicate``) the
+            address already has an active alert for the same query.
     """
     address = normalise_email(email)
     chosen = parse_frequency(frequency)
     with transaction(engine) as session:
         query = compile_query(session, query_text)
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        subscriber = find_subscriber(session, address)
+        if subscriber is not None and refuse_duplicate:
+            same = session.exec(
+                select(Alert.id).where(
+                    Alert.subscriber_id == subscriber.id,
+                    col(Alert.unsubscribed_at).is_(None),
+                    Alert.canonical == query.canonical,
+                )
+            ).first()
+            if same is not None:
+                raise UsageError(f"{subscriber.email} already has this alert (id {same})")
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)
@@ -166,7 +225,7 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
         .order_by(col(Alert.id))
     )
     if email is not None:
-        statement = statement.where(Subscriber.email == normalise_email(email))
+        statement = statement.where(Subscriber.email_key == email_key(normalise_email(email)))
     with Session(engine) as session:
         return [
             AlertRow(

@@ -32,7 +32,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     """Create the engine; on SQLite turn on WAL, a busy timeout and foreign keys.
 
     Raises:
-        ConfigError: the SQLite database's folder cannot be created.
+        ConfigError: the SQLite database's folder does not exist.
     """
     url = sa.make_url(settings.url)
     if url.drivername == "postgresql":
@@ -40,11 +40,12 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
+        # A mistyped path must not quietly become a new, empty database in new folders.
         folder = Path(url.database).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the database folder {folder}: {exc}") from exc
+        if not folder.is_dir():
+            raise ConfigError(
+                f"database.url: the folder {folder} does not exist (create it, or fix the path)"
+            )
     engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
     busy_timeout_ms = settings.busy_timeout_ms
 

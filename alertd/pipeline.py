@@ -33,6 +33,9 @@ from alertd.sources.source import PARLIAMENT_SOURCE, Source
 from alertd.sources.state import PollLease
 
 log = logging.getLogger("alertd.pipeline")
+# A source is due this much before its interval has passed: cron or a worker starting a few
+# seconds late must not find the last poll "too recent" and skip a whole interval.
+POLL_JITTER = timedelta(minutes=1)
 
 
 @dataclass
@@ -95,14 +98,21 @@ class Runtime:
         )
 
 
-def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list[Source]:
-    """The sources to poll this run: Parliament when enabled, then the feeds that are due."""
+def _sources(
+    runtime: Runtime, client: httpx.AsyncClient, now: datetime, on_demand: bool
+) -> list[Source]:
+    """The sources to poll this run: Parliament when enabled, then the feeds that are due.
+
+    Parliament is polled at most once an interval (less the jitter), however many workers
+    run the poll job; ``on_demand`` (alertd run --once) polls it whenever no other worker
+    holds it.
+    """
     settings = runtime.settings
+    interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
     lease = PollLease(
         owner=runtime.worker_id,
         lease_s=settings.delivery.lease_s,
-        # Several workers each run the poll job; one poll per interval is enough.
-        min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
+        min_gap=timedelta(0) if on_demand else max(interval - POLL_JITTER, timedelta(0)),
     )
     sources: list[Source] = []
     if settings.parliament.enabled:
@@ -121,6 +131,7 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
             client,
             now=now,
             default_interval_minutes=settings.parliament.poll_interval_minutes,
+            tolerance=POLL_JITTER,
             # A feed's own interval decides when it is due; the lease only keeps workers apart.
             lease=PollLease(lease.owner, lease.lease_s, min_gap=timedelta(0)),
         )
@@ -128,10 +139,10 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
     return sources
 
 
-async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
+async def _poll(runtime: Runtime, report: RunReport, now: datetime, on_demand: bool) -> None:
     client = runtime.http or make_http_client(runtime.settings.parliament)
     try:
-        sources = await asyncio.to_thread(_sources, runtime, client, now)
+        sources = await asyncio.to_thread(_sources, runtime, client, now, on_demand)
         for source in sources:
             await _poll_source(source, report, now)
     finally:
@@ -139,11 +150,13 @@ async def _poll(runtime: Runtime, report: RunReport, now: datetime) -> None:
             await client.aclose()
 
 
-async def _poll_until_stopped(runtime: Runtime, report: RunReport, now: datetime) -> None:
+async def _poll_until_stopped(
+    runtime: Runtime, report: RunReport, now: datetime, on_demand: bool
+) -> None:
     """Poll, but give up at once when a stop is requested: a poll sends nothing, stores what
     it fetched as it goes, and the next run polls again (a hanging source must not hold up
     a shutdown)."""
-    poll = asyncio.ensure_future(_poll(runtime, report, now))
+    poll = asyncio.ensure_future(_poll(runtime, report, now, on_demand))
     stop = asyncio.ensure_future(runtime.stopping.wait())
     try:
         await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -199,8 +212,13 @@ async def _stage(name: str, report: RunReport, work: Callable[[], Awaitable[None
         report.failed_stages.append(name)
 
 
-async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> RunReport:
+async def run_once(
+    runtime: Runtime, *, now: datetime, poll: bool = True, on_demand: bool = False
+) -> RunReport:
     """One whole cycle at time ``now``: poll, match, compose, drain.
+
+    ``on_demand`` (alertd run --once): Parliament is polled even if it was polled less
+    than an interval ago (the lease still keeps two workers from polling it at once).
 
     Every stage commits its own work, so a crash anywhere is recovered by the next run
     without loss or duplicates; and a stage that fails is reported without stopping the
@@ -240,7 +258,7 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
             report.errors.append(delivered.halted)
 
     if poll:
-        await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now))
+        await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now, on_demand))
     for name, work in (("match", match), ("compose", compose), ("drain", drain)):
         if runtime.stopping.is_set():
             break

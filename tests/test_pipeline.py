@@ -194,6 +194,20 @@ async def test_daily_digest_waits_for_daily_at(runtime: Runtime) -> None:
     assert len(_maildir(runtime.settings)) == 1
 
 
+async def test_the_first_run_on_a_new_database_sends_no_daily_or_weekly_digest(
+    runtime: Runtime,
+) -> None:
+    _subscribe(runtime, "d@example.org", '"special educational needs"', frequency="daily")
+    _subscribe(runtime, "w@example.org", '"special educational needs"', frequency="weekly")
+    # A Monday evening: both periods began before alertd's first run; neither is late.
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.hits == 2 and report.digests_queued == 0 and report.sent == 0
+    # Each goes at its own scheduled time: the daily on Tuesday at 07:00, the weekly later.
+    report = await run_once(runtime, now=datetime(2021, 2, 2, 7, 1, tzinfo=UTC), poll=False)
+    assert report.sent == 1
+    assert [message["To"] for message in _maildir(runtime.settings)] == ["d@example.org"]
+
+
 async def test_failed_poll_keeps_high_water_and_recovers(
     runtime: Runtime, standin_api: StandinApi
 ) -> None:

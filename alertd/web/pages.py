@@ -23,6 +23,7 @@ from alertd.web.flows import (
     email_or_error,
     field_problem,
     preview,
+    resend_confirmation,
     send_manage_link,
     sign_up,
     too_broad,
@@ -39,6 +40,11 @@ DONE = {
     "frequency": "The frequency is changed.",
     "deleted": "The alert is deleted.",
     "deleted-all": "All your alerts are deleted: you will get no more digests.",
+    "resent": "We have sent the confirmation email again: follow its link to start the alert.",
+    "resend-held": (
+        "A confirmation email went to this address a short while ago: look for it (and in "
+        "your spam folder), or try again in an hour."
+    ),
 }
 PREVIEW_BUSY = (
     "Previews are busy just now, so this one was not counted. Preview again in a few "
@@ -238,6 +244,18 @@ async def manage_frequency(
         lambda: service.update_alert(ctx.engine, subscriber_id, alert_id, now=now, frequency=chosen)
     )
     return _back(ctx, token, "frequency")
+
+
+# Before the pause/resume/delete route, whose {action} would take this path too.
+@router.post(
+    "/manage/{token}/alerts/{alert_id}/resend", summary="Send an unconfirmed alert's link again"
+)
+async def manage_resend(
+    ctx: Ctx, request: Request, token: str, alert_id: AlertId
+) -> RedirectResponse:
+    subscriber_id = ctx.read("manage", token)
+    sent = await resend_confirmation(ctx, subscriber_id, alert_id, client_ip(request))
+    return _back(ctx, token, "resent" if sent else "resend-held")
 
 
 @router.post("/manage/{token}/alerts/{alert_id}/{action}", summary="Pause, resume or delete")

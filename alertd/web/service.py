@@ -81,7 +81,8 @@ def subscriber_alerts(engine: Engine, subscriber_id: int) -> tuple[str, list[Ale
 
 def subscriber_id_of(engine: Engine, email: str) -> int | None:
     with Session(engine) as session:
-        return session.exec(select(Subscriber.id).where(Subscriber.email == email)).first()
+        subscriber = alerts.find_subscriber(session, email)
+        return subscriber.id if subscriber is not None else None
 
 
 def _counting(subscriber_id: int, now: datetime, confirm_window: timedelta) -> ColumnElement[bool]:
@@ -124,7 +125,7 @@ def _register(
     address = alerts.normalise_email(email)
     with transaction(engine) as session:
         canonical = alerts.compile_query(session, query_text).canonical
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        subscriber = alerts.find_subscriber(session, address)
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)
