@@ -206,6 +206,8 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from alertd import alerts
 
+    if args.email is not None:
+        alerts.normalise_email(args.email)  # a bad address opens no database
     rows = alerts.list_alerts(_database(settings), args.email)
     for row in rows:
         if row.suspended:
@@ -397,11 +399,13 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
     import os
     from pathlib import Path
 
+    from alertd.alerts import normalise_email
     from alertd.digests.render import build_environment
     from alertd.digests.sample import write_sample
     from alertd.errors import UsageError
 
     _check_days(args.days)
+    normalise_email(args.email)
     out = Path(args.out).expanduser()
     # A folder (existing, or typed with a trailing slash) gets the files inside it.
     if out.is_dir() or args.out.endswith(("/", os.sep)):

@@ -64,6 +64,8 @@ def _plain_config(tmp_path: Path, extra: str = "") -> str:
     ("args", "message"),
     [
         (["subscribe", "not-an-email", "nhs"], "invalid email address"),
+        (["list", "not-an-email"], "invalid email address"),
+        (["render-sample", "not-an-email"], "invalid email address"),
         (["subscribe", "a@example.org", '"nhs'], "quote"),
         (["subscribe", "a@example.org", "nhs", "--frequency", "hourly"], "unknown frequency"),
         (["preview", "nhs", "--days", "999999999"], "--days must be between 1 and"),

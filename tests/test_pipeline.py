@@ -208,6 +208,21 @@ async def test_the_first_run_on_a_new_database_sends_no_daily_or_weekly_digest(
     assert [message["To"] for message in _maildir(runtime.settings)] == ["d@example.org"]
 
 
+async def test_polls_allow_a_minute_of_jitter_and_on_demand_always_polls(
+    runtime: Runtime,
+) -> None:
+    interval = timedelta(minutes=runtime.settings.parliament.poll_interval_minutes)
+    assert (await run_once(runtime, now=MONDAY_EVENING)).polled
+    # Cron at the poll interval, started 50 s early: not skipped.
+    early = MONDAY_EVENING + interval - timedelta(seconds=50)
+    assert (await run_once(runtime, now=early)).polled
+    # A scheduled run half an interval later is (another worker's poll was enough) ...
+    half = early + interval / 2
+    assert not (await run_once(runtime, now=half)).polled
+    # ... but one asked for (alertd run --once) polls.
+    assert (await run_once(runtime, now=half, on_demand=True)).polled
+
+
 async def test_failed_poll_keeps_high_water_and_recovers(
     runtime: Runtime, standin_api: StandinApi
 ) -> None:
