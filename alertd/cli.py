@@ -138,7 +138,11 @@ def _look_up_members(engine: Engine, settings: Settings, names: list[str]) -> No
 
 
 def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
-    """When an alert of this frequency mails first (if anything new matches by then)."""
+    """When an alert of this frequency mails first (if anything new matches by then).
+
+    The next period start as digests.compose.period_start counts them, worked out here so
+    that `subscribe` need not import the digest stack (tests/test_cli_imports.py).
+    """
     from datetime import timedelta
 
     from alertd.config import WEEKDAYS
