@@ -23,3 +23,8 @@ def normalise_email(address: str) -> str:
         raise UsageError(f"invalid email address: {address!r}")
     local, _, domain = candidate.rpartition("@")
     return f"{local}@{domain.lower()}"
+
+
+def email_key(address: str) -> str:
+    """The form addresses are compared in: Parent@Example.ORG is parent@example.org."""
+    return address.lower()

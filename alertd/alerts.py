@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 # Re-exported: callers of alerts keep these names; the quick commands import them directly.
+from alertd.addresses import email_key
 from alertd.addresses import normalise_email as normalise_email
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
@@ -52,6 +53,20 @@ def parse_notify_on(value: str | Iterable[str] | None, canonical: str) -> str:
         shown = ",".join(sorted(chosen)) or "nothing"
         raise UsageError(f"--on {shown!r}: use answered, or tabled,answered")
     return ",".join(stage for stage in NOTIFY_STAGES if stage in chosen)
+
+
+def find_subscriber(session: Session, address: str) -> Subscriber | None:
+    """The subscriber of an address in any case: Parent@Example.ORG is parent@example.org."""
+    key = email_key(address)
+    return session.exec(select(Subscriber).where(Subscriber.email_key == key)).first()
+
+
+def subscriber_email(engine: Engine, subscriber_id: int) -> str:
+    """The address of a subscriber, as first typed."""
+    with Session(engine) as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        assert subscriber is not None
+        return subscriber.email
 
 
 def parse_frequency(value: str) -> Frequency:
@@ -120,6 +135,33 @@ def check_query_words(text: str) -> None:
         raise QueryError(URL_PHONE_ERROR)
 
 
+def check_query(text: str) -> list[tuple[str, str]]:
+    """Check a query's syntax without the database; the (field, name) pairs it names.
+
+    Raises:
+        QueryError: the query is malformed.
+    """
+    named: list[tuple[str, str]] = []
+
+    def record(field: str, name: str, position: int) -> int:
+        if field not in (*_MEMBER_FIELDS, "department"):
+            raise QueryError(f"field {field}: takes no name", position)
+        named.append((field, name))
+        return len(named)
+
+    parse_query(text, record)
+    return named
+
+
+def member_names(text: str) -> list[str]:
+    """The Member names (not ids) a query names, for looking them up before it is saved.
+
+    Raises:
+        QueryError: the query is malformed.
+    """
+    return [name for field, name in check_query(text) if field in _MEMBER_FIELDS]
+
+
 def compile_query(session: Session, text: str) -> Query:
     """Parse a query, resolving names to ids.
 
@@ -138,13 +180,15 @@ def subscribe(
     confirmed: bool,
     now: datetime,
     notify_on: str | Iterable[str] | None = None,
+    refuse_duplicate: bool = False,
 ) -> Alert:
     """Save an alert for an address (creating the subscriber); nothing is saved on bad input.
 
     ``notify_on`` is what it hears about (see ``parse_notify_on``; None: the default).
 
     Raises:
-        UsageError: a bad address, query, frequency or stage.
+        UsageError: a bad address, query, frequency or stage; or (``refuse_duplicate``) the
+            address already has an active alert for the same query.
     """
     address = normalise_email(email)
     chosen = parse_frequency(frequency)
@@ -152,7 +196,17 @@ def subscribe(
     with transaction(engine) as session:
         query = compile_query(session, query_text)
         stages = parse_notify_on(notify_on, query.canonical)
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        subscriber = find_subscriber(session, address)
+        if subscriber is not None and refuse_duplicate:
+            same = session.exec(
+                select(Alert.id).where(
+                    Alert.subscriber_id == subscriber.id,
+                    col(Alert.unsubscribed_at).is_(None),
+                    Alert.canonical == query.canonical,
+                )
+            ).first()
+            if same is not None:
+                raise UsageError(f"{subscriber.email} already has this alert (id {same})")
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)

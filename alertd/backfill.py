@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from alertd.config import ParliamentSettings
 from alertd.db import transaction
@@ -39,19 +39,26 @@ class DayDone:
 ProgressCallback = Callable[[DayDone], None]
 
 
-def _resume_from(engine: Engine, first: date) -> date:
-    """The first day not done yet: a rerun after Ctrl-C or a failure picks up there."""
+def _day_source(day: date) -> str:
+    # One SourceState row per day done ("parliament-backfill:2026-11-01"): any range can be
+    # loaded in any order, and a rerun skips exactly the days already done.
+    return f"{BACKFILL_SOURCE}:{day.isoformat()}"
+
+
+def days_done(engine: Engine, first: date, last: date) -> set[date]:
+    """The days from ``first`` to ``last`` a backfill has loaded already."""
+    names = col(SourceState.name)
     with Session(engine) as session:
-        state = session.get(SourceState, BACKFILL_SOURCE)
-    done = state.high_water if state else None
-    if done is not None and done >= first:
-        return done + timedelta(days=1)
-    return first
+        rows = session.exec(
+            select(SourceState.name).where(names >= _day_source(first), names <= _day_source(last))
+        ).all()
+    return {date.fromisoformat(name.rpartition(":")[2]) for name in rows}
 
 
 def _mark_day_done(engine: Engine, day: date, now: datetime, stored: int) -> None:
     with transaction(engine) as session:
-        state = session.get(SourceState, BACKFILL_SOURCE) or SourceState(name=BACKFILL_SOURCE)
+        name = _day_source(day)
+        state = session.get(SourceState, name) or SourceState(name=name)
         state.high_water, state.last_poll_at, state.last_ok_at = day, now, now
         state.last_new_count, state.last_error = stored, None
         session.add(state)
@@ -85,21 +92,25 @@ async def backfill(
     """Store the answers of each day from ``first`` to ``last``; return how many were new.
 
     One request at a time; 429 and 5xx are retried with exponential backoff. Each day is
-    committed before the next starts, so an interrupted backfill resumes where it stopped.
+    committed and recorded as done before the next starts, so an interrupted backfill
+    resumes where it stopped, and days loaded by an earlier backfill are skipped.
 
     Raises:
         SourceUnavailable: a day still failed after the retries (rerun to resume).
         SourceInvalid: the API answered something unusable.
     """
     polite = settings.model_copy(update={"detail_concurrency": 1})
-    start = await asyncio.to_thread(_resume_from, engine, first)
+    done = await asyncio.to_thread(days_done, engine, first, last)
     days_total = (last - first).days + 1
+    to_load = [first + timedelta(days=n) for n in range(days_total)]
+    to_load = [day for day in to_load if day not in done]
+    if done:
+        log.info("%d of the %d days were loaded before: skipped", len(done), days_total)
     total_new = 0
     started = time.monotonic()
     async with make_http_client(polite) as client:
         api = ParliamentApi(polite, client)
-        day = start
-        while day <= last:
+        for day in to_load:
 
             async def one_day(day: date = day) -> tuple[int, int]:
                 params = {"answeredWhenFrom": day.isoformat(), "answeredWhenTo": day.isoformat()}
@@ -122,5 +133,4 @@ async def backfill(
                     time.monotonic() - started,
                 )
             )
-            day += timedelta(days=1)
     return total_new

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
 # config.FREQUENCIES, spelt out so that --help need not import pydantic (a test compares).
 FREQUENCY_CHOICES = ("immediate", "daily", "weekly")
 
@@ -137,16 +138,57 @@ def _database(settings: Settings) -> Engine:
     return engine
 
 
+def _look_up_members(engine: Engine, settings: Settings, names: list[str]) -> None:
+    """Ask the Members API (as the web's Member search does) for each name the Member table
+    does not know yet: a fresh install knows no Members until answers arrive."""
+    import asyncio
+
+    from alertd.web.members import local_members, search_key, search_members
+
+    for name in names:
+        known = local_members(engine, name)
+        if any(search_key(hit.name) == search_key(name) for hit in known):
+            continue
+        asyncio.run(search_members(engine, settings, name, utc_now()))
+
+
+def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
+    """When an alert of this frequency mails first (if anything new matches by then).
+
+    The next period start as digests.compose.period_start counts them, worked out here so
+    that `subscribe` need not import the digest stack (tests/test_cli_imports.py).
+    """
+    from datetime import timedelta
+
+    from alertd.config import WEEKDAYS
+
+    if frequency == "immediate":
+        return "within minutes of a matching answer reaching alertd"
+    digest = settings.digest
+    local = now.astimezone(digest.zone)
+    due = local.replace(hour=digest.daily_at.hour, minute=digest.daily_at.minute, second=0)
+    due = due.replace(microsecond=0)
+    if due <= local:
+        due += timedelta(days=1)
+    if frequency == "weekly":
+        due += timedelta(days=(WEEKDAYS.index(digest.weekly_day) - due.weekday()) % 7)
+    return f"in the {frequency} digest of {due:%a %d %b %Y at %H:%M} ({digest.timezone})"
+
+
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd import alerts
     from alertd.errors import UsageError
 
-    engine = _database(settings)
+    # Whatever can be checked without the database is checked first: bad input writes nothing.
     alerts.normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
     if args.on is not None:
         alerts.parse_notify_on(args.on, "")
+    names = alerts.member_names(args.query)
+    engine = _database(settings)
+    if names:
+        _look_up_members(engine, settings, names)
     rate = alerts.daily_match_rate(engine, args.query)
     if rate > alerts.BROAD_ALERT_PER_DAY:
         verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"
@@ -157,29 +199,47 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
         if not args.force:
             raise UsageError(message)
         print(f"alertd: warning: {message}", file=sys.stderr)
+    now = utc_now()
     alert = alerts.subscribe(
         engine,
         args.email,
         args.query,
         args.frequency,
         confirmed=args.confirmed,
-        now=utc_now(),
+        now=now,
         notify_on=args.on,
+        refuse_duplicate=True,
     )
-    print(alert.id)
-    if not alert.confirmed:
-        print("alert saved unconfirmed: it sends nothing until confirmed", file=sys.stderr)
+    assert alert.id is not None
+    email = alerts.subscriber_email(engine, alert.subscriber_id)
+    print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}")
+    if alert.confirmed:
+        print(f"first mail: {_first_mail(settings, alert.frequency, now)}, if anything matches")
+    else:
+        from alertd.web.flows import queue_confirmation
+
+        queue_confirmation(settings, engine, alert.id, now=now)
+        print(
+            f"unconfirmed: a confirmation mail to {email} is queued (alertd run sends it); "
+            "the alert mails nothing until its link is followed"
+        )
     return 0
 
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from alertd.addresses import normalise_email
     from alertd.listing import list_alerts
 
+    if args.email is not None:
+        normalise_email(args.email)  # a bad address opens no database
     rows = list_alerts(_database(settings), args.email)
     for row in rows:
-        status = (
-            "suspended" if row.suspended else ("confirmed" if row.alert.confirmed else "pending")
-        )
+        if row.suspended:
+            status = "suspended"
+        elif not row.alert.confirmed:
+            status = "pending"
+        else:
+            status = "paused" if row.alert.paused_at is not None else "confirmed"
         print(f"{row.alert.id}\t{row.email}\t{row.alert.frequency}\t{status}\t{row.alert.query}")
     if not rows:
         print("no alerts", file=sys.stderr)
@@ -194,15 +254,24 @@ def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# A century: more than any history alertd holds, and far from datetime's limits.
+MAX_DAYS = 36_500
+
+
+def _check_days(days: int) -> None:
+    from alertd.errors import UsageError
+
+    if not 1 <= days <= MAX_DAYS:
+        raise UsageError(f"--days must be between 1 and {MAX_DAYS}")
+
+
 def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     from collections import Counter
     from datetime import timedelta
 
     from alertd import alerts
-    from alertd.errors import UsageError
 
-    if args.days < 1:
-        raise UsageError("--days must be at least 1")
+    _check_days(args.days)
     since = (utc_now() - timedelta(days=args.days)).date()
     found = alerts.matching_lines(_database(settings), args.query, since)
     for question in found:
@@ -227,36 +296,65 @@ async def _run(settings: Settings, once: bool) -> int:
 
     from alertd.daemon import Daemon, lifespan
     from alertd.pipeline import run_once
-    from alertd.web import serve_web
 
-    async with lifespan(settings) as runtime:
-        if once:
-            # As in the daemon, SIGTERM or Ctrl-C stops claiming, lets the send in flight
-            # finish and abandons a poll (cron's `timeout` sends SIGTERM).
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, runtime.stopping.set)
-            try:
-                report = await run_once(runtime, now=utc_now())
-            finally:
+    log = logging.getLogger("alertd.cli")
+    sock = None
+    if not once and settings.web.enabled:
+        from alertd.web.server import listen
+
+        # Bound before anything else starts: a busy port is one line and exit 2, with no
+        # poll begun and no lease taken.
+        sock = listen(settings.web.host, settings.web.port)
+    try:
+        async with lifespan(settings) as runtime:
+            if once:
+                # As in the daemon, SIGTERM or Ctrl-C stops claiming, lets the send in flight
+                # finish and abandons a poll (cron's `timeout` sends SIGTERM).
+                loop = asyncio.get_running_loop()
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
-            if runtime.stopping.is_set():
-                logging.getLogger("alertd.cli").info("stopped early: the next run goes on")
-            return EXIT_FAILED if report.errors else 0
-        # The web app (sign-up, unsubscribe links, /metrics) runs beside the scheduler and
-        # stops with it: both watch runtime.stopping, which SIGTERM sets. The web app's
-        # emails wake the runtime's sender, which runs in the app's lifespan.
-        await asyncio.gather(
-            Daemon(runtime).serve(),
-            serve_web(
-                settings,
-                runtime.engine,
-                runtime.stopping,
-                metrics=runtime.metrics,
-                sender=runtime.sender,
-            ),
-        )
+                    loop.add_signal_handler(signum, runtime.stopping.set)
+                try:
+                    report = await run_once(runtime, now=utc_now(), on_demand=True)
+                finally:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
+                if runtime.stopping.is_set():
+                    log.info("stopped early: the next run goes on")
+                return EXIT_FAILED if report.errors else 0
+            daemon = Daemon(runtime)
+            if sock is None:
+                log.info("web app off (web.enabled = false)")
+                await daemon.serve()
+            else:
+                from alertd.web import serve_web
+
+                host, port = sock.getsockname()[:2]
+                log.info(
+                    "web app listening on %s:%d (its links use %s)",
+                    host,
+                    port,
+                    settings.web.base_url,
+                )
+                # The web app (sign-up, unsubscribe links, /metrics) runs beside the
+                # scheduler and stops with it: both watch runtime.stopping, which SIGTERM
+                # sets. The web app's emails wake the runtime's sender, which runs in the
+                # app's lifespan.
+                await asyncio.gather(
+                    daemon.serve(),
+                    serve_web(
+                        settings,
+                        runtime.engine,
+                        runtime.stopping,
+                        sock=sock,
+                        metrics=runtime.metrics,
+                        sender=runtime.sender,
+                    ),
+                )
+            # Last: after the web app's sender has finished the send in flight too.
+            log.info("alertd stopped after %d cycles", daemon.cycles)
+    finally:
+        if sock is not None:
+            sock.close()
     return 0
 
 
@@ -322,24 +420,29 @@ def _cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
+    import os
     from pathlib import Path
 
+    from alertd.alerts import normalise_email
     from alertd.digests.render import build_environment
     from alertd.digests.sample import write_sample
     from alertd.errors import UsageError
 
-    if args.days < 1:
-        raise UsageError("--days must be at least 1")
+    _check_days(args.days)
+    normalise_email(args.email)
+    out = Path(args.out).expanduser()
+    # A folder (existing, or typed with a trailing slash) gets the files inside it.
+    if out.is_dir() or args.out.endswith(("/", os.sep)):
+        out = out / "digest-sample"
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: the folder {out.parent} does not exist")
     env = build_environment(settings)
-    files = write_sample(
-        _database(settings),
-        settings,
-        env,
-        args.email,
-        Path(args.out),
-        now=utc_now(),
-        days=args.days,
-    )
+    try:
+        files = write_sample(
+            _database(settings), settings, env, args.email, out, now=utc_now(), days=args.days
+        )
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {exc.filename}: {exc.strerror}") from None
     print(files.eml)
     print(files.html)
     print(f"subject: {files.subject} (not sent)", file=sys.stderr)
@@ -478,6 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A URL's password (database.url, a feed) never reaches the terminal or a log file.
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # Ctrl-C: every command commits as it goes, so what was done is kept.
+        resume = "; run it again to go on" if args.command == "backfill" else ""
+        print(f"alertd: {args.command} interrupted: what was done is kept{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except AlertdError as exc:
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED

@@ -176,6 +176,9 @@ class WebSettings(_Section):
     preview_feed_items: bool = False
     # Key rotation: newest first (it signs), every one verifies; replaces secret_key when set.
     secret_keys: tuple[SecretStr, ...] = ()
+    # `alertd run` serves the web app too; false on all but one worker of a machine (or give
+    # each its own port): two cannot listen on one port.
+    enabled: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -255,12 +258,27 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+FEED_NAME_MAX = 95
+
+
 class FeedConfig(_Section):
     """One [[feeds]] entry: an RSS or Atom feed polled as a source."""
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[\w][\w .-]*$")
+    name: str
     url: str
     poll_interval_minutes: int | None = Field(default=None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _readable_name(cls, name: str) -> str:
+        # Shown in lists, logs and digests, and stored as "feed:NAME" (at most 100 characters).
+        if not name or not name[0].isalnum():
+            raise ValueError("a feed name must start with a letter or a digit")
+        if len(name) > FEED_NAME_MAX:
+            raise ValueError(f"a feed name can be at most {FEED_NAME_MAX} characters long")
+        if name != name.rstrip() or any(not c.isprintable() for c in name):
+            raise ValueError("a feed name cannot hold control characters or end in a space")
+        return name
 
     @field_validator("url")
     @classmethod
@@ -327,6 +345,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
 
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:

@@ -19,7 +19,7 @@ from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.mail.transports import mailer_factory
 from alertd.pipeline import RunReport, Runtime, poll_once, run_once
-from alertd.sources.feeds import sync_config_feeds
+from alertd.sources.feeds import shortest_interval_minutes, sync_config_feeds
 from alertd.sources.parliament import make_http_client
 
 log = logging.getLogger("alertd.daemon")
@@ -139,14 +139,21 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    def _scheduler(self) -> AsyncIOScheduler:
+    def poll_every_minutes(self) -> int:
+        """How often the poll job runs: as often as the most frequent source wants (a feed
+        polled every 5 minutes is; Parliament's lease keeps it to once an interval)."""
+        return shortest_interval_minutes(
+            self.runtime.engine, self.runtime.settings.parliament.poll_interval_minutes
+        )
+
+    def build_scheduler(self, poll_every_minutes: int) -> AsyncIOScheduler:
         settings = self.runtime.settings
         zone = settings.digest.zone
         scheduler = AsyncIOScheduler(timezone=zone)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600}
         scheduler.add_job(
             self.request_cycle,
-            IntervalTrigger(minutes=settings.parliament.poll_interval_minutes, timezone=zone),
+            IntervalTrigger(minutes=poll_every_minutes, timezone=zone),
             next_run_time=self.clock(),
             id="poll",
             **common,
@@ -171,18 +178,21 @@ class Daemon:
         return scheduler
 
     async def serve(self) -> None:
-        """Run until a signal (or stop()), then let the cycle in flight finish.
+        """Run until a signal (or stop()), then let the cycle in flight finish (the caller
+        says "stopped", once the web app's sender has finished too).
 
         The cycle stops taking new digests at once (a poll in flight is abandoned); after
         delivery.shutdown_timeout_s it is cancelled, which is safe: every stage commits as
         it goes.
         """
         settings = self.runtime.settings
+        # Feeds added while running with a shorter interval count from the next start.
+        poll_every = await asyncio.to_thread(self.poll_every_minutes)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         runner = asyncio.create_task(self._run_cycles(), name="alertd cycles")
-        scheduler = self._scheduler()
+        scheduler = self.build_scheduler(poll_every)
         scheduler.start()
         log.info(
             "alertd running: polling every %d min, digests at %s %s",
@@ -199,7 +209,6 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self._finish(runner, settings.delivery.shutdown_timeout_s)
-        log.info("alertd stopped after %d cycles", self.cycles)
 
     async def _finish(self, runner: asyncio.Task[None], timeout_s: float) -> None:
         done, _ = await asyncio.wait({runner}, timeout=timeout_s)

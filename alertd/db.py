@@ -34,7 +34,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     """Create the engine; on SQLite turn on WAL, a busy timeout and foreign keys.
 
     Raises:
-        ConfigError: the SQLite database's folder cannot be created.
+        ConfigError: the SQLite database's folder does not exist.
     """
     url = sa.make_url(settings.url)
     if url.drivername == "postgresql":
@@ -42,6 +42,12 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
+        # A mistyped path must not quietly become a new, empty database in new folders.
+        folder = Path(url.database).expanduser().parent
+        if not folder.is_dir():
+            raise ConfigError(
+                f"database.url: the folder {folder} does not exist (create it, or fix the path)"
+            )
         _create_private(Path(url.database).expanduser())
     engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
     busy_timeout_ms = settings.busy_timeout_ms
@@ -69,15 +75,14 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
 
 
 def _create_private(path: Path) -> None:
-    """Create the SQLite file (and its folder) readable by their owner only, 0600 and 0700:
-    it holds addresses and link secrets. SQLite gives its -wal and -shm files the mode of
-    the database file. An existing file or folder is left as it is.
+    """Create the SQLite file readable by its owner only (0600): it holds addresses and link
+    secrets. SQLite gives its -wal and -shm files the mode of the database file. An existing
+    file is left as it is; its folder must exist (a mistyped path is refused, not created).
 
     Raises:
-        ConfigError: the folder or the file cannot be created.
+        ConfigError: the file cannot be created.
     """
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass

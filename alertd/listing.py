@@ -4,12 +4,13 @@ database, so the command loads neither sqlmodel, the ORM nor the models (see ben
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from alertd.addresses import normalise_email
+from alertd.addresses import email_key, normalise_email
 
 # The models' table names (alertd.models); the columns come from the database itself, which
 # open_database has brought to the newest migration, so there is no second schema here.
@@ -23,6 +24,7 @@ class ListedAlert(NamedTuple):
     query: str
     frequency: str
     confirmed: bool
+    paused_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
                 "query",
                 "frequency",
                 "confirmed",
+                "paused_at",
                 "unsubscribed_at",
             ],
         )
@@ -56,7 +59,7 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
             _SUBSCRIBER,
             metadata,
             autoload_with=connection,
-            include_columns=["id", "email", "suspended_at"],
+            include_columns=["id", "email", "email_key", "suspended_at"],
         )
         statement = (
             sa.select(
@@ -64,6 +67,7 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
                 alert.c.query,
                 alert.c.frequency,
                 alert.c.confirmed,
+                alert.c.paused_at,
                 subscriber.c.email,
                 subscriber.c.suspended_at.is_not(None),
             )
@@ -72,12 +76,14 @@ def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
             .order_by(alert.c.id)
         )
         if wanted is not None:
-            statement = statement.where(subscriber.c.email == wanted)
+            statement = statement.where(subscriber.c.email_key == email_key(wanted))
         return [
             AlertRow(
-                ListedAlert(alert_id, query, frequency, bool(confirmed)), address, bool(suspended)
+                ListedAlert(alert_id, query, frequency, bool(confirmed), paused_at),
+                address,
+                bool(suspended),
             )
-            for alert_id, query, frequency, confirmed, address, suspended in connection.execute(
-                statement
+            for alert_id, query, frequency, confirmed, paused_at, address, suspended in (
+                connection.execute(statement)
             )
         ]

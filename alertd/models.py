@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel, col
 
+from alertd.addresses import email_key
 from alertd.tokens import new_link_secret
 
 
@@ -37,12 +38,24 @@ def _utc(**kwargs: Any) -> Any:
     return Field(sa_type=UTCDateTime, **kwargs)
 
 
+def _email_key_default(context: Any) -> str:
+    return email_key(context.get_current_parameters()["email"])
+
+
 class Subscriber(SQLModel, table=True):
     # AUTOINCREMENT: SQLite never gives a deleted row's id (which old links carry) again.
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
+    # As typed (shown and mailed to); email_key is what is compared and kept unique.
     email: str = Field(max_length=254, unique=True)
+    email_key: str = Field(
+        default=None,
+        max_length=254,
+        unique=True,
+        index=True,
+        sa_column_kwargs={"default": _email_key_default},
+    )
     created_at: datetime = _utc()
     consecutive_bounces: int = 0
     suspended_at: datetime | None = _utc(default=None, nullable=True)

@@ -35,6 +35,9 @@ from alertd.sources.state import PollLease
 from alertd.sources.statements import StatementsApi, StatementsSource
 
 log = logging.getLogger("alertd.pipeline")
+# A source is due this much before its interval has passed: cron or a worker starting a few
+# seconds late must not find the last poll "too recent" and skip a whole interval.
+POLL_JITTER = timedelta(minutes=1)
 
 
 @dataclass
@@ -97,15 +100,22 @@ class Runtime:
         )
 
 
-def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list[Source]:
+def _sources(
+    runtime: Runtime, client: httpx.AsyncClient, now: datetime, on_demand: bool
+) -> list[Source]:
     """The sources to poll this run: Parliament and written statements when enabled, then
-    the feeds that are due."""
+    the feeds that are due.
+
+    Parliament (and statements) are polled at most once an interval (less the jitter),
+    however many workers run the poll job; ``on_demand`` (alertd run --once) polls them
+    whenever no other worker holds them.
+    """
     settings = runtime.settings
+    interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
     lease = PollLease(
         owner=runtime.worker_id,
         lease_s=settings.delivery.lease_s,
-        # Several workers each run the poll job; one poll per interval is enough.
-        min_gap=timedelta(minutes=settings.parliament.poll_interval_minutes / 2),
+        min_gap=timedelta(0) if on_demand else max(interval - POLL_JITTER, timedelta(0)),
     )
     sources: list[Source] = []
     if settings.parliament.enabled:
@@ -121,16 +131,22 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
             )
         )
     if settings.polls_statements:
-        interval = settings.statements.poll_interval_minutes
+        statements_interval = timedelta(minutes=settings.statements.poll_interval_minutes)
         sources.append(
             StatementsSource(
                 runtime.engine,
                 StatementsApi(ParliamentApi(settings.parliament, client)),
                 zone=settings.digest.zone,
                 lookback_days=settings.parliament.lookback_days,
-                # Looked at on every poll run; polled once its own interval has (nearly)
-                # passed: a run a little early must not skip a whole interval.
-                lease=PollLease(lease.owner, lease.lease_s, timedelta(minutes=interval * 0.9)),
+                # Looked at on every poll run; polled once its own interval (less the jitter)
+                # has passed: a run a little early must not skip a whole interval.
+                lease=PollLease(
+                    lease.owner,
+                    lease.lease_s,
+                    min_gap=timedelta(0)
+                    if on_demand
+                    else max(statements_interval - POLL_JITTER, timedelta(0)),
+                ),
             )
         )
     sources.extend(
@@ -139,6 +155,7 @@ def _sources(runtime: Runtime, client: httpx.AsyncClient, now: datetime) -> list
             client,
             now=now,
             default_interval_minutes=settings.parliament.poll_interval_minutes,
+            tolerance=POLL_JITTER,
             # A feed's own interval decides when it is due; the lease only keeps workers apart.
             lease=PollLease(lease.owner, lease.lease_s, min_gap=timedelta(0)),
         )
@@ -152,11 +169,15 @@ SourceDone = Callable[[], Awaitable[None]]
 
 
 async def _poll(
-    runtime: Runtime, report: RunReport, now: datetime, source_done: SourceDone | None = None
+    runtime: Runtime,
+    report: RunReport,
+    now: datetime,
+    on_demand: bool,
+    source_done: SourceDone | None = None,
 ) -> None:
     client = runtime.http or make_http_client(runtime.settings.parliament)
     try:
-        sources = await asyncio.to_thread(_sources, runtime, client, now)
+        sources = await asyncio.to_thread(_sources, runtime, client, now, on_demand)
         for source in sources:
             await _poll_source(source, report, now)
             if source_done is not None:
@@ -167,12 +188,16 @@ async def _poll(
 
 
 async def _poll_until_stopped(
-    runtime: Runtime, report: RunReport, now: datetime, source_done: SourceDone | None = None
+    runtime: Runtime,
+    report: RunReport,
+    now: datetime,
+    on_demand: bool,
+    source_done: SourceDone | None = None,
 ) -> None:
     """Poll, but give up at once when a stop is requested: a poll sends nothing, stores what
     it fetched as it goes, and the next run polls again (a hanging source must not hold up
     a shutdown)."""
-    poll = asyncio.ensure_future(_poll(runtime, report, now, source_done))
+    poll = asyncio.ensure_future(_poll(runtime, report, now, on_demand, source_done))
     stop = asyncio.ensure_future(runtime.stopping.wait())
     try:
         await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -229,7 +254,11 @@ async def _stage(name: str, report: RunReport, work: Callable[[], Awaitable[None
 
 
 async def poll_once(
-    runtime: Runtime, *, now: datetime, source_done: SourceDone | None = None
+    runtime: Runtime,
+    *,
+    now: datetime,
+    source_done: SourceDone | None = None,
+    on_demand: bool = False,
 ) -> RunReport:
     """Only the poll of a cycle, ``source_done`` awaited after each source.
 
@@ -238,15 +267,24 @@ async def poll_once(
     """
     started = time.monotonic()
     report = RunReport()
-    await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now, source_done))
+    await _stage(
+        "poll",
+        report,
+        lambda: _poll_until_stopped(runtime, report, now, on_demand, source_done),
+    )
     runtime.metrics.record_run(report, time.monotonic() - started)
     if report.fetched or report.errors:
         log.info("%.2fs poll finished: %s", time.monotonic() - started, report.summary())
     return report
 
 
-async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> RunReport:
+async def run_once(
+    runtime: Runtime, *, now: datetime, poll: bool = True, on_demand: bool = False
+) -> RunReport:
     """One whole cycle at time ``now``: poll, match, compose, drain.
+
+    ``on_demand`` (alertd run --once): Parliament is polled even if it was polled less
+    than an interval ago (the lease still keeps two workers from polling it at once).
 
     Every stage commits its own work, so a crash anywhere is recovered by the next run
     without loss or duplicates; and a stage that fails is reported without stopping the
@@ -286,7 +324,7 @@ async def run_once(runtime: Runtime, *, now: datetime, poll: bool = True) -> Run
             report.errors.append(delivered.halted)
 
     if poll:
-        await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now))
+        await _stage("poll", report, lambda: _poll_until_stopped(runtime, report, now, on_demand))
     for name, work in (("match", match), ("compose", compose), ("drain", drain)):
         if runtime.stopping.is_set():
             break

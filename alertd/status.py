@@ -87,27 +87,26 @@ def _count_by(session: Session, column: Any, *where: Any) -> dict[str, int]:
 
 
 def _subscriber_counts(session: Session) -> dict[str, int]:
-    confirmed_alert = (
-        select(Alert.id)
-        .where(
-            Alert.subscriber_id == Subscriber.id,
-            col(Alert.confirmed).is_(True),
-            col(Alert.unsubscribed_at).is_(None),
+    def has_alert(*where: Any) -> Any:
+        return (
+            select(Alert.id)
+            .where(Alert.subscriber_id == Subscriber.id, col(Alert.unsubscribed_at).is_(None))
+            .where(*where)
+            .exists()
         )
-        .exists()
-    )
+
+    def count(*where: Any) -> int:
+        return int(session.exec(select(func.count()).select_from(Subscriber).where(*where)).one())
+
     suspended = col(Subscriber.suspended_at).is_not(None)
-    total = session.exec(select(func.count()).select_from(Subscriber)).one()
-    confirmed = session.exec(
-        select(func.count()).select_from(Subscriber).where(confirmed_alert, ~suspended)
-    ).one()
-    suspended_count = session.exec(
-        select(func.count()).select_from(Subscriber).where(suspended)
-    ).one()
+    confirmed = has_alert(col(Alert.confirmed).is_(True))
+    # Pending: waiting for a confirmation link to be followed; unsubscribed: every alert
+    # stopped (kept on record for what was sent), so nothing is waiting for them.
     return {
-        "confirmed": int(confirmed),
-        "pending": int(total) - int(confirmed) - int(suspended_count),
-        "suspended": int(suspended_count),
+        "confirmed": count(confirmed, ~suspended),
+        "pending": count(~confirmed, has_alert(), ~suspended),
+        "unsubscribed": count(~has_alert(), ~suspended),
+        "suspended": count(suspended),
     }
 
 
@@ -258,7 +257,7 @@ def format_status(status: Status) -> str:
     lines.append(f"  items stored: {status.items_stored}")
     lines.append(
         f"  subscribers: {subs['confirmed']} confirmed, {subs['pending']} pending, "
-        f"{subs['suspended']} suspended"
+        f"{subs['unsubscribed']} unsubscribed, {subs['suspended']} suspended"
     )
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(status.alerts_by_frequency.items()))
     lines.append(f"  alerts: {alerts or 'none'}")

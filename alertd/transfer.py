@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.alerts import compile_query, normalise_email, parse_frequency
+from alertd.addresses import email_key, normalise_email
+from alertd.alerts import compile_query, parse_frequency
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical
@@ -344,19 +345,22 @@ class _Writer:
             return
         # Core statements, not ORM objects: a million alerts in minutes, not hours. So the
         # alerts version (see models.mark_alert_changes) is bumped here, once a chunk.
-        by_email = {s.email: s for s in reversed(self.waiting)}  # the first line of an address
+        # Keyed as addresses are compared (Parent@Example.ORG is parent@example.org); the
+        # first line of an address wins.
+        by_key = {email_key(s.email): s for s in reversed(self.waiting)}
         found = self.session.execute(
-            sa.select(col(Subscriber.email), col(Subscriber.id)).where(
-                col(Subscriber.email).in_(list(by_email))
+            sa.select(col(Subscriber.email_key), col(Subscriber.id)).where(
+                col(Subscriber.email_key).in_(list(by_key))
             )
         ).all()
-        owners: dict[str, int] = {email: owner_id for email, owner_id in found}
-        new = [incoming for email, incoming in by_email.items() if email not in owners]
+        owners: dict[str, int] = {key: owner_id for key, owner_id in found}
+        new = [incoming for key, incoming in by_key.items() if key not in owners]
         if new:
             rows = [
                 {
                     **({"id": incoming.id} if self.keep_ids else {}),
                     "email": incoming.email,
+                    "email_key": email_key(incoming.email),
                     "consecutive_bounces": incoming.consecutive_bounces,
                     # Core inserts skip the model's default: a new secret unless moved.
                     "link_secret": incoming.link_secret or new_link_secret(),
@@ -368,11 +372,11 @@ class _Writer:
             ]
             inserted = self.session.execute(
                 sa.insert(Subscriber).returning(
-                    col(Subscriber.email), col(Subscriber.id), sort_by_parameter_order=True
+                    col(Subscriber.email_key), col(Subscriber.id), sort_by_parameter_order=True
                 ),
                 rows,
             ).all()
-            owners.update({email: owner_id for email, owner_id in inserted})
+            owners.update({key: owner_id for key, owner_id in inserted})
             self.subscribers_added += len(new)
         live = sa.select(col(Alert.subscriber_id), col(Alert.canonical), col(Alert.frequency))
         live = live.where(
@@ -382,7 +386,7 @@ class _Writer:
         present = {tuple(row) for row in self.session.execute(live)}
         rows = []
         for incoming in self.waiting:
-            owner_id = owners[incoming.email]
+            owner_id = owners[email_key(incoming.email)]
             for alert in incoming.alerts:
                 key = (owner_id, alert.canonical, alert.frequency)
                 stopped = alert.times["unsubscribed_at"] is not None

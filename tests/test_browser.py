@@ -224,3 +224,63 @@ async def test_a_form_on_another_site_cannot_post_to_alertd(
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM alert").scalar() == 0
     engine.dispose()
+
+
+async def test_resend_confirmation_from_the_manage_page_on_a_phone(
+    make_settings: Callable[..., Settings], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(
+        mail={"delivery": "smtp"},
+        smtp={"host": smtp_sink.host, "port": smtp_sink.port},
+        web={"base_url": base},
+    )
+    engine = open_database(settings.database)
+    # Made with `alertd subscribe` (its confirmation lost, say): the manage page resends it.
+    alert = subscribe(engine, "phone@example.org", "school funding", "daily",
+                             confirmed=False, now=NOW)  # fmt: skip
+    links = Links.for_settings(settings)
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, clock=lambda: NOW))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 844})
+                await page.goto(
+                    links.url(
+                        links.manage_path(
+                            alert.subscriber_id,
+                            link_secret_of(engine, "manage", alert.subscriber_id) or "",
+                        )
+                    )
+                )
+                await expect(page.locator("main")).to_contain_text("Waiting for confirmation")
+                button = page.get_by_role(
+                    "button", name="Resend the confirmation email of school funding"
+                )
+                await button.click()
+                await expect(page.get_by_role("status")).to_contain_text(
+                    "We have sent the confirmation email again"
+                )
+                await page.screenshot(path=str(tmp_path / "resend.png"), full_page=True)
+                [mail] = await asyncio.to_thread(smtp_sink.wait_for_messages, 1)
+                assert mail.rcpt_tos == ["phone@example.org"]
+                text = mail.message.get_body(("plain",))
+                assert text is not None
+                link = re.search(rf"{re.escape(base)}/confirm/\S+", text.get_content())
+                assert link, text.get_content()
+                await page.goto(link.group(0))
+                await page.get_by_role("button", name="Confirm my alert").click()
+                await expect(page.get_by_role("status")).to_contain_text("Your alert is confirmed")
+            finally:
+                await browser.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 10)
+        sock.close()
+        engine.dispose()

@@ -99,8 +99,9 @@ def test_subscribe_list_preview_unsubscribe(
         main(["subscribe", "Parent@Example.ORG", '"special educational needs"', "--config", config])
         == 0
     )
-    alert_id = capsys.readouterr().out.strip()
-    assert alert_id == "1"
+    out = capsys.readouterr().out
+    assert out.startswith('alert 1 saved: Parent@example.org, "special educational needs", daily')
+    alert_id = "1"
     assert main(["list", "--config", config]) == 0
     listed = capsys.readouterr().out
     assert listed == '1\tParent@example.org\tdaily\tpending\t"special educational needs"\n'
@@ -115,8 +116,9 @@ def test_subscribe_list_preview_unsubscribe(
     assert main(["unsubscribe", alert_id, "--config", config]) == 0
     assert main(["list", "--config", config]) == 0
     assert capsys.readouterr().out == "alert 1 stopped\n"
-    # The pending alert got nothing: it was never confirmed.
-    assert not (tmp_path / "mail").exists()
+    # The pending alert got nothing but its confirmation email: it was never confirmed.
+    [mail] = [path.read_text() for path in (tmp_path / "mail" / "new").iterdir()]
+    assert "Subject: Confirm your alert" in mail
 
 
 @pytest.mark.slow
@@ -227,6 +229,7 @@ def test_global_options_go_before_or_after_the_command(
     config = tmp_path / "c.toml"
     config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/a.db"\n')
     assert main(["--config", str(config), "subscribe", "a@example.org", "schools"]) == 0
+    capsys.readouterr()
     assert main(["-v", "list", "--config", str(config)]) == 0
     assert main(["--config", str(config), "-v", "list"]) == 0
     assert capsys.readouterr().out.count("a@example.org") == 2

@@ -172,10 +172,10 @@ def umask_022() -> Iterator[None]:
 @pytest.mark.usefixtures("umask_022")
 def test_database_files_are_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    data.mkdir()  # alertd never makes the folder: a mistyped path is refused (test_db)
     url = f"sqlite:///{data}/alertd.db"
     upgraded = _alertd(tmp_path, "db", "upgrade", ALERTD_DATABASE__URL=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert _mode(data) == 0o700
     assert _mode(data / "alertd.db") == 0o600
     assert _mode(data / "alertd.db.migrate-lock") == 0o600
     # The -wal and -shm files exist while a connection is open.

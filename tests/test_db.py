@@ -66,11 +66,10 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_sqlite_folder_is_created(tmp_path: Path) -> None:
-    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path}/new/dir/a.db"))
-    with engine.connect() as connection:
-        assert connection.execute(sa.text("select 1")).scalar() == 1
-    engine.dispose()
+def test_a_mistyped_sqlite_folder_is_refused_not_created(tmp_path: Path) -> None:
+    code, err = _finish(_alertd(["db", "upgrade"], f"sqlite:///{tmp_path}/new/dir/a.db"))
+    assert code == 2 and "the folder" in err and "does not exist" in err
+    assert not (tmp_path / "new").exists()
 
 
 def _alertd(args: list[str], database_url: str) -> subprocess.Popen[str]:

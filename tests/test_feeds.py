@@ -336,3 +336,18 @@ async def test_every_alert_is_a_valid_private_atom_feed(
     assert {e.link for e in parsed.entries} == {_link(r) for r in records[1:]}
     assert forged.status_code >= 400 and b"<feed" not in forged.content
     assert other.status_code >= 400
+
+
+async def test_a_feed_is_due_a_minute_before_its_interval_is_up(
+    runtime: Runtime, feed_server: FeedServer
+) -> None:
+    feed_server.serve("/rss", Route(rss2(_records(2))))
+    add_feed(runtime.engine, "TheyWorkForYou: answers", feed_server.url("/rss"), 60)
+    await run_once(runtime, now=NOW)
+    fetched = len(feed_server.requests)
+    # Cron every hour, started 50 s early: the feed is polled, not skipped for an hour.
+    await run_once(runtime, now=NOW + timedelta(minutes=59, seconds=10))
+    assert len(feed_server.requests) == fetched + 1
+    # Well inside the interval it is not, even when a poll is asked for.
+    await run_once(runtime, now=NOW + timedelta(minutes=90), on_demand=True)
+    assert len(feed_server.requests) == fetched + 1

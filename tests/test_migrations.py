@@ -407,3 +407,47 @@ def test_written_statements_migration_goes_down_and_up_again(database_url: str) 
         assert alerts.matching_ids(engine, '"hong kong" type:question', since) == []
     finally:
         engine.dispose()
+
+
+def test_0006_merges_subscribers_whose_addresses_differ_only_in_case(database_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    command.upgrade(alembic_config(engine), "0005")
+    subscribers = [
+        {"id": 1, "email": "Parent@example.org", "created_at": T0, "consecutive_bounces": 0},
+        {"id": 2, "email": "other@example.org", "created_at": T0, "consecutive_bounces": 0},
+        {"id": 3, "email": "parent@example.org", "created_at": T1, "consecutive_bounces": 0},
+    ]
+    alert = {"query": "schools", "canonical": "schools", "frequency": "daily", "confirmed": True}
+    with engine.begin() as connection:
+        tables = sa.MetaData()
+        tables.reflect(connection)
+        connection.execute(tables.tables["subscriber"].insert(), subscribers)
+        connection.execute(
+            tables.tables["alert"].insert(),
+            [
+                {"id": 1, "subscriber_id": 1, "created_at": T0, **alert},
+                {"id": 2, "subscriber_id": 3, "created_at": T1, **alert, "query": "nhs"},
+            ],
+        )
+    command.upgrade(alembic_config(engine), "heads")
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT id, email, email_key FROM subscriber ORDER BY id")
+        ).all()
+        owners = connection.execute(sa.text("SELECT id, subscriber_id FROM alert ORDER BY id"))
+        assert [tuple(row) for row in owners] == [(1, 1), (2, 1)]
+    # The first address as typed stays; both alerts are now its own.
+    assert [tuple(row) for row in rows] == [
+        (1, "Parent@example.org", "parent@example.org"),
+        (2, "other@example.org", "other@example.org"),
+    ]
+    with engine.begin() as connection, pytest.raises(sa.exc.IntegrityError):
+        connection.execute(
+            sa.text(
+                "INSERT INTO subscriber (email, email_key, created_at, consecutive_bounces, "
+                "changed_version) VALUES ('PARENT@example.org', 'parent@example.org', "
+                ":t, 0, 0)"
+            ),
+            {"t": T2},
+        )
+    engine.dispose()

@@ -42,7 +42,12 @@ def test_status_healthy_after_a_run(
     code, status = _status(config, capsys)
     assert code == 0 and status["healthy"] is True
     assert status["items_stored"] == 469
-    assert status["subscribers"] == {"confirmed": 1, "pending": 0, "suspended": 0}
+    assert status["subscribers"] == {
+        "confirmed": 1,
+        "pending": 0,
+        "unsubscribed": 0,
+        "suspended": 0,
+    }
     assert status["alerts_by_frequency"] == {"daily": 1}
     assert main(["status", "--config", str(config)]) == 0
     text = capsys.readouterr().out

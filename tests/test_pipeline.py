@@ -195,6 +195,35 @@ async def test_daily_digest_waits_for_daily_at(runtime: Runtime) -> None:
     assert len(_maildir(runtime.settings)) == 1
 
 
+async def test_the_first_run_on_a_new_database_sends_no_daily_or_weekly_digest(
+    runtime: Runtime,
+) -> None:
+    _subscribe(runtime, "d@example.org", '"special educational needs"', frequency="daily")
+    _subscribe(runtime, "w@example.org", '"special educational needs"', frequency="weekly")
+    # A Monday evening: both periods began before alertd's first run; neither is late.
+    report = await run_once(runtime, now=MONDAY_EVENING)
+    assert report.hits == 2 and report.digests_queued == 0 and report.sent == 0
+    # Each goes at its own scheduled time: the daily on Tuesday at 07:00, the weekly later.
+    report = await run_once(runtime, now=datetime(2021, 2, 2, 7, 1, tzinfo=UTC), poll=False)
+    assert report.sent == 1
+    assert [message["To"] for message in _maildir(runtime.settings)] == ["d@example.org"]
+
+
+async def test_polls_allow_a_minute_of_jitter_and_on_demand_always_polls(
+    runtime: Runtime,
+) -> None:
+    interval = timedelta(minutes=runtime.settings.parliament.poll_interval_minutes)
+    assert (await run_once(runtime, now=MONDAY_EVENING)).polled
+    # Cron at the poll interval, started 50 s early: not skipped.
+    early = MONDAY_EVENING + interval - timedelta(seconds=50)
+    assert (await run_once(runtime, now=early)).polled
+    # A scheduled run half an interval later is (another worker's poll was enough) ...
+    half = early + interval / 2
+    assert not (await run_once(runtime, now=half)).polled
+    # ... but one asked for (alertd run --once) polls.
+    assert (await run_once(runtime, now=half, on_demand=True)).polled
+
+
 async def test_failed_poll_keeps_high_water_and_recovers(
     runtime: Runtime, standin_api: StandinApi
 ) -> None:

@@ -577,6 +577,28 @@ def test_render_sample_from_pending_hits_claims_nothing(
 
 
 @pytest.mark.slow
+def test_render_sample_into_a_folder_writes_inside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store_recorded(tmp_path, alert=True)
+    argv = ["render-sample", RECIPIENT, "--config", str(_sample_config(tmp_path))]
+    typed = tmp_path / "new-folder"
+    # A trailing slash names a folder: it must exist, nothing is written beside it.
+    assert main([*argv, "--out", f"{typed}/"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    typed.mkdir()
+    for out in (f"{typed}/", str(typed)):
+        assert main([*argv, "--out", out]) == 0
+        assert capsys.readouterr().out.split() == [
+            f"{typed}/digest-sample.eml",
+            f"{typed}/digest-sample.html",
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("new-folder")) == [
+        "new-folder"
+    ]
+
+
+@pytest.mark.slow
 def test_render_sample_without_answers_or_subscriber(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -646,6 +646,28 @@ async def test_stop_one_alert(web: Web) -> None:
     assert "already stopped" in (await web.client.get(path)).text
 
 
+async def test_manage_page_resends_the_confirmation_of_an_unconfirmed_alert(web: Web) -> None:
+    manage = await _confirmed(web, "parent@example.org")
+    # A second alert of a known address gets the manage link, not a confirmation link.
+    assert (await _subscribe(web, "parent@example.org", "visas")).status_code == 200
+    active, pending = web.alerts()
+    assert not pending.confirmed
+    page = await web.client.get(manage)
+    assert f'/alerts/{pending.id}/resend"' in page.text and "Resend confirmation" in page.text
+    assert f'/alerts/{active.id}/resend"' not in page.text
+    before = len(web.sink.messages_to("parent@example.org"))
+    response = await web.client.post(f"{manage}/alerts/{pending.id}/resend")
+    assert response.status_code == 303 and response.headers["location"].endswith("?done=resent")
+    mails = web.sink.messages_to("parent@example.org")
+    assert len(mails) == before + 1 and mails[-1].subject == "Confirm your alert"
+    assert (await web.client.post(_path(mails[-1], "confirm"))).status_code == 303
+    assert all(alert.confirmed for alert in web.alerts())
+    # A confirmed alert has nothing to resend, and nothing is sent.
+    response = await web.client.post(f"{manage}/alerts/{pending.id}/resend")
+    assert response.status_code == 404
+    assert len(web.sink.messages_to("parent@example.org")) == before + 1
+
+
 def _outbox(web: Web) -> list[Outbox]:
     with Session(web.engine) as session:
         return list(session.exec(select(Outbox).order_by(col(Outbox.id))))

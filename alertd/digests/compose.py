@@ -58,12 +58,26 @@ def period_start(frequency: str, now: datetime, settings: DigestSettings) -> dat
 
 def _due(engine: Engine, settings: DigestSettings, now: datetime) -> dict[str, datetime | None]:
     due: dict[str, datetime | None] = {"immediate": None}
+    new: list[tuple[str, datetime]] = []
     with Session(engine) as session:
         for frequency in ("daily", "weekly"):
             start = period_start(frequency, now, settings)
             assert start is not None
-            if session.get(DigestRun, (frequency, start)) is None:
+            if session.get(DigestRun, (frequency, start)) is not None:
+                continue
+            ever = session.exec(
+                select(DigestRun.period_start).where(DigestRun.frequency == frequency).limit(1)
+            ).first()
+            if ever is None:
+                new.append((frequency, start))
+            else:
                 due[frequency] = start
+    for frequency, start in new:
+        # A new database: the period under way began before alertd ran, so its digest is not
+        # late, and daily and weekly digests must not both go out at the first start. The
+        # first ones go at their scheduled time.
+        _mark_period_done(engine, frequency, start, now)
+        log.info("first %s digests at the next scheduled time (a new database)", frequency)
     return due
 
 

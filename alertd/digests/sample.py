@@ -14,7 +14,7 @@ import jinja2
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.alerts import normalise_email
+from alertd.alerts import find_subscriber, normalise_email
 from alertd.config import FREQUENCIES, Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest
@@ -22,7 +22,7 @@ from alertd.digests.render import render_message
 from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.matching import matching_item_ids, parse_query
-from alertd.models import Alert, Hit, Item, Subscriber
+from alertd.models import Alert, Hit, Item
 
 DEFAULT_DAYS = 30
 
@@ -48,7 +48,7 @@ def sample_digest(
     """
     address = normalise_email(email)
     with Session(engine) as session:
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        subscriber = find_subscriber(session, address)
         if subscriber is None or subscriber.id is None:
             raise UsageError(f"no subscriber with the address {address}")
         rows = pending_rows(session, subscriber.id, list(FREQUENCIES)) or _recent(

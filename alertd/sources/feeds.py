@@ -8,7 +8,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import feedparser
@@ -290,16 +290,28 @@ def due_feed_sources(
     now: datetime,
     default_interval_minutes: int,
     lease: PollLease,
+    tolerance: timedelta = timedelta(0),
 ) -> list[FeedSource]:
-    """Every enabled feed whose interval has passed since its last poll, as a source."""
+    """Every enabled feed whose interval has passed since its last poll (or will within
+    ``tolerance``: a run starting a little early must not skip a whole interval)."""
     sources = []
     for feed, state in list_feeds(engine, enabled_only=True):
-        interval_s = 60 * (feed.poll_interval_minutes or default_interval_minutes)
+        interval_s = 60.0 * (feed.poll_interval_minutes or default_interval_minutes)
+        interval_s -= min(tolerance.total_seconds(), interval_s / 2)
         last_poll = state.last_poll_at if state else None
         if last_poll is None or (now - last_poll).total_seconds() >= interval_s:
             seeded = state is not None and state.last_ok_at is not None
             sources.append(FeedSource(engine, client, feed, lease, seeded))
     return sources
+
+
+def shortest_interval_minutes(engine: Engine, default_interval_minutes: int) -> int:
+    """The shortest of the default poll interval and the enabled feeds' own intervals."""
+    intervals = [
+        feed.poll_interval_minutes or default_interval_minutes
+        for feed, _ in list_feeds(engine, enabled_only=True)
+    ]
+    return min([default_interval_minutes, *intervals])
 
 
 def add_feed(engine: Engine, name: str, url: str, interval_minutes: int | None = None) -> Feed:

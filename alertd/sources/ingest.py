@@ -106,7 +106,14 @@ async def leased_window_poll(
     """
     high_water = await asyncio.to_thread(take_poll_lease, engine, name, lease, now=now)
     if high_water is False:
-        log.info("%s: polled recently or by another worker; skipped", name)
+        # Routine when several workers share the poll job; news when asked for a poll.
+        on_demand = lease.min_gap == timedelta(0)
+        log.log(
+            logging.INFO if on_demand else logging.DEBUG,
+            "%s: %s; skipped",
+            name,
+            "another worker is polling it" if on_demand else "polled recently or being polled",
+        )
         return PollResult(name, fetched=0, new_items=0, polled=False)
     first, last = poll_window(high_water, today, lookback_days)
     try:

@@ -14,7 +14,7 @@ _FEED_PREFIX = "feed:"
 
 
 def feed_source(feed_name: str) -> str:
-    """A feed's source name; feed names cannot contain ":", so none clashes with another."""
+    """A feed's source name: the prefix keeps it apart from every other source's name."""
     return _FEED_PREFIX + feed_name
 
 

@@ -9,17 +9,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import jinja2
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from alertd import alerts
-from alertd.config import Frequency
-from alertd.errors import QueryError, RateLimited, UsageError
+from alertd.config import Frequency, Settings
+from alertd.digests.items import alert_label
+from alertd.errors import NotYours, QueryError, RateLimited, UsageError
+from alertd.links import Links
 from alertd.mail.message import build_message, new_message_id
 from alertd.mail.outbox import enqueue
-from alertd.models import Item
+from alertd.models import Alert, Item, Subscriber
 from alertd.web import service
-from alertd.web.context import WebContext
+from alertd.web.context import WebContext, web_templates
 from alertd.web.members import MemberHit, get_member, search_members
 
 log = logging.getLogger("alertd.web")
@@ -276,19 +280,45 @@ def _queue_mail(
 
     It goes out as digests do: DKIM-signed, from the subscriber's VERP address, retried.
     """
-    full = {**context, "base_url": ctx.settings.web.base_url, "subject": subject}
-    message_id = new_message_id(ctx.settings.mail, template)
+    queue_mail(
+        ctx.settings,
+        ctx.engine,
+        ctx.templates,
+        template,
+        subscriber_id=subscriber_id,
+        recipient=recipient,
+        subject=subject,
+        context=context,
+        now=now,
+    )
+
+
+def queue_mail(
+    settings: Settings,
+    engine: Engine,
+    templates: jinja2.Environment,
+    template: str,
+    *,
+    subscriber_id: int,
+    recipient: str,
+    subject: str,
+    context: dict[str, Any],
+    now: datetime,
+) -> None:
+    """``_queue_mail`` without a web app: for the command line too."""
+    full = {**context, "base_url": settings.web.base_url, "subject": subject}
+    message_id = new_message_id(settings.mail, template)
     message = build_message(
-        ctx.settings.mail,
+        settings.mail,
         recipient=recipient,
         subject=subject,
         message_id=message_id,
         now=now,
-        text=ctx.templates.get_template(f"mail/{template}.txt").render(full),
-        html=ctx.templates.get_template(f"mail/{template}.html").render(full),
+        text=templates.get_template(f"mail/{template}.txt").render(full),
+        html=templates.get_template(f"mail/{template}.html").render(full),
     )
     enqueue(
-        ctx.engine,
+        engine,
         subscriber_id=subscriber_id,
         recipient=recipient,
         message_id=message_id,
@@ -353,6 +383,82 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
             subject=subject,
             context=context,
             now=now,
+        )
+    )
+    ctx.sender.wake()
+    return True
+
+
+def queue_confirmation(
+    settings: Settings,
+    engine: Engine,
+    alert_id: int,
+    *,
+    now: datetime,
+    templates: jinja2.Environment | None = None,
+) -> None:
+    """Queue a (fresh) confirmation email for an unconfirmed alert, as a sign-up does: for
+    `alertd subscribe` and the manage page's "resend confirmation".
+
+    Raises:
+        UsageError: no such unconfirmed alert.
+    """
+    links = Links.for_settings(settings)
+    with Session(engine) as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.unsubscribed_at is not None or alert.confirmed:
+            raise UsageError(f"no unconfirmed alert with id {alert_id}")
+        subscriber = session.get(Subscriber, alert.subscriber_id)
+        assert subscriber is not None and subscriber.id is not None
+        label = alert_label(session, alert)
+        # As a sign-up's email: a Member's name, else the canonical query, quoted and cut.
+        shown = quoted_query(label if label != alert.query else alert.canonical)
+        frequency, subscriber_id, recipient = alert.frequency, subscriber.id, subscriber.email
+        secret = subscriber.link_secret
+    context = {
+        "label": shown,
+        "frequency": frequency,
+        "confirm_url": links.url(links.confirm_path(alert_id, secret, now)),
+        "confirm_days": settings.web.confirm_days,
+        "manage_url": links.url(links.manage_path(subscriber_id, secret)),
+        "note": None,
+        "max_alerts": settings.web.max_alerts_per_address,
+    }
+    queue_mail(
+        settings,
+        engine,
+        templates or web_templates(),
+        "confirm",
+        subscriber_id=subscriber_id,
+        recipient=recipient,
+        subject=CONFIRM_SUBJECT,
+        context=context,
+        now=now,
+    )
+
+
+async def resend_confirmation(ctx: WebContext, subscriber_id: int, alert_id: int, ip: str) -> bool:
+    """The manage page's "resend confirmation": a fresh link for one of the subscriber's
+    unconfirmed alerts; False when the address had its share of emails this hour.
+
+    Raises:
+        NotYours: not one of the subscriber's unconfirmed alerts.
+        RateLimited: too many emails asked for from this IP.
+    """
+    found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
+    email, views = found if found is not None else ("", [])
+    if not any(view.id == alert_id and view.status == "pending" for view in views):
+        raise NotYours(f"you have no unconfirmed alert with id {alert_id}")
+    if not _check_mail_limits(ctx, ip, email):
+        return False
+    await run_in_threadpool(
+        functools.partial(
+            queue_confirmation,
+            ctx.settings,
+            ctx.engine,
+            alert_id,
+            now=ctx.clock(),
+            templates=ctx.templates,
         )
     )
     ctx.sender.wake()

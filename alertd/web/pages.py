@@ -25,6 +25,7 @@ from alertd.web.flows import (
     email_or_error,
     field_problem,
     preview,
+    resend_confirmation,
     send_manage_link,
     sign_up,
     too_broad,
@@ -41,6 +42,11 @@ DONE = {
     "frequency": "The frequency is changed.",
     "deleted": "The alert is deleted.",
     "deleted-all": "All your alerts are deleted: you will get no more digests.",
+    "resent": "We have sent the confirmation email again: follow its link to start the alert.",
+    "resend-held": (
+        "A confirmation email went to this address a short while ago: look for it (and in "
+        "your spam folder), or try again in an hour."
+    ),
 }
 ALREADY_CONFIRMED = (
     "This alert is already confirmed: a confirmation link works once. To see or change "
@@ -271,6 +277,18 @@ async def manage_frequency(
         lambda: service.update_alert(ctx.engine, subscriber_id, alert_id, now=now, frequency=chosen)
     )
     return _back(ctx, token, "frequency")
+
+
+# Before the pause/resume/delete route, whose {action} would take this path too.
+@router.post(
+    "/manage/{token}/alerts/{alert_id}/resend", summary="Send an unconfirmed alert's link again"
+)
+async def manage_resend(
+    ctx: Ctx, request: Request, token: str, alert_id: AlertId
+) -> RedirectResponse:
+    subscriber_id = (await ctx.read("manage", token)).id
+    sent = await resend_confirmation(ctx, subscriber_id, alert_id, client_ip(request))
+    return _back(ctx, token, "resent" if sent else "resend-held")
 
 
 async def _confirm_delete(

@@ -14,6 +14,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, and_, col, or_, select
 
 from alertd import alerts
+from alertd.addresses import email_key
 from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
@@ -123,15 +124,18 @@ def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int,
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     new_row = insert(Subscriber).values(
         email=email,
+        email_key=email_key(email),
         created_at=now,
         consecutive_bounces=0,
         changed_version=0,
         link_secret=new_link_secret(),
     )
     with transaction(engine) as session:
-        session.execute(new_row.on_conflict_do_nothing(index_elements=["email"]))
+        session.execute(new_row.on_conflict_do_nothing(index_elements=["email_key"]))
         found = session.exec(
-            select(Subscriber.id, Subscriber.link_secret).where(Subscriber.email == email)
+            select(Subscriber.id, Subscriber.link_secret).where(
+                Subscriber.email_key == email_key(email)
+            )
         ).one()
     subscriber_id, link_secret = found
     assert subscriber_id is not None
@@ -181,7 +185,7 @@ def _register(
     address = alerts.normalise_email(email)
     with transaction(engine) as session:
         canonical = alerts.compile_query(session, query_text).canonical
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+        subscriber = alerts.find_subscriber(session, address)
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)
