@@ -42,3 +42,7 @@ class Links:
     def feed_path(self, alert_id: int) -> str:
         """The private Atom feed of one alert's matches."""
         return f"/alerts/feed/{make_token(self.secret, 'feed', alert_id)}"
+
+    def more_path(self, alert_id: int) -> str:
+        """A page listing an alert's recent matches: those a digest had no room for."""
+        return f"/alerts/more/{make_token(self.secret, 'more', alert_id)}"

@@ -505,7 +505,8 @@ def test_golden_mixed_digest_reads_right(tmp_path: Path) -> None:
     assert isinstance(parsed, EmailMessage)
     plain, markup = _parts(parsed)
     assert parsed["Subject"] == (
-        '27 new answers: "special educational needs", pupils, Nadhim Zahawi, carers'
+        # Labels in words: a phrase without its quotes, a Member by name (member:4113).
+        "27 new answers: special educational needs, pupils, Nadhim Zahawi, carers"
     )
     # The SEN answer also matches "pupils": shown once, under the first alert.
     assert plain.count("Special Educational Needs: Coronavirus") == 1

@@ -11,7 +11,14 @@ from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.digests.excerpt import excerpt_around, flatten, mark, merge_highlights
-from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
+from alertd.digests.view import (
+    Digest,
+    DigestItem,
+    DigestSection,
+    describe_alert,
+    human_label,
+    member_ids_named,
+)
 from alertd.errors import QueryError
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
@@ -48,8 +55,13 @@ class ComposeMemo:
         self._items: dict[_ItemKey, DigestItem] = {}
 
     def load_members(self, session: Session, alerts: Iterable[Alert]) -> None:
-        """Fetch, in one query, the Members these alerts follow that are not known yet."""
-        wanted = {m for a in alerts if (m := _followed(a)) is not None and m not in self._names}
+        """Fetch, in one query, the Members these alerts name that are not known yet."""
+        wanted = {
+            member_id
+            for alert in alerts
+            for member_id in _members_named(alert)
+            if member_id not in self._names
+        }
         if not wanted:
             return
         found = dict(
@@ -61,14 +73,15 @@ class ComposeMemo:
             self._names[member_id] = found.get(member_id)
 
     def labels(self, session: Session, alerts: Iterable[Alert]) -> dict[int | None, str]:
-        """Each alert's label by alert id (see ``alert_label``)."""
+        """Each alert's label by alert id: its query in words (``human_label``)."""
         alerts = list(alerts)
         self.load_members(session, alerts)
         labels = {}
         for alert in alerts:
             member_id = _followed(alert)
             name = None if member_id is None else self._names[member_id]
-            labels[alert.id] = alert.query if name is None else name
+            # A plain follow typed as a name is labelled with the name as stored.
+            labels[alert.id] = name or human_label(alert.query, self._names)
         return labels
 
     def highlights(self, canonical: str) -> Highlights | None:
@@ -88,6 +101,12 @@ class ComposeMemo:
                 self._items.clear()
             self._items[key] = shown
         return shown
+
+
+def _members_named(alert: Alert) -> set[int]:
+    followed = _followed(alert)
+    named = member_ids_named(alert.query)
+    return named if followed is None else named | {followed}
 
 
 def _followed(alert: Alert) -> int | None:
@@ -120,7 +139,7 @@ def build_digest(
     assert subscriber.id is not None
     manage_url = links.url(links.manage_path(subscriber.id))
     labels = memo.labels(session, (row.alert for row in rows))
-    order, shown, totals = _group(rows, labels, memo)
+    order, shown, totals, kinds = _group(rows, labels, memo)
     sections = []
     for alert in order:
         assert alert.id is not None
@@ -131,8 +150,9 @@ def build_digest(
                 items=tuple(shown[alert.id]),
                 total=totals[alert.id],
                 reason=_reason(alert, labels[alert.id]),
-                more_url=manage_url,
+                more_url=links.url(links.more_path(alert.id)),
                 feed_url=links.url(links.feed_path(alert.id)),
+                kind_totals=tuple(kinds[alert.id].items()),
             )
         )
     return Digest(
@@ -145,7 +165,7 @@ def build_digest(
 
 def _group(
     rows: list[Row], labels: dict[int | None, str], memo: ComposeMemo
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int]]:
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], dict[int, Counter[str]]]:
     """The alerts in order, the items each shows and how many answers each has.
 
     An answer is counted only under its first alert; only those shown are built.
@@ -159,6 +179,7 @@ def _group(
     shown: dict[int, list[DigestItem]] = defaultdict(list)
     totals: Counter[int] = Counter()
     order: list[Alert] = []
+    kinds: dict[int, Counter[str]] = defaultdict(Counter)
     for row in rows:
         item_id, alert_id = row.item.id, row.alert.id
         assert item_id is not None and alert_id is not None
@@ -168,6 +189,7 @@ def _group(
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
+        kinds[alert_id][str(row.item.kind)] += 1
         if totals[alert_id] > limit:
             continue
         matched = alerts_of[item_id]
@@ -176,7 +198,7 @@ def _group(
         )
         queries = frozenset(a.canonical for a in matched)
         shown[alert_id].append(memo.item(row.item, others, queries))
-    return order, shown, totals
+    return order, shown, totals, kinds
 
 
 def _highlights(canonical: str) -> Highlights | None:
@@ -188,7 +210,7 @@ def _highlights(canonical: str) -> Highlights | None:
 
 def _reason(alert: Alert, label: str) -> str:
     follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    if follow is None or label == alert.query:
+    if follow is None:
         return describe_alert(label)
     field = follow.group(1)
     if field == "asker":
@@ -240,4 +262,5 @@ def _item(
         excerpt_marks=answer.spans,
         source=feed or "",
         answer_html=item.answer_html,
+        kind=str(item.kind),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -38,6 +40,8 @@ class DigestItem:
     source: str = ""
     # The whole answer as HTML from outside: sanitised again whenever a template shows it.
     answer_html: str = ""
+    # The item's kind (an ItemKind value): what the digest calls it (KIND_WORDS).
+    kind: str = "written_question"
 
     @property
     def answer_markup(self) -> Markup:
@@ -59,11 +63,31 @@ class DigestSection:
     more_url: str = ""
     # The alert's private Atom feed, for people who prefer a feed reader.
     feed_url: str = ""
+    # How many of ``total`` are of each kind, shown or not, in order of first appearance;
+    # empty: counted from the items shown (the rest taken to be of the first one's kind).
+    kind_totals: tuple[tuple[str, int], ...] = ()
 
     @property
     def hidden(self) -> int:
         """How many of the alert's answers this digest does not show."""
         return max(self.total - len(self.items), 0)
+
+    @property
+    def kinds(self) -> tuple[tuple[str, int], ...]:
+        """(kind, count) of everything the section holds, shown or not."""
+        if self.kind_totals:
+            return self.kind_totals
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.kind] = counts.get(item.kind, 0) + 1
+        if self.hidden and self.items:
+            counts[self.items[0].kind] += self.hidden
+        return tuple(counts.items()) or (("written_question", self.total),)
+
+    @property
+    def count_words(self) -> str:
+        """``46 new answers``, ``2 new items``, ``3 new answers and 1 new item``."""
+        return count_words(self.kinds)
 
     @property
     def why(self) -> str:
@@ -83,9 +107,169 @@ class Digest:
     def total(self) -> int:
         return sum(section.total for section in self.sections)
 
+    @property
+    def kinds(self) -> tuple[tuple[str, int], ...]:
+        """(kind, count) over all sections, in order of first appearance."""
+        counts: dict[str, int] = {}
+        for section in self.sections:
+            for kind, count in section.kinds:
+                counts[kind] = counts.get(kind, 0) + count
+        return tuple(counts.items())
+
+    @property
+    def count_words(self) -> str:
+        """The subject's count: ``46 new answers``, ``3 new answers and 2 new items``."""
+        return count_words(self.kinds)
+
+    @property
+    def headline(self) -> str:
+        """``46 new answers to written questions``; feeds' items named as what they are."""
+        return _and(
+            f"{count} {KIND_WORDS.get(kind, _OTHER).headline(count)}" for kind, count in self.kinds
+        )
+
+    @property
+    def intro(self) -> str:
+        """``UK Parliament written answers that match your alerts.``, by the kinds held."""
+        sources = _and(dict.fromkeys(KIND_WORDS.get(kind, _OTHER).source for kind, _ in self.kinds))
+        return f"{sources[:1].upper()}{sources[1:]} that match your alerts."
+
+
+@dataclass(frozen=True)
+class KindWords:
+    """What digests call items of one kind: a new kind of item adds one entry to KIND_WORDS."""
+
+    # "new answer", "new answers": counts in a subject or a section's heading.
+    one: str
+    many: str
+    # "new answer to a written question", "new answers to written questions": the headline.
+    headline_one: str
+    headline_many: str
+    # "UK Parliament written answers": the intro's "… that match your alerts."
+    source: str
+
+    def short(self, count: int) -> str:
+        return self.one if count == 1 else self.many
+
+    def headline(self, count: int) -> str:
+        return self.headline_one if count == 1 else self.headline_many
+
+
+# Keyed by ItemKind value (alertd.models).
+KIND_WORDS: dict[str, KindWords] = {
+    "written_question": KindWords(
+        "new answer",
+        "new answers",
+        "new answer to a written question",
+        "new answers to written questions",
+        "UK Parliament written answers",
+    ),
+    "feed_item": KindWords(
+        "new item",
+        "new items",
+        "new item from your feeds",
+        "new items from your feeds",
+        "items from the feeds alertd follows",
+    ),
+}
+_OTHER = KindWords("new item", "new items", "new item", "new items", "new items")
+
+
+def _and(phrases: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    listed = list(phrases)
+    if len(listed) <= 1:
+        return "".join(listed)
+    return ", ".join(listed[:-1]) + " and " + listed[-1]
+
+
+def count_words(kinds: Iterable[tuple[str, int]]) -> str:
+    """``46 new answers``; ``3 new answers and 2 new items`` when kinds are mixed."""
+    return _and(f"{count} {KIND_WORDS.get(kind, _OTHER).short(count)}" for kind, count in kinds)
+
 
 def describe_alert(label: str, *, member: bool = False) -> str:
     """Why an answer came, in words: ``your alert "schools"`` or ``you follow Jo Bloggs``."""
     if member:
         return f"you follow {label}"
     return f"your alert {label}" if '"' in label else f'your alert "{label}"'
+
+
+# One piece of a typed query: a field and its value, a quoted phrase, a bracket, or a run.
+_QUERY_PIECE = re.compile(
+    r"""(?P<field>[A-Za-z]+):(?:[\"\u201c\u201d](?P<quoted_value>[^\"\u201c\u201d]*)[\"\u201c\u201d]?"""
+    r"""|(?P<value>[^\s()\"\u201c\u201d]+))"""
+    r"""|[\"\u201c\u201d](?P<phrase>[^\"\u201c\u201d]*)[\"\u201c\u201d]?"""
+    r"""|(?P<bracket>[()])"""
+    r"""|(?P<minus>-)(?=[^\s)])"""
+    r"""|(?P<run>[^\s()\"\u201c\u201d]+)"""
+)
+_PEOPLE_FIELDS = ("member", "asker", "answerer")
+_HOUSE_NAMES = {"commons": "House of Commons", "lords": "House of Lords"}
+
+
+def member_ids_named(query: str) -> set[int]:
+    """The Member ids a typed query gives as numbers (``member:4113``): their names label it."""
+    return {
+        int(found.group("value"))
+        for found in _QUERY_PIECE.finditer(query)
+        if (found.group("field") or "").lower() in _PEOPLE_FIELDS
+        and (found.group("value") or "").isdigit()
+    }
+
+
+def human_label(query: str, member_names: Mapping[int, str | None]) -> str:
+    """An alert's query in words, for a digest's sections and subject: no query syntax.
+
+    ``department:"Department for Education"`` gives ``Department for Education``,
+    ``member:4113`` the Member's name (from ``member_names``), ``"special educational needs"
+    -funding`` gives ``special educational needs, not funding``. Words stay as typed.
+    """
+    parts: list[str] = []
+    # Whether the previous piece was a bare word: bare words run on with a space, other
+    # pieces (a name, a phrase, an exclusion) are set apart with a comma.
+    previous = ""
+    negate = False
+    for found in _QUERY_PIECE.finditer(query):
+        kind, text = _label_piece(found, member_names)
+        if kind == "skip":
+            continue
+        if kind == "not":
+            negate = True
+            continue
+        if kind == "or":
+            parts.append(" or ")
+            previous = "or"
+            continue
+        if kind == ")":
+            parts.append(")")
+            previous = ")"
+            continue
+        if previous and previous not in ("or", "("):
+            parts.append(" " if kind == previous == "word" and not negate else ", ")
+        parts.append(("not " if negate else "") + text)
+        previous, negate = ("(" if kind == "(" else kind), False
+    label = " ".join("".join(parts).split())
+    return label or " ".join(query.split())
+
+
+def _label_piece(found: re.Match[str], member_names: Mapping[int, str | None]) -> tuple[str, str]:
+    """(kind, words) of one piece of a query: kind says how it joins its neighbours."""
+    field = (found.group("field") or "").lower()
+    if field:
+        value = " ".join((found.group("quoted_value") or found.group("value") or "").split())
+        if field in _PEOPLE_FIELDS and value.isdigit():
+            return "name", member_names.get(int(value)) or f"Member {value}"
+        if field == "house":
+            return "name", _HOUSE_NAMES.get(value.lower(), value)
+        return ("name" if field != "heading" else "phrase"), value
+    if found.group("phrase") is not None:
+        return "phrase", " ".join(found.group("phrase").split())
+    if found.group("bracket") is not None:
+        return found.group("bracket"), found.group("bracket")
+    if found.group("minus") is not None:
+        return "not", ""
+    run = found.group("run")
+    if run in ("OR", "AND", "NOT"):
+        return {"OR": "or", "AND": "skip", "NOT": "not"}[run], ""
+    return "word", run

@@ -19,9 +19,6 @@ from alertd.db import transaction, write_connection
 from alertd.models import Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
-# The backoff between attempts at one message (delivery.retry_for_hours bounds the total).
-FIRST_RETRY_S = 300.0
-LONGEST_RETRY_S = 6 * 3600.0
 
 
 class OutboxState(StrEnum):
@@ -93,10 +90,16 @@ def enqueue(
         return outbox_id
 
 
-def retry_delay(attempts: int, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter: about 5 min, 10, 20 … capped at 6 h."""
-    base = min(FIRST_RETRY_S * 2 ** max(attempts - 1, 0), LONGEST_RETRY_S)
-    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
+def retry_delay(attempts: int, settings: DeliverySettings, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: about ``delivery.first_retry_s`` (5 min), twice that,
+    four times … never more than ``delivery.max_retry_s`` (6 h) apart.
+
+    ``delivery.retry_for_hours`` bounds the total.
+    """
+    # The exponent is capped so a message retried for weeks never overflows a float.
+    doubled = settings.first_retry_s * 2 ** min(max(attempts - 1, 0), 64)
+    jittered = min(doubled, settings.max_retry_s) * rng.uniform(0.8, 1.2)
+    return timedelta(seconds=min(jittered, settings.max_retry_s))
 
 
 def wall_clock() -> datetime:
@@ -260,7 +263,7 @@ def record_failure(
                 _count_bounce(session, row.subscriber_id, settings, now)
         else:
             row.status = OutboxState.RETRY
-            row.next_attempt_at = now + retry_delay(row.attempts, rng)
+            row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)
 
 
 def _count_bounce(
