@@ -42,6 +42,15 @@ class OutboxState(StrEnum):
 UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
 
 
+class OutboxKind(StrEnum):
+    """What a queued message is: a transactional mail goes before any digest, and its
+    permanent failure is no bounce of the subscriber's digests."""
+
+    DIGEST = "digest"
+    # A confirmation link or a manage link: someone is waiting for it now.
+    TRANSACTIONAL = "transactional"
+
+
 def queued_row(
     *,
     subscriber_id: int,
@@ -50,9 +59,11 @@ def queued_row(
     subject: str,
     message: bytes,
     now: datetime,
+    kind: OutboxKind = OutboxKind.DIGEST,
 ) -> dict[str, Any]:
     """The values of a new outbox row (for a bulk INSERT): pending, due at ``now``."""
     return {
+        "kind": kind,
         "subscriber_id": subscriber_id,
         "recipient": recipient,
         "message_id": message_id,
@@ -74,7 +85,7 @@ def enqueue(
     message: bytes,
     now: datetime,
 ) -> int:
-    """Queue one message (a transactional email): pending, due at ``now``; its outbox id."""
+    """Queue one transactional email: pending, due at ``now``, before any digest; its id."""
     row = queued_row(
         subscriber_id=subscriber_id,
         recipient=recipient,
@@ -82,6 +93,7 @@ def enqueue(
         subject=subject,
         message=message,
         now=now,
+        kind=OutboxKind.TRANSACTIONAL,
     )
     with write_connection(engine) as connection:
         inserted = connection.execute(sa.insert(Outbox).values(row).returning(col(Outbox.id)))
@@ -123,18 +135,26 @@ def claim_due(
     """Take up to ``limit`` due rows for this worker; other workers skip them.
 
     Due: pending or retrying rows whose time (``now``) has come, and rows whose sender's
-    lease ran out (it died mid-send). Leases run on the wall clock, whatever ``now`` is,
-    because they guard against other processes. On PostgreSQL the rows are picked
+    lease ran out (it died mid-send). Transactional mails come first: a confirmation link
+    waits behind no mail run. Leases run on the wall clock, whatever ``now`` is, because
+    they guard against other processes. On PostgreSQL the rows are picked
     FOR UPDATE SKIP LOCKED.
     """
     lease_now = wall_clock()
     until = lease_now + timedelta(seconds=lease_s)
-    # One index range per state, each already in order: an OR of them, or ORDER BY id, made
-    # the database sort every due row for each claim (quadratic over a big mail run).
+    # One index range per state (and kind), each already in order: an OR of them, or ORDER
+    # BY id, made the database sort every due row for each claim (quadratic over a big run).
     wanted = (
         sa.and_(col(Outbox.status) == OutboxState.SENDING, col(Outbox.lease_until) < lease_now),
-        sa.and_(col(Outbox.status) == OutboxState.RETRY, col(Outbox.next_attempt_at) <= now),
-        sa.and_(col(Outbox.status) == OutboxState.PENDING, col(Outbox.next_attempt_at) <= now),
+        *(
+            sa.and_(
+                col(Outbox.kind) == kind,
+                col(Outbox.status) == state,
+                col(Outbox.next_attempt_at) <= now,
+            )
+            for kind in (OutboxKind.TRANSACTIONAL, OutboxKind.DIGEST)
+            for state in (OutboxState.RETRY, OutboxState.PENDING)
+        ),
     )
     claimed: list[Claimed] = []
     with transaction(engine) as session:
@@ -142,7 +162,12 @@ def claim_due(
             rows = session.exec(
                 select(Outbox.id, Outbox.recipient, Outbox.message, Outbox.subscriber_id)
                 .where(condition)
-                .order_by(col(Outbox.status), col(Outbox.next_attempt_at), col(Outbox.id))
+                .order_by(
+                    col(Outbox.kind),
+                    col(Outbox.status),
+                    col(Outbox.next_attempt_at),
+                    col(Outbox.id),
+                )
                 .limit(limit - len(claimed))
                 .with_for_update(skip_locked=True)
             ).all()
@@ -259,7 +284,9 @@ def record_failure(
         expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
         if permanent or expired:
             row.status = OutboxState.DEAD
-            if permanent:
+            # A refused confirmation or manage link says nothing about digests reaching
+            # the subscriber (it may be a mistyped address someone else entered).
+            if permanent and row.kind != OutboxKind.TRANSACTIONAL:
                 _count_bounce(session, row.subscriber_id, settings, now)
         else:
             row.status = OutboxState.RETRY
