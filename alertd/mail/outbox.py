@@ -293,13 +293,22 @@ def record_failure(
             row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)
 
 
+def record_bounce(
+    engine: Engine, subscriber_id: int, settings: DeliverySettings, now: datetime
+) -> int:
+    """Count a bounce reported after sending (``alertd bounce``); the count in a row now."""
+    with transaction(engine) as session:
+        return _count_bounce(session, subscriber_id, settings, now)
+
+
 def _count_bounce(
     session: Session, subscriber_id: int, settings: DeliverySettings, now: datetime
-) -> None:
+) -> int:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
-        return
+        return 0
     subscriber.consecutive_bounces += 1
     if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
         subscriber.suspended_at = now
         log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
+    return subscriber.consecutive_bounces
