@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
@@ -17,7 +18,7 @@ from alertd.digests.view import (
     DigestSection,
     describe_alert,
     human_label,
-    member_ids_named,
+    ids_named,
 )
 from alertd.errors import QueryError
 from alertd.links import Links
@@ -51,6 +52,7 @@ class ComposeMemo:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._names: dict[int, str | None] = {}
+        self._departments: dict[int, str | None] = {}
         self._highlights: dict[str, Highlights | None] = {}
         self._items: dict[_ItemKey, DigestItem] = {}
 
@@ -72,16 +74,37 @@ class ComposeMemo:
         for member_id in wanted:
             self._names[member_id] = found.get(member_id)
 
+    def _load_departments(self, session: Session, alerts: Iterable[Alert]) -> None:
+        """The names of departments alerts give by id, as the stored answers spell them."""
+        wanted = {
+            department_id
+            for alert in alerts
+            for department_id in ids_named(alert.query, ("department",))
+            if department_id not in self._departments
+        }
+        if not wanted:
+            return
+        found = dict(
+            session.exec(
+                select(Item.answering_body_id, sa.func.max(Item.answering_body_name))
+                .where(col(Item.answering_body_id).in_(sorted(wanted)))
+                .group_by(col(Item.answering_body_id))
+            ).all()
+        )
+        for department_id in wanted:
+            self._departments[department_id] = found.get(department_id)
+
     def labels(self, session: Session, alerts: Iterable[Alert]) -> dict[int | None, str]:
         """Each alert's label by alert id: its query in words (``human_label``)."""
         alerts = list(alerts)
         self.load_members(session, alerts)
+        self._load_departments(session, alerts)
         labels = {}
         for alert in alerts:
             member_id = _followed(alert)
             name = None if member_id is None else self._names[member_id]
             # A plain follow typed as a name is labelled with the name as stored.
-            labels[alert.id] = name or human_label(alert.query, self._names)
+            labels[alert.id] = name or human_label(alert.query, self._names, self._departments)
         return labels
 
     def highlights(self, canonical: str) -> Highlights | None:
@@ -105,7 +128,7 @@ class ComposeMemo:
 
 def _members_named(alert: Alert) -> set[int]:
     followed = _followed(alert)
-    named = member_ids_named(alert.query)
+    named = ids_named(alert.query)
     return named if followed is None else named | {followed}
 
 

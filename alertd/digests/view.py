@@ -208,21 +208,26 @@ _PEOPLE_FIELDS = ("member", "asker", "answerer")
 _HOUSE_NAMES = {"commons": "House of Commons", "lords": "House of Lords"}
 
 
-def member_ids_named(query: str) -> set[int]:
-    """The Member ids a typed query gives as numbers (``member:4113``): their names label it."""
+def ids_named(query: str, fields: tuple[str, ...] = _PEOPLE_FIELDS) -> set[int]:
+    """The ids a typed query gives as numbers in these fields (``member:4113``): their names
+    label it."""
     return {
         int(found.group("value"))
         for found in _QUERY_PIECE.finditer(query)
-        if (found.group("field") or "").lower() in _PEOPLE_FIELDS
-        and (found.group("value") or "").isdigit()
+        if (found.group("field") or "").lower() in fields and (found.group("value") or "").isdigit()
     }
 
 
-def human_label(query: str, member_names: Mapping[int, str | None]) -> str:
+def human_label(
+    query: str,
+    member_names: Mapping[int, str | None],
+    department_names: Mapping[int, str | None] | None = None,
+) -> str:
     """An alert's query in words, for a digest's sections and subject: no query syntax.
 
     ``department:"Department for Education"`` gives ``Department for Education``,
-    ``member:4113`` the Member's name (from ``member_names``), ``"special educational needs"
+    ``member:4113`` the Member's name (from ``member_names``), ``department:60`` the
+    department's (from ``department_names``), ``"special educational needs"
     -funding`` gives ``special educational needs, not funding``. Words stay as typed.
     """
     parts: list[str] = []
@@ -231,7 +236,7 @@ def human_label(query: str, member_names: Mapping[int, str | None]) -> str:
     previous = ""
     negate = False
     for found in _QUERY_PIECE.finditer(query):
-        kind, text = _label_piece(found, member_names)
+        kind, text = _label_piece(found, member_names, department_names or {})
         if kind == "skip":
             continue
         if kind == "not":
@@ -253,13 +258,19 @@ def human_label(query: str, member_names: Mapping[int, str | None]) -> str:
     return label or " ".join(query.split())
 
 
-def _label_piece(found: re.Match[str], member_names: Mapping[int, str | None]) -> tuple[str, str]:
+def _label_piece(
+    found: re.Match[str],
+    member_names: Mapping[int, str | None],
+    department_names: Mapping[int, str | None],
+) -> tuple[str, str]:
     """(kind, words) of one piece of a query: kind says how it joins its neighbours."""
     field = (found.group("field") or "").lower()
     if field:
         value = " ".join((found.group("quoted_value") or found.group("value") or "").split())
         if field in _PEOPLE_FIELDS and value.isdigit():
             return "name", member_names.get(int(value)) or f"Member {value}"
+        if field == "department" and value.isdigit():
+            return "name", department_names.get(int(value)) or f"department {value}"
         if field == "house":
             return "name", _HOUSE_NAMES.get(value.lower(), value)
         return ("name" if field != "heading" else "phrase"), value
