@@ -105,6 +105,21 @@ def _body(message: EmailMessage, kind: str) -> str:
     return str(part.get_content()).replace("\r\n", "\n")
 
 
+def _compose(tmp_path: Path, case: Case) -> bytes:
+    """The digest a case of our own composes, through the golden cases' store and match."""
+    CASES["extra"] = case
+    try:
+        return compose_case(tmp_path, "extra")
+    finally:
+        del CASES["extra"]
+
+
+def _parsed(raw: bytes) -> EmailMessage:
+    parsed = message_from_bytes(raw, policy=default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
 # ---------------------------------------------------------------------------------------------
 # Labels in words
 
@@ -132,13 +147,7 @@ def test_an_alert_is_labelled_in_words(query: str, label: str) -> None:
 @pytest.mark.slow
 def test_a_department_alert_is_named_by_its_department(tmp_path: Path) -> None:
     # The Department for Education's id: named from the stored answers.
-    CASES["department"] = Case(("department:60",), "2021", 3)
-    try:
-        raw = compose_case(tmp_path, "department")
-    finally:
-        del CASES["department"]
-    parsed = message_from_bytes(raw, policy=default)
-    assert isinstance(parsed, EmailMessage)
+    parsed = _parsed(_compose(tmp_path, Case(("department:60",), "2021", 3)))
     subject = str(parsed["Subject"])
     assert re.fullmatch(r"\d+ new answers: Department for Education", subject), subject
     plain, markup = _body(parsed, "plain"), _body(parsed, "html")
@@ -214,13 +223,7 @@ def test_a_small_digest_is_left_whole() -> None:
 @pytest.mark.slow
 def test_a_busy_composed_digest_stays_under_90_kb(tmp_path: Path) -> None:
     # 347 answers of 1 February 2021 match these two, with room for all of them per alert.
-    CASES["busy"] = Case(("government", "department"), "2021", 1000)
-    try:
-        raw = compose_case(tmp_path, "busy")
-    finally:
-        del CASES["busy"]
-    parsed = message_from_bytes(raw, policy=default)
-    assert isinstance(parsed, EmailMessage)
+    parsed = _parsed(_compose(tmp_path, Case(("government", "department"), "2021", 1000)))
     markup = _body(parsed, "html")
     assert len(markup.encode()) <= MAX_HTML_BYTES
     assert str(parsed["Subject"]).startswith("347 new answers: government, department")
@@ -273,12 +276,6 @@ async def test_the_more_link_lists_what_the_digest_had_no_room_for(tmp_path: Pat
         assert heading.split(" (Corrected")[0] in page.text
     assert forged.status_code >= 400 and "<li>" not in forged.text
     assert gone.status_code == 404
-
-
-def _parsed(raw: bytes) -> EmailMessage:
-    parsed = message_from_bytes(raw, policy=default)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
 
 
 # ---------------------------------------------------------------------------------------------

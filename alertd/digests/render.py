@@ -251,7 +251,14 @@ def startup_sample(settings: Settings) -> Digest:
         answer_html="<p>Children with special educational needs.</p>",
     )
     feed_item = DigestItem(
-        **{**item.__dict__, "source": "A feed", "asked_by": "", "department": "", "uin": ""}
+        **{
+            **item.__dict__,
+            "source": "A feed",
+            "asked_by": "",
+            "department": "",
+            "uin": "",
+            "kind": "feed_item",
+        }
     )
     return Digest(
         recipient="sample@alertd.invalid",

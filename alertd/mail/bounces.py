@@ -54,8 +54,8 @@ class Report:
     """What alertd reads from one report."""
 
     verdict: Verdict
-    # The addresses the report may have been sent to, ours first if any is: our VERP
-    # envelope sender (bounces+<tag>@…) is one of them.
+    # Where a VERP tag may be, in the order tried: the address it was delivered to, the
+    # reported mail's envelope sender (Original-Mail-From, X-Postfix-Sender), its Return-Path.
     addressed_to: tuple[str, ...]
     # The Message-ID of the mail it reports on, when the report quotes its headers.
     original_message_id: str | None
