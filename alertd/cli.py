@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--days", type=int, default=30, help="answers to use if none pending")
 
+    bounce = commands.add_parser(
+        "bounce", parents=[common], help="act on a bounce or complaint read on stdin (for the MTA)"
+    )
+    bounce.add_argument(
+        "--recipient", metavar="ADDRESS", help="the address it was delivered to (${recipient})"
+    )
+
     db = commands.add_parser("db", parents=[common], help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
 
@@ -538,6 +545,46 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# sysexits.h, as an MTA's pipe transport reads them: a data error or an unknown user
+# returns the report to its sender, a temporary failure or a configuration error keeps it
+# queued to try again.
+EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 65, 67, 75, 78
+
+
+def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from alertd.db import describe_error
+    from alertd.errors import ConfigError
+    from alertd.mail.bounces import NotOurs, ReportUnreadable, handle_report, read_report
+
+    try:
+        report = read_report(sys.stdin.buffer.read(), args.recipient)
+    except ReportUnreadable as exc:
+        print(f"alertd bounce: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    if settings.mail.verp_address is None:
+        print(
+            "alertd bounce: mail.verp_address is not set: no bounce names a subscriber",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    try:
+        # The database down or unreachable (a ConfigError from opening it) is temporary too.
+        outcome = handle_report(_database(settings), settings, report, utc_now())
+    except ConfigError as exc:
+        print(f"alertd bounce: database error: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except NotOurs as exc:
+        print(f"alertd bounce: {exc}", file=sys.stderr)
+        return EX_NOUSER
+    except SQLAlchemyError as exc:
+        print(f"alertd bounce: database error: {describe_error(exc)}", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(f"alertd bounce: {outcome}")
+    return EX_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "subscribe": _cmd_subscribe,
     "list": _cmd_list,
@@ -552,6 +599,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "web": _cmd_web,
     "export": _cmd_export,
     "import": _cmd_import,
+    "bounce": _cmd_bounce,
 }
 
 
@@ -580,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         # A URL's password (database.url, a feed) never reaches the terminal or a log file.
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        # An MTA keeps a report it could not hand over and tries again (EX_CONFIG).
+        return EX_CONFIG if args.command == "bounce" else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         # Ctrl-C: every command commits as it goes, so what was done is kept.
         resume = "; run it again to go on" if args.command == "backfill" else ""

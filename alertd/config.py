@@ -251,6 +251,16 @@ class DeliverySettings(_Section):
     send_interval_s: float = Field(default=60.0, gt=0)
     lease_s: float = Field(default=300.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # The backoff between attempts at one message doubles from first_retry_s up to
+    # max_retry_s (Postfix's minimal_backoff_time / maximal_backoff_time).
+    first_retry_s: float = Field(default=300.0, gt=0)
+    max_retry_s: float = Field(default=21600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> DeliverySettings:
+        if self.max_retry_s < self.first_retry_s:
+            raise ValueError("max_retry_s must be at least first_retry_s")
+        return self
 
 
 class LogSettings(_Section):

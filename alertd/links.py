@@ -10,7 +10,7 @@ from alertd.config import Settings
 from alertd.keys import subkeys
 from alertd.tokens import make_token
 
-Action = Literal["manage", "unsubscribe", "confirm", "stop", "feed"]
+Action = Literal["manage", "unsubscribe", "confirm", "stop", "feed", "more"]
 # Whose id a token carries: the subscriber's, or one of their alerts'.
 SUBSCRIBER_ACTIONS: frozenset[Action] = frozenset({"manage", "unsubscribe"})
 
@@ -50,3 +50,7 @@ class Links:
     def feed_path(self, alert_id: int, link_secret: str) -> str:
         """The private Atom feed of one alert's matches."""
         return f"/alerts/feed/{make_token(self.key, 'feed', alert_id, link_secret)}"
+
+    def more_path(self, alert_id: int, link_secret: str) -> str:
+        """A page listing an alert's recent matches: those a digest had no room for."""
+        return f"/alerts/more/{make_token(self.key, 'more', alert_id, link_secret)}"

@@ -261,9 +261,12 @@ class Ledger(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    """A rendered digest waiting to be sent; status pending → sent, or retry, or dead."""
+    """A rendered email waiting to be sent; status pending → sent, or retry, or dead."""
 
-    __table_args__ = (sa.Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+        sa.Index("ix_outbox_kind_due", "kind", "status", "next_attempt_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
@@ -272,6 +275,10 @@ class Outbox(SQLModel, table=True):
     subject: str = Field(default="", sa_type=sa.Text)
     message: bytes = Field(sa_type=sa.LargeBinary)
     status: str = Field(default="pending", max_length=16)
+    # "digest", or "transactional" (a confirmation, a manage link): see OutboxKind.
+    kind: str = Field(
+        default="digest", max_length=16, sa_column_kwargs={"server_default": "digest"}
+    )
     attempts: int = 0
     # While status is "sending", a worker holds the row until lease_until; a worker that
     # died mid-send loses it then, and the message is sent again (same Message-ID).

@@ -134,7 +134,7 @@ def test_end_to_end_two_subscribers_over_smtp(
     assert sorted(by_recipient) == ["parent@example.org", "researcher@example.org"]
     assert len(smtp_sink.messages) == 2
     parent = by_recipient["parent@example.org"].message
-    assert parent["Subject"] == '1 new answer: "special educational needs"'
+    assert parent["Subject"] == "1 new answer: special educational needs"
     # Hywel Williams asked four recorded questions; one has only a holding answer.
     researcher = by_recipient["researcher@example.org"].message
     assert researcher["Subject"] == "3 new answers: Hywel Williams"

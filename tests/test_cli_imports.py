@@ -118,3 +118,35 @@ def test_the_daemon_command_still_imports_what_it_runs(cli_env: dict[str, str]) 
 
 def test_the_help_lists_the_frequencies_settings_accept() -> None:
     assert FREQUENCY_CHOICES == FREQUENCIES
+
+
+@pytest.mark.slow
+def test_bounce_imports_no_web_app_scheduler_or_digest_stack(cli_env: dict[str, str]) -> None:
+    """`alertd bounce` runs once per bounce, from the MTA: it loads the mail code it needs."""
+    from alertd.config import load_settings
+    from alertd.mail.identity import envelope_sender
+
+    cli_env.update(
+        ALERTD_MAIL__VERP_ADDRESS="bounces@alertd.test", ALERTD_WEB__SECRET_KEY="test-secret"
+    )
+    settings = load_settings(None, cli_env)
+    sample = Path(__file__).parent / "bounce_samples" / "postfix_dsn_delayed.eml"
+    tag = envelope_sender(settings, 1).split("+", 1)[1].split("@", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ALERTD), "bounce"],
+        env=cli_env,
+        input=sample.read_text().replace("VERPTAG", tag),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "alertd.mail.bounces" in imported
+    light = [h for h in HEAVY if not h.startswith(("alertd.mail", "dkim"))]
+    assert sorted(m for m in imported for h in light if m == h or m.startswith(f"{h}.")) == []

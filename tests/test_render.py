@@ -505,8 +505,9 @@ def test_golden_mixed_digest_reads_right(tmp_path: Path) -> None:
     assert isinstance(parsed, EmailMessage)
     plain, markup = _parts(parsed)
     assert parsed["Subject"] == (
-        # 27 answers, two of them answered together (groupedQuestions): shown as one.
-        '26 new answers: "special educational needs", pupils, Nadhim Zahawi, carers'
+        # 27 answers, two of them answered together (groupedQuestions): shown as one. Labels
+        # in words: a phrase without its quotes, a Member by name (member:4113).
+        "26 new answers: special educational needs, pupils, Nadhim Zahawi, carers"
     )
     # The SEN answer also matches "pupils": shown once, under the first alert.
     assert plain.count("Special Educational Needs: Coronavirus") == 1
@@ -615,9 +616,10 @@ def test_golden_statements_digest_reads_right(tmp_path: Path) -> None:
     parsed = message_from_bytes(compose_case(tmp_path, "statements"), policy=default)
     assert isinstance(parsed, EmailMessage)
     plain, markup = _parts(parsed)
-    assert parsed["Subject"].startswith("16 new answers and 6 new statements: ")
+    # 16 answers, of which answers given together (groupedQuestions) are shown once: 13.
+    assert parsed["Subject"].startswith("13 new answers and 6 new statements: ")
     # Under one alert: the answers, then the statements in their own group.
-    hong_kong = plain.split('"hong kong": 3 new answers and 2 new statements')[1]
+    hong_kong = plain.split("hong kong: 2 new answers and 2 new statements")[1]
     answers, statements = hong_kong.split("Written statements", 1)
     assert "Answered by" in answers and "Made by" not in answers
     assert "Made by Priti Patel, The Secretary of State for the Home Department" in statements
@@ -628,8 +630,8 @@ def test_golden_statements_digest_reads_right(tmp_path: Path) -> None:
         in statements
     )
     # type:question keeps the "Design Update" statements out; type:statement the answers.
-    assert "design type:question: 13 new answers\n" in plain
+    assert "design, written questions: 11 new answers\n" in plain
     assert "Design Update" not in plain
-    assert "trade type:statement: 4 new statements" in plain
+    assert "trade, written statements: 4 new statements" in plain
     assert '<h3 class="group"' in markup and "Read the full statement" in markup
     assert ">Hong Kong</mark>" in markup

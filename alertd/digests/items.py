@@ -9,11 +9,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.digests.excerpt import excerpt_around, flatten, long_date, mark, merge_highlights
-from alertd.digests.view import Digest, DigestItem, DigestSection, ItemStage, describe_alert
+from alertd.digests.view import (
+    Digest,
+    DigestItem,
+    DigestSection,
+    ItemStage,
+    counted_as,
+    describe_alert,
+    human_label,
+    ids_named,
+)
 from alertd.errors import QueryError
 from alertd.htmltext import web_link
 from alertd.links import Links
@@ -57,12 +67,18 @@ class ComposeMemo:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._names: dict[int, str | None] = {}
+        self._departments: dict[int, str | None] = {}
         self._highlights: dict[str, Highlights | None] = {}
         self._items: dict[_ItemKey, DigestItem] = {}
 
     def load_members(self, session: Session, alerts: Iterable[Alert]) -> None:
-        """Fetch, in one query, the Members these alerts follow that are not known yet."""
-        wanted = {m for a in alerts if (m := _followed(a)) is not None and m not in self._names}
+        """Fetch, in one query, the Members these alerts name that are not known yet."""
+        wanted = {
+            member_id
+            for alert in alerts
+            for member_id in _members_named(alert)
+            if member_id not in self._names
+        }
         if not wanted:
             return
         found = dict(
@@ -73,15 +89,37 @@ class ComposeMemo:
         for member_id in wanted:
             self._names[member_id] = found.get(member_id)
 
+    def _load_departments(self, session: Session, alerts: Iterable[Alert]) -> None:
+        """The names of departments alerts give by id, as the stored answers spell them."""
+        wanted = {
+            department_id
+            for alert in alerts
+            for department_id in ids_named(alert.query, ("department",))
+            if department_id not in self._departments
+        }
+        if not wanted:
+            return
+        found = dict(
+            session.exec(
+                select(Item.answering_body_id, sa.func.max(Item.answering_body_name))
+                .where(col(Item.answering_body_id).in_(sorted(wanted)))
+                .group_by(col(Item.answering_body_id))
+            ).all()
+        )
+        for department_id in wanted:
+            self._departments[department_id] = found.get(department_id)
+
     def labels(self, session: Session, alerts: Iterable[Alert]) -> dict[int | None, str]:
-        """Each alert's label by alert id (see ``alert_label``)."""
+        """Each alert's label by alert id: its query in words (``human_label``)."""
         alerts = list(alerts)
         self.load_members(session, alerts)
+        self._load_departments(session, alerts)
         labels = {}
         for alert in alerts:
             member_id = _followed(alert)
             name = None if member_id is None else self._names[member_id]
-            labels[alert.id] = alert.query if name is None else name
+            # A plain follow typed as a name is labelled with the name as stored.
+            labels[alert.id] = name or human_label(alert.query, self._names, self._departments)
         return labels
 
     def highlights(self, canonical: str) -> Highlights | None:
@@ -101,6 +139,12 @@ class ComposeMemo:
                 self._items.clear()
             self._items[key] = shown
         return shown
+
+
+def _members_named(alert: Alert) -> set[int]:
+    followed = _followed(alert)
+    named = ids_named(alert.query)
+    return named if followed is None else named | {followed}
 
 
 def _followed(alert: Alert) -> int | None:
@@ -135,7 +179,7 @@ def build_digest(
     manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
     told = _told_when_tabled(session, subscriber.id, [row.item for row in rows])
-    order, shown, totals, statements = _group(rows, labels, memo, told)
+    order, shown, totals, kinds = _group(rows, labels, memo, told)
     sections = []
     for alert in order:
         assert alert.id is not None
@@ -146,9 +190,9 @@ def build_digest(
                 items=tuple(shown[alert.id]),
                 total=totals[alert.id],
                 reason=_reason(alert, labels[alert.id]),
-                more_url=manage_url,
+                more_url=links.url(links.more_path(alert.id, secret)),
                 feed_url=links.url(links.feed_path(alert.id, secret)),
-                statements_total=statements[alert.id],
+                kind_totals=tuple(kinds[alert.id].items()),
             )
         )
     return Digest(
@@ -233,9 +277,9 @@ def _group(
     labels: dict[int | None, str],
     memo: ComposeMemo,
     told: dict[tuple[str, str], date] | None = None,
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], Counter[int]]:
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], dict[int, Counter[str]]]:
     """The alerts in order, the items each shows, how many items each has and how many of
-    them are statements.
+    each KIND_WORDS key (view.counted_as).
 
     An item is counted only under its first alert; only those shown are built. Questions
     answered together are shown once, under the first, which lists the group.
@@ -253,6 +297,7 @@ def _group(
     totals: Counter[int] = Counter()
     statements: Counter[int] = Counter()
     order: list[Alert] = []
+    kinds: dict[int, Counter[str]] = defaultdict(Counter)
     for row in rows:
         item_id, alert_id = row.item.id, row.alert.id
         assert item_id is not None and alert_id is not None
@@ -262,6 +307,8 @@ def _group(
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
+        # What the digest calls it, counted whether shown or not.
+        kinds[alert_id][counted_as(str(row.item.kind), _reader_stage(row.item, told)[0])] += 1
         # The limit is per group: many answers never hide an alert's statements.
         if row.item.kind == ItemKind.STATEMENT:
             statements[alert_id] += 1
@@ -280,7 +327,7 @@ def _group(
         if stage != shown_item.stage or told_on is not None or group:
             shown_item = dataclasses.replace(shown_item, stage=stage, told_on=told_on, group=group)
         shown[alert_id].append(shown_item)
-    return order, shown, totals, statements
+    return order, shown, totals, kinds
 
 
 def _highlights(canonical: str) -> Highlights | None:
@@ -292,7 +339,7 @@ def _highlights(canonical: str) -> Highlights | None:
 
 def _reason(alert: Alert, label: str) -> str:
     follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    if follow is None or label == alert.query:
+    if follow is None:
         return describe_alert(label)
     field = follow.group(1)
     if field == "asker":
@@ -349,6 +396,7 @@ def _item(
         source=feed or "",
         answer_html=item.answer_html,
         due=_due(item),
+        kind=str(item.kind),
     )
 
 
@@ -379,7 +427,7 @@ def _statement(
         also_matches=also,
         excerpt_marks=text.spans,
         answer_html=item.answer_html,
-        is_statement=True,
+        kind=str(item.kind),
         role=flatten(item.answering_member_role or ""),
         attachments=tuple(
             flatten(str(a.get("title") or "")) for a in item.attachments or () if a.get("title")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,10 @@ from alertd.mail.message import MailingList, build_message
 
 TEMPLATE_NAMES = ("digest.txt", "digest.html")
 SUBJECT_MAX_CHARS = 90
+# Gmail clips a message whose HTML passes about 102 KB, hiding the rest behind a link, and
+# with it the footer's unsubscribe link: a digest's HTML stays under this, by showing fewer
+# items per alert (the rest are behind each section's "and N more" link).
+MAX_HTML_BYTES = 90_000
 # Styles from the template's <style> go inline; @media rules (dark mode, phones) stay in a
 # <style>; nothing is ever fetched (no remote stylesheets, <link> tags dropped).
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
@@ -99,8 +103,8 @@ def build_environment(settings: Settings | None = None) -> jinja2.Environment:
 
 def digest_subject(digest: Digest) -> str:
     """E.g. ``3 new answers: special educational needs, Rushanara Ali``, cut sensibly
-    (``2 new answers and 1 new statement: …`` when there are statements)."""
-    head = f"{digest.counted}: "
+    (``2 new answers and 1 new statement: …`` when kinds are mixed)."""
+    head = f"{digest.count_words}: "
     # One line, whatever the labels hold: a line break can never start a new header.
     labels = [" ".join(section.label.split()) for section in digest.sections]
     subject = head + ", ".join(labels)
@@ -167,9 +171,9 @@ def render_message(
         ConfigError: DKIM is configured but its key cannot be read or used.
     """
     subject = digest_subject(digest)
+    digest, html = _fitted(digest, settings, env, subject)
     context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
     text = _render_template(env, "digest.txt", context)
-    html = _INLINER.inline(_render_template(env, "digest.html", context))
     domain = settings.mail.from_address.rpartition("@")[2]
     message = build_message(
         settings.mail,
@@ -182,6 +186,44 @@ def render_message(
         mailing_list=MailingList(f"alertd digests <digests.{domain}>", digest.unsubscribe_url),
     )
     return RenderedDigest(subject, message)
+
+
+def _html(digest: Digest, settings: Settings, env: jinja2.Environment, subject: str) -> str:
+    context = {"digest": digest, "base_url": settings.web.base_url, "subject": subject}
+    inlined: str = _INLINER.inline(_render_template(env, "digest.html", context))
+    return inlined
+
+
+def _fitted(
+    digest: Digest, settings: Settings, env: jinja2.Environment, subject: str
+) -> tuple[Digest, str]:
+    """The digest as sent, and its HTML: every item, or as many per alert as keep the HTML
+    under MAX_HTML_BYTES (the same for every alert, so each keeps its newest answers).
+
+    A pure function of the digest like the rest of rendering: the same digest always
+    loses the same items.
+    """
+    html = _html(digest, settings, env, subject)
+    size = len(html.encode("utf-8"))
+    most = max((len(section.items) for section in digest.sections), default=0)
+    while size > MAX_HTML_BYTES and most > 0:
+        shown = sum(len(section.items) for section in digest.sections)
+        # Items the size allows if each costs what the average one does now (an
+        # overestimate, as the page around them is counted too), then the largest limit
+        # per alert that keeps to that number; at least one fewer than now.
+        allowed = shown * MAX_HTML_BYTES // size
+        limit = most - 1
+        while limit > 0 and sum(min(len(s.items), limit) for s in digest.sections) > allowed:
+            limit -= 1
+        digest = replace(
+            digest,
+            sections=tuple(
+                replace(section, items=section.items[:limit]) for section in digest.sections
+            ),
+        )
+        html = _html(digest, settings, env, subject)
+        size, most = len(html.encode("utf-8")), limit
+    return digest, html
 
 
 _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
@@ -210,7 +252,14 @@ def startup_sample(settings: Settings) -> Digest:
         answer_html="<p>Children with special educational needs.</p>",
     )
     feed_item = DigestItem(
-        **{**item.__dict__, "source": "A feed", "asked_by": "", "department": "", "uin": ""}
+        **{
+            **item.__dict__,
+            "source": "A feed",
+            "asked_by": "",
+            "department": "",
+            "uin": "",
+            "kind": "feed_item",
+        }
     )
     return Digest(
         recipient="sample@alertd.invalid",
@@ -221,7 +270,7 @@ def startup_sample(settings: Settings) -> Digest:
                 items=(item, feed_item),
                 total=3,
                 reason=describe_alert('"special educational needs"'),
-                more_url=f"{base}/manage/sample",
+                more_url=f"{base}/alerts/more/sample",
             ),
         ),
         unsubscribe_url=f"{base}/unsubscribe/sample",

@@ -63,12 +63,11 @@ def _single_address(value: str) -> Address:
         raise HeaderInjection(f"To: not a single address: {value!r}") from exc
 
 
-def _part_head(subtype: str, *, mime_version: bool = False) -> bytes:
-    # add_alternative() gave the second part its own MIME-Version; kept, byte for byte.
-    extra = "MIME-Version: 1.0\r\n" if mime_version else ""
+def _part_head(subtype: str) -> bytes:
+    # MIME-Version belongs in the message's header only (RFC 2045 §4), never in a part's.
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        f"Content-Transfer-Encoding: quoted-printable\r\n{extra}\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
     ).encode("ascii")
 
 
@@ -157,7 +156,7 @@ def build_message(
             _quoted_printable(text),
             b"\r\n",
             delimiter,
-            _part_head("html", mime_version=True),
+            _part_head("html"),
             _quoted_printable(html),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]

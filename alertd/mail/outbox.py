@@ -19,9 +19,6 @@ from alertd.db import transaction, write_connection
 from alertd.models import Alert, Hit, Ledger, Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
-# The backoff between attempts at one message (delivery.retry_for_hours bounds the total).
-FIRST_RETRY_S = 300.0
-LONGEST_RETRY_S = 6 * 3600.0
 
 
 class OutboxState(StrEnum):
@@ -47,6 +44,15 @@ class OutboxState(StrEnum):
 UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
 
 
+class OutboxKind(StrEnum):
+    """What a queued message is: a transactional mail goes before any digest, and its
+    permanent failure is no bounce of the subscriber's digests."""
+
+    DIGEST = "digest"
+    # A confirmation link or a manage link: someone is waiting for it now.
+    TRANSACTIONAL = "transactional"
+
+
 def queued_row(
     *,
     subscriber_id: int,
@@ -55,9 +61,11 @@ def queued_row(
     subject: str,
     message: bytes,
     now: datetime,
+    kind: OutboxKind = OutboxKind.DIGEST,
 ) -> dict[str, Any]:
     """The values of a new outbox row (for a bulk INSERT): pending, due at ``now``."""
     return {
+        "kind": kind,
         "subscriber_id": subscriber_id,
         "recipient": recipient,
         "message_id": message_id,
@@ -79,7 +87,7 @@ def enqueue(
     message: bytes,
     now: datetime,
 ) -> int:
-    """Queue one message (a transactional email): pending, due at ``now``; its outbox id."""
+    """Queue one transactional email: pending, due at ``now``, before any digest; its id."""
     row = queued_row(
         subscriber_id=subscriber_id,
         recipient=recipient,
@@ -87,6 +95,7 @@ def enqueue(
         subject=subject,
         message=message,
         now=now,
+        kind=OutboxKind.TRANSACTIONAL,
     )
     with write_connection(engine) as connection:
         inserted = connection.execute(sa.insert(Outbox).values(row).returning(col(Outbox.id)))
@@ -95,10 +104,16 @@ def enqueue(
         return outbox_id
 
 
-def retry_delay(attempts: int, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter: about 5 min, 10, 20 … capped at 6 h."""
-    base = min(FIRST_RETRY_S * 2 ** max(attempts - 1, 0), LONGEST_RETRY_S)
-    return timedelta(seconds=base * rng.uniform(0.8, 1.2))
+def retry_delay(attempts: int, settings: DeliverySettings, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: about ``delivery.first_retry_s`` (5 min), twice that,
+    four times … never more than ``delivery.max_retry_s`` (6 h) apart.
+
+    ``delivery.retry_for_hours`` bounds the total.
+    """
+    # The exponent is capped so a message retried for weeks never overflows a float.
+    doubled = settings.first_retry_s * 2 ** min(max(attempts - 1, 0), 64)
+    jittered = min(doubled, settings.max_retry_s) * rng.uniform(0.8, 1.2)
+    return timedelta(seconds=min(jittered, settings.max_retry_s))
 
 
 def wall_clock() -> datetime:
@@ -122,18 +137,26 @@ def claim_due(
     """Take up to ``limit`` due rows for this worker; other workers skip them.
 
     Due: pending or retrying rows whose time (``now``) has come, and rows whose sender's
-    lease ran out (it died mid-send). Leases run on the wall clock, whatever ``now`` is,
-    because they guard against other processes. On PostgreSQL the rows are picked
+    lease ran out (it died mid-send). Transactional mails come first: a confirmation link
+    waits behind no mail run. Leases run on the wall clock, whatever ``now`` is, because
+    they guard against other processes. On PostgreSQL the rows are picked
     FOR UPDATE SKIP LOCKED.
     """
     lease_now = wall_clock()
     until = lease_now + timedelta(seconds=lease_s)
-    # One index range per state, each already in order: an OR of them, or ORDER BY id, made
-    # the database sort every due row for each claim (quadratic over a big mail run).
+    # One index range per state (and kind), each already in order: an OR of them, or ORDER
+    # BY id, made the database sort every due row for each claim (quadratic over a big run).
     wanted = (
         sa.and_(col(Outbox.status) == OutboxState.SENDING, col(Outbox.lease_until) < lease_now),
-        sa.and_(col(Outbox.status) == OutboxState.RETRY, col(Outbox.next_attempt_at) <= now),
-        sa.and_(col(Outbox.status) == OutboxState.PENDING, col(Outbox.next_attempt_at) <= now),
+        *(
+            sa.and_(
+                col(Outbox.kind) == kind,
+                col(Outbox.status) == state,
+                col(Outbox.next_attempt_at) <= now,
+            )
+            for kind in (OutboxKind.TRANSACTIONAL, OutboxKind.DIGEST)
+            for state in (OutboxState.RETRY, OutboxState.PENDING)
+        ),
     )
     claimed: list[Claimed] = []
     with transaction(engine) as session:
@@ -141,7 +164,12 @@ def claim_due(
             rows = session.exec(
                 select(Outbox.id, Outbox.recipient, Outbox.message, Outbox.subscriber_id)
                 .where(condition)
-                .order_by(col(Outbox.status), col(Outbox.next_attempt_at), col(Outbox.id))
+                .order_by(
+                    col(Outbox.kind),
+                    col(Outbox.status),
+                    col(Outbox.next_attempt_at),
+                    col(Outbox.id),
+                )
                 .limit(limit - len(claimed))
                 .with_for_update(skip_locked=True)
             ).all()
@@ -258,24 +286,35 @@ def record_failure(
         expired = now - row.created_at > timedelta(hours=settings.retry_for_hours)
         if permanent or expired:
             row.status = OutboxState.DEAD
-            if permanent:
+            # A refused confirmation or manage link says nothing about digests reaching
+            # the subscriber (it may be a mistyped address someone else entered).
+            if permanent and row.kind != OutboxKind.TRANSACTIONAL:
                 _count_bounce(session, row.subscriber_id, settings, now)
         else:
             row.status = OutboxState.RETRY
-            row.next_attempt_at = now + retry_delay(row.attempts, rng)
+            row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)
+
+
+def record_bounce(
+    engine: Engine, subscriber_id: int, settings: DeliverySettings, now: datetime
+) -> int:
+    """Count a bounce reported after sending (``alertd bounce``); the count in a row now."""
+    with transaction(engine) as session:
+        return _count_bounce(session, subscriber_id, settings, now)
 
 
 def _count_bounce(
     session: Session, subscriber_id: int, settings: DeliverySettings, now: datetime
-) -> None:
+) -> int:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
-        return
+        return 0
     subscriber.consecutive_bounces += 1
     if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
         subscriber.suspended_at = now
         log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
         cancel_dead_digests(session, subscriber_id, now)
+    return subscriber.consecutive_bounces
 
 
 def cancel_dead_digests(session: Session, subscriber_id: int, now: datetime) -> int:

@@ -69,19 +69,26 @@ def _entry_id(item: Item) -> str:
     return f"urn:alertd:item:{item.id}"
 
 
+def recent_matches(session: Session, alert_id: int, limit: int) -> list[Item]:
+    """An alert's latest matches, newest first: its feed's entries, its "more" page's list."""
+    return list(
+        session.exec(
+            select(Item)
+            .join(Hit, col(Hit.item_id) == col(Item.id))
+            .where(Hit.alert_id == alert_id)
+            .order_by(col(Hit.created_at).desc(), col(Item.id).desc())
+            .limit(limit)
+        ).all()
+    )
+
+
 def render_alert_feed(engine: Engine, alert_id: int, self_url: str) -> bytes | None:
     """The Atom document of an alert's latest matches; None when there is no such alert."""
     with Session(engine) as session:
         alert = session.get(Alert, alert_id)
         if alert is None or alert.unsubscribed_at is not None:
             return None
-        items = session.exec(
-            select(Item)
-            .join(Hit, col(Hit.item_id) == col(Item.id))
-            .where(Hit.alert_id == alert_id)
-            .order_by(col(Hit.created_at).desc(), col(Item.id).desc())
-            .limit(FEED_ENTRIES)
-        ).all()
+        items = recent_matches(session, alert_id, FEED_ENTRIES)
         feed = ET.Element("feed", xmlns=ATOM)
         ET.SubElement(feed, "id").text = f"urn:alertd:alert:{alert_id}"
         ET.SubElement(feed, "title").text = f"alertd: {alert_label(session, alert)}"

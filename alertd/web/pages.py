@@ -1,19 +1,28 @@
-"""The HTML pages: sign-up with preview, confirm, manage, unsubscribe, stop, Member lookup."""
+"""The HTML pages: sign-up with preview, confirm, manage, unsubscribe, stop, Member lookup,
+and an alert's recent matches (a digest's "and N more")."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import FREQUENCIES
+from alertd.config import FREQUENCIES, Settings
+from alertd.digests.items import ComposeMemo
 from alertd.errors import Busy, QueryError, RateLimited
+from alertd.models import Alert
+from alertd.sources.source import feed_name
 from alertd.web import service
+from alertd.web.atom import recent_matches
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
     MAX_ID,
@@ -410,3 +419,65 @@ async def members_page(ctx: Ctx, request: Request, q: str = "") -> HTMLResponse:
     _rate_limit(ctx, "lookup", client_ip(request))
     found = await search_members(ctx.engine, ctx.settings, name, ctx.clock())
     return ctx.page("members.html", q=name, error=None, members=found)
+
+
+# How many of an alert's latest matches its "more" page lists: more than a digest holds.
+MORE_PAGE_ITEMS = 200
+MORE_SUMMARY_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Match:
+    """One of an alert's matches as its "more" page lists it."""
+
+    heading: str
+    # Only http(s) links are linked: anything else is shown as text, never followed.
+    url: str | None
+    where: str
+    asked_by: str
+    day: date | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class AlertMatches:
+    label: str
+    matches: tuple[Match, ...]
+
+
+def alert_matches(engine: Engine, settings: Settings, alert_id: int) -> AlertMatches | None:
+    """An alert's label and latest matches; None when it was deleted."""
+    with Session(engine) as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.unsubscribed_at is not None:
+            return None
+        label = ComposeMemo(settings).labels(session, [alert])[alert.id]
+        matches = tuple(
+            Match(
+                heading=" ".join(item.heading.split()) or f"Question {item.uin or ''}",
+                url=item.url if item.url.startswith(("https://", "http://")) else None,
+                where=feed_name(item.source) or item.answering_body_name or "",
+                asked_by=item.asking_member_name or "",
+                day=item.date_answer_corrected or item.date_answered or item.date_tabled,
+                summary=_summary(item.answer_text),
+            )
+            for item in recent_matches(session, alert_id, MORE_PAGE_ITEMS)
+        )
+    return AlertMatches(label, matches)
+
+
+def _summary(text: str) -> str:
+    flat = " ".join(text.split())
+    if len(flat) <= MORE_SUMMARY_CHARS:
+        return flat
+    return flat[:MORE_SUMMARY_CHARS].rsplit(" ", 1)[0] + " …"
+
+
+@router.get("/alerts/more/{token}", summary="An alert's recent matches (a digest's 'and N more')")
+async def more_page(ctx: Ctx, token: str) -> HTMLResponse:
+    signed = await ctx.read("more", token)
+    found = await run_in_threadpool(alert_matches, ctx.engine, ctx.settings, signed.id)
+    if found is None:
+        return _gone(ctx)
+    feed_url = ctx.links.url(ctx.links.feed_path(signed.id, signed.link_secret))
+    return ctx.page("more.html", found=found, feed_url=feed_url)
