@@ -19,7 +19,7 @@ from alertd.config import Settings
 from alertd.db import transaction
 from alertd.errors import PermanentError
 from alertd.mail.identity import bounced_subscriber
-from alertd.mail.outbox import OutboxKind, record_bounce
+from alertd.mail.outbox import OutboxKind, cancel_dead_digests, record_bounce
 from alertd.models import Outbox, Subscriber
 
 log = logging.getLogger("alertd.mail.bounces")
@@ -243,5 +243,7 @@ def _suspend(engine: Engine, subscriber_id: int, now: datetime) -> str:
         if subscriber.suspended_at is not None:
             return "already suspended"
         subscriber.suspended_at = now
+        # Digests queued or retrying for them are never sent now (as on a bounce suspension).
+        cancel_dead_digests(session, subscriber_id, now)
     log.warning("suspended subscriber %d after an abuse complaint", subscriber_id)
     return "suspended: no more digests until an alert is confirmed again"
