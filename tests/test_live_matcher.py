@@ -8,7 +8,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd import alerts
-from alertd.matching import LiveMatcher, analyse, item_document, match_new_answers
+from alertd.matching import Document, LiveMatcher, analyse, item_document, match_new_answers
+from alertd.matching.engine import indexes_of
+from alertd.matching.live import AlertRow, LiveAlert
 from alertd.models import Alert, AlertsVersion, Hit, Item, Subscriber
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
@@ -141,3 +143,30 @@ def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
         session.add(alert)
         session.commit()
         assert session.exec(select(AlertsVersion.version)).one() == version
+
+
+def test_fan_out_count_is_the_walk_over_every_matching_alert() -> None:
+    """The count per distinct query (what the benchmark reports) equals walking every alert."""
+    docs = [
+        analyse(
+            Document(
+                heading=r["heading"] or "",
+                question_text=r["questionText"] or "",
+                answer_text=r["answerText"] or "",
+                house=r["house"],
+                asking_member_id=r["askingMemberId"],
+                answering_member_id=r["answeringMemberId"],
+                answering_body_id=r["answeringBodyId"],
+            )
+        )
+        for r in load_2021_answered()[:80]
+    ]
+    canonicals = ["school", "covid", "health OR hospital*", '"social care" -covid', "member:4138"]
+    matcher = LiveMatcher()
+    matcher.load(
+        AlertRow(LiveAlert(n, n, None), canonicals[n % len(canonicals)], True) for n in range(1, 40)
+    )
+    walked = sum(len(indexes) for _, indexes in matcher.match(docs))
+    assert walked > 0 and matcher.fan_out_count(docs) == walked
+    masks = matcher.match_masks(docs)
+    assert {key: indexes_of(mask) for key, mask in masks.items()} == matcher.match_queries(docs)
