@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Page, async_playwright, expect
 
 from alertd.alerts import subscribe
 from alertd.config import Settings
@@ -44,6 +45,19 @@ pytestmark = [
 ]
 
 
+@contextlib.asynccontextmanager
+async def _chromium_page() -> AsyncIterator[Page]:
+    """A new page in headless Chromium, closed with the browser afterwards."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
+
+
 async def test_sign_up_confirm_and_manage_in_a_browser(
     make_settings: Callable[..., Settings],
     smtp_sink: SmtpSink,
@@ -65,52 +79,43 @@ async def test_sign_up_confirm_and_manage_in_a_browser(
     stop = asyncio.Event()
     server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, clock=lambda: NOW))
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        async with _chromium_page() as page:
+            await page.goto(f"{base}/")
+            await page.get_by_label("Your email address").fill("browser@example.org")
+            await page.get_by_label("A Member of Parliament").check()
+            await page.get_by_label("Member's name").fill("navendu")
+            await page.get_by_label("How often").select_option("weekly")
+            await page.get_by_role("button", name="Preview matches").click()
+            await expect(page.locator("#preview")).to_contain_text("would have found 12 answers")
+            await expect(page.get_by_text("Following: Navendu Mishra")).to_be_visible()
+            await page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
+            await page.get_by_role("button", name="Subscribe").click()
+            await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+
+            [mail] = await asyncio.to_thread(smtp_sink.wait_for_messages, 1)
+            assert mail.rcpt_tos == ["browser@example.org"]
+            text = mail.message.get_body(("plain",))
+            assert text is not None
+            link = re.search(rf"{re.escape(base)}/confirm/\S+", text.get_content())
+            assert link, text.get_content()
+
+            await page.goto(link.group(0))
+            await page.get_by_role("button", name="Confirm my alert").click()
+            await expect(page.get_by_role("heading", name="Your alerts")).to_be_visible()
+            shot = tmp_path / "manage.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            main = await page.locator("main").inner_text()
+            assert "Your alert is confirmed" in main
+            assert "Alerts for browser@example.org" in main
+            assert "Navendu Mishra" in main and "Active" in main
+            assert await page.get_by_label("Frequency of Navendu Mishra").input_value() == (
+                "weekly"
             )
-            try:
-                page = await browser.new_page()
-                await page.goto(f"{base}/")
-                await page.get_by_label("Your email address").fill("browser@example.org")
-                await page.get_by_label("A Member of Parliament").check()
-                await page.get_by_label("Member's name").fill("navendu")
-                await page.get_by_label("How often").select_option("weekly")
-                await page.get_by_role("button", name="Preview matches").click()
-                await expect(page.locator("#preview")).to_contain_text(
-                    "would have found 12 answers"
-                )
-                await expect(page.get_by_text("Following: Navendu Mishra")).to_be_visible()
-                await page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
-                await page.get_by_role("button", name="Subscribe").click()
-                await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+            assert shot.stat().st_size > 10_000
 
-                [mail] = await asyncio.to_thread(smtp_sink.wait_for_messages, 1)
-                assert mail.rcpt_tos == ["browser@example.org"]
-                text = mail.message.get_body(("plain",))
-                assert text is not None
-                link = re.search(rf"{re.escape(base)}/confirm/\S+", text.get_content())
-                assert link, text.get_content()
-
-                await page.goto(link.group(0))
-                await page.get_by_role("button", name="Confirm my alert").click()
-                await expect(page.get_by_role("heading", name="Your alerts")).to_be_visible()
-                shot = tmp_path / "manage.png"
-                await page.screenshot(path=str(shot), full_page=True)
-                main = await page.locator("main").inner_text()
-                assert "Your alert is confirmed" in main
-                assert "Alerts for browser@example.org" in main
-                assert "Navendu Mishra" in main and "Active" in main
-                assert await page.get_by_label("Frequency of Navendu Mishra").input_value() == (
-                    "weekly"
-                )
-                assert shot.stat().st_size > 10_000
-
-                await page.get_by_role("button", name="Pause Navendu Mishra").click()
-                await expect(page.get_by_role("status")).to_contain_text("The alert is paused")
-                await expect(page.locator("main")).to_contain_text("Paused")
-            finally:
-                await browser.close()
+            await page.get_by_role("button", name="Pause Navendu Mishra").click()
+            await expect(page.get_by_role("status")).to_contain_text("The alert is paused")
+            await expect(page.locator("main")).to_contain_text("Paused")
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
@@ -200,23 +205,16 @@ async def test_a_form_on_another_site_cannot_post_to_alertd(
         '<script>document.getElementById("f").submit()</script>'
     )
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        async with _chromium_page() as page:
+            await page.route(
+                "http://evil.test/",
+                lambda route: route.fulfill(body=attack, content_type="text/html"),
             )
-            try:
-                page = await browser.new_page()
-                await page.route(
-                    "http://evil.test/",
-                    lambda route: route.fulfill(body=attack, content_type="text/html"),
-                )
-                async with page.expect_response(f"{base}/signup") as answer:
-                    await page.goto("http://evil.test/")
-                response = await answer.value
-                assert response.status == 403
-                await expect(page.get_by_role("heading")).to_have_text("Sent from another site")
-            finally:
-                await browser.close()
+            async with page.expect_response(f"{base}/signup") as answer:
+                await page.goto("http://evil.test/")
+            response = await answer.value
+            assert response.status == 403
+            await expect(page.get_by_role("heading")).to_have_text("Sent from another site")
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
