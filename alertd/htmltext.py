@@ -77,7 +77,11 @@ def web_link(link: str, base: str | None = None) -> str | None:
     link = link.strip()
     if base is not None and link:
         link = urljoin(base, link)
-    if not link or len(link) > MAX_LINK_CHARS or any(c.isspace() or ord(c) < 32 for c in link):
+    if (
+        not link
+        or len(link) > MAX_LINK_CHARS
+        or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in link)
+    ):
         return None
     try:
         parts = urlsplit(link)
