@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from alertd import alerts
@@ -16,7 +17,7 @@ from alertd.db import open_database
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
 from alertd.matching.hits import match_new_answers
-from alertd.models import Outbox
+from alertd.models import Outbox, Subscriber
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item
 
@@ -77,6 +78,9 @@ def compose_case(tmp_path: Path, name: str, settings: Settings | None = None) ->
         # Names (member:"Nadhim Zahawi") need the Member table; ids need nothing.
         for query in case.queries:
             alerts.subscribe(engine, RECIPIENT, query, "immediate", confirmed=True, now=confirmed)
+        # A fixed link secret (each subscriber gets a random one): the links stay the same.
+        with engine.begin() as connection:
+            connection.execute(sa.update(Subscriber).values(link_secret="golden-link-secret"))
         store_items(engine, _items(case.records), now=NOW)
         match_new_answers(engine, now=NOW)
         assert compose_due_digests(engine, settings, build_environment(settings), now=NOW) == 1
