@@ -202,7 +202,7 @@ async def _immediate(app: Web, email: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["unsubscribe", "stop", "suspend"])
+@pytest.mark.parametrize("how", ["unsubscribe", "stop", "cli", "suspend"])
 async def test_queued_digests_are_not_sent_after_unsubscribing(
     any_web: Web,  # noqa: F811
     how: str,
@@ -233,6 +233,15 @@ async def test_queued_digests_are_not_sent_after_unsubscribing(
     elif how == "stop":
         response = await app.client.post(f"/alerts/stop/{_token(app, 'stop', alert.id)}")
         assert response.status_code == 200
+    elif how == "cli":
+        done = subprocess.run(
+            ["alertd", "unsubscribe", str(alert.id)],
+            capture_output=True,
+            text=True,
+            env={"ALERTD_DATABASE__URL": app.engine.url.render_as_string(), "PATH": _bin_path()},
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
     else:  # three permanent bounces of other mail suspend the address
         for n in range(3):
             bounced = enqueue(
