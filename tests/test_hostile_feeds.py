@@ -35,6 +35,7 @@ from alertd.pipeline import Runtime, poll_once, run_once
 from alertd.sources import http
 from alertd.sources.feeds import add_feed, parse_feed
 from alertd.web import create_app
+from alertd.web.service import link_secret_of
 
 from configs import write_config
 from feed_server import FeedServer, Route, gzip_bomb
@@ -160,7 +161,8 @@ async def test_hostile_links_never_reach_mail_atom_or_preview(
     assert alert.id is not None
     app = create_app(settings, runtime.engine, clock=lambda: NOW + timedelta(hours=3))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
-        feed = await web.get(Links.for_settings(settings).feed_path(alert.id))
+        secret = link_secret_of(runtime.engine, "feed", alert.id) or ""
+        feed = await web.get(Links.for_settings(settings).feed_path(alert.id, secret))
         preview = await web.get("/api/preview", params={"q": WORD})
     assert feed.status_code == 200
     _no_payload(feed.text)

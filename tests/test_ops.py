@@ -93,7 +93,8 @@ def test_status_flags_a_source_that_never_polled_well_and_forgets_removed_feeds(
     code, status = _status(config, capsys)
     assert code == 1
     assert status["problems"] == ["source parliament has never polled successfully: no route"]
-    assert [source["name"] for source in status["sources"]] == ["parliament"]
+    # The statements source is listed too (not polled yet), and the removed feed is not.
+    assert [source["name"] for source in status["sources"]] == ["parliament", "statements"]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbox") as batch:
-        batch.drop_index("ix_outbox_kind_due")
-        batch.drop_column("kind")
+    # Native DROP COLUMN: a batch copy of outbox fails under SQLite's foreign_keys=ON, as
+    # hit and ledger rows point at it (see 0002).
+    op.drop_index("ix_outbox_kind_due", table_name="outbox")
+    op.drop_column("outbox", "kind")

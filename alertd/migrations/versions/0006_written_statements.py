@@ -36,8 +36,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("item") as batch:
-        batch.drop_column("linked_statements")
-        batch.drop_column("attachments")
-        batch.drop_column("answering_member_role")
+    # Native DROP COLUMN: a batch copy of item would fail (or, with foreign keys off, orphan)
+    # the hit and ledger rows that point at it under SQLite's foreign_keys=ON (see 0002).
+    for column in ("linked_statements", "attachments", "answering_member_role"):
+        op.drop_column("item", column)
     _reindex()
