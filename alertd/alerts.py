@@ -12,14 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-# Re-exported: callers of alerts keep these names; the quick commands import them directly.
-from alertd.addresses import email_key
-from alertd.addresses import normalise_email as normalise_email
+from alertd.addresses import email_key, normalise_email
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.listing import AlertRow as AlertRow
-from alertd.listing import list_alerts as list_alerts
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, ItemKind, Member, Subscriber
 

@@ -184,10 +184,11 @@ def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd import alerts
+    from alertd.addresses import normalise_email
     from alertd.errors import UsageError
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
-    alerts.normalise_email(args.email)
+    normalise_email(args.email)
     alerts.parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
     if args.on is not None:
@@ -223,7 +224,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     if alert.confirmed:
         print(f"first mail: {_first_mail(settings, alert.frequency, now)}, if anything matches")
     else:
-        from alertd.web.flows import queue_confirmation
+        from alertd.mail.transactional import queue_confirmation
 
         queue_confirmation(settings, engine, alert.id, now=now)
         print(
@@ -430,7 +431,7 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
     import os
     from pathlib import Path
 
-    from alertd.alerts import normalise_email
+    from alertd.addresses import normalise_email
     from alertd.digests.render import build_environment
     from alertd.digests.sample import write_sample
     from alertd.errors import UsageError

@@ -86,6 +86,21 @@ def test_quick_commands_never_import_the_web_app_or_the_scheduler(
 
 
 @pytest.mark.slow
+def test_an_unconfirmed_subscribe_queues_its_mail_without_the_web_app(
+    cli_env: dict[str, str],
+) -> None:
+    # It builds and queues the confirmation email (the mail stack), as the web does, but
+    # needs neither the web app nor the scheduler for it.
+    imported = _imported(["subscribe", "parent@example.org", "school funding"], cli_env)
+    assert "alertd.mail.transactional" in imported
+    web_or_scheduler = ("fastapi", "starlette", "uvicorn", "alertd.web", "apscheduler")
+    assert (
+        sorted(m for m in imported for h in web_or_scheduler if m == h or m.startswith(f"{h}."))
+        == []
+    )
+
+
+@pytest.mark.slow
 def test_help_imports_no_database_or_settings_library(cli_env: dict[str, str]) -> None:
     imported = _imported(["--help"], cli_env)
     assert not {"sqlalchemy", "pydantic", "sqlmodel", "alertd.config"} & imported

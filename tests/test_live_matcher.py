@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd import alerts
+from alertd.listing import list_alerts
 from alertd.matching import Document, LiveMatcher, analyse, item_document, match_new_answers
 from alertd.matching.engine import indexes_of
 from alertd.matching.live import AlertRow, LiveAlert
@@ -129,7 +130,7 @@ def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
     with Session(engine) as session:
         assert matcher.refresh(session) == 5
         assert matcher.refresh(session) == 0  # nothing changed: nothing read
-    stopped = alerts.list_alerts(engine)[0]
+    stopped = list_alerts(engine)[0]
     alerts.unsubscribe(engine, stopped.alert.id or 0, T0)
     with Session(engine) as session:
         assert matcher.refresh(session) == 1

@@ -22,6 +22,7 @@ from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
+from alertd.listing import list_alerts
 from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
 from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
@@ -301,7 +302,7 @@ async def test_permanent_rejections_suspend_after_max_bounces(
         assert subscriber.suspended_at is not None
         assert session.exec(select(Outbox)).one().status == OutboxState.DEAD
         assert session.exec(select(Item).where(col(Item.matched_at).is_(None))).all() == []
-    rows = alerts.list_alerts(engine)
+    rows = list_alerts(engine)
     assert rows[0].suspended
     engine.dispose()
 

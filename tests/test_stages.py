@@ -20,6 +20,7 @@ from alertd.cli import main
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment, templates_dir
+from alertd.listing import list_alerts
 from alertd.mail.transports import mailer_factory
 from alertd.models import ComposeFailure, Hit, Outbox, Subscriber
 from alertd.pipeline import Runtime, run_once
@@ -126,7 +127,7 @@ def test_a_digest_that_keeps_failing_is_counted_and_only_shown_while_it_waits(
     code, status = _status(config, capsys)
     assert code == 1 and "skipped 3 times" in str(status["problems"])
     # Unsubscribed: nothing waits any more, so nothing needs attention.
-    alert_id = alerts.list_alerts(engine)[0].alert.id
+    alert_id = list_alerts(engine)[0].alert.id
     assert alert_id is not None
     alerts.unsubscribe(engine, alert_id, datetime.now(UTC))
     code, status = _status(config, capsys)

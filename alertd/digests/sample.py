@@ -14,7 +14,8 @@ import jinja2
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.alerts import find_subscriber, normalise_email
+from alertd.addresses import normalise_email
+from alertd.alerts import find_subscriber
 from alertd.config import FREQUENCIES, Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest

@@ -27,11 +27,12 @@ from alertd import __version__
 from alertd.config import Settings
 from alertd.errors import Busy, InvalidToken, NotYours, RateLimited, TokenExpired
 from alertd.mail.sender import DrainOptions, Sender
+from alertd.mail.transactional import templates_environment
 from alertd.mail.transports import MailerFactory, mailer_factory
 from alertd.metrics import Metrics
 from alertd.pipeline import make_worker_id
 from alertd.web import api, atom, pages
-from alertd.web.context import Clock, WebContext, get_context, utc_now, web_templates
+from alertd.web.context import Clock, WebContext, get_context, utc_now
 from alertd.web.guards import BodyLimit, SameOrigin, slash_redirects
 from alertd.web.limits import Limits
 
@@ -216,7 +217,7 @@ def create_app(
         sender=sender,
         clock=clock,
         limits=Limits.from_settings(settings.web),
-        templates=web_templates(),
+        templates=templates_environment(),
     )
     app.include_router(pages.router)
     app.include_router(api.router)

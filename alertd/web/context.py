@@ -14,9 +14,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Settings
-from alertd.digests.render import templates_dir
 from alertd.errors import RateLimited
-from alertd.htmltext import web_link
 from alertd.keys import subkeys
 from alertd.links import Action, Links
 from alertd.mail.sender import Sender
@@ -30,21 +28,6 @@ T = TypeVar("T")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def web_templates() -> jinja2.Environment:
-    """Templates of the pages and the transactional emails; HTML is autoescaped."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir()),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    # Stored links are shown only if absolute http(s): see htmltext.web_link.
-    env.filters["web_link"] = web_link
-    return env
 
 
 @dataclass(frozen=True)

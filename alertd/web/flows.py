@@ -9,21 +9,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import jinja2
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from alertd import alerts
-from alertd.config import Frequency, Settings
-from alertd.digests.items import alert_label
+from alertd.addresses import normalise_email
+from alertd.config import Frequency
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
-from alertd.links import Links
-from alertd.mail.message import build_message, new_message_id
-from alertd.mail.outbox import enqueue
-from alertd.models import Alert, Item, Subscriber
+from alertd.mail.transactional import (
+    CONFIRM_SUBJECT,
+    LINK_SUBJECT,
+    MANAGE_SUBJECT,
+    queue_confirmation,
+    queue_mail,
+    quoted_query,
+)
+from alertd.models import Item
 from alertd.web import service
-from alertd.web.context import WebContext, web_templates
+from alertd.web.context import WebContext
 from alertd.web.members import MemberHit, get_member, search_members
 
 log = logging.getLogger("alertd.web")
@@ -39,11 +42,6 @@ FIELD_MAX = {
     "on": 32,
 }
 EMAIL_ERROR = "Enter an email address like name@example.org"
-CONFIRM_SUBJECT = "Confirm your alert"
-MANAGE_SUBJECT = "You already have alerts \N{EM DASH} manage them here"
-LINK_SUBJECT = "Your link to manage your alerts"
-# How much of a query a transactional email shows (it goes to any address typed in).
-QUERY_SHOWN_CHARS = 60
 
 
 def field_problem(name: str, value: str) -> str | None:
@@ -99,7 +97,7 @@ def email_or_error(value: str) -> tuple[str, str | None]:
     if problem is not None:
         return "", problem
     try:
-        return alerts.normalise_email(value), None
+        return normalise_email(value), None
     except UsageError:
         return "", EMAIL_ERROR
 
@@ -143,13 +141,6 @@ async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) 
         checked.errors["query"] = str(exc)
         return
     checked.query = text
-
-
-def quoted_query(text: str, limit: int = QUERY_SHOWN_CHARS) -> str:
-    """The text in curly quotes, cut to ``limit`` characters with an ellipsis."""
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "\N{HORIZONTAL ELLIPSIS}"
-    return f"\N{LEFT DOUBLE QUOTATION MARK}{text}\N{RIGHT DOUBLE QUOTATION MARK}"
 
 
 def _chosen_id(fields: SignupFields) -> int | None:
@@ -293,41 +284,6 @@ def _queue_mail(
     )
 
 
-def queue_mail(
-    settings: Settings,
-    engine: Engine,
-    templates: jinja2.Environment,
-    template: str,
-    *,
-    subscriber_id: int,
-    recipient: str,
-    subject: str,
-    context: dict[str, Any],
-    now: datetime,
-) -> None:
-    """``_queue_mail`` without a web app: for the command line too."""
-    full = {**context, "base_url": settings.web.base_url, "subject": subject}
-    message_id = new_message_id(settings.mail, template)
-    message = build_message(
-        settings.mail,
-        recipient=recipient,
-        subject=subject,
-        message_id=message_id,
-        now=now,
-        text=templates.get_template(f"mail/{template}.txt").render(full),
-        html=templates.get_template(f"mail/{template}.html").render(full),
-    )
-    enqueue(
-        engine,
-        subscriber_id=subscriber_id,
-        recipient=recipient,
-        message_id=message_id,
-        subject=subject,
-        message=message,
-        now=now,
-    )
-
-
 async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
     """Save the unconfirmed alert and queue the confirmation (or the manage link) email;
     False when the address has had its hour's share of emails, so none was queued.
@@ -387,54 +343,6 @@ async def sign_up(ctx: WebContext, checked: Checked, ip: str) -> bool:
     )
     ctx.sender.wake()
     return True
-
-
-def queue_confirmation(
-    settings: Settings,
-    engine: Engine,
-    alert_id: int,
-    *,
-    now: datetime,
-    templates: jinja2.Environment | None = None,
-) -> None:
-    """Queue a (fresh) confirmation email for an unconfirmed alert, as a sign-up does: for
-    `alertd subscribe` and the manage page's "resend confirmation".
-
-    Raises:
-        UsageError: no such unconfirmed alert.
-    """
-    links = Links.for_settings(settings)
-    with Session(engine) as session:
-        alert = session.get(Alert, alert_id)
-        if alert is None or alert.unsubscribed_at is not None or alert.confirmed:
-            raise UsageError(f"no unconfirmed alert with id {alert_id}")
-        subscriber = session.get(Subscriber, alert.subscriber_id)
-        assert subscriber is not None and subscriber.id is not None
-        label = alert_label(session, alert)
-        # As a sign-up's email: a Member's name, else the canonical query, quoted and cut.
-        shown = quoted_query(label if label != alert.query else alert.canonical)
-        frequency, subscriber_id, recipient = alert.frequency, subscriber.id, subscriber.email
-        secret = subscriber.link_secret
-    context = {
-        "label": shown,
-        "frequency": frequency,
-        "confirm_url": links.url(links.confirm_path(alert_id, secret, now)),
-        "confirm_days": settings.web.confirm_days,
-        "manage_url": links.url(links.manage_path(subscriber_id, secret)),
-        "note": None,
-        "max_alerts": settings.web.max_alerts_per_address,
-    }
-    queue_mail(
-        settings,
-        engine,
-        templates or web_templates(),
-        "confirm",
-        subscriber_id=subscriber_id,
-        recipient=recipient,
-        subject=CONFIRM_SUBJECT,
-        context=context,
-        now=now,
-    )
 
 
 async def resend_confirmation(ctx: WebContext, subscriber_id: int, alert_id: int, ip: str) -> bool:

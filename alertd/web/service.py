@@ -14,7 +14,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, and_, col, or_, select
 
 from alertd import alerts
-from alertd.addresses import email_key
+from alertd.addresses import email_key, normalise_email
 from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
@@ -182,7 +182,7 @@ def _register(
     now: datetime,
     notify_on: str | None,
 ) -> SignupResult:
-    address = alerts.normalise_email(email)
+    address = normalise_email(email)
     with transaction(engine) as session:
         canonical = alerts.compile_query(session, query_text).canonical
         subscriber = alerts.find_subscriber(session, address)
