@@ -150,7 +150,7 @@ def _look_up_members(engine: Engine, settings: Settings, names: list[str]) -> No
     does not know yet: a fresh install knows no Members until answers arrive."""
     import asyncio
 
-    from alertd.web.members import local_members, search_key, search_members
+    from alertd.sources.members import local_members, search_key, search_members
 
     for name in names:
         known = local_members(engine, name)

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.models import MemberSearch
-from alertd.web.members import search_members
+from alertd.sources.members import search_members
 
 from feed_server import gzip_bomb
 from standin_api import StandinApi
@@ -75,7 +75,7 @@ async def test_a_hostile_members_api_fails_fast_in_bounded_memory(
     tracemalloc.start()
     try:
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="alertd.web.members"):
+        with caplog.at_level(logging.WARNING, logger="alertd.sources.members"):
             # Not cached under this spelling: the API is asked, and misbehaves.
             found = await search_members(engine, settings, "Starmer", NOW)
         elapsed = time.monotonic() - started

@@ -21,7 +21,7 @@ from alertd.sources import http
 
 if TYPE_CHECKING:
     # alertd.web imports the pipeline, which imports this: the web side is imported late.
-    from alertd.web.members import MemberHit
+    from alertd.sources.members import MemberHit
 
 log = logging.getLogger("alertd.sources.member_names")
 # Lookups in flight at once: the Members API is shared with everyone.
@@ -30,7 +30,7 @@ LOOKUP_CONCURRENCY = 4
 
 def known_members(engine: Engine, ids: Iterable[int]) -> dict[int, MemberHit]:
     """The Members of these ids that the Member table names."""
-    from alertd.web.members import MemberHit
+    from alertd.sources.members import MemberHit
 
     wanted = sorted(set(ids))
     found: dict[int, MemberHit] = {}
@@ -115,7 +115,7 @@ class MemberNames:
 
 
 def _member_of(response: httpx.Response) -> MemberHit | None:
-    from alertd.web.members import parse_search_item
+    from alertd.sources.members import parse_search_item
 
     try:
         body = response.json()

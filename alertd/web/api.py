@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from alertd.config import Frequency
 from alertd.errors import InvalidToken, QueryError, RateLimited
 from alertd.htmltext import web_link
+from alertd.sources.members import MemberHit, search_members
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -26,7 +27,6 @@ from alertd.web.flows import (
     sign_up,
     too_broad,
 )
-from alertd.web.members import MemberHit, search_members
 
 router = APIRouter(prefix="/api", tags=["api"])
 _bearer = HTTPBearer(

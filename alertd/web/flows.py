@@ -25,9 +25,9 @@ from alertd.mail.transactional import (
     quoted_query,
 )
 from alertd.models import Item
+from alertd.sources.members import MemberHit, get_member, search_members
 from alertd.web import service
 from alertd.web.context import WebContext
-from alertd.web.members import MemberHit, get_member, search_members
 
 log = logging.getLogger("alertd.web")
 PREVIEW_DAYS = 30

@@ -20,6 +20,7 @@ from alertd.config import FREQUENCIES, Settings
 from alertd.digests.items import ComposeMemo
 from alertd.errors import Busy, QueryError, RateLimited
 from alertd.models import Alert
+from alertd.sources.members import get_member, search_members
 from alertd.sources.source import feed_name
 from alertd.web import service
 from alertd.web.atom import recent_matches
@@ -39,7 +40,6 @@ from alertd.web.flows import (
     sign_up,
     too_broad,
 )
-from alertd.web.members import get_member, search_members
 
 log = logging.getLogger("alertd.web")
 router = APIRouter(tags=["pages"], default_response_class=HTMLResponse)

@@ -20,7 +20,7 @@ from alertd.errors import PermanentError, SourceInvalid, TransientError
 from alertd.models import Member, MemberSearch
 from alertd.sources import http
 
-log = logging.getLogger("alertd.web.members")
+log = logging.getLogger("alertd.sources.members")
 MAX_RESULTS = 20
 _HOUSES = {1: "Commons", 2: "Lords"}
 
