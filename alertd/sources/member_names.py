@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -18,10 +17,7 @@ from alertd.db import transaction
 from alertd.errors import PermanentError, SourceInvalid, TransientError
 from alertd.models import Member
 from alertd.sources import http
-
-if TYPE_CHECKING:
-    # alertd.web imports the pipeline, which imports this: the web side is imported late.
-    from alertd.sources.members import MemberHit
+from alertd.sources.members import MemberHit, parse_search_item
 
 log = logging.getLogger("alertd.sources.member_names")
 # Lookups in flight at once: the Members API is shared with everyone.
@@ -30,8 +26,6 @@ LOOKUP_CONCURRENCY = 4
 
 def known_members(engine: Engine, ids: Iterable[int]) -> dict[int, MemberHit]:
     """The Members of these ids that the Member table names."""
-    from alertd.sources.members import MemberHit
-
     wanted = sorted(set(ids))
     found: dict[int, MemberHit] = {}
     with Session(engine) as session:
@@ -115,8 +109,6 @@ class MemberNames:
 
 
 def _member_of(response: httpx.Response) -> MemberHit | None:
-    from alertd.sources.members import parse_search_item
-
     try:
         body = response.json()
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
-from starlette.concurrency import run_in_threadpool
 
 from alertd.config import MembersSettings, Settings
 from alertd.db import transaction
@@ -179,7 +179,7 @@ async def search_members(
     """
     key = search_key(name)[:100]
     found: dict[int, MemberHit] = {}
-    if not await run_in_threadpool(_cached, engine, key, settings.members, now):
+    if not await asyncio.to_thread(_cached, engine, key, settings.members, now):
         try:
             fetched = await fetch_members(settings, key)
         except (TransientError, PermanentError) as exc:
@@ -187,9 +187,9 @@ async def search_members(
         else:
             found.update((hit.id, hit) for hit in fetched)
             try:
-                await run_in_threadpool(_store, engine, key, fetched, now, settings.members)
+                await asyncio.to_thread(_store, engine, key, fetched, now, settings.members)
             except IntegrityError:
                 log.info("Members for %r were cached by another request", key)
-    for hit in await run_in_threadpool(local_members, engine, key):
+    for hit in await asyncio.to_thread(local_members, engine, key):
         found.setdefault(hit.id, hit)
     return sorted(found.values(), key=lambda h: (h.name.casefold(), h.id))[:MAX_RESULTS]
