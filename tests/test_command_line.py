@@ -27,12 +27,14 @@ from alertd.daemon import Daemon
 from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
+from alertd.keys import subkeys
 from alertd.mail.transports import mailer_factory
 from alertd.models import Alert, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime
 from alertd.sources.feeds import add_feed
-from alertd.tokens import read_token
+from alertd.tokens import check_age, parse_token, verify_token
 from alertd.web import service
+from alertd.web.service import link_secret_of
 
 from configs import write_config
 from standin_api import StandinApi
@@ -180,9 +182,10 @@ def test_subscribe_without_confirmed_mails_the_confirmation(
     text = str(message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
     token = re.search(r"/confirm/(\S+)", text)
     assert token is not None
-    secret = load_settings(config).web.secret_key.get_secret_value()
-    week, now = timedelta(days=7), datetime.now(UTC)
-    assert read_token(secret, "confirm", token.group(1), max_age=week, now=now) == 1
+    parsed = parse_token("confirm", token.group(1), expiring=True)
+    keys = subkeys(load_settings(config), "links")
+    assert verify_token(parsed, keys, link_secret_of(_engine(tmp_path), "confirm", 1)) == 1
+    check_age(parsed, timedelta(days=7), datetime.now(UTC))
 
 
 def test_a_member_named_on_a_fresh_install_is_found_through_the_members_api(
