@@ -292,7 +292,7 @@ def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
         assert found == [i.id for i in expected] and answers[0].api_id in {
             int(i.source_id) for i in items if i.id in found
         }
-        # Items stored before type: existed are indexed by their kind (migration 0006).
+        # Items stored before type: existed are indexed by their kind (migration 0008).
         assert alerts.matching_ids(engine, f"{word} type:question", EARLY) == found
         assert alerts.matching_ids(engine, f"{word} type:statement", EARLY) == []
     finally:

@@ -409,7 +409,7 @@ def test_written_statements_migration_goes_down_and_up_again(database_url: str) 
         engine.dispose()
 
 
-def test_0006_merges_subscribers_whose_addresses_differ_only_in_case(database_url: str) -> None:
+def test_0009_merges_subscribers_whose_addresses_differ_only_in_case(database_url: str) -> None:
     engine = create_db_engine(DatabaseSettings(url=database_url))
     command.upgrade(alembic_config(engine), "0005")
     subscribers = [

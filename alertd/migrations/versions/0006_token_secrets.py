@@ -1,7 +1,7 @@
 """token secrets: a random link secret per subscriber; SQLite ids of subscriber and alert
 never reused (AUTOINCREMENT)
 
-Revision ID: 0006_token_secrets
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-30
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_token_secrets"
+revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,7 +1,7 @@
 """outbox kind: transactional mails (confirmation, manage link) apart from digests
 
-Revision ID: 0006_outbox_kind
-Revises: 0005
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_outbox_kind"
-down_revision: str | None = "0006_address_case"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """address case: subscribers compared by a lower-cased address, duplicates by case merged
 
-Revision ID: 0006_address_case
-Revises: 0005
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_address_case"
-down_revision: str | None = "0006_written_statements"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """tabled questions: what an alert hears about, and a question's due date and group
 
-Revision ID: 0006_tabled_questions
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_tabled_questions"
-down_revision: str | None = "0006_token_secrets"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """written statements: a statement's minister role, attachments and links; type: in the index
 
-Revision ID: 0006_written_statements
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-30
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from alertd.matching.history import create_index_table, drop_index_table, index_missing
 
-revision: str = "0006_written_statements"
-down_revision: str | None = "0006_tabled_questions"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
