@@ -343,9 +343,9 @@ async def _run(settings: Settings, once: bool) -> int:
                     port,
                     settings.web.base_url,
                 )
-                # The web app (sign-up, unsubscribe links, /metrics) runs beside the
-                # scheduler and stops with it: both watch runtime.stopping, which SIGTERM
-                # sets. The web app's emails wake the runtime's sender, which runs in the
+                # The web app (sign-up, unsubscribe links; the daemon's metrics on web.metrics_port)
+                # runs beside the scheduler and stops with it: both watch runtime.stopping, which
+                # SIGTERM sets. The web app's emails wake the runtime's sender, which runs in the
                 # app's lifespan.
                 await asyncio.gather(
                     daemon.serve(),
