@@ -220,7 +220,9 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     )
     assert alert.id is not None
     email = alerts.subscriber_email(engine, alert.subscriber_id)
-    print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}")
+    # What it hears about, when more than answers (a Member follow's default, or --on).
+    stages = ", questions as tabled and answered" if "tabled" in alert.notify_on else ""
+    print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}{stages}")
     if alert.confirmed:
         print(f"first mail: {_first_mail(settings, alert.frequency, now)}, if anything matches")
     else:
@@ -519,7 +521,7 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     import tempfile
 
     from alertd.errors import UsageError
-    from alertd.transfer import import_lines
+    from alertd.transfer import check_lines, import_lines
 
     try:
         if args.file == "-":
@@ -535,6 +537,8 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"{args.file}: not UTF-8 text") from None
     with source:
         try:
+            # Checked before the database is opened: bad input creates nothing.
+            check_lines(source)
             report = import_lines(source, _database(settings), utc_now())
         except UnicodeDecodeError:
             raise UsageError(f"{args.file}: not UTF-8 text") from None

@@ -13,10 +13,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.alerts import compile_query, parse_frequency
+from alertd.alerts import check_query, compile_query, parse_frequency, parse_notify_on
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
-from alertd.matching import Query, parse_canonical
+from alertd.matching import Query, parse_canonical, parse_query
 from alertd.models import Alert, Subscriber, bump_alerts_version
 from alertd.tokens import new_link_secret
 
@@ -32,7 +32,9 @@ _ALERT_TIMES = ("created_at", "confirmed_at", "paused_at", "unsubscribed_at")
 _SUBSCRIBER_FIELDS = frozenset(
     {"id", "email", "consecutive_bounces", "link_secret", "alerts", *_SUBSCRIBER_TIMES}
 )
-_ALERT_FIELDS = frozenset({"id", "query", "canonical", "frequency", "confirmed", *_ALERT_TIMES})
+_ALERT_FIELDS = frozenset(
+    {"id", "query", "canonical", "frequency", "on", "confirmed", *_ALERT_TIMES}
+)
 # Rows written per flush: bounded memory for a million alerts.
 _CHUNK = 1000
 
@@ -81,6 +83,8 @@ def _subscriber_lines(session: Session, subscribers: list[Subscriber]) -> Iterat
                 "query": alert.query,
                 "canonical": alert.canonical,
                 "frequency": alert.frequency,
+                # What it hears about, as the JSON API names it.
+                "on": alert.notify_on.split(","),
                 "confirmed": alert.confirmed,
                 **{name: _time(getattr(alert, name)) for name in _ALERT_TIMES},
             }
@@ -106,6 +110,7 @@ class _AlertIn:
     query: str
     canonical: str
     frequency: str
+    notify_on: str
     confirmed: bool
     times: dict[str, datetime | None]
 
@@ -153,9 +158,13 @@ def _parse_id(document: dict[str, Any]) -> int | None:
 
 
 class _Queries:
-    """Parses each distinct query once; a canonical form (from an export) needs no lookup."""
+    """Parses each distinct query once; a canonical form (from an export) needs no lookup.
 
-    def __init__(self, session: Session) -> None:
+    Without a session (the check before any database is opened) names in a query are only
+    checked for syntax: they are looked up when the lines are read again to be written.
+    """
+
+    def __init__(self, session: Session | None) -> None:
         self.session = session
         self.seen: dict[tuple[str, str | None], Query] = {}
 
@@ -165,6 +174,9 @@ class _Queries:
             try:
                 if canonical is not None:
                     self.seen[key] = parse_canonical(canonical)
+                elif self.session is None:
+                    check_query(text)
+                    self.seen[key] = parse_query(text, lambda _field, _name, _at: 1)
                 else:
                     self.seen[key] = compile_query(self.session, text)
             except QueryError as error:
@@ -190,6 +202,15 @@ def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
         parse_frequency(frequency)
     except UsageError as error:
         raise _LineError(str(error)) from None
+    on = document.get("on")
+    if on is not None and not (
+        isinstance(on, str) or (isinstance(on, list) and all(isinstance(w, str) for w in on))
+    ):
+        raise _LineError("on: not a list of stages")
+    try:
+        notify_on = parse_notify_on(on, query.canonical)
+    except UsageError as error:
+        raise _LineError(str(error).replace("--on", "on")) from None
     times = {name: _parse_time(document, name) for name in _ALERT_TIMES}
     confirmed = document.get("confirmed", times["confirmed_at"] is not None)
     if not isinstance(confirmed, bool):
@@ -201,6 +222,7 @@ def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
         query=" ".join(text.split()),
         canonical=query.canonical,
         frequency=frequency,
+        notify_on=notify_on,
         confirmed=confirmed,
         times=times,
     )
@@ -274,6 +296,32 @@ def _check_header(line: str) -> None:
         )
 
 
+def check_lines(source: IO[str]) -> bool:
+    """Check every line of an import without a database (so bad input creates none); whether
+    every subscriber and alert in it gives its id (a restore, which keeps them).
+
+    Raises:
+        UsageError: a malformed line (its number and the problem), or duplicate ids.
+    """
+    ids: set[int] = set()
+    alert_ids: set[int] = set()
+    every_id_given = True
+    for subscriber in _documents(source, _Queries(None)):
+        every_id_given = every_id_given and subscriber.id is not None
+        every_id_given = every_id_given and all(a.id is not None for a in subscriber.alerts)
+        if subscriber.id is not None:
+            if subscriber.id in ids:
+                raise UsageError(f"subscriber id {subscriber.id} appears twice")
+            ids.add(subscriber.id)
+        for alert in subscriber.alerts:
+            if alert.id is not None:
+                if alert.id in alert_ids:
+                    raise UsageError(f"alert id {alert.id} appears twice")
+                alert_ids.add(alert.id)
+    source.seek(0)
+    return every_id_given
+
+
 def import_lines(source: IO[str], engine: Engine, now: datetime) -> ImportReport:
     """Add the subscribers and alerts of an export (or of another system's list) in one
     transaction: the whole input is checked first, and nothing is written if any line is bad.
@@ -285,25 +333,7 @@ def import_lines(source: IO[str], engine: Engine, now: datetime) -> ImportReport
     Raises:
         UsageError: a malformed line (its number and the problem), or duplicate ids.
     """
-    with Session(engine) as session:
-        # First pass: check everything, holding only what duplicate checks need.
-        queries = _Queries(session)
-        ids: set[int] = set()
-        alert_ids: set[int] = set()
-        every_id_given = True
-        for subscriber in _documents(source, queries):
-            every_id_given = every_id_given and subscriber.id is not None
-            every_id_given = every_id_given and all(a.id is not None for a in subscriber.alerts)
-            if subscriber.id is not None:
-                if subscriber.id in ids:
-                    raise UsageError(f"subscriber id {subscriber.id} appears twice")
-                ids.add(subscriber.id)
-            for alert in subscriber.alerts:
-                if alert.id is not None:
-                    if alert.id in alert_ids:
-                        raise UsageError(f"alert id {alert.id} appears twice")
-                    alert_ids.add(alert.id)
-    source.seek(0)
+    every_id_given = check_lines(source)
     with transaction(engine) as session:
         empty = session.exec(select(Subscriber.id).limit(1)).first() is None
         empty = empty and session.exec(select(Alert.id).limit(1)).first() is None
@@ -378,19 +408,21 @@ class _Writer:
             ).all()
             owners.update({key: owner_id for key, owner_id in inserted})
             self.subscribers_added += len(new)
-        live = sa.select(col(Alert.subscriber_id), col(Alert.canonical), col(Alert.frequency))
-        live = live.where(
-            col(Alert.subscriber_id).in_(list(owners.values())),
-            col(Alert.unsubscribed_at).is_(None),
-        )
-        present = {tuple(row) for row in self.session.execute(live)}
+        # An alert is there already when its owner has one with the same query, frequency
+        # and stop time (None: live): an import run twice adds nothing, stopped ones neither.
+        held = sa.select(
+            col(Alert.subscriber_id),
+            col(Alert.canonical),
+            col(Alert.frequency),
+            col(Alert.unsubscribed_at),
+        ).where(col(Alert.subscriber_id).in_(list(owners.values())))
+        present = {tuple(row) for row in self.session.execute(held)}
         rows = []
         for incoming in self.waiting:
             owner_id = owners[email_key(incoming.email)]
             for alert in incoming.alerts:
-                key = (owner_id, alert.canonical, alert.frequency)
-                stopped = alert.times["unsubscribed_at"] is not None
-                if not stopped and key in present:
+                key = (owner_id, alert.canonical, alert.frequency, alert.times["unsubscribed_at"])
+                if key in present:
                     self.alerts_present += 1
                     continue
                 present.add(key)
@@ -401,6 +433,7 @@ class _Writer:
                         "query": alert.query,
                         "canonical": alert.canonical,
                         "frequency": alert.frequency,
+                        "notify_on": alert.notify_on,
                         "confirmed": alert.confirmed,
                         "confirmed_at": alert.times["confirmed_at"],
                         "created_at": alert.times["created_at"] or self.now,

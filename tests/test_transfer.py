@@ -73,9 +73,10 @@ def _without_header(export: str) -> list[dict[str, object]]:
 def _fill(config: Path) -> None:
     _ok(config, "subscribe", "parent@example.org", '"special educational needs"', "--confirmed")
     _ok(config, "subscribe", "parent@example.org", "school funding", "--frequency", "weekly")
+    _ok(config, "subscribe", "parent@example.org", "school transport", "--on", "tabled,answered")
     _ok(config, "subscribe", "researcher@example.org", "member:4138", "--confirmed")
     _ok(config, "subscribe", "researcher@example.org", "nhs dentists", "--confirmed")
-    _ok(config, "unsubscribe", "4")
+    _ok(config, "unsubscribe", "5")
 
 
 @pytest.mark.slow
@@ -90,25 +91,33 @@ def test_sqlite_to_postgresql_and_back_keeps_every_alert_its_state_and_id(
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600  # every subscriber's address
 
     done = _ok(new, "import", str(backup))
-    assert "2 new subscribers and 4 alerts (0 already present); ids kept" in done
+    assert "2 new subscribers and 5 alerts (0 already present); ids kept" in done
 
     exported = _without_header(backup.read_text())
     assert _without_header(_ok(new, "export")) == exported
     alerts = [alert for subscriber in exported for alert in subscriber["alerts"]]  # type: ignore[attr-defined]
-    assert [a["id"] for a in alerts] == [1, 2, 3, 4]
-    assert [a["confirmed"] for a in alerts] == [True, False, True, True]
-    assert [a["unsubscribed_at"] is not None for a in alerts] == [False, False, False, True]
+    assert [a["id"] for a in alerts] == [1, 2, 3, 4, 5]
+    assert [a["confirmed"] for a in alerts] == [True, False, False, True, True]
+    assert [a["unsubscribed_at"] is not None for a in alerts] == [False, False, False, False, True]
+    # What each hears about moves too: a Member follow hears of questions as tabled.
+    assert [a["on"] for a in alerts] == [
+        ["answered"],
+        ["answered"],
+        ["tabled", "answered"],
+        ["tabled", "answered"],
+        ["answered"],
+    ]
 
     # The sequences moved past the imported ids: a new sign-up gets a new id, and the
     # listing of the moved database is the old one's.
     _ok(new, "subscribe", "third@example.org", "rail fares", "--confirmed")
-    assert _ok(new, "list").splitlines()[:3] == _ok(old, "list").splitlines()
-    assert _ok(new, "list").splitlines()[3].startswith("5\tthird@example.org")
+    assert _ok(new, "list").splitlines()[:4] == _ok(old, "list").splitlines()
+    assert _ok(new, "list").splitlines()[4].startswith("6\tthird@example.org")
 
-    # Run again, the import adds nothing: every alert is already there.
+    # Run again, the import adds nothing: every alert is already there, the stopped one too.
     done = _ok(new, "import", str(backup))
-    assert "0 new subscribers and 1 alerts (3 already present)" in done
-    assert _count(pg_database_url, "alert") == 6  # the stopped alert is history, kept twice
+    assert "0 new subscribers and 0 alerts (5 already present)" in done
+    assert _count(pg_database_url, "alert") == 6
 
 
 def test_alerts_from_another_system_on_stdin_join_existing_subscribers(tmp_path: Path) -> None:
@@ -151,6 +160,7 @@ def test_alerts_from_another_system_on_stdin_join_existing_subscribers(tmp_path:
             "created_at: no time zone",
         ),
         ('{"email": "x@example.org", "alerts": [{"query": "a", "confirmed": true}]}', "confirmed"),
+        ('{"email": "x@example.org", "alerts": [{"query": "a", "on": ["tabled"]}]}', "on 'tabled'"),
     ],
 )
 def test_a_bad_line_is_named_and_nothing_is_written(
@@ -164,7 +174,7 @@ def test_a_bad_line_is_named_and_nothing_is_written(
     assert main(["--config", str(config), "import", str(source)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("alertd: error:") and err.count("\n") == 1 and message in err, err
-    assert _count(url, "subscriber") == 0 and _count(url, "alert") == 0
+    assert not (tmp_path / "alertd.db").exists()  # bad input creates no database
 
 
 def test_unreadable_input_and_missing_folder_are_one_line(
