@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
 # Set UPDATE_SCREENSHOT=1 to refresh the picture the README shows.
 README_SCREENSHOT = Path(__file__).parent.parent / "docs" / "digest.png"
 KEY_TEXT = (
-    "27 new answers to written questions",
+    "26 new answers to written questions",
     "Special Educational Needs: Coronavirus",
     "Asked by Caroline Lucas (Green Party, Brighton, Pavilion)",
     "Answered by Vicky Ford",
@@ -35,7 +35,7 @@ KEY_TEXT = (
     'Why you got this: your alert "special educational needs" · also matches: pupils',
     "Corrected answer",
     "Why you got this: you follow Nadhim Zahawi",
-    "and 16 more for this alert",
+    "and 15 more for this alert",
     "Unsubscribe from all alerts",
 )
 

@@ -36,7 +36,7 @@ from test_web import (  # noqa: F401  (fixtures)
 from alertd.config import DeliverySettings
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
-from alertd.mail.outbox import enqueue, record_failure
+from alertd.mail.outbox import queued_row, record_failure
 from alertd.matching.hits import match_new_answers
 from alertd.models import Alert, Outbox, Subscriber
 from alertd.sources.ingest import store_items
@@ -242,10 +242,9 @@ async def test_queued_digests_are_not_sent_after_unsubscribing(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-    else:  # three permanent bounces of other mail suspend the address
+    else:  # three permanent bounces of other digests suspend the address
         for n in range(3):
-            bounced = enqueue(
-                app.engine,
+            row = queued_row(
                 subscriber_id=digest.subscriber_id,
                 recipient="gone@example.org",
                 message_id=f"<bounce-{n}@alertd.test>",
@@ -253,6 +252,11 @@ async def test_queued_digests_are_not_sent_after_unsubscribing(
                 message=b"x",
                 now=app.clock.now,
             )
+            with app.engine.begin() as connection:
+                inserted = connection.execute(
+                    sa.insert(Outbox).values(row).returning(col(Outbox.id))
+                )
+                bounced = inserted.scalar_one()
             record_failure(
                 app.engine,
                 bounced,

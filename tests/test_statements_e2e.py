@@ -77,7 +77,8 @@ def test_topic_alerts_get_matching_statements_and_type_narrows(
     assert all(len(messages) == 1 for messages in mail.values())
 
     both = mail["both@example.org"][0]
-    assert both["Subject"] == '3 new answers and 2 new statements: "hong kong"'
+    # Two of the three answers were given together (groupedQuestions): shown once.
+    assert both["Subject"] == "2 new answers and 2 new statements: hong kong"
     answers, statements = _plain(both).split("\nWritten statements\n")
     assert "Answered by" in answers and "HCWS" not in answers
     assert "Launch of the Hong Kong British National (Overseas) route" in statements
@@ -91,10 +92,10 @@ def test_topic_alerts_get_matching_statements_and_type_narrows(
     assert f'href="{OFFICIAL}HCWS751"' in str(html.get_content())
 
     only_statements = mail["statements@example.org"][0]
-    assert only_statements["Subject"] == '2 new statements: "hong kong" type:statement'
+    assert only_statements["Subject"] == "2 new statements: hong kong, written statements"
     assert "Answered by" not in _plain(only_statements)
     only_questions = mail["questions@example.org"][0]
-    assert only_questions["Subject"] == '3 new answers: "hong kong" type:question'
+    assert only_questions["Subject"] == "2 new answers: hong kong, written questions"
     assert "Written statements" not in _plain(only_questions)
 
     # Nothing twice: another run (statements polled again) sends nothing.
@@ -123,7 +124,7 @@ def test_corrected_statement_goes_once_to_those_sent_the_original(
     _alertd(config, "run", "--once")
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["home@example.org"]] * 2
     corrected = smtp_sink.messages[1].message
-    assert corrected["Subject"] == '1 new statement: "bn(o)" type:statement'
+    assert corrected["Subject"] == "1 new statement: bn(o), written statements"
     text = " ".join(_plain(corrected).split())
     assert "Launch of the Hong Kong British National (Overseas) route (Corrected statement)" in text
     assert "applications cost £250, not £25." in text

@@ -84,8 +84,15 @@ def _drop_unsent_tabled(session: Session, item: Item) -> None:
 
 def _follow_up_of(session: Session, item: Item) -> tuple[SelectOfScalar[int | None] | None, bool]:
     """The earlier versions whose recipients get this one, and whether only they do."""
-    if item.version == 1 or item.kind != ItemKind.WRITTEN_QUESTION:
+    if item.version == 1:
         return None, False
+    if item.kind != ItemKind.WRITTEN_QUESTION:
+        # A corrected statement goes, as a corrected answer does, to those sent the original
+        # (a first sight of a corrected one is fresh).
+        earlier = _earlier_versions(item)
+        if item.date_answer_corrected is None or session.exec(earlier).first() is None:
+            return None, False
+        return earlier, True
     stage = question_stage(item.version_key)
     if stage is QuestionStage.WITHDRAWN:
         return _earlier_versions(item), True
