@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from alertd.config import DatabaseSettings
 from alertd.errors import ConfigError
 from alertd.redact import redact
+from alertd.revisions import MIGRATIONS_DIR, head_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
     from sqlmodel import Session
 
 log = logging.getLogger("alertd.db")
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE_OPTION = "alertd_writes"
 # Any fixed number: the PostgreSQL advisory lock that lets one process at a time migrate.
 MIGRATION_LOCK_KEY = 0x616C657274
@@ -157,30 +156,6 @@ def upgrade(engine: Engine) -> None:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {describe_error(exc)}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {exc}") from exc
-
-
-_REVISION_LINE = re.compile(
-    r"^(down_revision|revision)\b[^=]*=\s*(?:None|[\"']([^\"']+)[\"'])\s*$", re.MULTILINE
-)
-
-
-def head_revision() -> str | None:
-    """The newest migration, read from the migration files' ``revision`` / ``down_revision``
-    lines without importing Alembic (a command on an up-to-date database need not pay for
-    it); None when that is not one clear chain end."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict(
-            (name, value) for name, value in _REVISION_LINE.findall(path.read_text("utf-8"))
-        )
-        if not found.get("revision"):
-            return None
-        revisions.add(found["revision"])
-        if found.get("down_revision"):
-            parents.add(found["down_revision"])
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 def _at_head(engine: Engine) -> bool:

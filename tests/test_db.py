@@ -18,8 +18,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from alertd.config import DatabaseSettings
-from alertd.db import alembic_config, create_db_engine, head_revision, open_database, upgrade
+from alertd.db import alembic_config, create_db_engine, open_database, upgrade
 from alertd.matching.history import outside_models
+from alertd.revisions import head_revision
 
 
 def _schema_drift(engine: Engine) -> list[object]:
