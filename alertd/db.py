@@ -41,13 +41,16 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
+        # sqlite3 would open "~/alertd.db" in a folder named "~": the home folder is meant.
+        path = Path(url.database).expanduser()
+        url = url.set(database=str(path))
         # A mistyped path must not quietly become a new, empty database in new folders.
-        folder = Path(url.database).expanduser().parent
+        folder = path.parent
         if not folder.is_dir():
             raise ConfigError(
                 f"database.url: the folder {folder} does not exist (create it, or fix the path)"
             )
-        _create_private(Path(url.database).expanduser())
+        _create_private(path)
     engine = sa.create_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
     busy_timeout_ms = settings.busy_timeout_ms
 

@@ -73,6 +73,24 @@ def test_a_mistyped_sqlite_folder_is_refused_not_created(tmp_path: Path) -> None
     assert not (tmp_path / "new").exists()
 
 
+def test_a_sqlite_path_under_the_home_folder_is_opened_there(tmp_path: Path) -> None:
+    # "~" is the home folder, as in a shell, not a folder named "~" under the current one.
+    env = {**os.environ, "HOME": str(tmp_path)}
+    process = subprocess.run(
+        [sys.executable, "-m", "alertd", "db", "upgrade"],
+        env={**env, "ALERTD_DATABASE__URL": "sqlite:///~/alertd.db"},
+        cwd=tmp_path.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    with sqlite3.connect(tmp_path / "alertd.db") as connection:
+        (version,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    connection.close()
+    assert version == head_revision()
+
+
 def _alertd(args: list[str], database_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "ALERTD_DATABASE__URL": database_url}
     return subprocess.Popen(
