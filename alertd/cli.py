@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tabled,answered for member:/asker: follows)",
     )
 
-    listing = commands.add_parser("list", parents=[common], help="list alerts")
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="list alerts",
+        description="Active alerts, a line each: id, address, frequency, status, what the alert "
+        "hears of (answered, or tabled,answered), query; tab-separated.",
+    )
     listing.add_argument("email", nargs="?")
 
     stop = commands.add_parser("unsubscribe", parents=[common], help="stop an alert")
@@ -238,19 +244,14 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.addresses import normalise_email
-    from alertd.listing import list_alerts
+    from alertd.listing import list_alerts_of_database
 
     if args.email is not None:
         normalise_email(args.email)  # a bad address opens no database
-    rows = list_alerts(_database(settings), args.email)
+    rows = list_alerts_of_database(settings.database, args.email)
     for row in rows:
-        if row.suspended:
-            status = "suspended"
-        elif not row.alert.confirmed:
-            status = "pending"
-        else:
-            status = "paused" if row.alert.paused_at is not None else "confirmed"
-        print(f"{row.alert.id}\t{row.email}\t{row.alert.frequency}\t{status}\t{row.alert.query}")
+        fields = (row.id, row.email, row.frequency, row.status, row.notify_on, row.query)
+        print("\t".join(str(field) for field in fields))
     if not rows:
         print("no alerts", file=sys.stderr)
     return 0
@@ -608,11 +609,25 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+def _database_error(exc: Exception) -> str | None:
+    """One line for a database error (not SQLAlchemy's statement dump: the statement helps no
+    operator), None for any other error. SQLAlchemy's errors are looked up, not imported: a
+    command that never imported SQLAlchemy (`alertd list` on SQLite) cannot raise them."""
+    import sqlite3
+
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_errors is not None and isinstance(exc, sqlalchemy_errors.SQLAlchemyError):
+        from alertd.db import describe_error
+
+        return describe_error(exc)
+    if isinstance(exc, sqlite3.Error):
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alertd`` command; returns the exit code."""
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, cheaply
-    from sqlalchemy.exc import SQLAlchemyError
-
     from alertd.config import load_settings
     from alertd.errors import AlertdError, ConfigError, UsageError
     from alertd.logs import setup_logging
@@ -643,11 +658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlertdError as exc:
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
-    except SQLAlchemyError as exc:
-        from alertd.db import describe_error
-
-        # One line, not SQLAlchemy's statement dump: the statement helps no operator.
-        print(f"alertd: error: database error: {describe_error(exc)}", file=sys.stderr)
+    except Exception as exc:
+        message = _database_error(exc)
+        if message is None:
+            raise
+        print(f"alertd: error: database error: {message}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         while _opened:

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from alertd.cli import main
+from alertd.config import DatabaseSettings
+from alertd.db import alembic_config, create_db_engine
+from alertd.revisions import head_revision
 
 from configs import RECORDED_DAY
 from configs import write_config as _config
@@ -105,7 +109,9 @@ def test_subscribe_list_preview_unsubscribe(
     alert_id = "1"
     assert main(["list", "--config", config]) == 0
     listed = capsys.readouterr().out
-    assert listed == '1\tParent@example.org\tdaily\tpending\t"special educational needs"\n'
+    assert (
+        listed == '1\tParent@example.org\tdaily\tpending\tanswered\t"special educational needs"\n'
+    )
     assert main(["run", "--once", "--config", config]) == 0
     days = (date.today() - RECORDED_DAY).days + 1
     assert (
@@ -120,6 +126,35 @@ def test_subscribe_list_preview_unsubscribe(
     # The pending alert got nothing but its confirmation email: it was never confirmed.
     [mail] = [path.read_text() for path in (tmp_path / "mail" / "new").iterdir()]
     assert "Subject: Confirm your alert" in mail
+
+
+def test_list_brings_a_new_or_an_older_database_up_to_date_first(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path, standin_api))
+    assert main(["list", "--config", config]) == 0  # no file yet: made, at the newest migration
+    assert capsys.readouterr().err == "no alerts\n"
+    assert main(["subscribe", "a@example.org", "school", "--confirmed", "--config", config]) == 0
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path}/alertd.db"))
+    command.downgrade(alembic_config(engine), "0009")  # as left by an older alertd
+    capsys.readouterr()
+    assert main(["list", "--config", config]) == 0
+    assert capsys.readouterr().out == "1\ta@example.org\tdaily\tconfirmed\tanswered\tschool\n"
+    with engine.connect() as connection:
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+        assert version.scalar_one() == head_revision()
+    engine.dispose()
+
+
+def test_list_of_a_file_that_is_no_database_is_one_line(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(_config(tmp_path, standin_api))
+    (tmp_path / "alertd.db").write_bytes(b"not a database, but a text file " * 100)
+    assert main(["list", "--config", config]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("alertd: error:") and err.count("\n") == 1, err
+    assert "file is not a database" in err
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
         assert matcher.refresh(session) == 5
         assert matcher.refresh(session) == 0  # nothing changed: nothing read
     stopped = list_alerts(engine)[0]
-    alerts.unsubscribe(engine, stopped.alert.id or 0, T0)
+    alerts.unsubscribe(engine, stopped.id, T0)
     with Session(engine) as session:
         assert matcher.refresh(session) == 1
         version = session.exec(select(AlertsVersion.version)).one()

@@ -127,7 +127,7 @@ def test_a_digest_that_keeps_failing_is_counted_and_only_shown_while_it_waits(
     code, status = _status(config, capsys)
     assert code == 1 and "skipped 3 times" in str(status["problems"])
     # Unsubscribed: nothing waits any more, so nothing needs attention.
-    alert_id = list_alerts(engine)[0].alert.id
+    alert_id = list_alerts(engine)[0].id
     assert alert_id is not None
     alerts.unsubscribe(engine, alert_id, datetime.now(UTC))
     code, status = _status(config, capsys)
