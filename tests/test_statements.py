@@ -11,9 +11,11 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from alertd import alerts
 from alertd.config import ParliamentSettings
 from alertd.errors import SourceInvalid, SourceUnavailable
-from alertd.models import Item, ItemKind, Member, SourceState
+from alertd.matching.hits import match_new_answers
+from alertd.models import Hit, Item, ItemKind, Member, SourceState
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
 from alertd.sources.state import PollLease
@@ -22,6 +24,7 @@ from alertd.sources.statements import (
     StatementsApi,
     StatementsSource,
     parse_statement,
+    store_statements,
 )
 
 from standin_api import StandinApi, load_2021_statements
@@ -151,24 +154,7 @@ async def test_correcting_statement_is_a_new_version_of_the_one_it_corrects(
     db_engine: Engine, statements_api: StandinApi
 ) -> None:
     await _poll(db_engine, statements_api, NOW)
-    original = next(s for s in load_2021_statements() if s["id"] == HONG_KONG_HC)
-    statements_api.put_statement(
-        {
-            **original,
-            "id": 1290001,
-            "uin": "HCWS790",
-            "dateMade": "2021-02-02T00:00:00",
-            "title": "Launch of the Hong Kong BN(O) route: correction",
-            "text": "<p>The route opened on 31 January 2021, not 1 February.</p>",
-            "linkedStatements": [
-                {
-                    "linkedStatementId": HONG_KONG_HC,
-                    "linkType": "CorrectedStatement",
-                    "linkDate": "2021-02-02T00:00:00",
-                }
-            ],
-        }
-    )
+    statements_api.put_statement(_correction_of(_hong_kong()))
     result = await _poll(db_engine, statements_api, NOW + timedelta(days=1))
     assert result.new_items == 1
     versions = [i for i in _items(db_engine) if i.source_id == str(HONG_KONG_HC)]
@@ -177,6 +163,55 @@ async def test_correcting_statement_is_a_new_version_of_the_one_it_corrects(
         (2, "HCWS790", date(2021, 2, 2)),
     ]
     assert versions[1].url.endswith("/written-statements/detail/2021-02-02/HCWS790")
+
+
+def _hong_kong() -> dict[str, Any]:
+    return next(dict(s) for s in load_2021_statements() if s["id"] == HONG_KONG_HC)
+
+
+def _correction_of(original: dict[str, Any]) -> dict[str, Any]:
+    """A statement made the next day correcting ``original``, linked as the API links them."""
+    return {
+        **original,
+        "id": 1290001,
+        "uin": "HCWS790",
+        "dateMade": "2021-02-02T00:00:00",
+        "title": "Launch of the Hong Kong BN(O) route: correction",
+        "text": "<p>The route opened on 31 January 2021, not 1 February.</p>",
+        "linkedStatements": [
+            {
+                "linkedStatementId": original["id"],
+                "linkType": "CorrectedStatement",
+                "linkDate": "2021-02-02T00:00:00",
+            }
+        ],
+    }
+
+
+def test_a_statement_and_its_correction_first_seen_together_go_out_once_corrected(
+    db_engine: Engine,
+) -> None:
+    # Both in one poll (alertd was down, or the correction came the same day): the reader
+    # gets the corrected statement once, not the original without its correction.
+    alerts.subscribe(
+        db_engine,
+        "home@example.org",
+        '"bn(o)" type:statement',
+        "immediate",
+        confirmed=True,
+        now=NOW - timedelta(days=1),
+    )
+    original = _hong_kong()
+    both = [parse_statement(value) for value in (original, _correction_of(original))]
+    assert store_statements(db_engine, both, now=NOW, today=NOW.date()) == 2
+    assert match_new_answers(db_engine, now=NOW) == 1
+    with Session(db_engine) as session:
+        mailed = session.exec(
+            select(Item.uin, Item.version, Item.date_answer_corrected).join(
+                Hit, col(Hit.item_id) == col(Item.id)
+            )
+        ).all()
+    assert [tuple(row) for row in mailed] == [("HCWS790", 2, date(2021, 2, 2))]
 
 
 async def test_statement_whose_detail_is_gone_keeps_its_listed_text(

@@ -20,7 +20,7 @@ from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.mail.transports import mailer_factory
 from alertd.models import Ledger, Subscriber
-from alertd.pipeline import Runtime, run_once
+from alertd.pipeline import Runtime, poll_once, run_once
 
 from configs import write_config
 from smtp_server import SmtpSink
@@ -277,6 +277,21 @@ async def test_tabled_then_answered_on_each_database(
         ("m@example.org", 2),
         ("t@example.org", 2),
     ]
+
+
+@pytest.mark.slow
+async def test_tabled_and_answered_before_any_match_is_mailed_once_as_answered(
+    runtime: Runtime, tabled_api: StandinApi
+) -> None:
+    """Both versions stored before matching ran (a crash between two polls and the match):
+    the tabled version is superseded, never mailed; the answer goes out once."""
+    _follow(runtime, "m@example.org", f"member:{STURDY}")
+    await poll_once(runtime, now=MONDAY_EVENING)
+    tabled_api.update(STURDY_QUESTION, dateAnswered="2021-02-02T00:00:00", answerText="No.")
+    tuesday = MONDAY_EVENING + timedelta(days=1)
+    await poll_once(runtime, now=tuesday)
+    assert (await run_once(runtime, now=tuesday, poll=False)).sent == 1
+    assert _ledger(runtime, STURDY_QUESTION) == [("m@example.org", 2)]
 
 
 @pytest.mark.slow

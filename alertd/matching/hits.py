@@ -56,7 +56,12 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
         hits = 0
         fresh: list[Item] = []
         told: set[tuple[int, int]] = set()  # (alert id, item id) already hit as a follow-up
+        newest = _newest_versions(items)
         for item in items:
+            if item.version < newest[item.source, item.source_id]:
+                # Superseded before it was matched (a statement and its correction, a question
+                # tabled and answered, seen in one poll): only the newest version is news.
+                continue
             _drop_unsent_tabled(session, item)
             earlier, only_follow_up = _follow_up_of(session, item)
             if earlier is not None:
@@ -71,6 +76,15 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
             session.add(item)
     log.info("matched %d new items: %d hits", len(items), hits)
     return hits
+
+
+def _newest_versions(items: Sequence[Item]) -> dict[tuple[str, str], int]:
+    """The newest version of each item among ``items``."""
+    newest: dict[tuple[str, str], int] = {}
+    for item in items:
+        key = (item.source, item.source_id)
+        newest[key] = max(newest.get(key, 0), item.version)
+    return newest
 
 
 def _drop_unsent_tabled(session: Session, item: Item) -> None:
@@ -138,12 +152,14 @@ def _match_fresh(
 
 
 def _earlier_versions(item: Item) -> SelectOfScalar[int | None]:
-    """The item's earlier versions that are ever mailed (not holding answers)."""
+    """The item's earlier versions that may have been mailed: matched in an earlier run (one
+    matched in this run is superseded, never mailed), and not holding answers."""
     return select(col(Item.id)).where(
         Item.source == item.source,
         Item.source_id == item.source_id,
         col(Item.version) < item.version,
         col(Item.is_holding).is_(False),
+        col(Item.matched_at).is_not(None),
     )
 
 
