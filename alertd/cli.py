@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], help="health at a glance")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    back = commands.add_parser("backfill", parents=[common], help="load past answers, no alerts")
+    back = commands.add_parser(
+        "backfill", parents=[common], help="load past answers and statements, no alerts"
+    )
     back.add_argument("--from", dest="first", required=True, type=_date_arg, metavar="YYYY-MM-DD")
     back.add_argument("--to", dest="last", type=_date_arg, metavar="YYYY-MM-DD")
 
@@ -414,11 +416,16 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
                 args.first,
                 last,
                 now=utc_now(),
+                today=today,
                 progress=progress,
                 retry_base_s=settings.parliament.retry_base_s,
             )
         )
-    print(f"backfill done: {stored} answer versions stored, none alerted", file=sys.stderr)
+    print(
+        f"backfill done: {stored.answers} answer versions and {stored.statements} written "
+        "statements stored, none alerted",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -14,9 +14,10 @@ from alertd.backfill import DayDone, ProgressCallback
 
 def _line(done: DayDone, stored_total: int) -> str:
     rate = stored_total / done.elapsed_s if done.elapsed_s > 0 else 0.0
+    statements = f", {done.statements_stored} of them statements" if done.statements_stored else ""
     return (
         f"backfill {done.day}: day {done.days_done}/{done.days_total}, {done.listed} listed, "
-        f"{done.stored} new ({stored_total} in all, {rate:.1f} answers/s)"
+        f"{done.stored} new{statements} ({stored_total} in all, {rate:.1f} items/s)"
     )
 
 
@@ -38,7 +39,7 @@ def backfill_progress() -> Iterator[ProgressCallback]:
         TextColumn("[bold]backfill[/] {task.fields[day]}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("days · {task.fields[stored]} answers · {task.fields[rate]:.1f}/s"),
+        TextColumn("days · {task.fields[stored]} stored · {task.fields[rate]:.1f}/s"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as bar:

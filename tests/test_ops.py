@@ -14,10 +14,10 @@ from alertd.cli import main
 from alertd.config import DatabaseSettings
 from alertd.db import open_database, transaction
 from alertd.mail.outbox import OutboxState
-from alertd.models import Item, Outbox, SourceState, Subscriber
+from alertd.models import Item, ItemKind, Outbox, SourceState, Subscriber
 
 from configs import write_config as _config
-from standin_api import StandinApi
+from standin_api import StandinApi, load_2021_statements
 
 
 def _engine(tmp_path: Path) -> sa.Engine:
@@ -161,7 +161,7 @@ def test_backfill_stores_history_and_alerts_nobody(
     err = capsys.readouterr().err
     assert "backfill 2021-01-31: day 1/3, 0 listed, 0 new" in err
     assert "backfill 2021-02-01: day 2/3, 469 listed, 469 new" in err
-    assert "backfill done: 469 answer versions stored, none alerted" in err
+    assert "backfill done: 469 answer versions and 0 written statements stored, none alerted" in err
     with Session(_engine(tmp_path)) as session:
         assert len(session.exec(select(Item)).all()) == 469
     # The history is there for preview, and never mailed.
@@ -189,6 +189,39 @@ def test_backfill_resumes_where_it_stopped(
     err = capsys.readouterr().err
     assert "day 1/3" not in err and "day 3/3" in err
     assert not any("2021-01-31" in path for _, path in standin_api.requests)
+
+
+@pytest.mark.slow
+def test_backfill_loads_written_statements_and_resumes_between_the_kinds(
+    tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for statement in load_2021_statements():
+        standin_api.put_statement(statement)
+    config = str(_config(tmp_path, standin_api, parliament={"retry_base_s": 0.01}))
+    query = '"hong kong" type:statement'
+    subscribe = ["subscribe", "a@example.org", query, "--frequency", "immediate", "--confirmed"]
+    assert main([*subscribe, "--config", config]) == 0
+    args = ["backfill", "--from", "2021-02-01", "--to", "2021-02-01", "--config", config]
+    # The day's answers load; its statements fail (as if an older alertd had loaded the day).
+    standin_api.fail_next("statements", 503, count=None)
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("alertd: error: GET")
+    standin_api.clear_faults()
+    standin_api.clear_requests()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "day 1/1, 10 listed, 10 new, 10 of them statements" in err
+    assert "backfill done: 0 answer versions and 10 written statements stored" in err
+    assert not any("writtenquestions" in path for _, path in standin_api.requests)
+    with Session(_engine(tmp_path)) as session:
+        statements = session.exec(select(Item).where(Item.kind == ItemKind.STATEMENT)).all()
+    assert len(statements) == 10 and all(s.matched_at is not None for s in statements)
+    # History for preview, mailed to nobody.
+    standin_api.fail_next("any", 503, count=None)  # the live polls fail; only matching runs
+    main(["run", "--once", "--config", config])
+    assert not (tmp_path / "mail").exists()
+    assert main(["preview", query, "--days", "3000", "--config", config]) == 0
+    assert "Hong Kong British National (Overseas)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -273,19 +273,25 @@ def unseen_statements(
 
 
 def store_statements(
-    engine: Engine, items: Iterable[StatementItem], *, now: datetime, today: date
+    engine: Engine,
+    items: Iterable[StatementItem],
+    *,
+    now: datetime,
+    today: date,
+    alert: bool = True,
 ) -> int:
     """Insert the statement versions not stored yet, in one transaction; return how many.
 
     A statement already stored under another version, or one that corrects a stored
     statement, becomes that statement's next version, marked corrected: it goes to the
-    people the earlier version went to, as a corrected answer does.
+    people the earlier version went to, as a corrected answer does. With ``alert=False``
+    (backfill) they are stored as already matched: history for preview, never mailed.
     """
     new = 0
     with transaction(engine) as session:
         # Oldest first: a correction made in the same window finds the statement it corrects.
         for item in sorted(items, key=lambda i: i.api_id):
-            if _store_statement(session, item, now, today):
+            if _store_statement(session, item, now, today, alert):
                 new += 1
     return new
 
@@ -303,7 +309,9 @@ def _root_of(session: Session, api_id: int) -> str | None:
     return found
 
 
-def _store_statement(session: Session, item: StatementItem, now: datetime, today: date) -> bool:
+def _store_statement(
+    session: Session, item: StatementItem, now: datetime, today: date, alert: bool
+) -> bool:
     known = session.exec(
         select(Item.id).where(
             Item.source == STATEMENTS_SOURCE, Item.version_key == item.version_key
@@ -328,7 +336,10 @@ def _store_statement(session: Session, item: StatementItem, now: datetime, today
             Item.source == STATEMENTS_SOURCE, Item.source_id == source_id
         )
     ).one()
-    session.add(_statement_row(item, source_id, (latest or 0) + 1, corrected_on, now))
+    row = _statement_row(item, source_id, (latest or 0) + 1, corrected_on, now)
+    if not alert:
+        row.matched_at = now
+    session.add(row)
     if item.member is not None:
         upsert_member(session, item.member)
     return True
