@@ -180,8 +180,10 @@ def _public_ports(*servers: FeedServer) -> http.PublicCheck:
     by the real check (resolving the host)."""
     ports = {httpx.URL(server.url("/")).port for server in servers}
 
-    async def is_public(url: httpx.URL) -> bool:
-        return (url.host == "127.0.0.1" and url.port in ports) or await http.resolves_public(url)
+    async def is_public(url: httpx.URL) -> tuple[str, ...]:
+        if url.host == "127.0.0.1" and url.port in ports:
+            return ("127.0.0.1",)
+        return await http.public_addresses(url)
 
     return is_public
 
@@ -247,6 +249,39 @@ async def test_redirects_between_public_servers_and_within_a_private_one_are_fol
     with Session(runtime.engine) as session:
         sources = sorted(i.source for i in session.exec(select(Item)).all())
     assert sources == ["feed:hop", "feed:private"]
+
+
+async def test_a_redirect_is_sent_to_the_address_checked_not_to_a_second_dns_answer(
+    runtime: Runtime,
+    feed_server: FeedServer,
+    other_server: FeedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # DNS rebinding: a name that is public when checked and 127.0.0.1 when connected to. Here
+    # the check is told feeds.rebind.test is public at the other server's address; the name
+    # itself resolves nowhere, so only a request to the checked address can reach it.
+    port = httpx.URL(other_server.url("/")).port
+    moved = f"http://feeds.rebind.test:{port}/rss"
+    other_server.serve("/rss", Route(feed_xml(["https://example.org/a"])))
+    feed_server.serve("/rss", Route(status=301, location=moved))
+    feed_port = httpx.URL(feed_server.url("/")).port
+
+    async def checked(url: httpx.URL) -> tuple[str, ...]:
+        if url.host == "127.0.0.1" and url.port == feed_port:
+            return ("127.0.0.1",)
+        return ("127.0.0.1",) if url.host == "feeds.rebind.test" else ()
+
+    add_feed(runtime.engine, "rebind", feed_server.url("/rss"))
+    async with http.make_client("alertd-test", 5.0, is_public=checked) as client:
+        runtime.http = client
+        report = await run_once(runtime, now=NOW)
+    assert report.errors == []
+    [(path, headers)] = other_server.requests
+    assert path == "/rss" and headers["Host"] == f"feeds.rebind.test:{port}"
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(Item)).all()) == 1
+    # The move (301) is seen as to the name, never to the address the request was sent to.
+    assert f"remove the feed and add it again with {moved}" in caplog.text
 
 
 async def test_a_redirect_to_another_scheme_is_refused(

@@ -22,9 +22,9 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 # We decode bodies ourselves, a bounded piece at a time: only what we can bound is asked for.
 ACCEPT_ENCODING = "gzip, deflate"
 
-# Whether a URL's host is on the public internet; injectable so tests can call a loopback
-# server "public" without faking the server itself.
-PublicCheck = Callable[[httpx.URL], Awaitable[bool]]
+# The public addresses of a URL's host (none when any is not public); injectable so tests can
+# call a loopback server "public" without faking the server itself.
+PublicCheck = Callable[[httpx.URL], Awaitable[tuple[str, ...]]]
 
 
 def _is_global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -35,25 +35,29 @@ def _is_global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-async def resolves_public(url: httpx.URL) -> bool:
-    """Whether every address the URL's host resolves to is a public (global) one.
+async def public_addresses(url: httpx.URL) -> tuple[str, ...]:
+    """The addresses the URL's host resolves to, if every one is public (global); else none.
 
     Loopback, private ranges, link-local (169.254.169.254, the cloud metadata service), CGNAT
-    and the like are not; nor is a host that does not resolve.
+    and the like are not public; a host that does not resolve has no addresses.
     """
     host = url.host
     try:
-        return _is_global(ipaddress.ip_address(host))
+        literal = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        return (str(literal),) if _is_global(literal) else ()
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, url.port or 443, type=socket.SOCK_STREAM
         )
     except (OSError, UnicodeError):
-        return False
+        return ()
     addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    return bool(addresses) and all(_is_global(a) for a in addresses)
+    if not addresses or not all(_is_global(a) for a in addresses):
+        return ()
+    return tuple(sorted(str(a) for a in addresses))
 
 
 class BoundedClient(httpx.AsyncClient):
@@ -64,7 +68,7 @@ class BoundedClient(httpx.AsyncClient):
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        is_public: PublicCheck = resolves_public,
+        is_public: PublicCheck = public_addresses,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -81,7 +85,7 @@ def make_client(
     follow_redirects: bool = True,
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    is_public: PublicCheck = resolves_public,
+    is_public: PublicCheck = public_addresses,
 ) -> httpx.AsyncClient:
     """A client for ``get``: ``timeout_s`` per connect/read, ``deadline_s`` for a whole fetch,
     ``max_bytes`` of decoded body. ``follow_redirects`` is kept for callers' sake: ``get``
@@ -148,31 +152,52 @@ async def _get(
     follow_redirects: bool,
 ) -> httpx.Response:
     max_bytes: int = getattr(client, "max_bytes", DEFAULT_MAX_BYTES)
-    is_public: PublicCheck = getattr(client, "is_public", resolves_public)
+    public: PublicCheck = getattr(client, "is_public", public_addresses)
     request = client.build_request("GET", url, params=params, headers=headers)
+    shown_as = request.url  # the URL as asked for, also when the request is pinned
     history: list[httpx.Response] = []
     # Once a hop was public, every later hop must be too.
     public_seen = False
     for _ in range(MAX_REDIRECTS + 1):
         response = await client.send(request, stream=True, follow_redirects=False)
+        if request.url != shown_as:
+            # A pinned hop: the response is read, and its redirects joined, as of the name.
+            response.request = client.build_request("GET", shown_as, headers=headers)
         try:
             location = response.headers.get("location")
             if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
-                target = _redirect_target(request.url, location)
-                public_seen = public_seen or await is_public(request.url)
-                if public_seen and not await is_public(target):
-                    raise SourceInvalid(
-                        f"GET {shown_url(url)}: {request.url.host} redirected to "
-                        f"{target.host}, which is not a public address: refused"
-                    )
-                history.append(response)
+                target = _redirect_target(shown_as, location)
+                public_seen = public_seen or bool(await public(shown_as))
                 request = client.build_request("GET", target, headers=headers)
+                if public_seen:
+                    addresses = await public(target)
+                    if not addresses:
+                        raise SourceInvalid(
+                            f"GET {shown_url(url)}: {shown_as.host} redirected to "
+                            f"{target.host}, which is not a public address: refused"
+                        )
+                    request = _pinned(request, addresses[0])
+                history.append(response)
+                shown_as = target
                 continue
             body = await _read_body(response, max_bytes)
         finally:
             await response.aclose()
         return _complete(response, body, history)
     raise SourceInvalid(f"GET {shown_url(url)} redirects more than {MAX_REDIRECTS} times")
+
+
+def _pinned(request: httpx.Request, address: str) -> httpx.Request:
+    """The request sent to the address that was checked, its host name kept for the Host
+    header and TLS (server name and certificate): a second DNS answer, such as a rebinding
+    to 127.0.0.1 after the check, is never asked for."""
+    url = request.url
+    if url.host == address:
+        return request
+    headers = httpx.Headers(request.headers)
+    headers["Host"] = url.netloc.decode("ascii")
+    extensions = {**request.extensions, "sni_hostname": url.raw_host.decode("ascii")}
+    return httpx.Request("GET", url.copy_with(host=address), headers=headers, extensions=extensions)
 
 
 def _redirect_target(base: httpx.URL, location: str) -> httpx.URL:
