@@ -56,6 +56,15 @@ def test_a_weak_secret_key_is_refused_when_the_app_is_public(
     assert not (tmp_path / "alertd.db").exists()  # refused before anything was written
 
 
+def test_an_unknown_variable_is_named_at_start(tmp_path: Path) -> None:
+    done = _alertd(tmp_path, "status", ALERTD_SMTP__PASWORD=PASSWORD)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "alertd: error: config error: unknown setting ALERTD_SMTP__PASWORD (environment)\n"
+    )
+    assert PASSWORD not in done.stdout
+
+
 def test_a_strong_key_or_a_loopback_app_is_accepted() -> None:
     public = {"ALERTD_WEB__BASE_URL": "https://alerts.example.org"}
     assert load_settings(None, {**public, "ALERTD_WEB__SECRET_KEY": LONG_KEY})
