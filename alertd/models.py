@@ -291,7 +291,8 @@ class Outbox(SQLModel, table=True):
 
 
 class DigestRun(SQLModel, table=True):
-    """A daily or weekly digest period whose digests have all been composed."""
+    """A daily or weekly digest period whose digests have all been composed; a frequency's
+    first row only marks the period under way when a new database first ran (none composed)."""
 
     frequency: str = Field(primary_key=True, max_length=16)
     period_start: datetime = _utc(primary_key=True)
