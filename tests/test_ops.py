@@ -243,4 +243,4 @@ def test_json_logs_and_one_summary_line(
     entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[-1])
     summaries = [e["message"] for e in entries if "run finished" in e["message"]]
-    assert len(summaries) == 1 and "new_answers=469" in summaries[0]
+    assert len(summaries) == 1 and "new_items=469" in summaries[0]
