@@ -206,4 +206,4 @@ async def test_maildir_folders_and_messages_are_private(tmp_path: Path) -> None:
         assert _mode(folder) == 0o700, folder
     [message] = (maildir / "new").iterdir()
     assert _mode(message) == 0o600
-    assert message.read_bytes() == b"Subject: x\n\nhi\n"
+    assert message.read_bytes() == b"Return-Path: <alerts@example.org>\nSubject: x\n\nhi\n"
