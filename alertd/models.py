@@ -117,6 +117,16 @@ class Member(SQLModel, table=True):
     house: str | None = Field(default=None, max_length=16)
 
 
+class MemberLookup(SQLModel, table=True):
+    """A Member id the Members API could not name yet (an error, or no such Member): when
+    to ask again, after how many tries. Removed once the Member is named."""
+
+    member_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    attempts: int = 1
+    next_attempt_at: datetime = _utc()
+    last_error: str = Field(sa_type=sa.Text)
+
+
 class ItemKind(StrEnum):
     """What an item is; each kind of a source's documents adds a value, not a table."""
 
