@@ -333,15 +333,20 @@ def load_settings(
     if path is None and env.get(CONFIG_ENV):
         path = env[CONFIG_ENV]
     data: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
-    for section, key, value in _env_overrides(env):
+    # Where a setting came from the environment, its errors name the variable, not a key.
+    variables: dict[tuple[str, ...], str] = {}
+    for name, section, key, value in _env_overrides(env):
+        if section not in data:
+            variables.setdefault((section,), name)
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"config error: {section} must be a table")
         target[key] = value
+        variables[(section, key)] = name
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, variables)) from None
     _check_secret(settings)
     _check_smtp_password(settings)
     return settings
@@ -361,7 +366,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """Each ALERTD_SECTION__KEY variable as (its name, section, key, value)."""
     # Only SECTION__KEY names are settings: ALERTD_CONFIG and ALERTD_TEST_* are not.
     overrides = []
     for name, value in env.items():
@@ -370,15 +376,22 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if not section or not key:
             raise ConfigError(f"config error: environment variable {name} names no setting")
-        overrides.append((section, key, value))
+        overrides.append((name, section, key, value))
     return overrides
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, variables: Mapping[tuple[str, ...], str]) -> str:
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"])
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc)
     if error["type"] == "extra_forbidden":
+        if loc in variables:
+            return f"config error: unknown setting {variables[loc]} (environment)"
         return f"config error: unknown key {key}"
+    # A bad value (or an item of one, web.secret_keys.0) of a setting; not a whole section's.
+    variable = variables.get(loc[:2]) if len(loc) >= 2 else None
+    if variable is not None:
+        key = f"{key} (environment {variable})"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     secret = any(word in key for word in ("secret", "password", "token"))

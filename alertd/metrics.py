@@ -1,4 +1,4 @@
-"""Prometheus metrics: polls, answers ingested, matches, digests by outcome, SMTP latency."""
+"""Prometheus metrics: polls, items ingested, matches, digests by outcome, SMTP latency."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ class Metrics:
             ["source", "outcome"],
             registry=self.registry,
         )
-        self.questions = Counter(
-            "alertd_answers_ingested", "New answer versions stored.", registry=self.registry
+        self.items = Counter(
+            "alertd_items_ingested",
+            "New items stored (answer versions, tabled questions, statements, feed items).",
+            ["source"],
+            registry=self.registry,
         )
         self.matches = Counter("alertd_matches", "Alert hits recorded.", registry=self.registry)
         self.digests = Counter(
@@ -51,7 +54,8 @@ class Metrics:
     def record_run(self, report: RunReport, duration_s: float) -> None:
         if report.polled:
             self.polls.labels(PARLIAMENT_SOURCE, "error" if report.poll_failed else "ok").inc()
-        self.questions.inc(report.new_answers)
+        for source, count in report.new_items_by_source.items():
+            self.items.labels(source).inc(count)
         self.matches.inc(report.hits)
         self.digests.labels("queued").inc(report.digests_queued)
         self.digests.labels("sent").inc(report.sent)

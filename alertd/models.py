@@ -117,6 +117,16 @@ class Member(SQLModel, table=True):
     house: str | None = Field(default=None, max_length=16)
 
 
+class MemberLookup(SQLModel, table=True):
+    """A Member id the Members API could not name yet (an error, or no such Member): when
+    to ask again, after how many tries. Removed once the Member is named."""
+
+    member_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    attempts: int = 1
+    next_attempt_at: datetime = _utc()
+    last_error: str = Field(sa_type=sa.Text)
+
+
 class ItemKind(StrEnum):
     """What an item is; each kind of a source's documents adds a value, not a table."""
 
@@ -291,7 +301,8 @@ class Outbox(SQLModel, table=True):
 
 
 class DigestRun(SQLModel, table=True):
-    """A daily or weekly digest period whose digests have all been composed."""
+    """A daily or weekly digest period whose digests have all been composed; a frequency's
+    first row only marks the period under way when a new database first ran (none composed)."""
 
     frequency: str = Field(primary_key=True, max_length=16)
     period_start: datetime = _utc(primary_key=True)

@@ -47,7 +47,10 @@ class RunReport:
     polled: bool = False
     poll_failed: bool = False
     fetched: int = 0
-    new_answers: int = 0
+    # Every new item stored (answer versions, tabled questions, statements, feed items),
+    # and the same by source (parliament, statements, feed:NAME).
+    new_items: int = 0
+    new_items_by_source: dict[str, int] = field(default_factory=dict)
     hits: int = 0
     digests_queued: int = 0
     sent: int = 0
@@ -59,7 +62,7 @@ class RunReport:
 
     def summary(self) -> str:
         return (
-            f"fetched={self.fetched} new_answers={self.new_answers} hits={self.hits} "
+            f"fetched={self.fetched} new_items={self.new_items} hits={self.hits} "
             f"digests_queued={self.digests_queued} sent={self.sent} deferred={self.deferred} "
             f"rejected={self.rejected} errors={len(self.errors)}"
         )
@@ -224,7 +227,9 @@ async def _poll_source(source: Source, report: RunReport, now: datetime) -> None
         if parliament:
             report.polled = report.poll_failed = True
         return
-    report.new_answers += result.new_items
+    report.new_items += result.new_items
+    by_source = report.new_items_by_source
+    by_source[source.name] = by_source.get(source.name, 0) + result.new_items
     report.fetched += result.fetched
     if parliament:
         report.polled = result.polled

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
@@ -139,7 +140,7 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
         oldest = session.exec(
             select(func.min(Outbox.created_at)).where(col(Outbox.status).in_(UNSENT))
         ).one()
-        last_run = session.exec(select(func.max(DigestRun.completed_at))).one()
+        last_run = _last_digest_run(session)
         status = Status(
             now=now,
             sources=sources,
@@ -156,6 +157,21 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
         )
     status.problems = _problems(status, settings)
     return status
+
+
+def _last_digest_run(session: Session) -> Any:
+    """When a daily or weekly period's digests were last composed, if ever."""
+    # A frequency's first period is the mark a new database starts from (the period under
+    # way when alertd first ran, its digests not composed): only the periods after it ran.
+    first = aliased(DigestRun)
+    first_start = (
+        select(func.min(first.period_start))
+        .where(first.frequency == DigestRun.frequency)
+        .scalar_subquery()
+    )
+    return session.exec(
+        select(func.max(DigestRun.completed_at)).where(DigestRun.period_start > first_start)
+    ).one()
 
 
 def _skipped_digests(session: Session) -> list[SkippedDigest]:
@@ -265,7 +281,7 @@ def format_status(status: Status) -> str:
     lines.append(f"  outbox: {outbox or 'empty'}")
     if status.oldest_pending_age_s is not None:
         lines.append(f"  oldest unsent digest: {status.oldest_pending_age_s / 60:.0f} min")
-    last = f"{status.last_digest_run:%Y-%m-%d %H:%M}Z" if status.last_digest_run else "never"
+    last = f"{status.last_digest_run:%Y-%m-%d %H:%M}Z" if status.last_digest_run else "none yet"
     lines.append(f"  last daily/weekly digest run: {last}")
     for name, moment in status.next_runs.items():
         lines.append(f"  next {name}: {moment:%Y-%m-%d %H:%M}Z")

@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +18,9 @@ from alertd.db import open_database
 from feed_server import FeedServer
 from smtp_server import SmtpSink
 from standin_api import StandinApi
+
+if TYPE_CHECKING:
+    from alertd.pipeline import Runtime
 
 PG_URL_ENV = "ALERTD_TEST_DATABASE_URL"
 
@@ -103,3 +106,31 @@ def smtp_sink() -> Iterator[SmtpSink]:
     """A real SMTP server (aiosmtpd) on loopback that records what it accepts."""
     with SmtpSink() as sink:
         yield sink
+
+
+@pytest.fixture
+def standin_runtime(
+    make_settings: Callable[..., Settings], database_url: str
+) -> Iterator[Callable[[StandinApi], Runtime]]:
+    """Makes the pipeline in process over a stand-in API (Parliament and Members), on SQLite
+    and PostgreSQL, into a Maildir; a look-back of one day."""
+    from alertd.digests.render import build_environment
+    from alertd.mail.transports import mailer_factory
+    from alertd.pipeline import Runtime
+
+    made: list[Runtime] = []
+
+    def make(api: StandinApi) -> Runtime:
+        settings = make_settings(
+            database={"url": database_url},
+            parliament={"base_url": api.base_url, "lookback_days": 1},
+            members={"base_url": api.base_url},
+        )
+        engine = open_database(settings.database)
+        mailer = mailer_factory("maildir", settings.mail.maildir, settings.smtp)
+        made.append(Runtime(settings, engine, mailer, build_environment()))
+        return made[-1]
+
+    yield make
+    for runtime in made:
+        runtime.engine.dispose()

@@ -52,7 +52,11 @@ def test_settings_are_frozen() -> None:
     [
         ("[smtp]\nhots = 'x'\n", {}, "unknown key smtp.hots"),
         ("[nosuch]\na = 1\n", {}, "unknown key nosuch"),
-        ("", {"ALERTD_SMTP__HOTS": "x"}, "unknown key smtp.hots"),
+        ("", {"ALERTD_SMTP__HOTS": "x"}, "unknown setting ALERTD_SMTP__HOTS (environment)"),
+        ("", {"ALERTD_NOSUCH__A": "1"}, "unknown setting ALERTD_NOSUCH__A (environment)"),
+        # The file's unknown key is still named as the file's, beside a good variable.
+        ("[smtp]\nhots = 'x'\n", {"ALERTD_SMTP__PORT": "26"}, "unknown key smtp.hots"),
+        ("", {"ALERTD_SMTP__PORT": "abc"}, "smtp.port (environment ALERTD_SMTP__PORT)"),
         ("[smtp]\nport = 'abc'\n", {}, "smtp.port"),
         ("[smtp]\ntls = 'ssl'\n", {}, "smtp.tls"),
         ("[mail]\ndelivery = 'pigeon'\n", {}, "mail.delivery"),
@@ -85,6 +89,12 @@ def test_secrets_never_printed(tmp_path: Path) -> None:
     assert "42" not in str(caught.value)
     settings = load_settings(None, environ={"ALERTD_SMTP__PASSWORD": "hunter2"})
     assert "hunter2" not in repr(settings)
+
+
+def test_an_unknown_variable_is_named_without_its_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"ALERTD_SMTP__PASWORD": "hunter2"})
+    assert str(caught.value) == "config error: unknown setting ALERTD_SMTP__PASWORD (environment)"
 
 
 def test_missing_file_is_one_line(tmp_path: Path) -> None:

@@ -56,6 +56,15 @@ def test_a_weak_secret_key_is_refused_when_the_app_is_public(
     assert not (tmp_path / "alertd.db").exists()  # refused before anything was written
 
 
+def test_an_unknown_variable_is_named_at_start(tmp_path: Path) -> None:
+    done = _alertd(tmp_path, "status", ALERTD_SMTP__PASWORD=PASSWORD)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "alertd: error: config error: unknown setting ALERTD_SMTP__PASWORD (environment)\n"
+    )
+    assert PASSWORD not in done.stdout
+
+
 def test_a_strong_key_or_a_loopback_app_is_accepted() -> None:
     public = {"ALERTD_WEB__BASE_URL": "https://alerts.example.org"}
     assert load_settings(None, {**public, "ALERTD_WEB__SECRET_KEY": LONG_KEY})
@@ -197,4 +206,4 @@ async def test_maildir_folders_and_messages_are_private(tmp_path: Path) -> None:
         assert _mode(folder) == 0o700, folder
     [message] = (maildir / "new").iterdir()
     assert _mode(message) == 0o600
-    assert message.read_bytes() == b"Subject: x\n\nhi\n"
+    assert message.read_bytes() == b"Return-Path: <alerts@example.org>\nSubject: x\n\nhi\n"

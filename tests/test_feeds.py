@@ -149,20 +149,24 @@ async def test_new_items_alert_once_with_conditional_get(
     )
     # The first fetch only marks what the feed already holds as seen.
     report = await run_once(runtime, now=NOW)
-    assert (report.new_answers, report.hits, report.sent) == (3, 0, 0)
+    assert (report.new_items, report.hits, report.sent) == (3, 0, 0)
+    # Feed items are counted as items, not as answers, in the summary and the metrics.
+    assert "fetched=3 new_items=3 hits=0" in report.summary()
+    ingested = {"source": "feed:answers"}
+    assert runtime.metrics.registry.get_sample_value("alertd_items_ingested_total", ingested) == 3
     report = await run_once(runtime, now=NOW + timedelta(minutes=30))
-    assert report.new_answers == 0
+    assert report.new_items == 0
     path, headers = feed_server.requests[-1]
     assert headers["If-None-Match"] == ETAG and headers["If-Modified-Since"] == MODIFIED
     feed_server.serve("/rss", Route(rss2(records[:5]), etag='"v2"'))
     report = await run_once(runtime, now=NOW + timedelta(minutes=60))
-    assert report.new_answers == 2 and report.sent == 1
+    assert report.new_items == 2 and report.sent == 1
     (message,) = smtp_sink.messages
     text = message.message.get_body(("plain",))
     assert text is not None and records[3]["heading"] in text.get_content()
     assert _link(records[3]) in text.get_content()
     report = await run_once(runtime, now=NOW + timedelta(minutes=90))
-    assert report.new_answers == 0 and len(smtp_sink.messages) == 1
+    assert report.new_items == 0 and len(smtp_sink.messages) == 1
 
 
 async def test_feed_items_are_items_of_their_own_source(
@@ -195,7 +199,7 @@ async def test_permanent_redirect_is_stored_temporary_is_not(
     add_feed(runtime.engine, "moved", feed_server.url("/old"))
     add_feed(runtime.engine, "visiting", feed_server.url("/tmp"))
     report = await run_once(runtime, now=NOW)
-    assert report.errors == [] and report.new_answers == 4
+    assert report.errors == [] and report.new_items == 4
     with Session(runtime.engine) as session:
         urls = {f.name: f.url for f in session.exec(select(Feed)).all()}
     assert urls == {"moved": feed_server.url("/new"), "visiting": feed_server.url("/tmp")}
@@ -239,7 +243,7 @@ async def test_failures_are_errors_and_never_make_old_items_new(
     assert state is not None and message in (state.last_error or "")
     feed_server.serve("/f", Route(rss2(records)))
     report = await run_once(runtime, now=NOW + timedelta(hours=2))
-    assert report.errors == [] and report.new_answers == 0
+    assert report.errors == [] and report.new_items == 0
     with Session(runtime.engine) as session:
         assert len(session.exec(select(Item)).all()) == 3
         assert session.exec(select(Feed)).one().enabled
@@ -256,7 +260,7 @@ async def test_broken_xml_with_entries_is_used_with_a_warning(
     add_feed(runtime.engine, "broken", feed_server.url("/broken"))
     with caplog.at_level(logging.WARNING, logger="alertd.sources.feeds"):
         report = await run_once(runtime, now=NOW)
-    assert report.errors == [] and report.new_answers >= 2
+    assert report.errors == [] and report.new_items >= 2
     assert any("malformed" in r.getMessage() for r in caplog.records)
     with Session(runtime.engine) as session:
         titles = {q.heading for q in session.exec(select(Item)).all()}

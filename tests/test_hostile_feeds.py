@@ -135,7 +135,7 @@ async def test_hostile_links_never_reach_mail_atom_or_preview(
     )
     feed_server.serve("/rss", Route(feed_xml(["https://example.org/first", *HOSTILE_LINKS])))
     report = await run_once(runtime, now=NOW + timedelta(hours=1))
-    assert report.errors == [] and report.new_answers == len(HOSTILE_LINKS)
+    assert report.errors == [] and report.new_items == len(HOSTILE_LINKS)
     with Session(runtime.engine) as session:
         stored = [i.url for i in session.exec(select(Item).order_by(col(Item.id))).all()]
     assert stored == ["https://example.org/first"] + [SITE] * len(HOSTILE_LINKS)
@@ -240,7 +240,7 @@ async def test_redirects_between_public_servers_and_within_a_private_one_are_fol
     async with http.make_client("alertd-test", 5.0, is_public=both_public) as client:
         runtime.http = client
         report = await run_once(runtime, now=NOW)
-    assert report.errors == [] and report.new_answers == 1
+    assert report.errors == [] and report.new_items == 1
     # An operator's feed on a private address may redirect within the private network.
     runtime.http = None
     add_feed(runtime.engine, "private", feed_server.url("/rss"))
@@ -302,7 +302,7 @@ async def test_a_permanent_redirect_to_another_host_is_followed_but_never_stored
     add_feed(runtime.engine, "moved", feed_server.url("/old"))
     with caplog.at_level(logging.WARNING, logger="alertd.sources.feeds"):
         report = await run_once(runtime, now=NOW)
-    assert report.errors == [] and report.new_answers == 1
+    assert report.errors == [] and report.new_items == 1
     with Session(runtime.engine) as session:
         assert session.exec(select(Feed.url)).one() == feed_server.url("/old")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

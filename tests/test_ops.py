@@ -11,10 +11,13 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from alertd.cli import main
-from alertd.config import DatabaseSettings
+from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database, transaction
+from alertd.digests.compose import compose_due_digests
+from alertd.digests.render import build_environment
 from alertd.mail.outbox import OutboxState
 from alertd.models import Item, ItemKind, Outbox, SourceState, Subscriber
+from alertd.status import collect_status, format_status
 
 from configs import write_config as _config
 from standin_api import StandinApi, load_2021_statements
@@ -52,6 +55,24 @@ def test_status_healthy_after_a_run(
     assert main(["status", "--config", str(config)]) == 0
     text = capsys.readouterr().out
     assert "source parliament: last poll" in text and "469 new" in text and "healthy" in text
+
+
+def test_status_counts_no_digest_run_on_a_new_database(db_engine: sa.Engine) -> None:
+    engine = db_engine
+    settings = Settings()
+    env = build_environment(settings)
+    first = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    # The first run of a new database only marks the periods under way as done.
+    assert compose_due_digests(engine, settings, env, now=first) == 0
+    status = collect_status(engine, settings, now=first + timedelta(hours=1))
+    assert status.last_digest_run is None
+    assert "last daily/weekly digest run: none yet" in format_status(status)
+    # The next morning's run (07:00 London) is a real one.
+    morning = datetime(2026, 3, 5, 7, 5, tzinfo=UTC)
+    assert compose_due_digests(engine, settings, env, now=morning) == 0
+    status = collect_status(engine, settings, now=morning + timedelta(hours=1))
+    assert status.last_digest_run == morning
+    assert "last daily/weekly digest run: 2026-03-05 07:05Z" in format_status(status)
 
 
 def test_status_flags_a_failing_source(
@@ -255,4 +276,4 @@ def test_json_logs_and_one_summary_line(
     entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[-1])
     summaries = [e["message"] for e in entries if "run finished" in e["message"]]
-    assert len(summaries) == 1 and "new_answers=469" in summaries[0]
+    assert len(summaries) == 1 and "new_items=469" in summaries[0]

@@ -106,7 +106,7 @@ async def test_keyword_and_member_alerts_get_one_digest_each(runtime: Runtime) -
     _subscribe(runtime, "researcher@example.org", f"member:{HYWEL_WILLIAMS}")
     report = await run_once(runtime, now=MONDAY_EVENING)
     assert report.errors == []
-    assert report.new_answers == 469
+    assert report.new_items == 469
     messages = {str(m["To"]): m for m in _maildir(runtime.settings)}
     assert set(messages) == {"parent@example.org", "researcher@example.org"}
     parent = _text(messages["parent@example.org"])
@@ -121,7 +121,7 @@ async def test_second_run_sends_nothing(runtime: Runtime) -> None:
     _subscribe(runtime, "parent@example.org", '"special educational needs"')
     await run_once(runtime, now=MONDAY_EVENING)
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
-    assert (report.new_answers, report.hits, report.digests_queued, report.sent) == (0, 0, 0, 0)
+    assert (report.new_items, report.hits, report.digests_queued, report.sent) == (0, 0, 0, 0)
     assert len(_maildir(runtime.settings)) == 1
 
 
@@ -149,7 +149,7 @@ async def test_holding_answer_then_substantive_answer_is_sent_once(
     )
     tuesday = MONDAY_EVENING + timedelta(days=1)
     report = await run_once(runtime, now=tuesday)
-    assert (report.new_answers, report.sent) == (1, 1)
+    assert (report.new_items, report.sent) == (1, 1)
     second = _text(_maildir(runtime.settings)[1])
     assert "The substantive answer follows the holding one." in second
     await run_once(runtime, now=tuesday + timedelta(hours=1))
@@ -231,14 +231,14 @@ async def test_failed_poll_keeps_high_water_and_recovers(
     _subscribe(runtime, "parent@example.org", '"special educational needs"')
     standin_api.fail_next("list", 500)
     report = await run_once(runtime, now=MONDAY_EVENING)
-    assert report.new_answers == 0 and len(report.errors) == 1
+    assert report.new_items == 0 and len(report.errors) == 1
     assert standin_api.base_url in report.errors[0]
     with Session(runtime.engine) as session:
         state = session.get(SourceState, "parliament")
         assert state is not None and state.high_water is None and state.last_error
         assert session.exec(select(Item)).all() == []
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
-    assert report.errors == [] and report.new_answers == 469 and report.sent == 1
+    assert report.errors == [] and report.new_items == 469 and report.sent == 1
 
 
 async def test_failed_detail_fetch_stores_nothing_partial(
@@ -252,7 +252,7 @@ async def test_failed_detail_fetch_stores_nothing_partial(
         state = session.get(SourceState, "parliament")
         assert state is not None and state.high_water is None
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
-    assert report.errors == [] and report.new_answers == 469
+    assert report.errors == [] and report.new_items == 469
 
 
 async def test_smtp_delivery_and_retry_after_451(settings: Settings, smtp_sink: SmtpSink) -> None:
@@ -331,7 +331,7 @@ async def test_corrected_answer_goes_once_to_those_sent_the_original(
     )
     wednesday = MONDAY_EVENING + timedelta(days=2)
     report = await run_once(runtime, now=wednesday)
-    assert (report.new_answers, report.sent) == (1, 1)
+    assert (report.new_items, report.sent) == (1, 1)
     messages = _maildir(runtime.settings)
     assert [str(m["To"]) for m in messages] == ["parent@example.org", "parent@example.org"]
     corrected = _text(messages[1])
@@ -383,7 +383,7 @@ async def test_a_failing_page_stores_nothing_and_sending_carries_on(
         state = session.get(SourceState, "parliament")
         assert state is not None and state.high_water is None
     report = await run_once(runtime, now=MONDAY_EVENING + timedelta(minutes=30))
-    assert report.errors == [] and report.new_answers == 469 and report.sent == 1
+    assert report.errors == [] and report.new_items == 469 and report.sent == 1
 
 
 async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
@@ -399,7 +399,7 @@ async def test_metrics_move_after_a_run(runtime: Runtime) -> None:
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
-    assert samples[("alertd_answers_ingested_total", ())] == 469
+    assert samples[("alertd_items_ingested_total", (("source", "parliament"),))] == 469
     assert samples[("alertd_matches_total", ())] == 1
     assert samples[("alertd_digests_total", (("outcome", "sent"),))] == 1
     assert samples[("alertd_polls_total", (("outcome", "ok"), ("source", "parliament")))] == 1

@@ -23,7 +23,7 @@ from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
 from alertd.mail.identity import bounced_subscriber, envelope_sender, sign_message
-from alertd.mail.transports import SmtpMailer
+from alertd.mail.transports import MaildirMailer, SmtpMailer
 from alertd.models import Subscriber
 from alertd.web import serve_web
 
@@ -125,6 +125,26 @@ async def test_signed_bytes_are_sent_as_is_from_the_verp_address(
     assert re.fullmatch(r"bounces\+1-[0-9a-f]{16}@alertd\.test", sender)
     assert received.raw.rstrip(b"\r\n") == stored.rstrip(b"\r\n")
     assert dkim.verify(received.raw, dnsfunc=_dns(rsa_key))
+
+
+async def test_the_maildir_copy_has_the_envelope_sender_as_return_path(
+    tmp_path: Path, key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    settings = _signed_settings(tmp_path, key_path)
+    mail = settings.mail.model_copy(update={"verp_address": "bounces@alertd.test"})
+    settings = settings.model_copy(update={"mail": mail})
+    stored = compose_case(tmp_path, "mixed", settings)
+    sender = envelope_sender(settings, 1)
+    async with MaildirMailer(tmp_path / "mail") as mailer:
+        await mailer.send(sender, "parent@example.org", stored)
+    [copy] = (tmp_path / "mail" / "new").iterdir()
+    delivered = copy.read_bytes().replace(b"\n", b"\r\n")
+    # As an MTA's local delivery writes it: first, from MAIL FROM; the signature still holds.
+    first_line, _, rest = delivered.partition(b"\r\n")
+    assert first_line == f"Return-Path: <{sender}>".encode()
+    assert rest == stored
+    assert dkim.verify(delivered, dnsfunc=_dns(rsa_key))
+    assert bounced_subscriber(settings, sender) == 1
 
 
 def test_unsigned_when_dkim_is_off() -> None:

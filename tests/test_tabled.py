@@ -15,10 +15,6 @@ from sqlmodel import Session, col, select
 
 from alertd import alerts
 from alertd.cli import main
-from alertd.config import Settings
-from alertd.db import open_database
-from alertd.digests.render import build_environment
-from alertd.mail.transports import mailer_factory
 from alertd.models import Ledger, Subscriber
 from alertd.pipeline import Runtime, poll_once, run_once
 
@@ -228,19 +224,9 @@ MONDAY_EVENING = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def runtime(
-    make_settings: Callable[..., Settings], tabled_api: StandinApi, database_url: str
-) -> Iterator[Runtime]:
+def runtime(standin_runtime: Callable[[StandinApi], Runtime], tabled_api: StandinApi) -> Runtime:
     """The pipeline in process over the stand-in, on SQLite and PostgreSQL, into a Maildir."""
-    settings = make_settings(
-        database={"url": database_url},
-        parliament={"base_url": tabled_api.base_url, "lookback_days": 1},
-        members={"base_url": tabled_api.base_url},
-    )
-    engine = open_database(settings.database)
-    mailer = mailer_factory("maildir", settings.mail.maildir, settings.smtp)
-    yield Runtime(settings, engine, mailer, build_environment())
-    engine.dispose()
+    return standin_runtime(tabled_api)
 
 
 def _follow(runtime: Runtime, email: str, query: str, frequency: str = "immediate") -> None:

@@ -67,13 +67,16 @@ class MaildirMailer:
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
         try:
-            await asyncio.to_thread(self._write, message)
+            await asyncio.to_thread(self._write, sender, message)
         except OSError as exc:
             raise MailServerUnavailable(f"cannot write to Maildir {self.path}: {exc}") from exc
 
-    def _write(self, message: bytes) -> None:
+    def _write(self, sender: str, message: bytes) -> None:
+        # As an MTA's local delivery does, the envelope sender (where bounces go, the VERP
+        # address) becomes the Return-Path, on top: outside the DKIM signature, which holds.
+        delivered = f"Return-Path: <{sender}>\r\n".encode() + message
         # Maildir files use the local line ending; the stored message uses SMTP's CRLF.
-        PrivateMaildir(self.path, create=True).add(message.replace(b"\r\n", b"\n"))
+        PrivateMaildir(self.path, create=True).add(delivered.replace(b"\r\n", b"\n"))
 
 
 def _classify_code(code: int, text: str, where: str) -> SmtpReplyError:

@@ -60,8 +60,13 @@ class ParliamentSource:
         async def fetch_and_store(first: date, last: date) -> tuple[int, int]:
             summaries = await self._summaries(first, last)
             unseen = await asyncio.to_thread(unseen_summaries, self.engine, summaries)
-            items = await name_members(await self.api.full_items(unseen), self.member_names)
+            items = await name_members(
+                await self.api.full_items(unseen), self.member_names, now=now
+            )
             new_versions = await asyncio.to_thread(store_items, self.engine, items, now=now)
+            if self.member_names is not None:
+                # Members earlier polls could not name: asked again, within a bound.
+                await self.member_names.name_stored_items(now=now)
             return len(summaries), new_versions
 
         return await leased_window_poll(
@@ -129,7 +134,7 @@ async def leased_window_poll(
 
 
 async def name_members(
-    items: Sequence[AnswerItem], member_names: MemberNames | None
+    items: Sequence[AnswerItem], member_names: MemberNames | None, *, now: datetime
 ) -> list[AnswerItem]:
     """The items with every Member the API gave only by id named (where the Members API can)."""
     unnamed = {
@@ -140,7 +145,7 @@ async def name_members(
     }
     if not unnamed or member_names is None:
         return list(items)
-    found = await member_names.names(unnamed)
+    found = await member_names.names(unnamed, now=now)
 
     def named(member: MemberInfo | None) -> MemberInfo | None:
         if member is None or member.name is not None or member.id not in found:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import httpx
+from sqlalchemy import delete, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -15,13 +17,20 @@ from sqlmodel import Session, col, select
 from alertd.config import MembersSettings
 from alertd.db import transaction
 from alertd.errors import PermanentError, SourceInvalid, TransientError
-from alertd.models import Member
+from alertd.models import Item, Member, MemberLookup
 from alertd.sources import http
 from alertd.sources.members import MemberHit, parse_search_item
 
 log = logging.getLogger("alertd.sources.member_names")
 # Lookups in flight at once: the Members API is shared with everyone.
 LOOKUP_CONCURRENCY = 4
+# A Member id the Members API did not name (an outage, or a Member it does not list yet) is
+# asked again on a poll RETRY_FIRST later, then twice as long after each try (at most
+# RETRY_MAX apart), MAX_LOOKUPS times in all: an id with no Member behind it is not fetched
+# on every poll forever.
+RETRY_FIRST = timedelta(hours=1)
+RETRY_MAX = timedelta(days=1)
+MAX_LOOKUPS = 8
 
 
 def known_members(engine: Engine, ids: Iterable[int]) -> dict[int, MemberHit]:
@@ -53,28 +62,121 @@ def _store(engine: Engine, hits: Iterable[MemberHit]) -> None:
                 )
 
 
+def _resting(engine: Engine, ids: Iterable[int], now: datetime) -> set[int]:
+    """Those of these ids not to be looked up now: tried lately, or as often as allowed."""
+    wanted = sorted(set(ids))
+    resting: set[int] = set()
+    with Session(engine) as session:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = session.exec(
+                select(MemberLookup.member_id).where(
+                    col(MemberLookup.member_id).in_(chunk),
+                    or_(
+                        col(MemberLookup.attempts) >= MAX_LOOKUPS,
+                        col(MemberLookup.next_attempt_at) > now,
+                    ),
+                )
+            ).all()
+            resting.update(rows)
+    return resting
+
+
+def _record_lookups(
+    engine: Engine, named: Iterable[int], failed: Mapping[int, str], now: datetime
+) -> None:
+    """Forget the failures of the Members now named; count a try for each one not named."""
+    with transaction(engine) as session:
+        if named_ids := sorted(set(named)):
+            session.execute(delete(MemberLookup).where(col(MemberLookup.member_id).in_(named_ids)))
+        for member_id, error in failed.items():
+            lookup = session.get(MemberLookup, member_id)
+            if lookup is None:
+                lookup = MemberLookup(member_id=member_id, attempts=0, last_error=error)
+            lookup.attempts += 1
+            lookup.last_error = error
+            lookup.next_attempt_at = now + min(RETRY_FIRST * 2 ** (lookup.attempts - 1), RETRY_MAX)
+            session.add(lookup)
+            if lookup.attempts == MAX_LOOKUPS:
+                log.warning(
+                    "Member %d not named after %d lookups, no more tries (its items show "
+                    '"a Member"): %s',
+                    member_id,
+                    MAX_LOOKUPS,
+                    error,
+                )
+
+
+def _unnamed_in_items(engine: Engine) -> set[int]:
+    """The ids of Members that stored items give without a name."""
+    with Session(engine) as session:
+        asking = session.exec(
+            select(Item.asking_member_id)
+            .where(col(Item.asking_member_id).is_not(None), col(Item.asking_member_name).is_(None))
+            .distinct()
+        ).all()
+        answering = session.exec(
+            select(Item.answering_member_id)
+            .where(
+                col(Item.answering_member_id).is_not(None),
+                col(Item.answering_member_name).is_(None),
+            )
+            .distinct()
+        ).all()
+    return {member_id for member_id in (*asking, *answering) if member_id is not None}
+
+
+def _name_in_items(engine: Engine, hits: Iterable[MemberHit]) -> None:
+    """Write the names (party and seat of an asker too) into the stored items without them."""
+    with transaction(engine) as session:
+        for hit in hits:
+            session.execute(
+                update(Item)
+                .where(col(Item.asking_member_id) == hit.id, col(Item.asking_member_name).is_(None))
+                .values(
+                    asking_member_name=hit.name,
+                    asking_member_party=hit.party,
+                    asking_member_constituency=hit.constituency,
+                )
+            )
+            session.execute(
+                update(Item)
+                .where(
+                    col(Item.answering_member_id) == hit.id,
+                    col(Item.answering_member_name).is_(None),
+                )
+                .values(answering_member_name=hit.name)
+            )
+
+
 @dataclass
 class MemberNames:
     """Names Members by id for any source's items, at ingest: from the Member table, then
-    (at most ``settings.lookups_per_poll`` a call) from the Members API, caching what it finds.
+    from the Members API, caching what it finds. One serves one poll: at most
+    ``settings.lookups_per_poll`` lookups in all.
     """
 
     engine: Engine
     settings: MembersSettings
     client: httpx.AsyncClient
+    lookups_made: int = field(default=0, init=False)
 
-    async def names(self, ids: Iterable[int]) -> dict[int, MemberHit]:
+    async def names(self, ids: Iterable[int], *, now: datetime) -> dict[int, MemberHit]:
         """The Members of these ids that could be named; the rest are left out (logged).
 
         A failing Members API never fails the poll: the item is stored without the name and
-        shown as "a Member", never as a bare id.
+        shown as "a Member", never as a bare id; a later poll asks again (see RETRY_FIRST).
         """
         wanted = set(ids)
         if not wanted:
             return {}
         found = await asyncio.to_thread(known_members, self.engine, wanted)
-        missing = sorted(wanted - set(found))
-        lookups = missing[: self.settings.lookups_per_poll]
+        missing = wanted - set(found)
+        if missing:
+            missing -= await asyncio.to_thread(_resting, self.engine, missing, now)
+        budget = max(self.settings.lookups_per_poll - self.lookups_made, 0)
+        lookups = sorted(missing)[:budget]
+        self.lookups_made += len(lookups)
         if len(missing) > len(lookups):
             log.warning(
                 "%d Members left unnamed this poll (members.lookups_per_poll is %d)",
@@ -83,16 +185,39 @@ class MemberNames:
             )
         slots = asyncio.Semaphore(LOOKUP_CONCURRENCY)
         fetched = await asyncio.gather(*(self._lookup(member_id, slots) for member_id in lookups))
-        new = [hit for hit in fetched if hit is not None]
+        new = [hit for hit in fetched if isinstance(hit, MemberHit)]
         if new:
             try:
                 await asyncio.to_thread(_store, self.engine, new)
             except IntegrityError:
                 log.info("Members were named by another worker first")
+        failed = {
+            member_id: error
+            for member_id, error in zip(lookups, fetched, strict=True)
+            if isinstance(error, str)
+        }
         found.update((hit.id, hit) for hit in new)
+        if lookups:
+            await asyncio.to_thread(
+                _record_lookups, self.engine, [hit.id for hit in new], failed, now
+            )
         return found
 
-    async def _lookup(self, member_id: int, slots: asyncio.Semaphore) -> MemberHit | None:
+    async def name_stored_items(self, *, now: datetime) -> int:
+        """Name the Members of stored items that a poll before could not (an outage of the
+        Members API, a Member it did not list yet), within this poll's lookups; return how
+        many Members were named."""
+        unnamed = await asyncio.to_thread(_unnamed_in_items, self.engine)
+        if not unnamed:
+            return 0
+        found = await self.names(unnamed, now=now)
+        if found:
+            await asyncio.to_thread(_name_in_items, self.engine, found.values())
+            log.info("named %d Members of items stored before without their names", len(found))
+        return len(found)
+
+    async def _lookup(self, member_id: int, slots: asyncio.Semaphore) -> MemberHit | str:
+        """The Member of this id, or why the Members API did not name one."""
         url = f"{self.settings.base_url.rstrip('/')}/api/Members/{member_id}"
         async with slots:
             try:
@@ -101,10 +226,10 @@ class MemberNames:
                 hit = _member_of(response)
             except (TransientError, PermanentError) as exc:
                 log.warning("could not name Member %d: %s", member_id, exc)
-                return None
+                return str(exc)
         if hit is None or hit.id != member_id:
             log.warning("Members API answered for Member %d without one", member_id)
-            return None
+            return "the Members API answered without that Member"
         return hit
 
 
