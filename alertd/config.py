@@ -56,7 +56,20 @@ class DatabaseSettings(_Section):
     def _known_driver(cls, url: str) -> str:
         if not url.startswith(("sqlite:", "postgresql")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        return _home_written_out(url)
+
+
+def _home_written_out(url: str) -> str:
+    """A SQLite URL whose path starts with ~ or ~user, with that home folder written out:
+    sqlite3 itself would look for a folder named "~"."""
+    scheme, separator, path = url.partition(":///")
+    if not scheme.startswith("sqlite") or not separator or not path.startswith("~"):
         return url
+    try:
+        expanded = Path(path).expanduser()
+    except RuntimeError:
+        raise ValueError(f"no home folder for {path.split('/', 1)[0]}") from None
+    return f"{scheme}:///{expanded}"
 
 
 class ParliamentSettings(_Section):

@@ -41,9 +41,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
-        # sqlite3 would open "~/alertd.db" in a folder named "~": the home folder is meant.
-        path = Path(url.database).expanduser()
-        url = url.set(database=str(path))
+        path = Path(url.database)  # ~ is written out already (DatabaseSettings)
         # A mistyped path must not quietly become a new, empty database in new folders.
         folder = path.parent
         if not folder.is_dir():
@@ -130,7 +128,7 @@ def migration_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    path = Path(database).expanduser()
+    path = Path(database)
     lock_path = path.with_name(path.name + ".migrate-lock")
     with open(os.open(lock_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes

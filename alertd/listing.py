@@ -125,11 +125,11 @@ def _sqlite_at_head(settings: DatabaseSettings) -> sqlite3.Connection | None:
 
 
 def _sqlite_file(url: str) -> Path | None:
-    """The file of a plain SQLite URL, as create_db_engine opens it (~ is the home folder)."""
+    """The file of a plain SQLite URL, as create_db_engine opens it."""
     prefix = next((prefix for prefix in _SQLITE_PREFIXES if url.startswith(prefix)), None)
     if prefix is None or "?" in url:
         return None
     database = unquote(url.removeprefix(prefix))
     if database in ("", ":memory:"):
         return None
-    return Path(database).expanduser()
+    return Path(database)

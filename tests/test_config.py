@@ -62,6 +62,7 @@ def test_settings_are_frozen() -> None:
         ("[mail]\ndelivery = 'pigeon'\n", {}, "mail.delivery"),
         ("[digest]\ntimezone = 'Mars/Olympus'\n", {}, "unknown time zone"),
         ("[database]\nurl = 'mysql://x'\n", {}, "database.url"),
+        ("[database]\nurl = 'sqlite:///~nosuchuser/a.db'\n", {}, "no home folder for ~nosuchuser"),
         ("[smtp\n", {}, "not valid TOML"),
         ("[smtp]\nmessages_per_connection = 0\n", {}, "smtp.messages_per_connection"),
         ("", {"ALERTD_DIGEST__RENDER_PROCESSES": "-1"}, "digest.render_processes"),
