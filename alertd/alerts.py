@@ -104,6 +104,8 @@ _URL = re.compile(
     r"(?i)(?:\b[a-z][a-z0-9+.-]*://\S+|\bwww\.\S+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?:/\S*)?)"
 )
 _PHONE = re.compile(r"\+?\(?\d(?:[\s().-]*\d){6,}")
+# An id of 7 digits or more: no Member or department has one, and it reads as a phone number.
+_LONG_ID = re.compile(r"(?i)\b(member|asker|answerer|department):\s*\d{7,}")
 URL_PHONE_ERROR = (
     "Type the words to look for: a query made mostly of web addresses or phone numbers is refused"
 )
@@ -117,8 +119,13 @@ def check_query_words(text: str) -> None:
 
     Raises:
         QueryError: half or more of its characters (not counting spaces) are in URLs or
-            phone numbers.
+            phone numbers; or a field's id is as long as a phone number.
     """
+    long_id = _LONG_ID.search(text)
+    if long_id:
+        raise QueryError(
+            f"{long_id.group(1).lower()}: no such id (ids have at most 6 digits)", long_id.start()
+        )
     total = sum(not c.isspace() for c in text)
     if total == 0:
         return

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
-    parser = _Parser(prog="alertd", description="Email alerts for UK Parliament written answers.")
+    parser = _Parser(
+        prog="alertd",
+        description="Email alerts for UK Parliament written questions, answers and statements.",
+    )
     parser.add_argument("--config", metavar="PATH", help="TOML settings file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"alertd {__version__}")
@@ -55,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("subscribe", parents=[common], help="add an alert")
     sub.add_argument("email")
-    sub.add_argument("query", help='e.g. "special educational needs" or member:4138')
+    sub.add_argument(
+        "query",
+        help='e.g. "special educational needs" or member:4138 (one starting with -, '
+        "after --: alertd subscribe EMAIL -- '-nhs funding')",
+    )
     sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCY_CHOICES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
     sub.add_argument("--force", action="store_true", help="save even a very broad alert")
@@ -178,7 +185,7 @@ def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
     from alertd.config import WEEKDAYS
 
     if frequency == "immediate":
-        return "within minutes of a matching answer reaching alertd"
+        return "within minutes of a match (an answer, question or statement) reaching alertd"
     digest = settings.digest
     local = now.astimezone(digest.zone)
     due = local.replace(hour=digest.daily_at.hour, minute=digest.daily_at.minute, second=0)
@@ -298,7 +305,8 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     )
     for week, count in sorted(weeks.items()):
         print(f"week of {week}: {count}", file=sys.stderr)
-    print(f"{len(found)} matching answers in the last {args.days} days", file=sys.stderr)
+    matches = "1 match" if len(found) == 1 else f"{len(found)} matches"
+    print(f"{matches} in the last {args.days} days", file=sys.stderr)
     return 0
 
 

@@ -43,6 +43,7 @@ def _rows(tmp_path: Path, table: str) -> int:
         (["subscribe", "a@example.org", '"special needs'], "quote"),
         (["subscribe", "a@example.org", "--", "-schools"], "exclu"),
         (["subscribe", "a@example.org", "colour:red"], "unknown field"),
+        (["subscribe", "a@example.org", "member:99999999"], "member: no such id (ids have at most"),
         (["subscribe", "a@example.org", "schools", "--frequency", "hourly"], "unknown frequency"),
         (["subscribe", "a@example.org", "schools", "--on", "tabled"], "use answered, or tabled"),
         (["subscribe", "a@example.org", "schools", "--on", "asked"], "use answered, or tabled"),
@@ -119,7 +120,7 @@ def test_subscribe_list_preview_unsubscribe(
     )
     captured = capsys.readouterr()
     assert "Special Educational Needs: Coronavirus" in captured.out
-    assert "1 matching answers" in captured.err and "week of 2021-02-01: 1" in captured.err
+    assert "1 match in the last" in captured.err and "week of 2021-02-01: 1" in captured.err
     assert main(["unsubscribe", alert_id, "--config", config]) == 0
     assert main(["list", "--config", config]) == 0
     assert capsys.readouterr().out == "alert 1 stopped\n"
