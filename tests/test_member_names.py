@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from alertd.models import Item
 from alertd.pipeline import Runtime, poll_once
-from alertd.sources.member_names import MAX_LOOKUPS
+from alertd.sources.member_names import MAX_LOOKUPS, RETRY_HORIZON
 
 from standin_api import FaultRule, StandinApi, load_2021_tabled, member_search_item
 
@@ -95,3 +95,18 @@ async def test_a_member_id_with_no_member_is_asked_a_bounded_number_of_times(
     assert _lookups(api, NO_SUCH_MEMBER) == MAX_LOOKUPS
     assert _askers(runtime)[NO_SUCH_MEMBER] == (None, None, None)
     assert _askers(runtime)[STURDY][0] == "Julian Sturdy"
+
+
+async def test_items_older_than_the_horizon_are_not_scanned_again(
+    runtime: Runtime, api: StandinApi
+) -> None:
+    # The daemon was stopped for longer than the horizon after an outage of the Members API:
+    # the scan for unnamed Members covers recent items only (its cost must not grow with the
+    # history), so these are left as they are.
+    api.add_fault(FaultRule(503, target="members", count=None))
+    await poll_once(runtime, now=MONDAY_EVENING, on_demand=True)
+    api.clear_faults()
+    later = MONDAY_EVENING + RETRY_HORIZON + timedelta(days=1)
+    await poll_once(runtime, now=later, on_demand=True)
+    assert _lookups(api, STURDY) == 1
+    assert _askers(runtime)[STURDY] == (None, None, None)

@@ -31,6 +31,10 @@ LOOKUP_CONCURRENCY = 4
 RETRY_FIRST = timedelta(hours=1)
 RETRY_MAX = timedelta(days=1)
 MAX_LOOKUPS = 8
+# Items stored longer ago than this are not looked at again: their Members' tries (about
+# 4 days in all) are long over, even after a daemon stopped for weeks, and the scan costs
+# what a month of items costs, not what the whole history does.
+RETRY_HORIZON = timedelta(days=30)
 
 
 def known_members(engine: Engine, ids: Iterable[int]) -> dict[int, MemberHit]:
@@ -107,17 +111,23 @@ def _record_lookups(
                 )
 
 
-def _unnamed_in_items(engine: Engine) -> set[int]:
-    """The ids of Members that stored items give without a name."""
+def _unnamed_in_items(engine: Engine, since: datetime) -> set[int]:
+    """The ids of Members that items stored since then give without a name."""
+    recent = col(Item.ingested_at) >= since
     with Session(engine) as session:
         asking = session.exec(
             select(Item.asking_member_id)
-            .where(col(Item.asking_member_id).is_not(None), col(Item.asking_member_name).is_(None))
+            .where(
+                recent,
+                col(Item.asking_member_id).is_not(None),
+                col(Item.asking_member_name).is_(None),
+            )
             .distinct()
         ).all()
         answering = session.exec(
             select(Item.answering_member_id)
             .where(
+                recent,
                 col(Item.answering_member_id).is_not(None),
                 col(Item.answering_member_name).is_(None),
             )
@@ -207,7 +217,7 @@ class MemberNames:
         """Name the Members of stored items that a poll before could not (an outage of the
         Members API, a Member it did not list yet), within this poll's lookups; return how
         many Members were named."""
-        unnamed = await asyncio.to_thread(_unnamed_in_items, self.engine)
+        unnamed = await asyncio.to_thread(_unnamed_in_items, self.engine, now - RETRY_HORIZON)
         if not unnamed:
             return 0
         found = await self.names(unnamed, now=now)
