@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
+from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from alertd.matching.analysis import AnalysedDocument
@@ -354,6 +355,9 @@ class _Compiled(NamedTuple):
     share: float
 
 
+_share_of = attrgetter("share")
+
+
 class _Compiler:
     """Compiles query trees to plans, sharing one plan per distinct key (kept once made)."""
 
@@ -431,24 +435,25 @@ class _Compiler:
 
     @staticmethod
     def _and(children: list[_Compiled]) -> _Compiled:
-        ordered = sorted(children, key=lambda child: child.share)
-        required = tuple(c.plan.key for c in ordered if isinstance(c.plan, _Contains))
-        excluded = tuple(
-            c.plan.child.key
-            for c in ordered
-            if isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains)
-        )
-        rest = tuple(
-            c.plan
-            for c in ordered
-            if not isinstance(c.plan, _Contains)
-            and not (isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains))
-        )
-        plan = _All(required, rest, excluded)
-        anchored = [child for child in ordered if child.anchors is not None]
-        if not anchored:
+        # One pass (a daemon's start compiles hundreds of thousands of these).
+        required: list[Key] = []
+        rest: list[_Plan] = []
+        excluded: list[Key] = []
+        anchored: _Compiled | None = None
+        for child in sorted(children, key=_share_of):
+            plan = child.plan
+            if type(plan) is _Contains:
+                required.append(plan.key)
+            elif type(plan) is _Without and type(plan.child) is _Contains:
+                excluded.append(plan.child.key)
+            else:
+                rest.append(plan)
+            if anchored is None and child.anchors is not None:
+                anchored = child
+        plan = _All(tuple(required), tuple(rest), tuple(excluded))
+        if anchored is None:
             return _Compiled(plan, None, _NEVER)
-        return _Compiled(plan, anchored[0].anchors, anchored[0].share)
+        return _Compiled(plan, anchored.anchors, anchored.share)
 
     @staticmethod
     def _or(children: list[_Compiled]) -> _Compiled:
@@ -463,20 +468,15 @@ class _Compiler:
 
 def _only_excluding(plan: _Plan, anchor: Key) -> Key | None:
     """The excluded key of an AND that is just `anchor` without one other key, else None."""
-    if (
-        isinstance(plan, _All)
-        and plan.required == (anchor,)
-        and not plan.rest
-        and len(plan.excluded) == 1
-    ):
-        return plan.excluded[0]
+    if type(plan) is _All and len(plan.excluded) == 1 and plan.required == (anchor,):
+        return None if plan.rest else plan.excluded[0]
     return None
 
 
 def _second_key(plan: _Plan, anchor: Key) -> Key | None:
     """A key other than `anchor` that every document an AND matches contains, else None:
     its rarest other required key, or a word of a phrase it requires."""
-    if not isinstance(plan, _All):
+    if type(plan) is not _All:
         return None
     for key in plan.required:
         if key != anchor:
@@ -541,6 +541,16 @@ def _match_paired(
                 mask = within if plan is None else plan.evaluate(batch, within)
                 if mask:
                     found[key] = mask
+
+
+def _nested(top: dict[Any, Any], path: tuple[Hashable, ...]) -> dict[Any, Any]:
+    """The dict under `path` in nested dicts, made (and the dicts on the way) if missing."""
+    for step in path:
+        below = top.get(step)
+        if below is None:
+            below = top[step] = {}
+        top = below
+    return top
 
 
 def _unfile(top: dict[Any, Any], path: tuple[Hashable, ...], key: object) -> None:
@@ -642,31 +652,34 @@ class MatchEngine(Generic[K]):
     def _file(self, key: K, compiled: _Compiled) -> None:
         if key in self._plans:
             self.remove(key)
-        plan, anchors = compiled.plan, compiled.anchors
+        plan, anchors, _ = compiled
         self._plans[key] = plan
         top: dict[Any, Any]
-        paths: tuple[tuple[Hashable, ...], ...]
+        path: tuple[Hashable, ...]
         value: object = plan
         if anchors is None:
-            top, paths = self._unanchored, ((),)
-        elif isinstance(plan, _Contains):
-            top, paths, value = self._single, (plan.key,), None
-        elif len(anchors) != 1:
-            top, paths = self._filed_often, anchors
-        elif (excluded := _only_excluding(plan, anchors[0])) is not None:
-            top, paths, value = self._excluding, ((*anchors[0], *excluded),), None
-        elif (second := _second_key(plan, anchors[0])) is not None:
-            top, paths = self._paired, ((*anchors[0], *second),)
-            if isinstance(plan, _All) and plan.required == (anchors[0], second):
+            self._unanchored[key] = plan
+            self._places[key] = (self._unanchored, ((),))
+            return
+        if len(anchors) != 1:
+            top = self._filed_often
+            for path in anchors:
+                _nested(top, path)[key] = plan
+            self._places[key] = (top, anchors)
+            return
+        anchor = anchors[0]
+        if type(plan) is _Contains:
+            top, path, value = self._single, anchor, None
+        elif (excluded := _only_excluding(plan, anchor)) is not None:
+            top, path, value = self._excluding, (*anchor, *excluded), None
+        elif (second := _second_key(plan, anchor)) is not None:
+            top, path = self._paired, (*anchor, *second)
+            if type(plan) is _All and plan.required == (anchor, second):
                 value = None if not plan.rest and not plan.excluded else plan
         else:
-            top, paths = self._filed, anchors
-        for path in paths:
-            leaf: dict[Any, Any] = top
-            for step in path:
-                leaf = leaf.setdefault(step, {})
-            leaf[key] = value
-        self._places[key] = (top, paths)
+            top, path = self._filed, anchor
+        _nested(top, path)[key] = value
+        self._places[key] = (top, (path,))
 
     def remove(self, key: K) -> None:
         """Remove the query under `key`; raises KeyError if there is none."""
