@@ -1095,28 +1095,19 @@ SHAPES = (
 
 
 DAEMON_MISSES = (
-    "Why the targets are missed, and what next. Start: each distinct query is compiled "
-    "straight from its canonical text (`MatchEngine.add_canonical`: an OR of ANDs of words, "
-    "prefixes, phrases and fields, every query of this population; anything else through "
-    "the parser), each word stemmed once, and `gc.freeze()` after a load of this size keeps "
-    "the collector from walking the million alerts again; what is left is ~10 µs of "
-    "interpreter time per distinct query (regular expressions, plan objects) and ~1 µs per "
-    "alert filed in dicts. Next: alerts as columns (an array of ids per canonical query "
-    "instead of a dict of tuples) and plans as flat tuples of interned key ids. Poll of 50: "
-    "the 50 answers make ~115,000 candidate queries and ~55,000 matching ones; queries of "
-    "one key cost nothing each, every other candidate ~2 µs, mostly cache misses on plan "
-    "objects spread over a 1 GB heap, and the fan-out count ~1 µs per matching query. "
-    "Filing ANDs a second time under their second key, so that a candidate whose second "
-    "key the poll lacks is never evaluated, was tried and gained nothing (p50 269–281 ms "
-    "without, 291–299 ms with, two runs each on the loaded machine): most evaluated "
-    "candidates match, so the cost follows the matching queries (a dict entry, a mask and "
-    "a count each). Next: the result and the fan-out count per group of queries sharing "
-    "an anchor (alert counts summed per group in advance) rather than per query, or the "
-    "plans as flat arrays evaluated outside the interpreter. Batch: the "
-    "match is now about as long as the analysis. Next: take each answer's analysed form "
-    "from the stored-history index (`item_index` keeps token streams and stems) instead of "
-    "analysing it again, which would leave about the match time, and split the distinct "
-    "queries across the cores."
+    "Where the time goes, and what next where a target is missed. Start: each distinct query "
+    "is compiled straight from its canonical text (`MatchEngine.add_canonical`), each word "
+    "stemmed once, and `gc.freeze()` after a load of this size keeps the collector from "
+    "walking the million alerts again; what is left is ~10 µs of interpreter time per "
+    "distinct query and ~1 µs per alert filed in dicts. Poll of 50 (branch m1, see "
+    '"Issue 13\'s missed targets, third pass"): ANDs are filed under their anchor and then a '
+    "second key they require, so a candidate is evaluated only when the poll holds both, and "
+    '"a -b" queries share one result while the poll lacks b; the fan-out is counted in C '
+    "from a per-query alert count. What is left is ~45,000 matching distinct queries per poll "
+    "(a mask and a dict entry each, ~2–3 µs of interpreter time and cache misses over a 1 GB "
+    "heap): next, the plans as flat arrays evaluated outside the interpreter (a small C "
+    "extension or numpy over 64-bit masks, a poll being ≤ 64 answers). Batch: analysis is a "
+    "cached tokeniser and a substring search for phrases, about half the match time now."
 )
 
 

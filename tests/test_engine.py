@@ -27,7 +27,7 @@ from alertd.matching.analysis import (
     parse_query,
     tokenize,
 )
-from alertd.matching.engine import MatchEngine, _Compiler
+from alertd.matching.engine import MatchEngine, _Compiler, indexes_of
 from alertd.matching.query import make_and, make_or, parse_canonical, plain_parts
 
 from standin_api import load_2021_answered, load_2021_statements
@@ -160,6 +160,48 @@ def test_property_add_and_remove_keep_results_exact(
     kept = {key: query for key, query in keyed.items() if key not in removed} | {0: replacement}
     assert len(engine) == len(kept)
     assert engine.match(DOCS[:60]) == match_batch(kept, DOCS[:60])
+
+
+# Shapes the engine files apart: "a b" (two required keys), "a -b" (one key without another),
+# a phrase with a word, as the alerts of a large population mostly are.
+PAIR_SHAPES = st.builds(
+    lambda shape, first, second, phrase: [
+        f"{first} {second}",
+        f"{first} -{second}",
+        f"{first} {second} {first}s",
+        '"' + " ".join(phrase) + '" ' + first,
+        f"heading:{first} -{second}",
+    ][shape],
+    st.integers(0, 4),
+    st.sampled_from(COMMON_WORDS[10:60]),
+    st.sampled_from(COMMON_WORDS[10:150]),
+    st.sampled_from(TEXT_PHRASES),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(PAIR_SHAPES, min_size=1, max_size=30),
+    st.lists(st.integers(0, len(DOCS) - 1), min_size=1, max_size=40),
+    st.data(),
+)
+def test_property_groups_hold_each_matching_query_once(
+    texts: list[str], batch: list[int], data: st.DataObject
+) -> None:
+    keyed = {text: parse_query(text) for text in texts}
+    engine = MatchEngine(keyed)
+    for text in data.draw(st.sets(st.sampled_from(sorted(keyed)))):
+        engine.remove(text)
+        del keyed[text]
+    docs = [DOCS[index] for index in batch]
+    expected = match_batch(keyed, docs)
+    assert engine.match(docs) == expected
+    each, shared = engine.match_groups(docs)
+    grouped = [*((mask, key) for key, mask in each.items())]
+    grouped += [(mask, key) for mask, keys in shared for key in keys]
+    assert all(mask for mask, _ in grouped)
+    assert sorted(key for _, key in grouped) == sorted(expected)
+    assert {key: indexes_of(mask) for mask, key in grouped} == expected
 
 
 QUERY_TEXTS = [

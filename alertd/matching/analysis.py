@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 from alertd.matching.query import (
@@ -76,6 +77,8 @@ class AnalysedDocument:
 
     Heading, question and answer share one token stream with a gap between them, so a
     phrase never spans two of them; the heading holds positions below `heading_length`.
+    `stream_text` is that stream joined by spaces, with a space at each end: a gap is two
+    spaces, so a phrase is there exactly when " word word " is a substring of it.
     """
 
     document: Document
@@ -83,9 +86,18 @@ class AnalysedDocument:
     heading_stems: frozenset[str]
     tokens: tuple[str, ...]
     heading_tokens: tuple[str, ...]
-    positions: Mapping[str, frozenset[int]]
+    stream_text: str
     heading_length: int
     house: str
+
+    @cached_property
+    def positions(self) -> Mapping[str, frozenset[int]]:
+        """Each token's positions in the stream (the gaps hold none)."""
+        positions: dict[str, set[int]] = {}
+        for at, token in enumerate(self.stream_text[1:-1].split(" ")):
+            if token:
+                positions.setdefault(token, set()).add(at)
+        return {token: frozenset(at) for token, at in positions.items()}
 
     def has_stem(self, stem: str, scope: Scope) -> bool:
         return stem in (self.heading_stems if scope == "heading" else self.stems)
@@ -96,15 +108,15 @@ class AnalysedDocument:
         return at < len(tokens) and tokens[at].startswith(prefix)
 
     def has_phrase(self, words: tuple[str, ...], scope: Scope) -> bool:
-        positions = self.positions
-        if not all(word in positions for word in words):
-            return False
-        first, *rest = (positions[word] for word in words)
-        if scope == "heading":
-            first = frozenset(start for start in first if start < self.heading_length)
-        return any(
-            all(start + offset in later for offset, later in enumerate(rest, 1)) for start in first
-        )
+        # Tokens hold no spaces, so the spaces around and between the words pin each word
+        # to one whole token, consecutive in the stream (a substring search in C).
+        needle = " " + " ".join(words) + " "
+        if scope != "heading":
+            return needle in self.stream_text
+        # Within the heading's tokens and the space after them: the first two spaces in a
+        # row are the gap after the heading.
+        heading_end = self.stream_text.find("  ") + 1
+        return self.stream_text.find(needle, 0, heading_end) >= 0
 
     def has_field(self, name: str, value: int | str) -> bool:
         doc = self.document
@@ -125,20 +137,23 @@ def analyse(doc: Document) -> AnalysedDocument:
     """Tokenise and stem a document once; reuse the result for every query."""
     heading = tokenize(doc.heading)
     stream = [*heading, "", *tokenize(doc.question_text), "", *tokenize(doc.answer_text)]
-    positions: dict[str, set[int]] = {}
-    for at, token in enumerate(stream):
-        if token:
-            positions.setdefault(token, set()).add(at)
-    distinct = sorted(positions)
-    stem_of = dict(zip(distinct, stem_words(distinct), strict=True))
+    distinct_tokens = set(stream)
+    distinct_tokens.discard("")
+    distinct = sorted(distinct_tokens)
+    stems = stem_words(distinct)
     heading_distinct = sorted(set(heading))
+    if heading_distinct:
+        stem_of = dict(zip(distinct, stems, strict=True))
+        heading_stems = frozenset(map(stem_of.__getitem__, heading_distinct))
+    else:
+        heading_stems = frozenset()
     return AnalysedDocument(
         document=doc,
-        stems=frozenset(stem_of.values()),
-        heading_stems=frozenset(stem_of[token] for token in heading_distinct),
+        stems=frozenset(stems),
+        heading_stems=heading_stems,
         tokens=tuple(distinct),
         heading_tokens=tuple(heading_distinct),
-        positions={token: frozenset(at) for token, at in positions.items()},
+        stream_text=" " + " ".join(stream) + " ",
         heading_length=len(heading),
         house=doc.house.strip().lower(),
     )

@@ -8,6 +8,8 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from alertd.matching.analysis import AnalysedDocument
@@ -28,7 +30,7 @@ from alertd.matching.query import (
     stem_words,
 )
 
-__all__ = ["MatchEngine", "Mask", "indexes_of"]
+__all__ = ["Grouped", "MatchEngine", "Mask", "indexes_of"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -307,13 +309,24 @@ class _All(_Plan):
 
 
 class _Any(_Plan):
-    __slots__ = ("children",)
+    __slots__ = ("children", "keys")
 
     def __init__(self, children: tuple[_Plan, ...]) -> None:
         self.children = children
+        # An OR of keys alone (the common "a OR b"): their masks joined, no step per child.
+        self.keys = (
+            tuple(child.key for child in children if isinstance(child, _Contains))
+            if all(isinstance(child, _Contains) for child in children)
+            else None
+        )
 
     def evaluate(self, batch: _Batch, within: Mask | None) -> Mask:
         found = 0
+        if self.keys is not None:
+            masks = batch.masks
+            for key in self.keys:
+                found |= masks[key]
+            return found if within is None else within & found
         for child in self.children:
             found |= child.evaluate(batch, within)
         return found
@@ -340,6 +353,9 @@ class _Compiled(NamedTuple):
     plan: _Plan
     anchors: tuple[Key, ...] | None
     share: float
+
+
+_share_of = attrgetter("share")
 
 
 class _Compiler:
@@ -419,24 +435,25 @@ class _Compiler:
 
     @staticmethod
     def _and(children: list[_Compiled]) -> _Compiled:
-        ordered = sorted(children, key=lambda child: child.share)
-        required = tuple(c.plan.key for c in ordered if isinstance(c.plan, _Contains))
-        excluded = tuple(
-            c.plan.child.key
-            for c in ordered
-            if isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains)
-        )
-        rest = tuple(
-            c.plan
-            for c in ordered
-            if not isinstance(c.plan, _Contains)
-            and not (isinstance(c.plan, _Without) and isinstance(c.plan.child, _Contains))
-        )
-        plan = _All(required, rest, excluded)
-        anchored = [child for child in ordered if child.anchors is not None]
-        if not anchored:
+        # One pass (a daemon's start compiles hundreds of thousands of these).
+        required: list[Key] = []
+        rest: list[_Plan] = []
+        excluded: list[Key] = []
+        anchored: _Compiled | None = None
+        for child in sorted(children, key=_share_of):
+            plan = child.plan
+            if type(plan) is _Contains:
+                required.append(plan.key)
+            elif type(plan) is _Without and type(plan.child) is _Contains:
+                excluded.append(plan.child.key)
+            else:
+                rest.append(plan)
+            if anchored is None and child.anchors is not None:
+                anchored = child
+        plan = _All(tuple(required), tuple(rest), tuple(excluded))
+        if anchored is None:
             return _Compiled(plan, None, _NEVER)
-        return _Compiled(plan, anchored[0].anchors, anchored[0].share)
+        return _Compiled(plan, anchored.anchors, anchored.share)
 
     @staticmethod
     def _or(children: list[_Compiled]) -> _Compiled:
@@ -447,6 +464,104 @@ class _Compiler:
                 return _Compiled(plan, None, _NEVER)
             anchors.update(dict.fromkeys(child.anchors))
         return _Compiled(plan, tuple(anchors), min(1.0, sum(child.share for child in children)))
+
+
+def _only_excluding(plan: _Plan, anchor: Key) -> Key | None:
+    """The excluded key of an AND that is just `anchor` without one other key, else None."""
+    if type(plan) is _All and len(plan.excluded) == 1 and plan.required == (anchor,):
+        return None if plan.rest else plan.excluded[0]
+    return None
+
+
+def _second_key(plan: _Plan, anchor: Key) -> Key | None:
+    """A key other than `anchor` that every document an AND matches contains, else None:
+    its rarest other required key, or a word of a phrase it requires."""
+    if type(plan) is not _All:
+        return None
+    for key in plan.required:
+        if key != anchor:
+            return key
+    for child in plan.rest:
+        if isinstance(child, _Phrase):
+            space = HEADING_TOKEN if child.heading else TOKEN
+            for word in child.words:
+                if (space, word) != anchor:
+                    return space, word
+    return None
+
+
+def _leaves(by_space: Mapping[str, Mapping[Hashable, Mapping[K, object]]]) -> dict[K, None]:
+    """The keys filed in a two-level structure (space -> value -> keys)."""
+    return {
+        key: None for by_value in by_space.values() for keys in by_value.values() for key in keys
+    }
+
+
+class Grouped(NamedTuple, Generic[K]):
+    """What `MatchEngine.match_groups` finds: a mask per query, and groups sharing one."""
+
+    each: dict[K, Mask]
+    shared: list[tuple[Mask, Iterable[K]]]
+
+
+def _match_excluding(
+    batch: _Batch,
+    anchor: Mask,
+    by_space: dict[str, dict[Hashable, dict[K, None]]],
+    found: dict[K, Mask],
+    share: Callable[[tuple[Mask, Iterable[K]]], None],
+) -> None:
+    masks = batch.masks
+    for space, by_excluded in by_space.items():
+        present = batch.present(space, by_excluded)
+        # Every query whose excluded key no document of the batch has: the anchor's mask.
+        lacking = by_excluded.keys() - present
+        if lacking:
+            share((anchor, list(chain.from_iterable(map(by_excluded.__getitem__, lacking)))))
+        for value in present:
+            mask = anchor & ~masks[space, value]
+            if mask:
+                for key in by_excluded[value]:
+                    found[key] = mask
+
+
+def _match_paired(
+    batch: _Batch,
+    anchor: Mask,
+    by_space: dict[str, dict[Hashable, dict[K, _Plan | None]]],
+    found: dict[K, Mask],
+) -> None:
+    masks = batch.masks
+    for space, by_second in by_space.items():
+        for value in batch.present(space, by_second):
+            within = anchor & masks[space, value]
+            if not within:
+                continue
+            for key, plan in by_second[value].items():
+                mask = within if plan is None else plan.evaluate(batch, within)
+                if mask:
+                    found[key] = mask
+
+
+def _nested(top: dict[Any, Any], path: tuple[Hashable, ...]) -> dict[Any, Any]:
+    """The dict under `path` in nested dicts, made (and the dicts on the way) if missing."""
+    for step in path:
+        below = top.get(step)
+        if below is None:
+            below = top[step] = {}
+        top = below
+    return top
+
+
+def _unfile(top: dict[Any, Any], path: tuple[Hashable, ...], key: object) -> None:
+    """Remove `key` from the nested dicts under `path`, and every dict that leaves empty."""
+    if not path:
+        del top[key]
+        return
+    below = top[path[0]]
+    _unfile(below, path[1:], key)
+    if not below:
+        del top[path[0]]
 
 
 def _leaf_key(node: Term | Prefix | Field) -> tuple[Key, float]:
@@ -493,13 +608,24 @@ class MatchEngine(Generic[K]):
     def __init__(self, queries: Mapping[K, Query] | None = None) -> None:
         self._compiler = _Compiler()
         self._plans: dict[K, _Plan] = {}
-        self._anchors: dict[K, tuple[Key, ...] | None] = {}
-        # Queries that are one key: their result is that key's mask, with no work per query.
-        self._single: dict[str, dict[Hashable, dict[K, None]]] = defaultdict(dict)
-        # Queries with one anchor, and those with several (an OR): those are gathered first,
-        # since a batch can contain more than one of their anchors.
-        self._filed: dict[str, dict[Hashable, dict[K, _Plan]]] = defaultdict(dict)
-        self._filed_often: dict[str, dict[Hashable, dict[K, _Plan]]] = defaultdict(dict)
+        # Where each query is filed (a structure below and its paths), to remove it.
+        self._places: dict[K, tuple[dict[Any, Any], tuple[tuple[Hashable, ...], ...]]] = {}
+        # space -> value -> queries that are that one key: their result is that key's mask,
+        # with no work per query.
+        self._single: dict[str, dict[Hashable, dict[K, None]]] = {}
+        # Queries with one anchor: space -> value -> {key: plan}.
+        self._filed: dict[str, dict[Hashable, dict[K, _Plan]]] = {}
+        # ANDs filed under their anchor, then under a second key they require (space, value):
+        # a query is evaluated only when the batch holds both. None for a plan that is just
+        # the two keys (its result is the two masks' intersection).
+        self._paired: dict[str, dict[Hashable, dict[str, dict[Hashable, dict[K, _Plan | None]]]]]
+        self._paired = {}
+        # One key without another ("a -b"), under the anchor a, then the excluded b: while the
+        # batch lacks b, every such query's result is a's mask (one result for all of them).
+        self._excluding: dict[str, dict[Hashable, dict[str, dict[Hashable, dict[K, None]]]]] = {}
+        # Queries with several anchors (an OR): gathered first, since a batch can contain more
+        # than one of their anchors.
+        self._filed_often: dict[str, dict[Hashable, dict[K, _Plan]]] = {}
         self._unanchored: dict[K, _Plan] = {}
         with _collector_paused():
             for key, query in (queries or {}).items():
@@ -526,35 +652,41 @@ class MatchEngine(Generic[K]):
     def _file(self, key: K, compiled: _Compiled) -> None:
         if key in self._plans:
             self.remove(key)
-        plan, anchors = compiled.plan, compiled.anchors
+        plan, anchors, _ = compiled
         self._plans[key] = plan
-        self._anchors[key] = anchors
+        top: dict[Any, Any]
+        path: tuple[Hashable, ...]
+        value: object = plan
         if anchors is None:
             self._unanchored[key] = plan
-        elif isinstance(plan, _Contains):
-            space, value = plan.key
-            self._single[space].setdefault(value, {})[key] = None
+            self._places[key] = (self._unanchored, ((),))
+            return
+        if len(anchors) != 1:
+            top = self._filed_often
+            for path in anchors:
+                _nested(top, path)[key] = plan
+            self._places[key] = (top, anchors)
+            return
+        anchor = anchors[0]
+        if type(plan) is _Contains:
+            top, path, value = self._single, anchor, None
+        elif (excluded := _only_excluding(plan, anchor)) is not None:
+            top, path, value = self._excluding, (*anchor, *excluded), None
+        elif (second := _second_key(plan, anchor)) is not None:
+            top, path = self._paired, (*anchor, *second)
+            if type(plan) is _All and plan.required == (anchor, second):
+                value = None if not plan.rest and not plan.excluded else plan
         else:
-            filed = self._filed if len(anchors) == 1 else self._filed_often
-            for space, value in anchors:
-                filed[space].setdefault(value, {})[key] = plan
+            top, path = self._filed, anchor
+        _nested(top, path)[key] = value
+        self._places[key] = (top, (path,))
 
     def remove(self, key: K) -> None:
         """Remove the query under `key`; raises KeyError if there is none."""
-        plan = self._plans.pop(key)
-        anchors = self._anchors.pop(key)
-        if anchors is None:
-            del self._unanchored[key]
-            return
-        if isinstance(plan, _Contains):
-            many: dict[str, dict[Hashable, dict[K, Any]]] = self._single
-        else:
-            many = self._filed if len(anchors) == 1 else self._filed_often
-        for space, value in anchors:
-            filed = many[space]
-            del filed[value][key]
-            if not filed[value]:
-                del filed[value]
+        del self._plans[key]
+        top, paths = self._places.pop(key)
+        for path in paths:
+            _unfile(top, path, key)
 
     def match(self, docs: Sequence[AnalysedDocument]) -> dict[K, list[int]]:
         """The indexes of the documents each query matches; no key if none (as match_batch)."""
@@ -566,15 +698,25 @@ class MatchEngine(Generic[K]):
         Queries of one key share that key's mask (the same int): the result is made without
         a step per such query.
         """
-        if not docs:
-            return {}
-        batch = _Batch(docs)
-        masks = batch.masks
+        found, shared = self.match_groups(docs)
+        for mask, keys in shared:
+            found.update(dict.fromkeys(keys, mask))
+        return found
+
+    def match_groups(self, docs: Sequence[AnalysedDocument]) -> Grouped[K]:
+        """The matching queries: a mask each, or shared by a group matching the same documents.
+
+        Each matching query is in exactly one of the two; no mask is 0. Queries of one key,
+        and those excluding a key the batch lacks, are grouped under their key or anchor, so
+        a caller can count per group rather than per query.
+        """
         found: dict[K, Mask] = {}
+        shared: list[tuple[Mask, Iterable[K]]] = []
+        if not docs:
+            return Grouped(found, shared)
+        batch = _Batch(docs)
         with _collector_paused():
-            for space, single in self._single.items():
-                for value in batch.present(space, single):
-                    found.update(dict.fromkeys(single[value], masks[space, value]))
+            self._match_shared(batch, found, shared.append)
             for space, filed in self._filed.items():
                 for value in batch.present(space, filed):
                     for key, plan in filed[value].items():
@@ -585,18 +727,41 @@ class MatchEngine(Generic[K]):
                 mask = plan.evaluate(batch, None)
                 if mask:
                     found[key] = mask
-        return found
+        return Grouped(found, shared)
+
+    def _match_shared(
+        self,
+        batch: _Batch,
+        found: dict[K, Mask],
+        share: Callable[[tuple[Mask, Iterable[K]]], None],
+    ) -> None:
+        """The queries of one key, those excluding a key and those filed under a pair."""
+        masks = batch.masks
+        for space, single in self._single.items():
+            for value in batch.present(space, single):
+                share((masks[space, value], single[value]))
+        for space, excluding in self._excluding.items():
+            for value in batch.present(space, excluding):
+                _match_excluding(batch, masks[space, value], excluding[value], found, share)
+        for space, paired in self._paired.items():
+            for value in batch.present(space, paired):
+                _match_paired(batch, masks[space, value], paired[value], found)
 
     def candidates(self, docs: Sequence[AnalysedDocument]) -> list[K]:
-        """The keys of the queries `match` would evaluate (or take a key's mask for)."""
+        """The keys of the queries filed under an anchor the batch contains (those `match`
+        evaluates or takes a mask for, and those it rules out by their second key)."""
         if not docs:
             return []
         batch = _Batch(docs)
         found: dict[K, object] = dict(self._gathered(batch))
-        for each in (self._single, self._filed):
-            for space, filed in each.items():
+        for flat in (self._single, self._filed):
+            for space, filed in flat.items():
                 for value in batch.present(space, filed):
                     found.update(filed[value])
+        for nested in (self._paired, self._excluding):
+            for space, anchored in nested.items():
+                for value in batch.present(space, anchored):
+                    found.update(_leaves(anchored[value]))
         return list(found)
 
     def _gathered(self, batch: _Batch) -> dict[K, _Plan]:

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from operator import mul
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -101,6 +102,9 @@ class LiveMatcher:
     def __init__(self) -> None:
         self._engine: MatchEngine[str] = MatchEngine()
         self._alerts: dict[str, dict[int, LiveAlert]] = {}
+        # How many live alerts share each canonical query (what a fan-out count multiplies
+        # by, kept apart so counting reads one small int per query, not each query's dict).
+        self._sharing: dict[str, int] = {}
         self._canonical_of: dict[int, str] = {}
         # The alerts version this matcher reflects; None until the first load.
         self.version: int | None = None
@@ -153,8 +157,9 @@ class LiveMatcher:
         if before is not None:
             sharing = self._alerts[before]
             del sharing[alert_id]
+            self._sharing[before] = len(sharing)
             if not sharing:
-                del self._alerts[before]
+                del self._alerts[before], self._sharing[before]
                 if before in self._engine:
                     self._engine.remove(before)
         if row.live:
@@ -172,6 +177,7 @@ class LiveMatcher:
                 # loudly.
                 log.error("alert query %r no longer parses: %s", canonical, exc)
         sharing.update(alerts)
+        self._sharing[canonical] = len(sharing)
         self._canonical_of.update(dict.fromkeys(alerts, canonical))
 
     def match(self, documents: Sequence[AnalysedDocument]) -> Iterator[tuple[LiveAlert, list[int]]]:
@@ -191,12 +197,15 @@ class LiveMatcher:
 
     def fan_out_count(self, documents: Sequence[AnalysedDocument]) -> int:
         """(alert, document) pairs matching: a count per distinct query, times its alerts."""
-        alerts = self._alerts
-        return sum(
-            mask.bit_count() * len(alerts[canonical])
-            for canonical, mask in self.match_masks(documents).items()
-        )
+        # Counted in C: per query, its mask's documents times its alerts; per group sharing
+        # a mask, the mask's documents times the alerts of all its queries.
+        sharing = self._sharing.__getitem__
+        each, shared = self._engine.match_groups(documents)
+        total: int = sum(map(mul, map(int.bit_count, each.values()), map(sharing, each)))
+        for mask, canonicals in shared:
+            total += mask.bit_count() * sum(map(sharing, canonicals))
+        return total
 
     def sharing(self, canonical: str) -> int:
         """How many live alerts have this canonical query."""
-        return len(self._alerts.get(canonical, ()))
+        return self._sharing.get(canonical, 0)

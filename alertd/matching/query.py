@@ -71,9 +71,30 @@ def iter_tokens(text: str) -> Iterator[tuple[int, int, str]]:
             yield found.start(), found.end(), token
 
 
+class _Normalised(dict[str, str]):
+    """Raw word -> `normalise_token` of it, remembered: the words of Parliament's texts are a
+    small vocabulary, so nearly every word of a new text is a lookup, not a computation."""
+
+    def __missing__(self, raw: str) -> str:
+        if len(self) >= _NORMALISED_MAX:
+            # A bound on memory for a long-lived daemon; the common words come back at once.
+            self.clear()
+        token = self[raw] = normalise_token(raw)
+        return token
+
+
+_NORMALISED_MAX = 200_000
+# Shared by threads: a lookup or an insertion is one atomic dict operation.
+_normalised = _Normalised()
+
+
 def tokenize(text: str) -> list[str]:
-    """The lower-cased, unstemmed tokens of a text ("covid-19" gives "covid", "19")."""
-    return [token for _, _, token in iter_tokens(text)]
+    """The lower-cased, unstemmed tokens of a text ("covid-19" gives "covid", "19"): the
+    tokens of `iter_tokens`, without their offsets."""
+    tokens = list(map(_normalised.__getitem__, _WORD.findall(text)))
+    if "" in tokens:
+        return [token for token in tokens if token]
+    return tokens
 
 
 class Searchable(Protocol):
