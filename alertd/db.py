@@ -136,7 +136,8 @@ def migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply every Alembic migration not yet applied (a no-op when up to date).
+    """Apply every Alembic migration not yet applied (a no-op when up to date), then index
+    the stored items the index lacks.
 
     Raises:
         ConfigError: the database cannot be reached or migrated.
@@ -144,9 +145,15 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.util import CommandError
 
+    from alertd.matching.history import index_missing
+
     try:
         with migration_lock(engine):
             command.upgrade(alembic_config(engine), "head")
+            # The index of stored items is derived data: what a migration left unindexed
+            # (a new index table, items moved) is indexed by the code that knows the kinds.
+            with write_connection(engine) as connection:
+                index_missing(connection)
     except CommandError as exc:
         # Most often a database already migrated by a newer alertd (after a rollback).
         raise ConfigError(

@@ -10,21 +10,36 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from alertd.matching.history import create_index_table, drop_index_table, index_missing
-
 revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The type: field value each item kind of this revision is indexed under.
+_TYPES = {"written_question": "question", "statement": "statement"}
 
-def _reindex() -> None:
-    # Every index row gains its item's type (type:question, type:statement): rebuilt once,
-    # in the migration's transaction.
+
+def _set_types(add: bool) -> None:
+    """Add each indexed item's type field (typequestion, typestatement), or take it away."""
     connection = op.get_bind()
-    drop_index_table(connection)
-    create_index_table(connection)
-    index_missing(connection)
+    postgres = connection.dialect.name == "postgresql"
+    key = "item_id" if postgres else "rowid"
+    for kind, name in _TYPES.items():
+        value = f"type{name}"
+        if add:
+            fields = "fields || ' ' || :value"
+            terms = "terms || array_to_tsvector(ARRAY[CAST(:lexeme AS TEXT)])"
+        else:
+            fields = "trim(replace(' ' || fields || ' ', ' ' || :value || ' ', ' '))"
+            terms = "ts_delete(terms, CAST(:lexeme AS TEXT))"
+        assignments = f"fields = {fields}" + (f", terms = {terms}" if postgres else "")
+        connection.execute(
+            sa.text(
+                f"UPDATE item_index SET {assignments} "
+                f"WHERE {key} IN (SELECT id FROM item WHERE kind = :kind)"
+            ),
+            {"value": value, "lexeme": f"f:{value}", "kind": kind},
+        )
 
 
 def upgrade() -> None:
@@ -32,7 +47,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("answering_member_role", sa.String(300), nullable=True))
         batch.add_column(sa.Column("attachments", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("linked_statements", sa.JSON(), nullable=True))
-    _reindex()
+    _set_types(add=True)
 
 
 def downgrade() -> None:
@@ -40,4 +55,4 @@ def downgrade() -> None:
     # the hit and ledger rows that point at it under SQLite's foreign_keys=ON (see 0002).
     for column in ("linked_statements", "attachments", "answering_member_role"):
         op.drop_column("item", column)
-    _reindex()
+    _set_types(add=False)
