@@ -16,8 +16,10 @@ from alertd.addresses import email_key, normalise_email
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
+from alertd.kinds import kind_of
+from alertd.kinds.feed_item import FeedItem
 from alertd.matching import Query, matching_item_ids, parse_query
-from alertd.models import Alert, Item, ItemKind, Member, Subscriber
+from alertd.models import Alert, Item, Member, Subscriber
 
 _MEMBER_FIELDS = ("member", "asker", "answerer")
 # Above this many matches a day over the stored history an alert is refused unless forced:
@@ -295,9 +297,7 @@ def _without_feed_items(session: Session, ids: list[int]) -> list[int]:
     feed_ids: set[int] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        statement = select(Item.id).where(
-            col(Item.id).in_(chunk), col(Item.kind) == ItemKind.FEED_ITEM
-        )
+        statement = select(Item.id).where(col(Item.id).in_(chunk), Item.kind == FeedItem.name)
         feed_ids.update(i for i in session.exec(statement).all() if i is not None)
     return [item_id for item_id in ids if item_id not in feed_ids]
 
@@ -315,34 +315,37 @@ def load_items(engine: Engine, ids: list[int]) -> list[Item]:
 
 
 @dataclass(frozen=True)
-class AnswerLine:
-    """What `alertd preview` prints of a matching item: read without loading whole Items."""
+class MatchLine:
+    """What `alertd preview` prints of a matching item."""
 
-    date_answered: date | None
-    uin: str | None
-    heading: str
+    day: date | None
+    # Its short reference ("HL1234"), else the source it came from ("feed:NAME").
+    where: str
+    title: str
     url: str
-    # Where the item came from ("parliament", "feed:NAME"): a feed item has no UIN.
-    source: str
 
 
-def matching_lines(engine: Engine, query_text: str, since: date) -> list[AnswerLine]:
-    """`matching_ids` as AnswerLines, newest first.
+def matching_lines(engine: Engine, query_text: str, since: date) -> list[MatchLine]:
+    """`matching_ids` as MatchLines, newest first.
 
     Raises:
         QueryError: the query is malformed or names someone unknown.
     """
     ids = matching_ids(engine, query_text, since)
-    by_id: dict[int, AnswerLine] = {}
+    by_id: dict[int, MatchLine] = {}
+    # Only the columns a line shows: not the whole items with their texts.
+    columns = [col(c) for c in (Item.id, Item.kind, Item.source, Item.day, Item.title, Item.url)]
+    columns.append(Item.__table__.c.details)  # type: ignore[attr-defined]
     with Session(engine) as session:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            columns = [col(c) for c in (Item.id, Item.date_answered, Item.uin, Item.heading)]
-            columns += [col(Item.url), col(Item.source)]
             rows = session.execute(sa.select(*columns).where(col(Item.id).in_(chunk))).all()
-            for item_id, answered, uin, heading, url, source in rows:
-                assert item_id is not None
-                by_id[item_id] = AnswerLine(answered, uin, heading, url, source)
+            for item_id, kind, source, day, title, url, details in rows:
+                item = Item.model_construct(
+                    kind=kind, source=source, source_id="", version=0, details=details
+                )
+                where = kind_of(item).reference(item) or source
+                by_id[item_id] = MatchLine(day, where, title, url)
     return [by_id[item_id] for item_id in ids]
 
 
@@ -359,9 +362,7 @@ def daily_match_rate(engine: Engine, query_text: str, *, include_feed_items: boo
     """Average matches a day over the stored history (its last 90 days; 0 with no history);
     feed items counted only if ``include_feed_items``."""
     with Session(engine) as session:
-        first, last = session.exec(
-            select(func.min(Item.date_answered), func.max(Item.date_answered))
-        ).one()
+        first, last = session.exec(select(func.min(Item.day), func.max(Item.day))).one()
     if first is None or last is None:
         return 0.0
     first = max(first, last - timedelta(days=BREADTH_WINDOW_DAYS - 1))

@@ -16,16 +16,13 @@ from sqlmodel import Session, col, select
 from alertd.config import ParliamentSettings
 from alertd.db import transaction
 from alertd.errors import TransientError
+from alertd.kinds import api_kinds
+from alertd.kinds.kind import ApiKind
 from alertd.models import SourceState
-from alertd.sources.ingest import store_items, unseen_summaries
 from alertd.sources.parliament import ParliamentApi, make_http_client
-from alertd.sources.statements import StatementsApi, store_statements, unseen_statements
+from alertd.sources.window import fetch_and_store
 
 log = logging.getLogger("alertd.backfill")
-# Each kind's days are recorded apart: a day whose answers an earlier alertd loaded still
-# gets its statements.
-ANSWERS_BACKFILL = "parliament-backfill"
-STATEMENTS_BACKFILL = "statements-backfill"
 MAX_TRIES = 5
 
 
@@ -37,20 +34,32 @@ class DayDone:
     days_done: int
     days_total: int
     listed: int
-    stored: int  # answer versions and statements
+    # How many new versions of each kind, in polling order ("answers", 3), shown or not.
+    stored_by_kind: tuple[tuple[str, int], ...]
     elapsed_s: float
-    statements_stored: int = 0
+
+    @property
+    def stored(self) -> int:
+        return sum(count for _, count in self.stored_by_kind)
 
 
 @dataclass(frozen=True)
 class BackfillTotals:
-    """What a backfill stored, none of it alerted."""
+    """What a backfill stored, none of it alerted: (what they are, how many) per kind."""
 
-    answers: int
-    statements: int
+    stored: tuple[tuple[str, int], ...]
+
+    def __str__(self) -> str:
+        return " and ".join(f"{count} {words}" for words, count in self.stored)
 
 
 ProgressCallback = Callable[[DayDone], None]
+
+
+def _done_name(kind: ApiKind) -> str:
+    # Each kind's days are recorded apart: a day whose answers an earlier alertd loaded still
+    # gets its statements.
+    return f"{kind.source}-backfill"
 
 
 def _day_source(kind: str, day: date) -> str:
@@ -106,73 +115,67 @@ async def backfill(
     progress: ProgressCallback,
     retry_base_s: float = 2.0,
 ) -> BackfillTotals:
-    """Store the answers given and the written statements made on each day from ``first``
-    to ``last``; return how many were new.
+    """Store what was done on each day from ``first`` to ``last`` (answers given, written
+    statements made: each kind polled from Parliament's APIs); return how many were new.
 
     One request at a time; 429 and 5xx are retried with exponential backoff. Each day's
-    answers, then its statements, are committed and recorded as done before the next part
-    starts, so an interrupted backfill resumes where it stopped, and what an earlier
-    backfill loaded is skipped. ``today``: the date a changed statement is marked corrected.
+    part of each kind is committed and recorded as done before the next starts, so an
+    interrupted backfill resumes where it stopped, and what an earlier backfill loaded is
+    skipped. ``today``: the date a changed statement is marked corrected.
 
     Raises:
         SourceUnavailable: a day still failed after the retries (rerun to resume).
         SourceInvalid: the API answered something unusable.
     """
     polite = settings.model_copy(update={"detail_concurrency": 1})
-    answers_done = await asyncio.to_thread(days_done, engine, first, last, ANSWERS_BACKFILL)
-    statements_done = await asyncio.to_thread(days_done, engine, first, last, STATEMENTS_BACKFILL)
+    kinds = api_kinds()
+    done = {
+        kind.name: await asyncio.to_thread(days_done, engine, first, last, _done_name(kind))
+        for kind in kinds
+    }
     days_total = (last - first).days + 1
     every_day = [first + timedelta(days=n) for n in range(days_total)]
-    to_load = [day for day in every_day if day not in answers_done or day not in statements_done]
+    to_load = [day for day in every_day if any(day not in done[k.name] for k in kinds)]
     if len(to_load) < days_total:
         log.info(
             "%d of the %d days were loaded before: skipped", days_total - len(to_load), days_total
         )
-    answers_total = statements_total = 0
+    totals = dict.fromkeys((kind.name for kind in kinds), 0)
     started = time.monotonic()
     async with make_http_client(polite) as client:
         api = ParliamentApi(polite, client)
-        statements_api = StatementsApi(api)
         for day in to_load:
+            listed = 0
+            stored: dict[str, int] = {}
+            for kind in kinds:
+                if day in done[kind.name]:
+                    continue
 
-            async def answers_of(day: date = day) -> tuple[int, int]:
-                params = {"answeredWhenFrom": day.isoformat(), "answeredWhenTo": day.isoformat()}
-                summaries = await api.list_answers(params)
-                unseen = await asyncio.to_thread(unseen_summaries, engine, summaries)
-                items = await api.full_items(unseen)
-                stored = await asyncio.to_thread(store_items, engine, items, now=now, alert=False)
-                return len(summaries), stored
+                async def load(kind: ApiKind = kind, day: date = day) -> tuple[int, int]:
+                    return await fetch_and_store(
+                        engine,
+                        api,
+                        kind,
+                        kind.day_listings(day),
+                        now=now,
+                        today=today,
+                        never_alert=True,
+                    )
 
-            async def statements_of(day: date = day) -> tuple[int, int]:
-                summaries = await statements_api.made_between(day, day)
-                unseen = await asyncio.to_thread(unseen_statements, engine, summaries)
-                items = await statements_api.full_items(unseen)
-                stored = await asyncio.to_thread(
-                    store_statements, engine, items, now=now, today=today, alert=False
-                )
-                return len(summaries), stored
-
-            listed = answers = statements = 0
-            if day not in answers_done:
-                listed, answers = await _with_retries(answers_of, retry_base_s)
-                await asyncio.to_thread(_mark_day_done, engine, ANSWERS_BACKFILL, day, now, answers)
-            if day not in statements_done:
-                statements_listed, statements = await _with_retries(statements_of, retry_base_s)
+                kind_listed, stored[kind.name] = await _with_retries(load, retry_base_s)
                 await asyncio.to_thread(
-                    _mark_day_done, engine, STATEMENTS_BACKFILL, day, now, statements
+                    _mark_day_done, engine, _done_name(kind), day, now, stored[kind.name]
                 )
-                listed += statements_listed
-            answers_total += answers
-            statements_total += statements
+                listed += kind_listed
+                totals[kind.name] += stored[kind.name]
             progress(
                 DayDone(
                     day,
                     (day - first).days + 1,
                     days_total,
                     listed,
-                    answers + statements,
+                    tuple((kind.plural, stored.get(kind.name, 0)) for kind in kinds),
                     time.monotonic() - started,
-                    statements_stored=statements,
                 )
             )
-    return BackfillTotals(answers_total, statements_total)
+    return BackfillTotals(tuple((kind.stored_words, totals[kind.name]) for kind in kinds))

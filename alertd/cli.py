@@ -294,15 +294,9 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     _check_days(args.days)
     since = (utc_now() - timedelta(days=args.days)).date()
     found = alerts.matching_lines(_database(settings), args.query, since)
-    for question in found:
-        # A feed item has no UIN: its source names it instead.
-        where = question.uin or question.source
-        print(f"{question.date_answered}\t{where}\t{question.heading}\t{question.url}")
-    weeks = Counter(
-        q.date_answered - timedelta(days=q.date_answered.weekday())
-        for q in found
-        if q.date_answered is not None
-    )
+    for line in found:
+        print(f"{line.day}\t{line.where}\t{line.title}\t{line.url}")
+    weeks = Counter(line.day - timedelta(days=line.day.weekday()) for line in found if line.day)
     for week, count in sorted(weeks.items()):
         print(f"week of {week}: {count}", file=sys.stderr)
     matches = "1 match" if len(found) == 1 else f"{len(found)} matches"
@@ -429,11 +423,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
                 retry_base_s=settings.parliament.retry_base_s,
             )
         )
-    print(
-        f"backfill done: {stored.answers} answer versions and {stored.statements} written "
-        "statements stored, none alerted",
-        file=sys.stderr,
-    )
+    print(f"backfill done: {stored} stored, none alerted", file=sys.stderr)
     return 0
 
 
@@ -477,7 +467,7 @@ def _cmd_render_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.redact import redact
-    from alertd.sources.feeds import add_feed, list_feeds, remove_feed
+    from alertd.sources.feed_registry import add_feed, list_feeds, remove_feed
 
     engine = _database(settings)
     if args.feed_action == "add":

@@ -19,7 +19,8 @@ from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.mail.transports import mailer_factory
 from alertd.pipeline import RunReport, Runtime, poll_once, run_once
-from alertd.sources.feeds import shortest_interval_minutes, sync_config_feeds
+from alertd.sources.feed_registry import sync_config_feeds
+from alertd.sources.feeds import shortest_interval_minutes
 from alertd.sources.parliament import make_http_client
 
 log = logging.getLogger("alertd.daemon")

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from alertd.sources.source import PARLIAMENT_SOURCE
-
 if TYPE_CHECKING:
     from alertd.pipeline import RunReport
 
@@ -52,8 +50,8 @@ class Metrics:
         )
 
     def record_run(self, report: RunReport, duration_s: float) -> None:
-        if report.polled:
-            self.polls.labels(PARLIAMENT_SOURCE, "error" if report.poll_failed else "ok").inc()
+        for source, ok in report.polls.items():
+            self.polls.labels(source, "ok" if ok else "error").inc()
         for source, count in report.new_items_by_source.items():
             self.items.labels(source).inc(count)
         self.matches.inc(report.hits)

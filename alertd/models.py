@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,48 +126,13 @@ class MemberLookup(SQLModel, table=True):
     last_error: str = Field(sa_type=sa.Text)
 
 
-class ItemKind(StrEnum):
-    """What an item is; each kind of a source's documents adds a value, not a table."""
-
-    WRITTEN_QUESTION = "written_question"
-    FEED_ITEM = "feed_item"
-    # A minister's written statement (Commons HCWS…, Lords HLWS…).
-    STATEMENT = "statement"
-
-
-# What the query language's ``type:`` names each kind by; a kind not here has no type.
-ITEM_TYPES: dict[str, str] = {
-    ItemKind.WRITTEN_QUESTION: "question",
-    ItemKind.STATEMENT: "statement",
-}
-
-
-class QuestionStage(StrEnum):
-    """Where a written question is; each stage is a version of it (the version key's prefix)."""
-
-    TABLED = "tabled"
-    HOLDING = "holding"
-    ANSWERED = "answer"
-    WITHDRAWN = "withdrawn"
-
-
-def question_stage(version_key: str) -> QuestionStage:
-    """The stage a version key names ("answer:2021-02-01:-" is ANSWERED); feed items are
-    ANSWERED (their one version is the item itself)."""
-    prefix = version_key.partition(":")[0]
-    try:
-        return QuestionStage(prefix)
-    except ValueError:
-        return QuestionStage.ANSWERED
-
-
 class Item(SQLModel, table=True):
-    """One version of one item of a source: a version of a written question (as tabled, a
-    holding answer, the answer, a correction, its withdrawal), a written statement (the
-    statement, a correction), or an item of a feed (always version 1).
+    """One version of one item of parliamentary business (or of a feed), whatever its kind.
 
-    A statement keeps its title in ``heading``, its text in ``answer_*``, the minister who
-    made it as the answering member and the day made in ``date_answered``."""
+    Every kind fills the same columns (what it is called, its text, the Members involved,
+    where and when, its official link); what only one kind has is in ``details``, which
+    that kind's module (alertd.kinds) writes and reads. A new version (a question answered,
+    an answer or statement corrected) is a new row of the same (source, source_id)."""
 
     __table_args__ = (
         sa.UniqueConstraint("source", "source_id", "version"),
@@ -176,54 +140,50 @@ class Item(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: ItemKind = Field(sa_type=sa.String(32))
+    # The kind's name (alertd.kinds): "written_question", "statement", "feed_item".
+    kind: str = Field(max_length=32)
     # The source's name (alertd.sources.source): "parliament", or "feed:" and the feed's name.
     source: str = Field(max_length=100)
     # The item's id at its source: a Parliament question id, a feed entry's guid/link/hash.
     source_id: str = Field(max_length=128)
     version: int
+    # What the source's data says this version is (its kind makes it): a version already
+    # stored under this key is not stored again.
     version_key: str = Field(max_length=80)
-    # A question's heading, a feed item's title.
-    heading: str = Field(default="", sa_type=sa.Text)
-    question_text: str = Field(default="", sa_type=sa.Text)
-    # The answer; a feed item's summary.
-    answer_html: str = Field(default="", sa_type=sa.Text)
-    answer_text: str = Field(default="", sa_type=sa.Text)
-    # The official page; a feed item's link.
-    url: str = Field(max_length=2000)
-    # Parliament-only: NULL for other kinds.
-    uin: str | None = Field(default=None, max_length=32)
-    house: str | None = Field(default=None, max_length=16)
-    asking_member_id: int | None = Field(default=None, index=True)
-    asking_member_name: str | None = Field(default=None, max_length=200)
-    asking_member_party: str | None = Field(default=None, max_length=100)
-    asking_member_constituency: str | None = Field(default=None, max_length=200)
-    answering_member_id: int | None = Field(default=None, index=True)
-    answering_member_name: str | None = Field(default=None, max_length=200)
+    # Where the item is in its life, in its kind's words ("tabled", "answer", "made"...).
+    stage: str = Field(default="", max_length=32)
+    # A question's heading, a statement's or feed item's title.
+    title: str = Field(default="", sa_type=sa.Text)
+    # The main text (an answer, a statement, a feed item's summary), as text and safe HTML.
+    body_text: str = Field(default="", sa_type=sa.Text)
+    body_html: str = Field(default="", sa_type=sa.Text)
+    # Text beside the main one that queries match too (a question's text; a statement's
+    # attachments' titles).
+    secondary_text: str = Field(default="", sa_type=sa.Text)
+    # The Members involved: [{"role", "id", "name", "party", "constituency"}], each role a
+    # query field (alertd.kinds.Role): who asked, who answered, who made a statement.
+    members: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON)
+    # The department (answering body) that answered or made it.
     answering_body_id: int | None = None
     answering_body_name: str | None = Field(default=None, max_length=200)
-    date_tabled: date | None = None
-    date_answer_corrected: date | None = None
-    is_holding: bool = False
-    is_withdrawn: bool = False
-    # A question not answered yet: the day its answer is due, and whether that is a named day.
-    date_for_answer: date | None = None
-    is_named_day: bool = False
-    # The UINs of the questions answered together with this one, space-separated.
-    grouped_uins: str = Field(default="", max_length=2000)
-    # The day it was answered, or a feed item published (first seen, when the feed gives
-    # no date): digests, previews and estimates order and window every kind by it.
-    date_answered: date | None = Field(default=None, index=True)
-    # A feed item's own publication time, when the feed gives one.
+    house: str | None = Field(default=None, max_length=16)
+    # The day it is dated (answered, made, published; NULL while a question awaits its
+    # answer): digests, previews and estimates order and window every kind by it.
+    day: date | None = Field(default=None, index=True)
+    # The day a correction of it was made (a corrected answer or statement).
+    corrected_on: date | None = None
+    # When it was published, to the minute, where its source says (a feed's entries).
     published_at: datetime | None = _utc(default=None, nullable=True)
-    # Statements only: the minister's role ("Minister for Investment"), the titles and URLs
-    # of its attachments ([{"title", "url"}]) and the statements it links to
-    # ([{"id", "link_type", "uin", "date"}]).
-    answering_member_role: str | None = Field(default=None, max_length=300)
-    attachments: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
-    linked_statements: list[dict[str, Any]] | None = Field(default=None, sa_type=sa.JSON)
+    # The official page; a feed item's link.
+    url: str = Field(max_length=2000)
+    # What only its kind has (a question's UIN and due date, a statement's attachments...).
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    # Set by the source that stored it: never alerted (a holding answer, history loaded by
+    # backfill, what a feed held when it was added); matching marks it matched, no hits.
+    never_alert: bool = False
     ingested_at: datetime = _utc(index=True)
-    # NULL until matched against the alerts: a crash between ingest and match loses nothing.
+    # NULL until matching has dealt with it: a crash between ingest and match loses nothing.
+    # Only matching (alertd.matching.hits) writes it.
     matched_at: datetime | None = _utc(default=None, nullable=True, index=True)
 
 

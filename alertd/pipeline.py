@@ -22,17 +22,17 @@ from alertd.db import describe_error
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import AlertdError
+from alertd.kinds import api_kinds
 from alertd.mail.sender import DrainOptions, Sender
 from alertd.mail.transports import MailerFactory
-from alertd.matching import LiveMatcher, match_new_answers
+from alertd.matching import LiveMatcher, match_new_items
 from alertd.metrics import Metrics
 from alertd.sources.feeds import due_feed_sources
-from alertd.sources.ingest import ParliamentSource
 from alertd.sources.member_names import MemberNames
 from alertd.sources.parliament import ParliamentApi, make_http_client
-from alertd.sources.source import PARLIAMENT_SOURCE, Source
+from alertd.sources.source import Source
 from alertd.sources.state import PollLease
-from alertd.sources.statements import StatementsApi, StatementsSource
+from alertd.sources.window import WindowSource
 
 log = logging.getLogger("alertd.pipeline")
 # A source is due this much before its interval has passed: cron or a worker starting a few
@@ -44,8 +44,8 @@ POLL_JITTER = timedelta(minutes=1)
 class RunReport:
     """What one run did; the summary line and tests read it."""
 
-    polled: bool = False
-    poll_failed: bool = False
+    # Each source polled: whether its poll succeeded (a source skipped is not here).
+    polls: dict[str, bool] = field(default_factory=dict)
     fetched: int = 0
     # Every new item stored (answer versions, tabled questions, statements, feed items),
     # and the same by source (parliament, statements, feed:NAME).
@@ -59,6 +59,11 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     # Stages (poll, match, compose, drain) that raised; the stages after them still ran.
     failed_stages: list[str] = field(default_factory=list)
+
+    @property
+    def polled(self) -> bool:
+        """Whether any source was polled (rather than skipped: not due, or held elsewhere)."""
+        return bool(self.polls)
 
     def summary(self) -> str:
         return (
@@ -106,50 +111,37 @@ class Runtime:
 def _sources(
     runtime: Runtime, client: httpx.AsyncClient, now: datetime, on_demand: bool
 ) -> list[Source]:
-    """The sources to poll this run: Parliament and written statements when enabled, then
-    the feeds that are due.
+    """The sources to poll this run: each kind of Parliament's business that is switched on
+    (written questions, then statements), then the feeds that are due.
 
-    Parliament (and statements) are polled at most once an interval (less the jitter),
-    however many workers run the poll job; ``on_demand`` (alertd run --once) polls them
-    whenever no other worker holds them.
+    A Parliament kind is polled at most once its own interval (less the jitter) has passed,
+    however many workers run the poll job; ``on_demand`` (alertd run --once) polls it
+    whenever no other worker holds it.
     """
     settings = runtime.settings
-    interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
-    lease = PollLease(
-        owner=runtime.worker_id,
-        lease_s=settings.delivery.lease_s,
-        min_gap=timedelta(0) if on_demand else max(interval - POLL_JITTER, timedelta(0)),
-    )
     sources: list[Source] = []
-    if settings.parliament.enabled:
+    # One per run: at most members.lookups_per_poll lookups in all.
+    member_names = MemberNames(runtime.engine, settings.members, client)
+    for kind in api_kinds():
+        polled = kind.poll_settings(settings)
+        if polled is None:
+            continue
+        interval = timedelta(minutes=polled.interval_minutes)
+        lease = PollLease(
+            owner=runtime.worker_id,
+            lease_s=settings.delivery.lease_s,
+            min_gap=timedelta(0) if on_demand else max(interval - POLL_JITTER, timedelta(0)),
+        )
         sources.append(
-            ParliamentSource(
+            WindowSource(
                 runtime.engine,
                 ParliamentApi(settings.parliament, client),
+                kind,
+                settings,
                 zone=settings.digest.zone,
-                lookback_days=settings.parliament.lookback_days,
+                lookback_days=polled.lookback_days,
                 lease=lease,
-                member_names=MemberNames(runtime.engine, settings.members, client),
-                poll_tabled=settings.parliament.poll_tabled,
-            )
-        )
-    if settings.polls_statements:
-        statements_interval = timedelta(minutes=settings.statements.poll_interval_minutes)
-        sources.append(
-            StatementsSource(
-                runtime.engine,
-                StatementsApi(ParliamentApi(settings.parliament, client)),
-                zone=settings.digest.zone,
-                lookback_days=settings.parliament.lookback_days,
-                # Looked at on every poll run; polled once its own interval (less the jitter)
-                # has passed: a run a little early must not skip a whole interval.
-                lease=PollLease(
-                    lease.owner,
-                    lease.lease_s,
-                    min_gap=timedelta(0)
-                    if on_demand
-                    else max(statements_interval - POLL_JITTER, timedelta(0)),
-                ),
+                member_names=member_names,
             )
         )
     sources.extend(
@@ -160,7 +152,7 @@ def _sources(
             default_interval_minutes=settings.parliament.poll_interval_minutes,
             tolerance=POLL_JITTER,
             # A feed's own interval decides when it is due; the lease only keeps workers apart.
-            lease=PollLease(lease.owner, lease.lease_s, min_gap=timedelta(0)),
+            lease=PollLease(runtime.worker_id, settings.delivery.lease_s, min_gap=timedelta(0)),
         )
     )
     return sources
@@ -216,7 +208,6 @@ async def _poll_until_stopped(
 
 
 async def _poll_source(source: Source, report: RunReport, now: datetime) -> None:
-    parliament = source.name == PARLIAMENT_SOURCE
     try:
         result = await source.poll(now)
     except AlertdError as exc:
@@ -224,16 +215,14 @@ async def _poll_source(source: Source, report: RunReport, now: datetime) -> None
         # already stored.
         log.error("%s: poll failed: %s", source.name, exc)
         report.errors.append(str(exc))
-        if parliament:
-            report.polled = report.poll_failed = True
+        report.polls[source.name] = False
         return
     report.new_items += result.new_items
     by_source = report.new_items_by_source
     by_source[source.name] = by_source.get(source.name, 0) + result.new_items
     report.fetched += result.fetched
-    if parliament:
-        report.polled = result.polled
     if result.polled:
+        report.polls[source.name] = True
         log.info(
             "polled %s: %d listed, %d new items", source.name, result.fetched, result.new_items
         )
@@ -302,7 +291,7 @@ async def run_once(
     # The database stages are synchronous: they run off the event loop.
     async def match() -> None:
         report.hits = await asyncio.to_thread(
-            match_new_answers, engine, now=now, matcher=runtime.matcher
+            match_new_items, engine, now=now, matcher=runtime.matcher
         )
 
     async def compose() -> None:

@@ -14,10 +14,13 @@ from alertd.backfill import DayDone, ProgressCallback
 
 def _line(done: DayDone, stored_total: int) -> str:
     rate = stored_total / done.elapsed_s if done.elapsed_s > 0 else 0.0
-    statements = f", {done.statements_stored} of them statements" if done.statements_stored else ""
+    # Past the first kind's (answers), how many of each: ", 3 of them statements".
+    of_them = "".join(
+        f", {count} of them {plural}" for plural, count in done.stored_by_kind[1:] if count
+    )
     return (
         f"backfill {done.day}: day {done.days_done}/{done.days_total}, {done.listed} listed, "
-        f"{done.stored} new{statements} ({stored_total} in all, {rate:.1f} items/s)"
+        f"{done.stored} new{of_them} ({stored_total} in all, {rate:.1f} items/s)"
     )
 
 

@@ -13,6 +13,8 @@ from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
 from alertd.digests.compose import period_start
+from alertd.kinds import api_kinds
+from alertd.kinds.feed_item import feed_source
 from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import (
     Alert,
@@ -26,7 +28,6 @@ from alertd.models import (
     Subscriber,
 )
 from alertd.redact import redact
-from alertd.sources.source import PARLIAMENT_SOURCE, STATEMENTS_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -114,13 +115,10 @@ def _subscriber_counts(session: Session) -> dict[str, int]:
 def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Status:
     """Read everything an operator looks at first, and judge what needs attention."""
     with Session(engine) as session:
-        # A removed or disabled feed, or Parliament (or statements) switched off, is not
-        # polled any more: its last error must not keep asking for attention.
+        # A removed or disabled feed, or a kind of Parliament's business switched off, is
+        # not polled any more: its last error must not keep asking for attention.
         live = {feed_source(name) for name in session.exec(select(Feed.name).where(Feed.enabled))}
-        if settings.parliament.enabled:
-            live.add(PARLIAMENT_SOURCE)
-        if settings.polls_statements:
-            live.add(STATEMENTS_SOURCE)
+        live.update(kind.source for kind in api_kinds() if kind.poll_settings(settings))
         sources = [
             SourceStatus(
                 s.name,
@@ -216,9 +214,14 @@ def _next_runs(
     settings: Settings, sources: list[SourceStatus], now: datetime
 ) -> dict[str, datetime]:
     runs: dict[str, datetime] = {}
-    interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
-    polled = [s.last_poll_at for s in sources if s.name == PARLIAMENT_SOURCE and s.last_poll_at]
-    runs["poll"] = max(polled[0] + interval, now) if polled else now
+    last_polls = {s.name: s.last_poll_at for s in sources if s.last_poll_at}
+    # The next poll of Parliament's business: the soonest any of its kinds is due.
+    due = [
+        last_polls[kind.source] + timedelta(minutes=polled.interval_minutes)
+        for kind in api_kinds()
+        if (polled := kind.poll_settings(settings)) and kind.source in last_polls
+    ]
+    runs["poll"] = max(min(due), now) if due else now
     for frequency, period in (("daily", timedelta(days=1)), ("weekly", timedelta(days=7))):
         start = period_start(frequency, now, settings.digest)
         assert start is not None

@@ -310,7 +310,7 @@ def _pending_for(
             col(Alert.unsubscribed_at).is_(None),
             col(Alert.paused_at).is_(None),
         )
-        .order_by(col(Alert.id), col(Item.date_answered).desc(), col(Item.id))
+        .order_by(col(Alert.id), col(Item.day).desc(), col(Item.id))
     ).all()
     pending: dict[int, list[Row]] = defaultdict(list)
     for hit, alert, item in rows:

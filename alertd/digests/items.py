@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -13,40 +12,29 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
-from alertd.digests.excerpt import excerpt_around, flatten, long_date, mark, merge_highlights
+from alertd.digests.excerpt import merge_highlights
 from alertd.digests.view import (
     Digest,
     DigestItem,
     DigestSection,
-    ItemStage,
-    counted_as,
     describe_alert,
     human_label,
     ids_named,
 )
 from alertd.errors import QueryError
-from alertd.htmltext import web_link
+from alertd.kinds import KINDS, kind_of
+from alertd.kinds.kind import CardContext, KindWords
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
-from alertd.models import (
-    Alert,
-    Hit,
-    Item,
-    ItemKind,
-    Ledger,
-    Member,
-    QuestionStage,
-    Subscriber,
-    question_stage,
-)
-from alertd.sources.source import feed_name
+from alertd.models import Alert, Hit, Item, Ledger, Member, Subscriber
 
 _MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
-# Distinct (answer, queries, also-labels) items one run keeps; past it the memo starts over.
+# Distinct (item, queries, also-labels, reader) cards one run keeps; past it the memo starts
+# over.
 ITEM_MEMO_LIMIT = 20_000
 
-# (item id, version, the matched alerts' canonical queries, also-matches)
-_ItemKey = tuple[int, int, frozenset[str], tuple[str, ...]]
+# (item id, version, the matched alerts' canonical queries, also-matches, told on, grouped)
+_ItemKey = tuple[int, int, frozenset[str], tuple[str, ...], date | None, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -127,14 +115,23 @@ class ComposeMemo:
             self._highlights[canonical] = _highlights(canonical)
         return self._highlights[canonical]
 
-    def item(self, item: Item, also: tuple[str, ...], queries: frozenset[str]) -> DigestItem:
-        """The digest's form of an item matched by alerts with these canonical queries."""
+    def item(
+        self,
+        item: Item,
+        also: tuple[str, ...],
+        queries: frozenset[str],
+        told_on: date | None = None,
+        grouped: tuple[Item, ...] = (),
+    ) -> DigestItem:
+        """The digest's card of an item matched by alerts with these canonical queries, for
+        a reader told of it on ``told_on`` (see CardContext)."""
         assert item.id is not None
-        key = (item.id, item.version, queries, also)
+        key = (item.id, item.version, queries, also, told_on, tuple(g.id or 0 for g in grouped))
         shown = self._items.get(key)
         if shown is None:
             marks = merge_highlights(h for q in queries if (h := self.highlights(q)) is not None)
-            shown = _item(item, self.settings, also, marks)
+            context = CardContext(marks, self.settings.digest.excerpt_chars, also, told_on, grouped)
+            shown = kind_of(item).card(item, context)
             if len(self._items) >= ITEM_MEMO_LIMIT:
                 self._items.clear()
             self._items[key] = shown
@@ -178,7 +175,7 @@ def build_digest(
     secret = subscriber.link_secret
     manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
-    told = _told_when_tabled(session, subscriber.id, [row.item for row in rows])
+    told = _told_on(session, subscriber.id, [row.item for row in rows])
     order, shown, totals, kinds = _group(rows, labels, memo, told)
     sections = []
     for alert in order:
@@ -203,73 +200,40 @@ def build_digest(
     )
 
 
-def _told_when_tabled(
+def _told_on(
     session: Session, subscriber_id: int, items: list[Item]
 ) -> dict[tuple[str, str], date]:
-    """When this subscriber was sent each question (of these items' later versions) as tabled."""
-    later = {(q.source, q.source_id) for q in items if q.version > 1}
+    """When this subscriber was sent each of these items (later versions) at its kind's
+    told stage (a question as tabled)."""
+    later: dict[tuple[str, str], str] = {}
+    for item in items:
+        stage = kind_of(item).told_stage
+        if item.version > 1 and stage is not None:
+            later[item.source, item.source_id] = stage
     if not later:
         return {}
     ids = sorted({source_id for _, source_id in later})
     rows = session.exec(
-        select(Ledger.source, Ledger.source_id, Ledger.created_at)
+        select(Ledger.source, Ledger.source_id, Ledger.created_at, Item.stage)
         .join(Item, col(Item.id) == col(Ledger.item_id))
         .where(
             Ledger.subscriber_id == subscriber_id,
             col(Ledger.source_id).in_(ids),
-            Item.version_key == QuestionStage.TABLED.value,
+            col(Item.stage).in_(sorted(set(later.values()))),
         )
     ).all()
-    return {(s, i): created.date() for s, i, created in rows if (s, i) in later}
+    return {(s, i): created.date() for s, i, created, stage in rows if later.get((s, i)) == stage}
 
 
-def _reader_stage(item: Item, told: dict[tuple[str, str], date]) -> tuple[str, date | None]:
-    stage = question_stage(item.version_key)
-    told_on = told.get((item.source, item.source_id))
-    if item.kind != ItemKind.WRITTEN_QUESTION:
-        return ItemStage.ANSWERED, None
-    if stage is QuestionStage.TABLED:
-        return ItemStage.TABLED, None
-    if stage is QuestionStage.WITHDRAWN:
-        return ItemStage.WITHDRAWN, told_on
-    if told_on is not None and item.date_answer_corrected is None:
-        return ItemStage.NOW_ANSWERED, told_on
-    return ItemStage.ANSWERED, None
-
-
-def _groups(rows: list[Row]) -> dict[int, list[Item]]:
-    """Questions answered together (groupedQuestions) that this digest carries: the first
-    one's id → the others, which are not shown on their own."""
-    by_uin = {(r.item.house, r.item.uin): r.item for r in rows if r.item.uin}
-    heads: dict[int, list[Item]] = {}
-    placed: set[int] = set()
+def _grouped(rows: list[Row]) -> dict[int, list[Item]]:
+    """Items shown inside another's card (by that one's id), as each kind groups them."""
+    by_kind: dict[str, list[Item]] = defaultdict(list)
     for row in rows:
-        head = row.item
-        if head.id is None or head.id in placed or not head.grouped_uins:
-            continue
-        stage = question_stage(head.version_key)
-        if stage is not QuestionStage.ANSWERED:
-            continue
-        members = []
-        for uin in head.grouped_uins.split():
-            other = by_uin.get((head.house, uin))
-            if other is None or other.id in placed or other.id == head.id:
-                continue
-            if question_stage(other.version_key) is stage:
-                members.append(other)
-                placed.add(other.id or 0)
-        placed.add(head.id)
-        if members:
-            heads[head.id] = members
+        by_kind[row.item.kind].append(row.item)
+    heads: dict[int, list[Item]] = {}
+    for name, items in by_kind.items():
+        heads.update(KINDS[name].grouped(items))
     return heads
-
-
-def _group_lines(head: Item, members: list[Item]) -> tuple[str, ...]:
-    texts = {m.uin: flatten(m.question_text) for m in members}
-    lines = [f"{head.uin}: {flatten(head.question_text)}"]
-    for uin in head.grouped_uins.split():
-        lines.append(f"{uin}: {texts[uin]}" if texts.get(uin) else uin)
-    return tuple(lines)
 
 
 def _group(
@@ -277,15 +241,16 @@ def _group(
     labels: dict[int | None, str],
     memo: ComposeMemo,
     told: dict[tuple[str, str], date] | None = None,
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], dict[int, Counter[str]]]:
+) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], dict[int, Counter[KindWords]]]:
     """The alerts in order, the items each shows, how many items each has and how many of
-    each KIND_WORDS key (view.counted_as).
+    each kind's words.
 
-    An item is counted only under its first alert; only those shown are built. Questions
-    answered together are shown once, under the first, which lists the group.
+    An item is counted only under its first alert; only those shown are built, at most
+    digest.max_per_alert of each group (many answers never hide an alert's statements).
+    Items grouped into another's card (questions answered together) are not shown alone.
     """
     told = told or {}
-    groups = _groups(rows)
+    groups = _grouped(rows)
     grouped = {m.id for members in groups.values() for m in members}
     alerts_of: dict[int, list[Alert]] = defaultdict(list)
     for row in rows:
@@ -295,38 +260,32 @@ def _group(
     placed: set[int] = set()
     shown: dict[int, list[DigestItem]] = defaultdict(list)
     totals: Counter[int] = Counter()
-    statements: Counter[int] = Counter()
+    per_group: dict[int, Counter[str]] = defaultdict(Counter)
     order: list[Alert] = []
-    kinds: dict[int, Counter[str]] = defaultdict(Counter)
+    kinds: dict[int, Counter[KindWords]] = defaultdict(Counter)
     for row in rows:
-        item_id, alert_id = row.item.id, row.alert.id
-        assert item_id is not None and alert_id is not None
-        if item_id in placed or item_id in grouped:
+        item, alert_id = row.item, row.alert.id
+        assert item.id is not None and alert_id is not None
+        if item.id in placed or item.id in grouped:
             continue
-        placed.add(item_id)
+        placed.add(item.id)
         if alert_id not in totals:
             order.append(row.alert)
         totals[alert_id] += 1
+        kind = kind_of(item)
+        told_on = told.get((item.source, item.source_id))
         # What the digest calls it, counted whether shown or not.
-        kinds[alert_id][counted_as(str(row.item.kind), _reader_stage(row.item, told)[0])] += 1
-        # The limit is per group: many answers never hide an alert's statements.
-        if row.item.kind == ItemKind.STATEMENT:
-            statements[alert_id] += 1
-            if statements[alert_id] > limit:
-                continue
-        elif totals[alert_id] - statements[alert_id] > limit:
+        kinds[alert_id][kind.words(item, told_on)] += 1
+        per_group[alert_id][kind.digest_group] += 1
+        if per_group[alert_id][kind.digest_group] > limit:
             continue
-        matched = alerts_of[item_id]
+        matched = alerts_of[item.id]
         others = tuple(
             dict.fromkeys(labels[a.id] for a in matched if labels[a.id] != labels[alert_id])
         )
         queries = frozenset(a.canonical for a in matched)
-        shown_item = memo.item(row.item, others, queries)
-        stage, told_on = _reader_stage(row.item, told)
-        group = _group_lines(row.item, groups[item_id]) if item_id in groups else ()
-        if stage != shown_item.stage or told_on is not None or group:
-            shown_item = dataclasses.replace(shown_item, stage=stage, told_on=told_on, group=group)
-        shown[alert_id].append(shown_item)
+        inside = tuple(groups.get(item.id, ()))
+        shown[alert_id].append(memo.item(item, others, queries, told_on, inside))
     return order, shown, totals, kinds
 
 
@@ -347,89 +306,3 @@ def _reason(alert: Alert, label: str) -> str:
     if field == "answerer":
         return f"you follow answers given by {label}"
     return describe_alert(label, member=True)
-
-
-def _name(name: str | None) -> str:
-    # Items stored before Members were named at ingest may hold a bare id as the name:
-    # a reader is never shown "Member 5336".
-    if name is None or name.isdigit():
-        return ""
-    return name
-
-
-def _person(name: str | None, party: str | None, constituency: str | None) -> str:
-    details = ", ".join(part for part in (party, constituency) if part)
-    shown = _name(name) or "a Member"
-    return f"{shown} ({details})" if details else shown
-
-
-def _item(
-    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
-) -> DigestItem:
-    if item.kind == ItemKind.STATEMENT:
-        return _statement(item, settings, also, highlights)
-    feed = feed_name(item.source)
-    asked = _person(
-        item.asking_member_name,
-        item.asking_member_party,
-        item.asking_member_constituency,
-    )
-    text = mark(item.question_text, highlights)
-    answer = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
-    return DigestItem(
-        heading=flatten(item.heading) or f"Question {item.uin or ''}",
-        department=item.answering_body_name or "",
-        asked_by="" if feed is not None else asked,
-        answered_by=_name(item.answering_member_name),
-        date_tabled=item.date_tabled,
-        date_answered=item.date_answered,
-        question_text=text.text,
-        answer_excerpt=answer.text,
-        # Checked again as it is shown: rows stored before links were checked at ingest.
-        url=web_link(item.url) or "",
-        uin=item.uin or "",
-        house=item.house or "",
-        corrected=item.date_answer_corrected is not None,
-        also_matches=also,
-        question_marks=text.spans,
-        excerpt_marks=answer.spans,
-        source=feed or "",
-        answer_html=item.answer_html,
-        due=_due(item),
-        kind=str(item.kind),
-    )
-
-
-def _due(item: Item) -> str:
-    if item.date_for_answer is None or question_stage(item.version_key) != QuestionStage.TABLED:
-        return ""
-    named = ", a named day" if item.is_named_day else ""
-    return f"due {long_date(item.date_for_answer)}{named}"
-
-
-def _statement(
-    item: Item, settings: Settings, also: tuple[str, ...], highlights: Highlights
-) -> DigestItem:
-    text = excerpt_around(item.answer_text, highlights, settings.digest.excerpt_chars)
-    return DigestItem(
-        heading=flatten(item.heading) or f"Statement {item.uin or ''}",
-        department=item.answering_body_name or "",
-        asked_by="",
-        answered_by=_name(item.answering_member_name),
-        date_tabled=item.date_tabled,
-        date_answered=item.date_answered,
-        question_text="",
-        answer_excerpt=text.text,
-        url=item.url,
-        uin=item.uin or "",
-        house=item.house or "",
-        corrected=item.date_answer_corrected is not None,
-        also_matches=also,
-        excerpt_marks=text.spans,
-        answer_html=item.answer_html,
-        kind=str(item.kind),
-        role=flatten(item.answering_member_role or ""),
-        attachments=tuple(
-            flatten(str(a.get("title") or "")) for a in item.attachments or () if a.get("title")
-        ),
-    )

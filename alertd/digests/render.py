@@ -18,8 +18,16 @@ from alertd.digests.excerpt import (
     long_date,
     wrap_text,
 )
-from alertd.digests.view import Digest, DigestItem, DigestSection, describe_alert
+from alertd.digests.view import (
+    Block,
+    Digest,
+    DigestGroup,
+    DigestItem,
+    DigestSection,
+    describe_alert,
+)
 from alertd.errors import ConfigError, TemplateError
+from alertd.kinds.kind import KindWords
 from alertd.mail.message import MailingList, build_message
 
 TEMPLATE_NAMES = ("digest.txt", "digest.html")
@@ -47,7 +55,7 @@ class _DigestSandbox(jinja2.sandbox.SandboxedEnvironment):
         return bool(super().is_safe_attribute(obj, attr, value))
 
 
-_DIGEST_DATA = frozenset({Digest, DigestSection, DigestItem})
+_DIGEST_DATA = frozenset({Digest, DigestSection, DigestGroup, DigestItem, Block})
 
 
 def templates_dir() -> Path:
@@ -232,42 +240,43 @@ _EPOCH = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
 def startup_sample(settings: Settings) -> Digest:
     """A small digest using every feature the templates show, rendered at start-up."""
     base = settings.web.base_url
+    words = KindWords("new item", "new items", "new item", "new items", "sample items")
     item = DigestItem(
         heading="Special Educational Needs: Coronavirus",
-        department="Department for Education",
-        asked_by="Tulip Siddiq (Labour, Hampstead and Kilburn)",
-        answered_by="Vicky Ford",
-        date_tabled=date(2021, 1, 25),
-        date_answered=date(2021, 2, 1),
-        question_text="To ask the Secretary of State for Education, what support is given to "
-        "pupils with special educational needs.",
-        answer_excerpt="… children with special educational needs and disabilities …",
         url="https://questions-statements.parliament.uk/written-questions/detail/2021-01-25/1",
-        uin="1",
-        house="Commons",
-        corrected=True,
+        words=words,
+        status="Now answered",
+        note="We told you about this question when it was tabled.",
+        origin="Department for Education",
+        people=("Asked by Tulip Siddiq (Labour, Hampstead and Kilburn)", "Answered by Vicky Ford"),
+        dates=(("Tabled", date(2021, 1, 25)), ("Answered", date(2021, 2, 1))),
+        reference="House of Commons 1",
+        blocks=(
+            Block(
+                "Question",
+                "To ask the Secretary of State for Education, what support is given to "
+                "pupils with special educational needs.",
+                ((62, 87),),
+            ),
+            Block("Answered together", lines=("1: a question", "2: another")),
+            Block(
+                "Answer",
+                "… children with special educational needs and disabilities …",
+                ((16, 41),),
+                quoted=True,
+            ),
+        ),
+        footnotes=("Attachments: a table",),
         also_matches=("pupils",),
-        question_marks=((62, 87),),
-        excerpt_marks=((16, 41),),
-        answer_html="<p>Children with special educational needs.</p>",
     )
-    feed_item = DigestItem(
-        **{
-            **item.__dict__,
-            "source": "A feed",
-            "asked_by": "",
-            "department": "",
-            "uin": "",
-            "kind": "feed_item",
-        }
-    )
+    grouped_item = replace(item, origin="A feed", origin_label="From ", group="A group")
     return Digest(
         recipient="sample@alertd.invalid",
         sections=(
             DigestSection(
                 label='"special educational needs"',
                 stop_url=f"{base}/alerts/stop/sample",
-                items=(item, feed_item),
+                items=(item, grouped_item),
                 total=3,
                 reason=describe_alert('"special educational needs"'),
                 more_url=f"{base}/alerts/more/sample",

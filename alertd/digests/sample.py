@@ -22,6 +22,7 @@ from alertd.digests.items import Row, build_digest
 from alertd.digests.render import render_message
 from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
+from alertd.kinds import kind_of
 from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item
 
@@ -89,7 +90,8 @@ def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datet
         assert alert.id is not None
         for item_id in matched.get(alert.id, []):
             item = items[item_id]
-            if not item.is_withdrawn:
+            # Only what is news on its own (not a withdrawal, only ever a follow-up).
+            if kind_of(item).hears(item) is not None:
                 # A hit in memory only: the sample changes nothing in the database.
                 hit = Hit(
                     alert_id=alert.id,

@@ -6,95 +6,71 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
 
-from markupsafe import Markup
-
-from alertd.digests.excerpt import Span
-from alertd.htmltext import sanitise_html
+from alertd.digests.excerpt import Span, long_date
+from alertd.kinds.kind import KindWords
 
 
-class ItemStage(StrEnum):
-    """What a digest says of a question, for one reader."""
+@dataclass(frozen=True)
+class Block:
+    """A titled part of a card: a question, an excerpt of an answer, a list of questions.
 
-    ANSWERED = "answered"
-    TABLED = "tabled"
-    NOW_ANSWERED = "now_answered"
-    WITHDRAWN = "withdrawn"
+    ``marks`` are the (start, end) ranges of ``text`` that the alert's query looks for;
+    ``lines`` make it a list instead; ``quoted`` sets it apart as the reply to what is above.
+    """
+
+    label: str
+    text: str = ""
+    marks: tuple[Span, ...] = ()
+    lines: tuple[str, ...] = ()
+    quoted: bool = False
 
 
 @dataclass(frozen=True)
 class DigestItem:
-    """One answered question (or a feed item, or a written statement) as a digest shows it.
-
-    ``question_marks`` and ``excerpt_marks`` are the (start, end) ranges of
-    ``question_text`` and ``answer_excerpt`` that the alert's query looks for. A statement
-    has its title as ``heading``, the minister as ``answered_by``, the day made as
-    ``date_answered`` and an excerpt of its text as ``answer_excerpt``.
-    """
+    """One item (an answered question, a statement, a feed item…) as a digest shows it: a
+    card its kind fills (alertd.kinds), for one reader."""
 
     heading: str
-    department: str
-    asked_by: str
-    answered_by: str
-    date_tabled: date | None
-    date_answered: date | None
-    question_text: str
-    answer_excerpt: str
     url: str
-    uin: str
-    house: str
-    corrected: bool
+    # What the digest calls it ("new answer"), counted in the subject and section headings.
+    words: KindWords
+    # The words beside the heading: "Asked, awaiting answer (due …)", "Corrected answer".
+    status: str = ""
+    # Said to this reader first: "We told you about this question when it was tabled…".
+    note: str = ""
+    # Where it is from (the department, the feed), after ``origin_label`` in text mail.
+    origin: str = ""
+    origin_label: str = ""
+    # Who did what: "Asked by …", "Answered by …", "Made by …, role".
+    people: tuple[str, ...] = ()
+    # ("Tabled", day), ("Answered", day); its short reference ("House of Commons 12345").
+    dates: tuple[tuple[str, date], ...] = ()
+    reference: str = ""
+    blocks: tuple[Block, ...] = ()
+    # Lines after the blocks: "Attachments: …".
+    footnotes: tuple[str, ...] = ()
+    # The words of the link to the official page.
+    read_label: str = "Read it in full"
     also_matches: tuple[str, ...] = ()
-    question_marks: tuple[Span, ...] = ()
-    excerpt_marks: tuple[Span, ...] = ()
-    # The feed's name for an item of an RSS/Atom feed; empty for a written question.
-    source: str = ""
-    # The whole answer as HTML from outside: sanitised again whenever a template shows it.
-    answer_html: str = ""
-    # Where the question is, for this reader (ItemStage): an answer, or a question as tabled,
-    # now answered (after one mailed as tabled), withdrawn.
-    stage: str = "answered"
-    # A tabled question's due date, e.g. "due 3 February 2021, a named day".
-    due: str = ""
-    # When this reader was told of the question as tabled (now answered, withdrawn).
-    told_on: date | None = None
-    # The questions answered together with this one, when it heads a group: "HL123: text".
-    group: tuple[str, ...] = ()
-    # A statement's minister's role ("Minister for Investment") and attachments' titles.
-    role: str = ""
-    attachments: tuple[str, ...] = ()
-    # The item's kind (an ItemKind value): with its stage, what the digest calls it (KIND_WORDS).
-    kind: str = "written_question"
+    # The group of the section it is shown in, by title ("Written statements"); "" for the
+    # first, untitled group.
+    group: str = ""
 
     @property
-    def status(self) -> str:
-        """The words beside the heading: "Asked, awaiting answer (due …)", "Now answered"."""
-        if self.stage == ItemStage.TABLED:
-            return f"Asked, awaiting answer ({self.due})" if self.due else "Asked, awaiting answer"
-        if self.stage == ItemStage.NOW_ANSWERED:
-            return "Now answered"
-        if self.stage == ItemStage.WITHDRAWN:
-            return "Withdrawn"
-        if not self.corrected:
-            return ""
-        return "Corrected statement" if self.is_statement else "Corrected answer"
+    def dates_text(self) -> str:
+        """``Tabled 1 February 2021, answered 2 February 2021 (House of Commons 12345)``."""
+        phrases = [f"{label} {long_date(day)}" for label, day in self.dates]
+        text = ", ".join(phrases[:1] + [phrase[:1].lower() + phrase[1:] for phrase in phrases[1:]])
+        return f"{text} ({self.reference})" if self.reference and text else text
 
-    @property
-    def is_statement(self) -> bool:
-        """A written statement: shown in its own group, after the answers."""
-        return self.kind == "statement"
 
-    @property
-    def counted_as(self) -> str:
-        """Its key in KIND_WORDS: a question by its stage (an answer, a question as tabled,
-        an update), any other kind by its kind."""
-        return counted_as(self.kind, self.stage)
+@dataclass(frozen=True)
+class DigestGroup:
+    """Items of one section shown together, under a title unless it is the first group."""
 
-    @property
-    def answer_markup(self) -> Markup:
-        """The full answer as allowlisted HTML, safe to put in a mail."""
-        return Markup(sanitise_html(self.answer_html))
+    title: str
+    items: tuple[DigestItem, ...]
 
 
 @dataclass(frozen=True)
@@ -111,19 +87,18 @@ class DigestSection:
     more_url: str = ""
     # The alert's private Atom feed, for people who prefer a feed reader.
     feed_url: str = ""
-    # How many of ``total`` are of each KIND_WORDS key, shown or not, in order of first
+    # How many of ``total`` are of each kind's words, shown or not, in order of first
     # appearance; empty: counted from the items shown (the rest taken as the first one's).
-    kind_totals: tuple[tuple[str, int], ...] = ()
+    kind_totals: tuple[tuple[KindWords, int], ...] = ()
 
     @property
-    def answers(self) -> tuple[DigestItem, ...]:
-        """The items shown that are not statements (answers, feed items), in order."""
-        return tuple(item for item in self.items if not item.is_statement)
-
-    @property
-    def statements(self) -> tuple[DigestItem, ...]:
-        """The written statements shown, in order: their own group in the section."""
-        return tuple(item for item in self.items if item.is_statement)
+    def groups(self) -> tuple[DigestGroup, ...]:
+        """The items shown, by group: the untitled group first (answers, feed items), then
+        each titled one (written statements) in order of first appearance."""
+        by_title: dict[str, list[DigestItem]] = {"": []}
+        for item in self.items:
+            by_title.setdefault(item.group, []).append(item)
+        return tuple(DigestGroup(title, tuple(items)) for title, items in by_title.items() if items)
 
     @property
     def hidden(self) -> int:
@@ -131,16 +106,16 @@ class DigestSection:
         return max(self.total - len(self.items), 0)
 
     @property
-    def kinds(self) -> tuple[tuple[str, int], ...]:
-        """(KIND_WORDS key, count) of everything the section holds, shown or not."""
+    def kinds(self) -> tuple[tuple[KindWords, int], ...]:
+        """(words, count) of everything the section holds, shown or not."""
         if self.kind_totals:
             return self.kind_totals
-        counts: dict[str, int] = {}
+        counts: dict[KindWords, int] = {}
         for item in self.items:
-            counts[item.counted_as] = counts.get(item.counted_as, 0) + 1
+            counts[item.words] = counts.get(item.words, 0) + 1
         if self.hidden and self.items:
-            counts[self.items[0].counted_as] += self.hidden
-        return tuple(counts.items()) or (("answer", self.total),)
+            counts[self.items[0].words] += self.hidden
+        return tuple(counts.items())
 
     @property
     def count_words(self) -> str:
@@ -166,9 +141,9 @@ class Digest:
         return sum(section.total for section in self.sections)
 
     @property
-    def kinds(self) -> tuple[tuple[str, int], ...]:
-        """(KIND_WORDS key, count) over all sections, in order of first appearance."""
-        counts: dict[str, int] = {}
+    def kinds(self) -> tuple[tuple[KindWords, int], ...]:
+        """(words, count) over all sections, in order of first appearance."""
+        counts: dict[KindWords, int] = {}
         for section in self.sections:
             for kind, count in section.kinds:
                 counts[kind] = counts.get(kind, 0) + count
@@ -183,86 +158,13 @@ class Digest:
     def headline(self) -> str:
         """``46 new answers to written questions``; ``1 new written question``; each kind
         named as what it is: ``… and 2 new written statements``."""
-        return _and(
-            f"{count} {KIND_WORDS.get(kind, _OTHER).headline(count)}" for kind, count in self.kinds
-        )
+        return _and(f"{count} {words.headline(count)}" for words, count in self.kinds)
 
     @property
     def intro(self) -> str:
         """``UK Parliament written answers that match your alerts.``, by the kinds held."""
-        sources = _and(dict.fromkeys(KIND_WORDS.get(kind, _OTHER).source for kind, _ in self.kinds))
+        sources = _and(dict.fromkeys(words.source for words, _ in self.kinds))
         return f"{sources[:1].upper()}{sources[1:]} that match your alerts."
-
-
-def counted_as(kind: str, stage: str) -> str:
-    """The KIND_WORDS key of an item of ``kind`` (an ItemKind value) at ``stage`` (an
-    ItemStage value, for written questions)."""
-    if kind != "written_question":
-        return kind
-    if stage == ItemStage.TABLED:
-        return "question"
-    return "update" if stage == ItemStage.WITHDRAWN else "answer"
-
-
-@dataclass(frozen=True)
-class KindWords:
-    """What digests call items of one kind: a new kind of item adds one entry to KIND_WORDS."""
-
-    # "new answer", "new answers": counts in a subject or a section's heading.
-    one: str
-    many: str
-    # "new answer to a written question", "new answers to written questions": the headline.
-    headline_one: str
-    headline_many: str
-    # "UK Parliament written answers": the intro's "… that match your alerts."
-    source: str
-
-    def short(self, count: int) -> str:
-        return self.one if count == 1 else self.many
-
-    def headline(self, count: int) -> str:
-        return self.headline_one if count == 1 else self.headline_many
-
-
-# Keyed by counted_as: written questions by their stage, other kinds by ItemKind value.
-KIND_WORDS: dict[str, KindWords] = {
-    "answer": KindWords(
-        "new answer",
-        "new answers",
-        "new answer to a written question",
-        "new answers to written questions",
-        "UK Parliament written answers",
-    ),
-    "question": KindWords(
-        "new question",
-        "new questions",
-        "new written question",
-        "new written questions",
-        "UK Parliament written questions",
-    ),
-    "update": KindWords(
-        "update",
-        "updates",
-        "update on a written question",
-        "updates on written questions",
-        "UK Parliament written questions",
-    ),
-    "statement": KindWords(
-        "new statement",
-        "new statements",
-        "new written statement",
-        "new written statements",
-        "ministers' written statements",
-    ),
-    "feed_item": KindWords(
-        "new item",
-        "new items",
-        "new item from your feeds",
-        "new items from your feeds",
-        "items from the feeds alertd follows",
-    ),
-}
-_OTHER = KindWords("new item", "new items", "new item", "new items", "new items")
 
 
 def _and(phrases: Iterable[str]) -> str:
@@ -273,9 +175,9 @@ def _and(phrases: Iterable[str]) -> str:
     return ", ".join(listed[:-1]) + " and " + listed[-1]
 
 
-def count_words(kinds: Iterable[tuple[str, int]]) -> str:
+def count_words(kinds: Iterable[tuple[KindWords, int]]) -> str:
     """``46 new answers``; ``3 new answers and 2 new items`` when kinds are mixed."""
-    return _and(f"{count} {KIND_WORDS.get(kind, _OTHER).short(count)}" for kind, count in kinds)
+    return _and(f"{count} {words.short(count)}" for words, count in kinds)
 
 
 def describe_alert(label: str, *, member: bool = False) -> str:

@@ -14,7 +14,7 @@ from alertd.matching.analysis import (
 )
 from alertd.matching.engine import MatchEngine
 from alertd.matching.history import matching_item_ids
-from alertd.matching.hits import item_document, match_new_answers
+from alertd.matching.hits import match_new_items
 from alertd.matching.live import LiveMatcher
 from alertd.matching.query import parse_canonical
 
@@ -27,8 +27,7 @@ __all__ = [
     "Query",
     "analyse",
     "highlight_terms",
-    "item_document",
-    "match_new_answers",
+    "match_new_items",
     "matching_item_ids",
     "parse_canonical",
     "parse_query",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
 
+from alertd.kinds.kind import Document
 from alertd.matching.query import (
     And,
     Field,
@@ -53,30 +54,13 @@ __all__ = [
 K = TypeVar("K")
 
 
-@dataclass(frozen=True)
-class Document:
-    """One item (an answered question, a statement, a feed item), as a query sees it.
-
-    ``item_type`` is what ``type:`` names it by ("question", "statement"); "" for a kind
-    that ``type:`` has no name for (a feed item matches neither).
-    """
-
-    heading: str
-    question_text: str
-    answer_text: str
-    house: str
-    asking_member_id: int | None
-    answering_member_id: int | None
-    answering_body_id: int | None
-    item_type: str = "question"
-
-
 @dataclass(frozen=True, eq=False)
 class AnalysedDocument:
     """A document tokenised and stemmed once, ready for any number of queries.
 
-    Heading, question and answer share one token stream with a gap between them, so a
-    phrase never spans two of them; the heading holds positions below `heading_length`.
+    Title (the heading), secondary text (a question) and body (an answer) share one token
+    stream with a gap between them, so a phrase never spans two of them; the heading holds
+    positions below `heading_length`.
     `stream_text` is that stream joined by spaces, with a space at each end: a gap is two
     spaces, so a phrase is there exactly when " word word " is a substring of it.
     """
@@ -121,22 +105,21 @@ class AnalysedDocument:
     def has_field(self, name: str, value: int | str) -> bool:
         doc = self.document
         if name == "member":
-            return value in (doc.asking_member_id, doc.answering_member_id)
-        if name == "asker":
-            return value == doc.asking_member_id
-        if name == "answerer":
-            return value == doc.answering_member_id
+            return value in doc.member_ids()
         if name == "department":
-            return value == doc.answering_body_id
+            return value == doc.department_id
         if name == "type":
             return value == doc.item_type
-        return name == "house" and value == self.house
+        if name == "house":
+            return value == self.house
+        # A role: asker, answerer.
+        return (name, value) in doc.members
 
 
 def analyse(doc: Document) -> AnalysedDocument:
     """Tokenise and stem a document once; reuse the result for every query."""
-    heading = tokenize(doc.heading)
-    stream = [*heading, "", *tokenize(doc.question_text), "", *tokenize(doc.answer_text)]
+    heading = tokenize(doc.title)
+    stream = [*heading, "", *tokenize(doc.secondary_text), "", *tokenize(doc.body_text)]
     distinct_tokens = set(stream)
     distinct_tokens.discard("")
     distinct = sorted(distinct_tokens)

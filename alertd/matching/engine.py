@@ -87,15 +87,12 @@ def _prefix_share(prefix: str, heading: bool) -> float:
 
 def _field_keys(doc: AnalysedDocument) -> Iterator[tuple[str, int | str]]:
     source = doc.document
-    members = (source.asking_member_id, source.answering_member_id)
-    for member in {member for member in members if member is not None}:
+    for member in source.member_ids():
         yield "member", member
-    if source.asking_member_id is not None:
-        yield "asker", source.asking_member_id
-    if source.answering_member_id is not None:
-        yield "answerer", source.answering_member_id
-    if source.answering_body_id is not None:
-        yield "department", source.answering_body_id
+    # Each (role, Member): asker, answerer.
+    yield from set(source.members)
+    if source.department_id is not None:
+        yield "department", source.department_id
     if source.item_type:
         yield "type", source.item_type
     yield "house", doc.house

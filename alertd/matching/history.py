@@ -10,9 +10,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlmodel import Session, col, select
 
-from alertd.matching.analysis import Document
-from alertd.matching.hits import item_document
+from alertd.kinds import kind_of
+from alertd.kinds.kind import Document
 from alertd.matching.query import (
     HOUSES,
     And,
@@ -28,28 +29,12 @@ from alertd.matching.query import (
     stem_words,
     tokenize,
 )
-from alertd.models import ITEM_TYPES, Item
+from alertd.models import Item
 
 TABLE = "item_index"
 # Stands between question and answer in a stored token stream: no phrase spans it.
 _GAP = "|"
 _BUILD_BATCH = 500
-
-_SQLITE_DDL = (
-    # The ascii tokenizer splits only on ASCII non-alphanumerics and folds only ASCII case:
-    # our tokens (lower-cased runs of letters and digits) come back out one for one.
-    # The window's columns live here too: a query never reads the wide item rows.
-    f"CREATE VIRTUAL TABLE {TABLE} USING fts5(heading, body, stems, heading_stems, fields, "
-    "date_answered UNINDEXED, is_holding UNINDEXED, tokenize = 'ascii')",
-)
-_POSTGRES_DDL = (
-    f"CREATE TABLE {TABLE} (item_id INTEGER PRIMARY KEY REFERENCES item (id), "
-    "heading TEXT NOT NULL, body TEXT NOT NULL, stems TEXT NOT NULL, "
-    "heading_stems TEXT NOT NULL, fields TEXT NOT NULL, date_answered DATE, "
-    "is_holding BOOLEAN NOT NULL, terms TSVECTOR NOT NULL)",
-    f"CREATE INDEX ix_{TABLE}_terms ON {TABLE} USING GIN (terms)",
-    f"CREATE INDEX ix_{TABLE}_date_answered ON {TABLE} (date_answered)",
-)
 
 
 def outside_models(name: str | None, type_: str, _parents: Any = None) -> bool:
@@ -64,7 +49,11 @@ def outside_models(name: str | None, type_: str, _parents: Any = None) -> bool:
 
 @dataclass(frozen=True)
 class IndexRow:
-    """One item's analysed form as stored: token streams, distinct stems, field values."""
+    """One item's analysed form as stored: token streams, distinct stems, field values.
+
+    ``hidden`` leaves it out of previews and estimates (a holding answer), stored in the
+    index's ``is_holding`` column; ``day`` in its ``date_answered`` column (the table's
+    columns keep the names migration 0004 gave them)."""
 
     item_id: int
     heading: str
@@ -72,8 +61,8 @@ class IndexRow:
     stems: str
     heading_stems: str
     fields: tuple[str, ...]
-    date_answered: date | None
-    is_holding: bool
+    day: date | None
+    hidden: bool
 
     def lexemes(self) -> list[str]:
         """PostgreSQL's terms: every stem, token and field value, tagged by kind and scope."""
@@ -90,16 +79,16 @@ class IndexRow:
         )
 
 
-def index_row(
-    item_id: int, doc: Document, date_answered: date | None, is_holding: bool
-) -> IndexRow:
-    heading = tokenize(doc.heading)
-    question, answer = tokenize(doc.question_text), tokenize(doc.answer_text)
+def index_row(item_id: int, doc: Document, day: date | None, hidden: bool) -> IndexRow:
+    heading = tokenize(doc.title)
+    question, answer = tokenize(doc.secondary_text), tokenize(doc.body_text)
     distinct = sorted({*heading, *question, *answer})
     stem_of = dict(zip(distinct, stem_words(distinct), strict=True))
-    fields = [f"asker{doc.asking_member_id}", f"answerer{doc.answering_member_id}"]
-    fields += [f"member{m}" for m in (doc.asking_member_id, doc.answering_member_id)]
-    fields.append(f"department{doc.answering_body_id}")
+    # Each Member by role (asker4138) and as member4138, as Field values name them.
+    fields = [f"{role}{member_id}" for role, member_id in doc.members]
+    fields += [f"member{member_id}" for member_id in doc.member_ids()]
+    if doc.department_id is not None:
+        fields.append(f"department{doc.department_id}")
     if doc.item_type:
         fields.append(f"type{doc.item_type}")
     house = doc.house.strip().lower()
@@ -112,20 +101,22 @@ def index_row(
         stems=" ".join(sorted(set(stem_of.values()))),
         heading_stems=" ".join(sorted({stem_of[token] for token in heading})),
         fields=tuple(sorted(set(fields))),
-        date_answered=date_answered,
-        is_holding=is_holding,
+        day=day,
+        hidden=hidden,
     )
 
 
-def create_index_table(connection: Connection) -> None:
-    """The index's table (its form depends on the database)."""
-    postgres = connection.dialect.name == "postgresql"
-    for statement in _POSTGRES_DDL if postgres else _SQLITE_DDL:
-        connection.exec_driver_sql(statement)
+def item_row(item: Item) -> IndexRow:
+    """An item's index row, as its kind sees it."""
+    assert item.id is not None
+    kind = kind_of(item)
+    return index_row(item.id, kind.document(item), item.day, not kind.in_history(item))
 
 
-def drop_index_table(connection: Connection) -> None:
-    connection.exec_driver_sql(f"DROP TABLE {TABLE}")
+def index_items(connection: Connection, items: Sequence[Item]) -> None:
+    """Index these stored items (in the transaction that stores them: an item is never
+    stored without its index row)."""
+    insert_rows(connection, [item_row(item) for item in items])
 
 
 def insert_rows(connection: Connection, rows: Sequence[IndexRow]) -> None:
@@ -139,8 +130,7 @@ def insert_rows(connection: Connection, rows: Sequence[IndexRow]) -> None:
             "array_to_tsvector(CAST(:lexemes AS TEXT[])))"
         )
         params: list[dict[str, Any]] = [
-            {**_columns(row), "date_answered": row.date_answered, "lexemes": row.lexemes()}
-            for row in rows
+            {**_columns(row), "date_answered": row.day, "lexemes": row.lexemes()} for row in rows
         ]
     else:
         statement = sa.text(
@@ -148,7 +138,7 @@ def insert_rows(connection: Connection, rows: Sequence[IndexRow]) -> None:
             "date_answered, is_holding) VALUES (:item_id, :heading, :body, :stems, "
             ":heading_stems, :fields, :date_answered, :is_holding)"
         )
-        params = [{**_columns(row), "date_answered": _day(row.date_answered)} for row in rows]
+        params = [{**_columns(row), "date_answered": _day(row.day)} for row in rows]
     connection.execute(statement, params)
 
 
@@ -160,7 +150,7 @@ def _columns(row: IndexRow) -> dict[str, Any]:
         "stems": row.stems,
         "heading_stems": row.heading_stems,
         "fields": " ".join(row.fields),
-        "is_holding": row.is_holding,
+        "is_holding": row.hidden,
     }
 
 
@@ -170,69 +160,25 @@ def _day(day: date | None) -> str | None:
 
 
 def index_missing(connection: Connection) -> int:
-    """Index every stored item the index lacks (items stored before it existed); how many."""
+    """Index every stored item the index lacks (a migration that makes the index leaves it
+    empty: it is filled here, by the code that knows the kinds); how many."""
     key = "rowid" if connection.dialect.name == "sqlite" else "item_id"
-    item = sa.table(
-        "item",
-        *(
-            sa.column(name)
-            for name in (
-                "id",
-                "kind",
-                "heading",
-                "question_text",
-                "answer_text",
-                "house",
-                "asking_member_id",
-                "answering_member_id",
-                "answering_body_id",
-            )
-        ),
-        sa.column("date_answered", sa.Date),
-        sa.column("is_holding", sa.Boolean),
-    )
     indexed = sa.text(f"SELECT {key} FROM {TABLE}").columns(sa.column(key))
     done, last_id = 0, 0
-    while True:
-        batch = connection.execute(
-            sa.select(item)
-            .where(item.c.id > last_id, item.c.id.not_in(indexed.scalar_subquery()))
-            .order_by(item.c.id)
-            .limit(_BUILD_BATCH)
-        ).all()
-        if not batch:
-            return done
-        insert_rows(
-            connection,
-            [
-                index_row(
-                    row.id,
-                    Document(
-                        heading=row.heading or "",
-                        question_text=row.question_text or "",
-                        answer_text=row.answer_text or "",
-                        house=row.house or "",
-                        asking_member_id=row.asking_member_id,
-                        answering_member_id=row.answering_member_id,
-                        answering_body_id=row.answering_body_id,
-                        item_type=ITEM_TYPES.get(row.kind, ""),
-                    ),
-                    row.date_answered,
-                    bool(row.is_holding),
-                )
-                for row in batch
-            ],
-        )
-        done += len(batch)
-        last_id = batch[-1].id
-
-
-@sa.event.listens_for(Item, "after_insert")
-def _index_inserted(_mapper: Any, connection: Connection, item: Item) -> None:
-    # In the inserting transaction: an item is never stored without its index row.
-    assert item.id is not None
-    row = index_row(item.id, item_document(item), item.date_answered, item.is_holding)
-    insert_rows(connection, [row])
+    with Session(bind=connection) as session:
+        while True:
+            batch = session.exec(
+                select(Item)
+                .where(col(Item.id) > last_id, col(Item.id).not_in(indexed.scalar_subquery()))
+                .order_by(col(Item.id))
+                .limit(_BUILD_BATCH)
+            ).all()
+            if not batch:
+                return done
+            index_items(connection, batch)
+            session.expunge_all()
+            done += len(batch)
+            last_id = batch[-1].id or last_id
 
 
 # --- candidates ------------------------------------------------------------------------------

@@ -6,49 +6,44 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, delete, select
-from sqlmodel.sql.expression import SelectOfScalar
+from sqlmodel import Session, col, delete, select, update
 
 from alertd.db import transaction
-from alertd.matching.analysis import Document, analyse
+from alertd.kinds import kind_of
+from alertd.kinds.kind import Version
+from alertd.matching.analysis import analyse
 from alertd.matching.live import LiveAlert, LiveMatcher
-from alertd.models import ITEM_TYPES, Alert, Hit, Item, ItemKind, QuestionStage, question_stage
+from alertd.models import Alert, Hit, Item
 
 log = logging.getLogger("alertd.matching.hits")
 
 
-def item_document(item: Item) -> Document:
-    return Document(
-        heading=item.heading,
-        question_text=item.question_text,
-        answer_text=item.answer_text,
-        house=item.house or "",
-        asking_member_id=item.asking_member_id,
-        answering_member_id=item.answering_member_id,
-        answering_body_id=item.answering_body_id,
-        item_type=ITEM_TYPES.get(item.kind, ""),
-    )
-
-
-def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | None = None) -> int:
+def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | None = None) -> int:
     """Match every unmatched item version; record hits and mark them matched, atomically.
 
     An alert only gets items that reached alertd after it was confirmed, so a new
-    subscriber is never flooded with history, and only the question stages it hears about
-    (Alert.notify_on). A follow-up (a correction, the answer to a question mailed as tabled,
-    a withdrawal) goes to those sent the earlier version. `matcher` is the daemon's, kept
+    subscriber is never flooded with history, and only what it hears of (Alert.notify_on).
+    A follow-up (a correction, the answer to a question mailed as tabled, a withdrawal)
+    goes to those sent the earlier version, as the item's kind rules. An item its source
+    marked never to alert is marked matched, with no hits. `matcher` is the daemon's, kept
     from run to run; without one, a matcher is built for this call. Returns the number of
     hits recorded.
     """
     live = LiveMatcher() if matcher is None else matcher
     _load_unless_idle(engine, live)
     with transaction(engine) as session:
+        session.exec(
+            update(Item)
+            .where(col(Item.matched_at).is_(None), col(Item.never_alert).is_(True))
+            .values(matched_at=now)
+        )
         items = session.exec(
             select(Item)
             .where(col(Item.matched_at).is_(None))
             .order_by(col(Item.id))
-            # Several workers: each matches the answers no other is matching right now.
+            # Several workers: each matches the items no other is matching right now.
             .with_for_update(skip_locked=True)
         ).all()
         if not items:
@@ -62,13 +57,18 @@ def match_new_answers(engine: Engine, *, now: datetime, matcher: LiveMatcher | N
                 # Superseded before it was matched (a statement and its correction, a question
                 # tabled and answered, seen in one poll): only the newest version is news.
                 continue
-            _drop_unsent_tabled(session, item)
-            earlier, only_follow_up = _follow_up_of(session, item)
-            if earlier is not None:
-                alert_ids = _follow_up_hits(session, item, earlier, now)
+            follow = kind_of(item).follow_up(item, _earlier(session, item))
+            if follow.drop_unsent:
+                session.exec(
+                    delete(Hit).where(
+                        col(Hit.item_id).in_(follow.drop_unsent), col(Hit.outbox_id).is_(None)
+                    )
+                )
+            if follow.told:
+                alert_ids = _follow_up_hits(session, item, follow.told, now)
                 hits += len(alert_ids)
                 told.update((alert_id, item.id) for alert_id in alert_ids if item.id)
-            if not only_follow_up:
+            if not follow.only:
                 fresh.append(item)
         hits += _match_fresh(session, live, fresh, now, told)
         for item in items:
@@ -87,36 +87,25 @@ def _newest_versions(items: Sequence[Item]) -> dict[tuple[str, str], int]:
     return newest
 
 
-def _drop_unsent_tabled(session: Session, item: Item) -> None:
-    """A question answered or withdrawn before its digest as tabled went: that hit is dropped
-    (the answer is matched as any answer is; a withdrawn question is never alerted)."""
-    if item.version == 1 or question_stage(item.version_key) is QuestionStage.TABLED:
-        return
-    tabled = _earlier_versions(item).where(Item.version_key == QuestionStage.TABLED.value)
-    session.exec(delete(Hit).where(col(Hit.item_id).in_(tabled), col(Hit.outbox_id).is_(None)))
-
-
-def _follow_up_of(session: Session, item: Item) -> tuple[SelectOfScalar[int | None] | None, bool]:
-    """The earlier versions whose recipients get this one, and whether only they do."""
+def _earlier(session: Session, item: Item) -> list[Version]:
+    """The item's earlier versions, oldest first, as its kind's follow-up rule sees them."""
     if item.version == 1:
-        return None, False
-    if item.kind != ItemKind.WRITTEN_QUESTION:
-        # A corrected statement goes, as a corrected answer does, to those sent the original
-        # (a first sight of a corrected one is fresh).
-        earlier = _earlier_versions(item)
-        if item.date_answer_corrected is None or session.exec(earlier).first() is None:
-            return None, False
-        return earlier, True
-    stage = question_stage(item.version_key)
-    if stage is QuestionStage.WITHDRAWN:
-        return _earlier_versions(item), True
-    if _corrects_an_answer(session, item):
-        return _earlier_answers(item), True
-    if stage is QuestionStage.ANSWERED:
-        # Now answered: those told when it was tabled; alerts hearing of answers match too.
-        tabled = _earlier_versions(item).where(Item.version_key == QuestionStage.TABLED.value)
-        return tabled, False
-    return None, False
+        return []
+    columns = (Item.id, Item.version, Item.stage, Item.corrected_on, Item.matched_at)
+    rows = session.execute(
+        sa.select(*(col(column) for column in columns))
+        .where(
+            col(Item.source) == item.source,
+            col(Item.source_id) == item.source_id,
+            col(Item.version) < item.version,
+        )
+        .order_by(col(Item.version))
+    ).all()
+    return [
+        Version(item_id, version, stage, corrected_on, matched_at is not None)
+        for item_id, version, stage, corrected_on, matched_at in rows
+        if item_id is not None
+    ]
 
 
 def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
@@ -125,7 +114,11 @@ def _load_unless_idle(engine: Engine, matcher: LiveMatcher) -> None:
     if matcher.version is not None:
         return
     with Session(engine) as session:
-        waiting = session.exec(select(Item.id).where(col(Item.matched_at).is_(None)).limit(1))
+        waiting = session.exec(
+            select(Item.id)
+            .where(col(Item.matched_at).is_(None), col(Item.never_alert).is_(False))
+            .limit(1)
+        )
         if waiting.first() is not None:
             with matcher.lock:
                 matcher.refresh(session)
@@ -142,7 +135,7 @@ def _match_fresh(
     after a holding answer), a feed item; none for an alert already told of it (``told``)."""
     if not items:
         return 0
-    documents = [analyse(item_document(q)) for q in items]
+    documents = [analyse(kind_of(item).document(item)) for item in items]
     hits = 0
     with matcher.lock:
         matcher.refresh(session)
@@ -151,33 +144,8 @@ def _match_fresh(
     return hits
 
 
-def _earlier_versions(item: Item) -> SelectOfScalar[int | None]:
-    """The item's earlier versions that may have been mailed: matched in an earlier run (one
-    matched in this run is superseded, never mailed), and not holding answers."""
-    return select(col(Item.id)).where(
-        Item.source == item.source,
-        Item.source_id == item.source_id,
-        col(Item.version) < item.version,
-        col(Item.is_holding).is_(False),
-        col(Item.matched_at).is_not(None),
-    )
-
-
-def _earlier_answers(item: Item) -> SelectOfScalar[int | None]:
-    """The item's earlier answers (not as tabled, not holding)."""
-    prefix = QuestionStage.ANSWERED.value + ":"
-    return _earlier_versions(item).where(col(Item.version_key).startswith(prefix))
-
-
-def _corrects_an_answer(session: Session, item: Item) -> bool:
-    """A correction of an answer alertd stored (a first sight of a corrected one is fresh)."""
-    if item.date_answer_corrected is None or item.version == 1:
-        return False
-    return session.exec(_earlier_answers(item)).first() is not None
-
-
 def _follow_up_hits(
-    session: Session, follow_up: Item, earlier: SelectOfScalar[int | None], now: datetime
+    session: Session, follow_up: Item, earlier: Sequence[int], now: datetime
 ) -> set[int]:
     """A follow-up goes to the people the earlier version went to, under the same alert;
     the ids of those alerts."""
@@ -205,13 +173,9 @@ def _follow_up_hits(
 
 
 def _hears(alert: LiveAlert, item: Item) -> bool:
-    """Whether the alert hears about this stage of a question (any other kind: yes)."""
-    stage = question_stage(item.version_key)
-    if item.kind != ItemKind.WRITTEN_QUESTION or stage is QuestionStage.ANSWERED:
-        return "answered" in alert.notify_on.split(",")
-    if stage is QuestionStage.TABLED:
-        return "tabled" in alert.notify_on.split(",")
-    return False  # a withdrawal (or holding answer) is only ever a follow-up
+    """Whether the alert hears of this version as news (a question as tabled, an answer)."""
+    hearing = kind_of(item).hears(item)
+    return hearing is not None and hearing in alert.notify_on.split(",")
 
 
 def _record_hits(

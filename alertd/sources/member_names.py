@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import delete, or_, update
+import sqlalchemy as sa
+from sqlalchemy import delete, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -17,6 +19,7 @@ from sqlmodel import Session, col, select
 from alertd.config import MembersSettings
 from alertd.db import transaction
 from alertd.errors import PermanentError, SourceInvalid, TransientError
+from alertd.kinds.kind import MemberRef, NewItem
 from alertd.models import Item, Member, MemberLookup
 from alertd.sources import http
 from alertd.sources.members import MemberHit, parse_search_item
@@ -111,52 +114,36 @@ def _record_lookups(
                 )
 
 
+def _unnamed_items(session: Session, since: datetime) -> list[Item]:
+    """Items stored since then that give a Member without a name."""
+    # Item.members is JSON as SQLAlchemy writes it ({"name": null, ...}): a text search
+    # narrows the scan to the items with an unnamed Member.
+    unnamed = sa.cast(col(Item.members), sa.Text).like('%"name": null%')
+    return list(session.exec(select(Item).where(col(Item.ingested_at) >= since, unnamed)).all())
+
+
 def _unnamed_in_items(engine: Engine, since: datetime) -> set[int]:
     """The ids of Members that items stored since then give without a name."""
-    recent = col(Item.ingested_at) >= since
     with Session(engine) as session:
-        asking = session.exec(
-            select(Item.asking_member_id)
-            .where(
-                recent,
-                col(Item.asking_member_id).is_not(None),
-                col(Item.asking_member_name).is_(None),
-            )
-            .distinct()
-        ).all()
-        answering = session.exec(
-            select(Item.answering_member_id)
-            .where(
-                recent,
-                col(Item.answering_member_id).is_not(None),
-                col(Item.answering_member_name).is_(None),
-            )
-            .distinct()
-        ).all()
-    return {member_id for member_id in (*asking, *answering) if member_id is not None}
+        items = _unnamed_items(session, since)
+    return {m["id"] for item in items for m in item.members if m.get("name") is None}
 
 
-def _name_in_items(engine: Engine, hits: Iterable[MemberHit]) -> None:
-    """Write the names (party and seat of an asker too) into the stored items without them."""
+def _named(member: MemberRef, found: Mapping[int, MemberHit]) -> MemberRef:
+    hit = found.get(member.id)
+    if member.name is not None or hit is None:
+        return member
+    return MemberRef(member.role, member.id, hit.name, hit.party, hit.constituency)
+
+
+def _name_in_items(engine: Engine, hits: Iterable[MemberHit], since: datetime) -> None:
+    """Write the names (party and seat too) into the stored items without them."""
+    found = {hit.id: hit for hit in hits}
     with transaction(engine) as session:
-        for hit in hits:
-            session.execute(
-                update(Item)
-                .where(col(Item.asking_member_id) == hit.id, col(Item.asking_member_name).is_(None))
-                .values(
-                    asking_member_name=hit.name,
-                    asking_member_party=hit.party,
-                    asking_member_constituency=hit.constituency,
-                )
-            )
-            session.execute(
-                update(Item)
-                .where(
-                    col(Item.answering_member_id) == hit.id,
-                    col(Item.answering_member_name).is_(None),
-                )
-                .values(answering_member_name=hit.name)
-            )
+        for item in _unnamed_items(session, since):
+            members = [_named(MemberRef.from_json(m), found) for m in item.members]
+            item.members = [member.to_json() for member in members]
+            session.add(item)
 
 
 @dataclass
@@ -213,16 +200,28 @@ class MemberNames:
             )
         return found
 
+    async def name_new(self, items: Sequence[NewItem], *, now: datetime) -> list[NewItem]:
+        """The items with every Member given only by id named (where the Members API can)."""
+        unnamed = {member.id for item in items for member in item.members if member.name is None}
+        if not unnamed:
+            return list(items)
+        found = await self.names(unnamed, now=now)
+        return [
+            dataclasses.replace(item, members=tuple(_named(m, found) for m in item.members))
+            for item in items
+        ]
+
     async def name_stored_items(self, *, now: datetime) -> int:
         """Name the Members of stored items that a poll before could not (an outage of the
         Members API, a Member it did not list yet), within this poll's lookups; return how
         many Members were named."""
-        unnamed = await asyncio.to_thread(_unnamed_in_items, self.engine, now - RETRY_HORIZON)
+        since = now - RETRY_HORIZON
+        unnamed = await asyncio.to_thread(_unnamed_in_items, self.engine, since)
         if not unnamed:
             return 0
         found = await self.names(unnamed, now=now)
         if found:
-            await asyncio.to_thread(_name_in_items, self.engine, found.values())
+            await asyncio.to_thread(_name_in_items, self.engine, found.values(), since)
             log.info("named %d Members of items stored before without their names", len(found))
         return len(found)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
@@ -11,7 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from alertd.db import transaction
+from alertd.errors import AlertdError
 from alertd.models import SourceState
+
+log = logging.getLogger("alertd.sources.state")
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,55 @@ def source_states(engine: Engine, names: list[str]) -> dict[str, SourceState]:
     with Session(engine) as session:
         rows = session.exec(select(SourceState).where(col(SourceState.name).in_(names))).all()
     return {row.name: row for row in rows}
+
+
+@dataclass
+class Held:
+    """A source's lease, held for one poll: its high-water mark before the poll, and what
+    the poll sets on success (how many new items, and the new mark, if any)."""
+
+    high_water: date | None
+    new_count: int = 0
+    new_high_water: date | None = None
+
+
+@asynccontextmanager
+async def holding(
+    engine: Engine, source: str, lease: PollLease, *, now: datetime
+) -> AsyncIterator[Held | None]:
+    """Hold the source for one poll, or yield None when another worker holds it or it was
+    polled lately (nothing is recorded then).
+
+    On success the poll is recorded with what ``Held`` says; a failure (an AlertdError) is
+    recorded and re-raised; an abandoned poll (cancelled) frees the lease, recording
+    nothing, so the next poll, here or on another worker, need not wait for it to expire.
+    """
+    high_water = await asyncio.to_thread(take_poll_lease, engine, source, lease, now=now)
+    if high_water is False:
+        # Routine when several workers share the poll job; news when asked for a poll.
+        on_demand = lease.min_gap == timedelta(0)
+        log.log(
+            logging.INFO if on_demand else logging.DEBUG,
+            "%s: %s; skipped",
+            source,
+            "another worker is polling it" if on_demand else "polled recently or being polled",
+        )
+        yield None
+        return
+    held = Held(high_water)
+    try:
+        yield held
+    except AlertdError as exc:
+        await asyncio.to_thread(record_poll, engine, source, now=now, error=str(exc))
+        raise
+    except asyncio.CancelledError:
+        await asyncio.to_thread(release_poll_lease, engine, source, lease.owner)
+        raise
+    await asyncio.to_thread(
+        record_poll,
+        engine,
+        source,
+        now=now,
+        high_water=held.new_high_water,
+        new_count=held.new_count,
+    )

@@ -294,11 +294,11 @@ async def preview_query(
         return _errors({"q": str(exc)})
     examples = [
         Example(
-            heading=q.heading,
-            date_answered=q.date_answered.isoformat() if q.date_answered else None,
-            asked_by=q.asking_member_name,
-            url=web_link(q.url),
+            heading=example.title,
+            date_answered=example.day.isoformat() if example.day else None,
+            asked_by=example.asked_by,
+            url=web_link(example.url),
         )
-        for q in found.examples
+        for example in found.examples
     ]
     return PreviewOut(count=found.count, days=found.days, examples=examples)

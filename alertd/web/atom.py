@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.digests.items import alert_label
 from alertd.htmltext import web_link
-from alertd.models import Alert, Hit, Item, ItemKind, QuestionStage, question_stage
-from alertd.sources.source import feed_name
+from alertd.kinds import kind_of
+from alertd.models import Alert, Hit, Item
 from alertd.web.context import Ctx
 
 ATOM = "http://www.w3.org/2005/Atom"
@@ -22,51 +22,29 @@ router = APIRouter(tags=["feeds"])
 
 
 def _stamp(item: Item) -> str:
-    day = item.date_answer_corrected or item.date_answered or item.date_tabled
+    day = kind_of(item).summary(item).day
     if day is None:
         return item.ingested_at.isoformat()
     return datetime.combine(day, time(0, 0), UTC).isoformat()
 
 
-def _status(item: Item) -> str:
-    stage = question_stage(item.version_key)
-    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.TABLED:
-        return " (asked, awaiting answer)"
-    if item.kind == ItemKind.WRITTEN_QUESTION and stage is QuestionStage.WITHDRAWN:
-        return " (withdrawn)"
-    if not item.date_answer_corrected:
-        return ""
-    return " (corrected statement)" if item.kind == ItemKind.STATEMENT else " (corrected answer)"
-
-
 def _entry(feed: ET.Element, item: Item) -> None:
+    kind = kind_of(item)
+    summary = kind.summary(item)
     entry = ET.SubElement(feed, "entry")
-    ET.SubElement(entry, "id").text = _entry_id(item)
-    statement = item.kind == ItemKind.STATEMENT
-    ET.SubElement(entry, "title").text = (item.heading or item.uin or "") + _status(item)
+    ET.SubElement(entry, "id").text = kind.atom_id(item)
+    title = summary.title or summary.reference
+    ET.SubElement(entry, "title").text = title + (f" ({summary.status})" if summary.status else "")
     link = web_link(item.url)
     if link is not None:
         ET.SubElement(entry, "link", href=link)
     ET.SubElement(entry, "updated").text = _stamp(item)
-    # A statement's author is the minister who made it.
-    author_name = item.answering_member_name if statement else item.asking_member_name
-    if author_name:
+    if summary.by:
         author = ET.SubElement(entry, "author")
-        ET.SubElement(author, "name").text = author_name
-    # A statement's question_text holds its attachments' titles: its text is the summary.
-    question = "" if statement else item.question_text
-    summary = " ".join(part for part in (question, item.answer_text) if part)
-    ET.SubElement(entry, "summary").text = summary[:2000]
-    category = item.answering_body_name or feed_name(item.source)
-    if category:
-        ET.SubElement(entry, "category", term=category)
-
-
-def _entry_id(item: Item) -> str:
-    # Parliament answers keep the ids their entries always had; feed readers key on them.
-    if item.kind == ItemKind.WRITTEN_QUESTION:
-        return f"urn:alertd:answer:{item.source_id}:{item.version}"
-    return f"urn:alertd:item:{item.id}"
+        ET.SubElement(author, "name").text = summary.by
+    ET.SubElement(entry, "summary").text = kind.atom_text(item)[:2000]
+    if summary.where:
+        ET.SubElement(entry, "category", term=summary.where)
 
 
 def recent_matches(session: Session, alert_id: int, limit: int) -> list[Item]:

@@ -16,6 +16,8 @@ from alertd import alerts
 from alertd.addresses import normalise_email
 from alertd.config import Frequency
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
+from alertd.kinds import kind_of
+from alertd.kinds.kind import Role, member_in, shown_name
 from alertd.mail.transactional import (
     CONFIRM_SUBJECT,
     LINK_SUBJECT,
@@ -199,12 +201,34 @@ async def check_signup(ctx: WebContext, fields: SignupFields) -> Checked:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A stored item a preview found, as the sign-up page and the JSON API show it."""
+
+    title: str
+    url: str
+    # The day it is dated (answered, made, published).
+    day: date | None
+    # Who asked it, for a question.
+    asked_by: str | None
+
+    @classmethod
+    def of(cls, item: Item) -> Example:
+        asker = member_in(item, Role.ASKER)
+        return cls(
+            title=kind_of(item).summary(item).title,
+            url=item.url,
+            day=item.day,
+            asked_by=(shown_name(asker.name) or None) if asker else None,
+        )
+
+
+@dataclass(frozen=True)
 class Preview:
     """What an alert would have found in the stored answers of the last days."""
 
     count: int
     days: int
-    examples: tuple[Item, ...]
+    examples: tuple[Example, ...]
 
 
 def preview(ctx: WebContext, query_text: str) -> Preview:
@@ -220,7 +244,7 @@ def preview(ctx: WebContext, query_text: str) -> Preview:
         ctx.engine, query_text, since, include_feed_items=ctx.settings.web.preview_feed_items
     )
     examples = alerts.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
-    return Preview(len(found), PREVIEW_DAYS, tuple(examples))
+    return Preview(len(found), PREVIEW_DAYS, tuple(Example.of(item) for item in examples))
 
 
 def too_broad(ctx: WebContext, query_text: str) -> str | None:

@@ -19,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from alertd.config import FREQUENCIES, Settings
 from alertd.digests.items import ComposeMemo
 from alertd.errors import Busy, QueryError, RateLimited
-from alertd.models import Alert
+from alertd.kinds import kind_of
+from alertd.kinds.kind import Role, member_in, shown_name
+from alertd.models import Alert, Item
 from alertd.sources.members import get_member, search_members
-from alertd.sources.source import feed_name
 from alertd.web import service
 from alertd.web.atom import recent_matches
 from alertd.web.context import Ctx, client_ip
@@ -452,18 +453,21 @@ def alert_matches(engine: Engine, settings: Settings, alert_id: int) -> AlertMat
         if alert is None or alert.unsubscribed_at is not None:
             return None
         label = ComposeMemo(settings).labels(session, [alert])[alert.id]
-        matches = tuple(
-            Match(
-                heading=" ".join(item.heading.split()) or f"Question {item.uin or ''}",
-                url=item.url if item.url.startswith(("https://", "http://")) else None,
-                where=feed_name(item.source) or item.answering_body_name or "",
-                asked_by=item.asking_member_name or "",
-                day=item.date_answer_corrected or item.date_answered or item.date_tabled,
-                summary=_summary(item.answer_text),
-            )
-            for item in recent_matches(session, alert_id, MORE_PAGE_ITEMS)
-        )
+        matches = tuple(_match(item) for item in recent_matches(session, alert_id, MORE_PAGE_ITEMS))
     return AlertMatches(label, matches)
+
+
+def _match(item: Item) -> Match:
+    summary = kind_of(item).summary(item)
+    asker = member_in(item, Role.ASKER)
+    return Match(
+        heading=summary.title,
+        url=item.url if item.url.startswith(("https://", "http://")) else None,
+        where=summary.where,
+        asked_by=shown_name(asker.name) if asker else "",
+        day=summary.day,
+        summary=_summary(summary.text),
+    )
 
 
 def _summary(text: str) -> str:

@@ -1,0 +1,159 @@
+"""One poll cycle for every Parliament API kind: window, list, drop what is stored, fetch, store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from alertd.config import Settings
+from alertd.errors import PermanentError
+from alertd.items import add_items
+from alertd.kinds.kind import ApiKind, Listing, NewItem
+from alertd.models import Item
+from alertd.sources.member_names import MemberNames
+from alertd.sources.parliament import ParliamentApi
+from alertd.sources.source import PollResult
+from alertd.sources.state import PollLease, holding
+
+log = logging.getLogger("alertd.sources.window")
+_CHUNK = 500
+
+
+def poll_window(high_water: date | None, today: date, lookback_days: int) -> tuple[date, date]:
+    """The UK dates to ask for: back from the last good poll (or today) by the look-back."""
+    start = min(high_water or today, today) - timedelta(days=lookback_days)
+    return start, today
+
+
+class _ListedKeys:
+    """The stored version keys of the listed items of one source, read in a few queries
+    (by source id up front; by key only if the kind asks)."""
+
+    def __init__(self, engine: Engine, source: str, listed: Sequence[NewItem]) -> None:
+        self.engine, self.source, self.listed = engine, source, listed
+        self._by_id: dict[str, set[str]] = {}
+        self._keys: set[str] | None = None
+        ids = sorted({new.source_id for new in listed})
+        for rows in self._chunks(col(Item.source_id), ids, Item.source_id, Item.version_key):
+            for source_id, key in rows:
+                self._by_id.setdefault(source_id, set()).add(key)
+
+    def _chunks(self, column: Any, values: list[str], *selected: Any) -> list[list[Any]]:
+        found = []
+        with Session(self.engine) as session:
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
+                statement = select(*selected).where(Item.source == self.source, column.in_(chunk))
+                found.append(list(session.exec(statement).all()))
+        return found
+
+    def keys_of(self, source_id: str) -> Collection[str]:
+        return self._by_id.get(source_id, set())
+
+    def has_key(self, version_key: str) -> bool:
+        if self._keys is None:
+            keys = sorted({new.version_key for new in self.listed})
+            self._keys = {
+                key
+                for rows in self._chunks(col(Item.version_key), keys, Item.version_key)
+                for key in rows
+            }
+        return version_key in self._keys
+
+
+def unseen(
+    engine: Engine, kind: ApiKind, listed: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The listed records whose versions need fetching and storing (the kind decides)."""
+    parsed: list[tuple[Mapping[str, Any], NewItem]] = []
+    for record in listed:
+        try:
+            parsed.append((record, kind.parse(record)))
+        except PermanentError as exc:
+            log.warning("skipping a listing item: %s", exc)
+    keys = _ListedKeys(engine, kind.source, [new for _, new in parsed])
+    return [record for record, new in parsed if kind.worth_fetching(new, keys)]
+
+
+async def fetch_and_store(
+    engine: Engine,
+    api: ParliamentApi,
+    kind: ApiKind,
+    listings: Sequence[Listing],
+    *,
+    now: datetime,
+    today: date,
+    member_names: MemberNames | None = None,
+    never_alert: bool = False,
+) -> tuple[int, int]:
+    """List, drop what is stored, fetch the rest's details, name their Members, store them;
+    how many were listed and how many versions were new.
+
+    Raises:
+        SourceUnavailable, SourceInvalid: a listing or a detail failed; nothing was stored.
+    """
+    listed = await api.listed(listings)
+    wanted = await asyncio.to_thread(unseen, engine, kind, listed)
+    items = [kind.parse(value, listing) for value, listing in await api.details(kind, wanted)]
+    if member_names is not None:
+        items = await member_names.name_new(items, now=now)
+    new = await asyncio.to_thread(
+        add_items, engine, kind.source, items, now=now, today=today, never_alert=never_alert
+    )
+    return len(listed), new
+
+
+@dataclass
+class WindowSource:
+    """A Parliament API kind as a source: what its API lists over a look-back window."""
+
+    engine: Engine
+    api: ParliamentApi
+    kind: ApiKind
+    settings: Settings
+    zone: ZoneInfo
+    lookback_days: int
+    lease: PollLease
+    # Names the Members the API gives only by id; None leaves them unnamed.
+    member_names: MemberNames | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind.source
+
+    async def poll(self, now: datetime) -> PollResult:
+        """Fetch the window's versions, store the new ones, then move the high-water mark.
+
+        The mark moves only after every page and detail of the window was fetched and
+        stored, so a failed poll is simply repeated by the next one.
+
+        Raises:
+            SourceUnavailable, SourceInvalid: the poll failed; the failure is also recorded.
+        """
+        today = now.astimezone(self.zone).date()
+        async with holding(self.engine, self.name, self.lease, now=now) as held:
+            if held is None:
+                return PollResult(self.name, fetched=0, new_items=0, polled=False)
+            first, last = poll_window(held.high_water, today, self.lookback_days)
+            listed, new = await fetch_and_store(
+                self.engine,
+                self.api,
+                self.kind,
+                self.kind.listings(first, last, self.settings),
+                now=now,
+                today=today,
+                member_names=self.member_names,
+            )
+            if self.member_names is not None:
+                # Members earlier polls could not name: asked again, within a bound.
+                await self.member_names.name_stored_items(now=now)
+            held.new_count, held.new_high_water = new, last
+        return PollResult(self.name, fetched=listed, new_items=new)
