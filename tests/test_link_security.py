@@ -36,11 +36,11 @@ from test_web import (  # noqa: F401  (fixtures)
 from alertd.config import DeliverySettings
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
+from alertd.items import add_items
+from alertd.kinds.written_question import parse
 from alertd.mail.outbox import queued_row, record_failure
-from alertd.matching.hits import match_new_answers
+from alertd.matching.hits import match_new_items
 from alertd.models import Alert, Outbox, Subscriber
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 from alertd.tokens import new_link_secret
 
 from standin_api import load_2021_answered
@@ -180,8 +180,8 @@ def _queue_digests(app: Web) -> set[int]:
         record["id"] += 20_000_000
         record["heading"] += " special educational needs"
     later = app.clock.now + timedelta(minutes=5)
-    store_items(app.engine, [parse_item(r) for r in records], now=later)
-    match_new_answers(app.engine, now=later)
+    add_items(app.engine, "parliament", [parse(r) for r in records], now=later, today=later.date())
+    match_new_items(app.engine, now=later)
     env = build_environment(app.settings)
     assert compose_due_digests(app.engine, app.settings, env, now=later) >= 1
     with Session(app.engine) as session:

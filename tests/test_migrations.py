@@ -15,8 +15,10 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, upgrade
-from alertd.models import Alert, Hit, Item, ItemKind, Ledger, SourceState, Subscriber
-from alertd.sources.statements import parse_statement, store_statements
+from alertd.items import add_items
+from alertd.kinds import statement, written_question
+from alertd.kinds.kind import Role, member_in
+from alertd.models import Alert, Hit, Item, Ledger, SourceState, Subscriber
 
 from standin_api import load_2021_statements
 
@@ -249,30 +251,35 @@ def test_upgrade_moves_every_row(engine_at_0001: Engine) -> None:
 
     # Answers keep their ids, versions and fields; the source id is the question id.
     identity = {i: (it.kind, it.source, it.source_id, it.version) for i, it in items.items()}
-    question = ItemKind.WRITTEN_QUESTION
+    question = written_question.WrittenQuestion.name
     assert identity[10] == (question, "parliament", "1500", 1)
     assert identity[11] == (question, "parliament", "1500", 2)
     assert identity[12] == (question, "parliament", "1500", 3)
     assert identity[13] == (question, "parliament", "1600", 1)
     correction = items[12]
     assert correction.version_key == "answer:2024-01-03:2024-01-04"
-    assert correction.date_answer_corrected == date(2024, 1, 4)
+    assert correction.corrected_on == date(2024, 1, 4)
     assert correction.matched_at is None
-    assert items[10].is_holding and items[10].matched_at == _utc(T0)
-    assert (items[13].uin, items[13].house) == ("HL123", "Lords")
-    assert items[11].asking_member_name == "Ms Asker"
+    assert items[10].stage == "holding" and items[10].matched_at == _utc(T0)
+    assert (items[13].details["uin"], items[13].house) == ("HL123", "Lords")
+    asker = member_in(items[11], Role.ASKER)
+    assert asker is not None and asker.name == "Ms Asker"
     assert items[11].answering_body_name == "Department for Education"
-    assert items[11].date_tabled == date(2024, 1, 1)
+    assert written_question.date_tabled(items[11]) == date(2024, 1, 1)
 
     # Feed items: their feed's source and their entry's uid, no Parliament fields.
-    feed = ItemKind.FEED_ITEM
+    feed = "feed_item"
     assert identity[20] == (feed, "feed:gov-news", "tag:news.example,2024:1", 1)
     assert identity[21] == (feed, "feed:gov-news", "https://news.example/2", 1)
     item = items[20]
-    assert (item.uin, item.house, item.date_tabled) == (None, None, None)
-    assert (item.heading, item.url) == ("Item one", "https://news.example/1")
-    assert item.answer_text == "Item one summary"
-    assert item.date_answered == date(2024, 1, 3)
+    assert (item.details.get("uin"), item.house, item.details.get("date_tabled")) == (
+        None,
+        None,
+        None,
+    )
+    assert (item.title, item.url) == ("Item one", "https://news.example/1")
+    assert item.body_text == "Item one summary"
+    assert item.day == date(2024, 1, 3)
     # The entry seen without an item stays known (matched already: never alerted).
     seen_only = [it for i, it in items.items() if i not in (10, 11, 12, 13, 20, 21)]
     assert [(it.kind, it.source, it.source_id) for it in seen_only] == [
@@ -320,7 +327,7 @@ def test_upgraded_database_takes_new_rows(engine_at_0001: Engine) -> None:
     now = datetime(2024, 1, 5, tzinfo=UTC)
     with Session(engine_at_0001) as session:
         item = Item(
-            kind=ItemKind.WRITTEN_QUESTION,
+            kind=written_question.WrittenQuestion.name,
             source="parliament",
             source_id="1500",
             version=4,
@@ -391,8 +398,8 @@ def test_written_statements_migration_goes_down_and_up_again(database_url: str) 
     try:
         upgrade(engine)
         now = datetime(2021, 2, 1, 18, 0, tzinfo=UTC)
-        statements = [parse_statement(record) for record in load_2021_statements()]
-        assert store_statements(engine, statements, now=now, today=now.date()) == 10
+        statements = [statement.parse(record) for record in load_2021_statements()]
+        assert add_items(engine, "statements", statements, now=now, today=now.date()) == 10
         since = date(2021, 1, 1)
         found = alerts.matching_ids(engine, '"hong kong" type:statement', since)
         assert len(found) == 2

@@ -27,12 +27,12 @@ from alertd.cli import main
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
 from alertd.errors import InvalidToken, TokenExpired
+from alertd.items import add_items
 from alertd.keys import subkey
+from alertd.kinds.written_question import parse
 from alertd.links import Action
-from alertd.matching.hits import match_new_answers
+from alertd.matching.hits import match_new_items
 from alertd.models import Alert, Hit, Member, Outbox, Subscriber
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 from alertd.tokens import check_age, make_token, parse_token, verify_token
 from alertd.web import create_app, serve_web, service
 from alertd.web.limits import SlidingWindow
@@ -107,8 +107,9 @@ def stored_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database holding the 469 recorded answers of 1 Feb 2021, made once and copied."""
     path = tmp_path_factory.mktemp("stored") / "stored.db"
     engine = open_database(DatabaseSettings(url=f"sqlite:///{path}"))
-    items = [parse_item(record) for record in load_2021_answered()]
-    store_items(engine, items, now=NOW - timedelta(days=9), alert=False)
+    items = [parse(record) for record in load_2021_answered()]
+    stored_at = NOW - timedelta(days=9)
+    add_items(engine, "parliament", items, now=stored_at, today=stored_at.date(), never_alert=True)
     engine.dispose()
     return path
 
@@ -120,8 +121,9 @@ def _stored(settings: Settings, stored_db: Path) -> Engine:
         shutil.copy(stored_db, str(url.database))
         return open_database(settings.database)
     engine = open_database(settings.database)
-    items = [parse_item(record) for record in load_2021_answered()]
-    store_items(engine, items, now=NOW - timedelta(days=9), alert=False)
+    items = [parse(record) for record in load_2021_answered()]
+    stored_at = NOW - timedelta(days=9)
+    add_items(engine, "parliament", items, now=stored_at, today=stored_at.date(), never_alert=True)
     return engine
 
 
@@ -546,8 +548,9 @@ async def test_manage_pause_resume_frequency_delete(any_web: Web) -> None:
     for record in records:
         record["id"] += 10_000_000
         record["heading"] += " special educational needs"
-    store_items(web.engine, [parse_item(r) for r in records], now=NOW + timedelta(hours=1))
-    match_new_answers(web.engine, now=NOW + timedelta(hours=1))
+    later = NOW + timedelta(hours=1)
+    add_items(web.engine, "parliament", [parse(r) for r in records], now=later, today=later.date())
+    match_new_items(web.engine, now=later)
     with Session(web.engine) as session:
         assert {hit.alert_id for hit in session.exec(select(Hit))} == {second}
 

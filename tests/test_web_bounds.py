@@ -22,9 +22,9 @@ from sqlmodel import Session, select
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
 from alertd.errors import Busy
+from alertd.items import add_items
+from alertd.kinds.written_question import parse
 from alertd.models import Alert
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 from alertd.web import api, serve_web
 from alertd.web.context import WebContext
 from alertd.web.limits import WorkSlots
@@ -46,20 +46,26 @@ def big_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     new ids and dates), made once and copied."""
     path = tmp_path_factory.mktemp("big") / "big.db"
     engine = open_database(DatabaseSettings(url=f"sqlite:///{path}"))
-    recorded = [parse_item(record) for record in load_2021_answered()]
+    recorded = [parse(record) for record in load_2021_answered()]
+    stored_at = NOW - timedelta(days=1)
     for copy in range(COPIES):
         day = NOW.date() - timedelta(days=1 + copy)
         items = [
             dataclasses.replace(
                 item,
-                api_id=item.api_id + copy * 10_000_000,
-                uin=f"{item.uin}-{copy}",
-                date_answered=day,
-                date_tabled=day - timedelta(days=7),
+                source_id=str(int(item.source_id) + copy * 10_000_000),
+                details={
+                    **item.details,
+                    "uin": f"{item.details['uin']}-{copy}",
+                    "date_tabled": (day - timedelta(days=7)).isoformat(),
+                },
+                day=day,
             )
             for item in recorded
         ]
-        store_items(engine, items, now=NOW - timedelta(days=1), alert=False)
+        add_items(
+            engine, "parliament", items, now=stored_at, today=stored_at.date(), never_alert=True
+        )
     engine.dispose()
     return path
 
