@@ -16,12 +16,12 @@ from alertd.addresses import email_key, normalise_email
 from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
-from alertd.kinds import kind_of
-from alertd.kinds.feed_item import FeedItem
+from alertd.kinds import KINDS, kind_of
 from alertd.matching import Query, matching_item_ids, parse_query
+from alertd.matching.query import MEMBER_FIELDS
 from alertd.models import Alert, Item, Member, Subscriber
 
-_MEMBER_FIELDS = ("member", "asker", "answerer")
+_MEMBER_FIELDS = MEMBER_FIELDS
 # Above this many matches a day over the stored history an alert is refused unless forced:
 # nobody reads such a digest (CourtListener refuses these too).
 BROAD_ALERT_PER_DAY = 30
@@ -297,7 +297,9 @@ def _without_feed_items(session: Session, ids: list[int]) -> list[int]:
     feed_ids: set[int] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        statement = select(Item.id).where(col(Item.id).in_(chunk), Item.kind == FeedItem.name)
+        # Kinds whose text is not for anyone who asks (a feed's).
+        private = [kind.name for kind in KINDS.values() if not kind.public_text]
+        statement = select(Item.id).where(col(Item.id).in_(chunk), col(Item.kind).in_(private))
         feed_ids.update(i for i in session.exec(statement).all() if i is not None)
     return [item_id for item_id in ids if item_id not in feed_ids]
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import date
 
 from alertd.digests.excerpt import Span, long_date
+from alertd.kinds import KINDS
 from alertd.kinds.kind import KindWords
+from alertd.matching.query import MEMBER_FIELDS
 
 
 @dataclass(frozen=True)
@@ -196,12 +198,11 @@ _QUERY_PIECE = re.compile(
     r"""|(?P<minus>-)(?=[^\s)])"""
     r"""|(?P<run>[^\s()\"\u201c\u201d]+)"""
 )
-_PEOPLE_FIELDS = ("member", "asker", "answerer")
 _HOUSE_NAMES = {"commons": "House of Commons", "lords": "House of Lords"}
-_TYPE_NAMES = {"question": "written questions", "statement": "written statements"}
+_TYPE_LABELS = {kind.type_name: kind.type_label for kind in KINDS.values() if kind.type_name}
 
 
-def ids_named(query: str, fields: tuple[str, ...] = _PEOPLE_FIELDS) -> set[int]:
+def ids_named(query: str, fields: tuple[str, ...] = MEMBER_FIELDS) -> set[int]:
     """The ids a typed query gives as numbers in these fields (``member:4113``): their names
     label it."""
     return {
@@ -260,14 +261,14 @@ def _label_piece(
     field = (found.group("field") or "").lower()
     if field:
         value = " ".join((found.group("quoted_value") or found.group("value") or "").split())
-        if field in _PEOPLE_FIELDS and value.isdigit():
+        if field in MEMBER_FIELDS and value.isdigit():
             return "name", member_names.get(int(value)) or f"Member {value}"
         if field == "department" and value.isdigit():
             return "name", department_names.get(int(value)) or f"department {value}"
         if field == "house":
             return "name", _HOUSE_NAMES.get(value.lower(), value)
         if field == "type":
-            return "name", _TYPE_NAMES.get(value.lower(), value)
+            return "name", _TYPE_LABELS.get(value.lower(), value)
         return ("name" if field != "heading" else "phrase"), value
     if found.group("phrase") is not None:
         return "phrase", " ".join(found.group("phrase").split())

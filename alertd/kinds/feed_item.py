@@ -103,6 +103,7 @@ class FeedItem(Kind):
     """An entry of an RSS or Atom feed; ``type:`` has no name for it."""
 
     name: ClassVar[str] = "feed_item"
+    public_text: ClassVar[bool] = False
 
     def summary(self, item: Item) -> Summary:
         return Summary(

@@ -283,8 +283,13 @@ class Kind:
 
     # The Item.kind value.
     name: ClassVar[str]
-    # What ``type:`` calls it in a query ("question"); "" when ``type:`` has no name for it.
+    # What ``type:`` calls it in a query ("question"); "" when ``type:`` has no name for it;
+    # and what a digest calls that type: ("written questions").
     type_name: ClassVar[str] = ""
+    type_label: ClassVar[str] = ""
+    # Whether its text is anyone's to read: previews open to the public show only such items
+    # (a feed's text may not be; web.preview_feed_items lets them in).
+    public_text: ClassVar[bool] = True
     # The stage of an earlier version whose mailing a later one recalls (see CardContext).
     told_stage: ClassVar[str | None] = None
     # The group of a digest's section its cards are shown in, by title; "" for the first,

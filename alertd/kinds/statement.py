@@ -168,6 +168,7 @@ class Statement(ApiKind):
 
     name: ClassVar[str] = "statement"
     type_name: ClassVar[str] = "statement"
+    type_label: ClassVar[str] = "written statements"
     source: ClassVar[str] = SOURCE
     stored_words: ClassVar[str] = "written statements"
     plural: ClassVar[str] = "statements"

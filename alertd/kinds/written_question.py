@@ -242,6 +242,7 @@ class WrittenQuestion(ApiKind):
 
     name: ClassVar[str] = "written_question"
     type_name: ClassVar[str] = "question"
+    type_label: ClassVar[str] = "written questions"
     source: ClassVar[str] = SOURCE
     stored_words: ClassVar[str] = "answer versions"
     plural: ClassVar[str] = "answers"

@@ -9,16 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from alertd.errors import QueryError
+from alertd.kinds import KINDS
+from alertd.kinds.kind import Role
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 32
 MAX_DEPTH = 16
 MIN_PREFIX = 3
-ID_FIELDS = ("member", "asker", "answerer", "department")
+# member: any Member of an item, in any role; each role (asker, answerer) is a field too.
+MEMBER_FIELDS = ("member", *(role.value for role in Role))
+ID_FIELDS = (*MEMBER_FIELDS, "department")
 FIELDS = (*ID_FIELDS, "house", "heading", "type")
 HOUSES = ("commons", "lords")
-# What type: narrows an alert to (alertd.models.ITEM_TYPES names each kind's type).
-TYPES = ("question", "statement")
+# What type: narrows an alert to: each kind's type name (question, statement).
+TYPES = tuple(kind.type_name for kind in KINDS.values() if kind.type_name)
 
 Scope: TypeAlias = Literal["text", "heading"]
 Resolver: TypeAlias = Callable[[str, str, int], int]
@@ -557,8 +561,8 @@ def parse_query(text: str, resolve: Resolver | None = None) -> Query:
 # id, house and type fields, maybe excluded; each ends at a space or the end.
 _ATOM = (
     r'(-?)(?:(heading:)?(?:"([a-z0-9]+(?: [a-z0-9]+)*)"|([a-z0-9]+)(\*?))'
-    r"|(member|asker|answerer|department):([1-9][0-9]{0,8})|house:(commons|lords)"
-    r"|type:(question|statement))(?= |$)"
+    rf"|({'|'.join(ID_FIELDS)}):([1-9][0-9]{{0,8}})|house:(commons|lords)"
+    rf"|type:({'|'.join(TYPES)}))(?= |$)"
 )
 _ATOMS = re.compile(f"({_ATOM})")
 _PLAIN_AND = re.compile(f"{_ATOM}(?: {_ATOM})*")
