@@ -576,8 +576,8 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from alertd.db import describe_error
-    from alertd.errors import ConfigError
-    from alertd.mail.bounces import NotOurs, ReportUnreadable, handle_report, read_report
+    from alertd.errors import ConfigError, NotOurs, ReportUnreadable
+    from alertd.mail.bounces import handle_report, read_report
 
     try:
         report = read_report(sys.stdin.buffer.read(), args.recipient)

@@ -9,6 +9,7 @@
 # │   └── MailServerUnavailable    (also StopBatch)
 # └── PermanentError               record it (bounce) and move on
 #     ├── SourceInvalid (SourceGone), DeliveryRejected, TemplateError, HeaderInjection
+#     ├── ReportUnreadable, NotOurs   a bounce we cannot read, or about no subscriber of ours
 #     └── DeliveryHalted           (also StopBatch)
 #
 # StopBatch marks the failures that are nobody's message in particular (the mail server is
@@ -132,3 +133,14 @@ class MailServerUnavailable(StopBatch, TransientError):
 
 class DeliveryHalted(SmtpReplyError, StopBatch, PermanentError):
     """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""
+
+
+# Bounces
+
+
+class ReportUnreadable(PermanentError):
+    """The message is no delivery status notification or abuse report alertd can read."""
+
+
+class NotOurs(PermanentError):
+    """The report carries no valid VERP tag of ours: it is about no subscriber."""
