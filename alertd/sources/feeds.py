@@ -20,13 +20,7 @@ from sqlmodel import Session, col, select
 import alertd.matching.history  # noqa: F401  (indexes each Item as it is inserted)
 from alertd.config import FeedConfig
 from alertd.db import transaction
-from alertd.errors import (
-    PermanentError,
-    SourceGone,
-    SourceInvalid,
-    TransientError,
-    UsageError,
-)
+from alertd.errors import SourceError, SourceGone, SourceInvalid, UsageError
 from alertd.htmltext import html_to_text, sanitise_html, web_link
 from alertd.models import Feed, Item, ItemKind, SourceState
 from alertd.sources import http
@@ -139,7 +133,10 @@ def parse_feed(body: bytes, url: str) -> list[FeedItem]:
     """
     parsed = feedparser.parse(body)
     if not parsed.get("version"):
-        raise SourceInvalid(f"{url} did not return a feed (got something that is not RSS/Atom)")
+        raise SourceInvalid(
+            f"{url} did not return a feed (got something that is not RSS/Atom)",
+            url=http.shown_url(url),
+        )
     if parsed.get("bozo"):
         log.warning(
             "feed %s is malformed (%s); using the %d entries it still has",
@@ -230,7 +227,7 @@ class FeedSource:
                 if items
                 else 0
             )
-        except (TransientError, PermanentError) as exc:
+        except SourceError as exc:
             if isinstance(exc, SourceGone):
                 await asyncio.to_thread(_disable, engine, feed, str(exc))
             await asyncio.to_thread(record_poll, engine, name, now=now, error=str(exc))

@@ -176,7 +176,9 @@ class ParliamentApi:
         try:
             return json.loads(response.content)
         except ValueError as exc:
-            raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
+            raise http.answer_error(
+                response, f"GET {response.url} returned broken JSON: {exc}"
+            ) from exc
 
     async def list_answers(
         self, params: Mapping[str, str], *, path: str = LIST_PATH
