@@ -576,7 +576,7 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from alertd.db import describe_error
-    from alertd.errors import ConfigError, NotOurs, ReportUnreadable
+    from alertd.errors import ConfigError, DatabaseUnavailable, NotOurs, ReportUnreadable
     from alertd.mail.bounces import handle_report, read_report
 
     try:
@@ -591,9 +591,9 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EX_CONFIG
     try:
-        # The database down or unreachable (a ConfigError from opening it) is temporary too.
+        # The database down, or any other failure to open it, is temporary too.
         outcome = handle_report(_database(settings), settings, report, utc_now())
-    except ConfigError as exc:
+    except (ConfigError, DatabaseUnavailable) as exc:
         print(f"alertd bounce: database error: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except NotOurs as exc:
@@ -644,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alertd`` command; returns the exit code."""
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, cheaply
     from alertd.config import load_settings
-    from alertd.errors import AlertdError, ConfigError, UsageError
+    from alertd.errors import AlertdError, ConfigError, DatabaseUnavailable, UsageError
     from alertd.logs import setup_logging
     from alertd.redact import redact
 
@@ -660,10 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, DatabaseUnavailable) as exc:
         # A URL's password (database.url, a feed) never reaches the terminal or a log file.
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
-        # An MTA keeps a report it could not hand over and tries again (EX_CONFIG).
+        # An unreachable database is met as a bad database.url is: exit 2, one line. An MTA
+        # keeps a report it could not hand over and tries again (EX_CONFIG).
         return EX_CONFIG if args.command == "bounce" else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         # Ctrl-C: every command commits as it goes, so what was done is kept.

@@ -35,7 +35,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
     """Open the database (migrating it), templates, mailer and HTTP client; close in reverse.
 
     Raises:
-        ConfigError, TemplateError: start-up cannot go on.
+        ConfigError, DatabaseUnavailable, TemplateError: start-up cannot go on.
     """
     engine = open_database(settings.database)
     sync_config_feeds(engine, settings.feeds)

@@ -9,7 +9,7 @@
 # │   │   ├── RateLimited, Busy
 # │   │   └── SourceThrottled      (also SourceUnavailable)
 # │   ├── SourceUnavailable        (also SourceError)
-# │   ├── DeliveryDeferred
+# │   ├── DatabaseUnavailable, DeliveryDeferred
 # │   └── MailServerUnavailable    (also StopBatch)
 # └── PermanentError               record it (bounce) and move on
 #     ├── SourceInvalid (SourceGone)  (also SourceError)
@@ -140,6 +140,14 @@ class SourceInvalid(SourceError, PermanentError):
 
 class SourceGone(SourceInvalid):
     """A source answered 410 Gone: it will not come back (a feed is disabled)."""
+
+
+# The database
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached (down, refusing connections, a file that cannot be
+    opened): nothing was done."""
 
 
 # Digests and mail
