@@ -218,3 +218,66 @@ class Daemon:
             await asyncio.wait({runner})
         elif runner.exception() is not None:
             log.error("the cycle runner failed", exc_info=runner.exception())
+
+
+async def run(settings: Settings, once: bool) -> int:
+    from alertd.cli import EXIT_FAILED
+
+    sock = None
+    if not once and settings.web.enabled:
+        from alertd.web.server import listen
+
+        # Bound before anything else starts: a busy port is one line and exit 2, with no
+        # poll begun and no lease taken.
+        sock = listen(settings.web.host, settings.web.port)
+    try:
+        async with lifespan(settings) as runtime:
+            if once:
+                # As in the daemon, SIGTERM or Ctrl-C stops claiming, lets the send in flight
+                # finish and abandons a poll (cron's `timeout` sends SIGTERM).
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, runtime.stopping.set)
+                try:
+                    report = await run_once(runtime, now=utc_now(), on_demand=True)
+                finally:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
+                if runtime.stopping.is_set():
+                    log.info("stopped early: the next run goes on")
+                return EXIT_FAILED if report.errors else 0
+            daemon = Daemon(runtime)
+            if sock is None:
+                log.info("web app off (web.enabled = false)")
+                await daemon.serve()
+            else:
+                from alertd.web import serve_web
+
+                host, port = sock.getsockname()[:2]
+                log.info(
+                    "web app listening on %s:%d (its links use %s)",
+                    host,
+                    port,
+                    settings.web.base_url,
+                )
+                # The web app (sign-up, unsubscribe links; the daemon's metrics on web.metrics_port)
+                # runs beside the scheduler and stops with it: both watch runtime.stopping, which
+                # SIGTERM sets. The web app's emails wake the runtime's sender, which runs in the
+                # app's lifespan.
+                await asyncio.gather(
+                    daemon.serve(),
+                    serve_web(
+                        settings,
+                        runtime.engine,
+                        runtime.stopping,
+                        sock=sock,
+                        metrics=runtime.metrics,
+                        sender=runtime.sender,
+                    ),
+                )
+            # Last: after the web app's sender has finished the send in flight too.
+            log.info("alertd stopped after %d cycles", daemon.cycles)
+    finally:
+        if sock is not None:
+            sock.close()
+    return 0
