@@ -1,4 +1,4 @@
-"""The command line: subscribe, list, unsubscribe, preview, run, db upgrade."""
+"""The `alertd` command line: every command (see COMMANDS), its one-line errors and exit codes."""
 
 from __future__ import annotations
 
@@ -313,9 +313,13 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from alertd.daemon import run
+    from alertd.daemon import run_daemon, run_one_pass
 
-    return asyncio.run(run(settings, args.once))
+    if args.once:
+        report = asyncio.run(run_one_pass(settings))
+        return EXIT_FAILED if report.errors else 0
+    asyncio.run(run_daemon(settings))
+    return 0
 
 
 def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
