@@ -85,15 +85,12 @@ def make_client(
     timeout_s: float,
     *,
     accept: str = "*/*",
-    follow_redirects: bool = True,
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
     is_public: PublicCheck = public_addresses,
 ) -> httpx.AsyncClient:
     """A client for ``get``: ``timeout_s`` per connect/read, ``deadline_s`` for a whole fetch,
-    ``max_bytes`` of decoded body. ``follow_redirects`` is kept for callers' sake: ``get``
-    follows redirects itself, checking each hop."""
-    del follow_redirects
+    ``max_bytes`` of decoded body (``get`` follows redirects itself, checking each hop)."""
     return BoundedClient(
         deadline_s=deadline_s,
         max_bytes=max_bytes,
@@ -116,7 +113,6 @@ async def get(
     *,
     params: Mapping[str, str | int] | None = None,
     headers: Mapping[str, str] | None = None,
-    follow_redirects: bool = True,
 ) -> httpx.Response:
     """GET ``url`` within the client's bounds; the response whatever its status (see
     ``check_status``), its body read and decoded, and the redirects followed in its
@@ -136,7 +132,7 @@ async def get(
     shown = shown_url(url)
     try:
         async with asyncio.timeout(deadline_s):
-            return await _get(client, url, params, headers, follow_redirects)
+            return await _get(client, url, params, headers)
     except TimeoutError as exc:
         raise SourceUnavailable(
             f"GET {shown} gave no complete answer within {deadline_s:g}s", url=shown
@@ -152,7 +148,6 @@ async def _get(
     url: str,
     params: Mapping[str, str | int] | None,
     headers: Mapping[str, str] | None,
-    follow_redirects: bool,
 ) -> httpx.Response:
     max_bytes: int = getattr(client, "max_bytes", DEFAULT_MAX_BYTES)
     public: PublicCheck = getattr(client, "is_public", public_addresses)
@@ -168,7 +163,7 @@ async def _get(
             response.request = client.build_request("GET", shown_as, headers=headers)
         try:
             location = response.headers.get("location")
-            if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
+            if response.status_code in REDIRECT_STATUSES and location:
                 target = _redirect_target(shown_as, location, response.status_code)
                 public_seen = public_seen or bool(await public(shown_as))
                 request = client.build_request("GET", target, headers=headers)
