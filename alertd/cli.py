@@ -1,4 +1,4 @@
-"""The command line: subscribe, list, unsubscribe, preview, run, db upgrade."""
+"""The `alertd` command line: every command (see COMMANDS), its one-line errors and exit codes."""
 
 from __future__ import annotations
 
@@ -304,79 +304,16 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _run(settings: Settings, once: bool) -> int:
-    import asyncio
-    import logging
-    import signal
-
-    from alertd.daemon import Daemon, lifespan
-    from alertd.pipeline import run_once
-
-    log = logging.getLogger("alertd.cli")
-    sock = None
-    if not once and settings.web.enabled:
-        from alertd.web.server import listen
-
-        # Bound before anything else starts: a busy port is one line and exit 2, with no
-        # poll begun and no lease taken.
-        sock = listen(settings.web.host, settings.web.port)
-    try:
-        async with lifespan(settings) as runtime:
-            if once:
-                # As in the daemon, SIGTERM or Ctrl-C stops claiming, lets the send in flight
-                # finish and abandons a poll (cron's `timeout` sends SIGTERM).
-                loop = asyncio.get_running_loop()
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(signum, runtime.stopping.set)
-                try:
-                    report = await run_once(runtime, now=utc_now(), on_demand=True)
-                finally:
-                    for signum in (signal.SIGTERM, signal.SIGINT):
-                        loop.remove_signal_handler(signum)
-                if runtime.stopping.is_set():
-                    log.info("stopped early: the next run goes on")
-                return EXIT_FAILED if report.errors else 0
-            daemon = Daemon(runtime)
-            if sock is None:
-                log.info("web app off (web.enabled = false)")
-                await daemon.serve()
-            else:
-                from alertd.web import serve_web
-
-                host, port = sock.getsockname()[:2]
-                log.info(
-                    "web app listening on %s:%d (its links use %s)",
-                    host,
-                    port,
-                    settings.web.base_url,
-                )
-                # The web app (sign-up, unsubscribe links; the daemon's metrics on web.metrics_port)
-                # runs beside the scheduler and stops with it: both watch runtime.stopping, which
-                # SIGTERM sets. The web app's emails wake the runtime's sender, which runs in the
-                # app's lifespan.
-                await asyncio.gather(
-                    daemon.serve(),
-                    serve_web(
-                        settings,
-                        runtime.engine,
-                        runtime.stopping,
-                        sock=sock,
-                        metrics=runtime.metrics,
-                        sender=runtime.sender,
-                    ),
-                )
-            # Last: after the web app's sender has finished the send in flight too.
-            log.info("alertd stopped after %d cycles", daemon.cycles)
-    finally:
-        if sock is not None:
-            sock.close()
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    return asyncio.run(_run(settings, args.once))
+    from alertd.daemon import run_daemon, run_one_pass
+
+    if args.once:
+        report = asyncio.run(run_one_pass(settings))
+        return EXIT_FAILED if report.errors else 0
+    asyncio.run(run_daemon(settings))
+    return 0
 
 
 def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -566,8 +503,8 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from alertd.db import describe_error
-    from alertd.errors import ConfigError
-    from alertd.mail.bounces import NotOurs, ReportUnreadable, handle_report, read_report
+    from alertd.errors import ConfigError, DatabaseUnavailable, NotOurs, ReportUnreadable
+    from alertd.mail.bounces import handle_report, read_report
 
     try:
         report = read_report(sys.stdin.buffer.read(), args.recipient)
@@ -581,9 +518,9 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EX_CONFIG
     try:
-        # The database down or unreachable (a ConfigError from opening it) is temporary too.
+        # The database down, or any other failure to open it, is temporary too.
         outcome = handle_report(_database(settings), settings, report, utc_now())
-    except ConfigError as exc:
+    except (ConfigError, DatabaseUnavailable) as exc:
         print(f"alertd bounce: database error: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     except NotOurs as exc:
@@ -634,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alertd`` command; returns the exit code."""
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, cheaply
     from alertd.config import load_settings
-    from alertd.errors import AlertdError, ConfigError, UsageError
+    from alertd.errors import AlertdError, ConfigError, DatabaseUnavailable, UsageError
     from alertd.logs import setup_logging
     from alertd.redact import redact
 
@@ -650,10 +587,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, DatabaseUnavailable) as exc:
         # A URL's password (database.url, a feed) never reaches the terminal or a log file.
         print(f"alertd: error: {redact(str(exc))}", file=sys.stderr)
-        # An MTA keeps a report it could not hand over and tries again (EX_CONFIG).
+        # An unreachable database is met as a bad database.url is: exit 2, one line. An MTA
+        # keeps a report it could not hand over and tries again (EX_CONFIG).
         return EX_CONFIG if args.command == "bounce" else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         # Ctrl-C: every command commits as it goes, so what was done is kept.

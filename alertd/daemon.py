@@ -1,12 +1,13 @@
-"""The daemon: a lifespan that builds the runtime once, and APScheduler calling run_once."""
+"""`alertd run`: the runtime's lifespan, a cycle runner the scheduler wakes, signals, web app."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -25,10 +26,26 @@ from alertd.sources.parliament import make_http_client
 
 log = logging.getLogger("alertd.daemon")
 Clock = Callable[[], datetime]
+# What an operator sends to stop alertd: the service manager's SIGTERM, or Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Inside, SIGTERM and SIGINT call ``stop`` (and no longer end the process, or raise
+    KeyboardInterrupt); after, they do again."""
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop)
+    try:
+        yield
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 @asynccontextmanager
@@ -36,7 +53,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[Runtime]:
     """Open the database (migrating it), templates, mailer and HTTP client; close in reverse.
 
     Raises:
-        ConfigError, TemplateError: start-up cannot go on.
+        ConfigError, DatabaseUnavailable, TemplateError: start-up cannot go on.
     """
     engine = open_database(settings.database)
     sync_config_feeds(engine, settings.feeds)
@@ -189,11 +206,18 @@ class Daemon:
         settings = self.runtime.settings
         # Feeds added while running with a shorter interval count from the next start.
         poll_every = await asyncio.to_thread(self.poll_every_minutes)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
         runner = asyncio.create_task(self._run_cycles(), name="alertd cycles")
-        scheduler = self.build_scheduler(poll_every)
+        try:
+            with stop_on_signals(self.stop):
+                await self._schedule_until_stopped(poll_every)
+        finally:
+            self.stop()  # also when serve() itself is cancelled: the runner must end
+            # Signals are the default ones again: a second Ctrl-C does not wait for this.
+            await self._finish(runner, settings.delivery.shutdown_timeout_s)
+
+    async def _schedule_until_stopped(self, poll_every_minutes: int) -> None:
+        settings = self.runtime.settings
+        scheduler = self.build_scheduler(poll_every_minutes)
         scheduler.start()
         log.info(
             "alertd running: polling every %d min, digests at %s %s",
@@ -204,12 +228,8 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
-            self.stop()  # also when serve() itself is cancelled: the runner must end
             # Its jobs only wake the runner: nothing of ours is running in it to cancel.
             scheduler.shutdown(wait=False)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-            await self._finish(runner, settings.delivery.shutdown_timeout_s)
 
     async def _finish(self, runner: asyncio.Task[None], timeout_s: float) -> None:
         done, _ = await asyncio.wait({runner}, timeout=timeout_s)
@@ -219,3 +239,74 @@ class Daemon:
             await asyncio.wait({runner})
         elif runner.exception() is not None:
             log.error("the cycle runner failed", exc_info=runner.exception())
+
+
+async def run_daemon(settings: Settings) -> None:
+    """`alertd run`: the daemon, and the web app beside it (unless web.enabled is false),
+    until SIGTERM or SIGINT.
+
+    Raises:
+        ConfigError: the web app's port cannot be bound (found before anything starts).
+        ConfigError, DatabaseUnavailable, TemplateError: start-up cannot go on.
+    """
+    sock = None
+    if settings.web.enabled:
+        # Imported only here: `run --once` and a daemon without its web app never need it.
+        from alertd.web.server import listen
+
+        # Bound before anything else starts: a busy port is one line and exit 2, with no
+        # poll begun and no lease taken.
+        sock = listen(settings.web.host, settings.web.port)
+    try:
+        async with lifespan(settings) as runtime:
+            daemon = Daemon(runtime)
+            if sock is None:
+                log.info("web app off (web.enabled = false)")
+                await daemon.serve()
+            else:
+                await _serve_with_web(daemon, sock)
+            # Last: after the web app's sender has finished the send in flight too.
+            log.info("alertd stopped after %d cycles", daemon.cycles)
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+async def _serve_with_web(daemon: Daemon, sock: socket.socket) -> None:
+    from alertd.web import serve_web
+
+    runtime = daemon.runtime
+    settings = runtime.settings
+    host, port = sock.getsockname()[:2]
+    log.info("web app listening on %s:%d (its links use %s)", host, port, settings.web.base_url)
+    # The web app (sign-up, unsubscribe links; the daemon's metrics on web.metrics_port) runs
+    # beside the scheduler and stops with it: both watch runtime.stopping, which SIGTERM sets.
+    # The web app's emails wake the runtime's sender, which runs in the app's lifespan.
+    await asyncio.gather(
+        daemon.serve(),
+        serve_web(
+            settings,
+            runtime.engine,
+            runtime.stopping,
+            sock=sock,
+            metrics=runtime.metrics,
+            sender=runtime.sender,
+        ),
+    )
+
+
+async def run_one_pass(settings: Settings) -> RunReport:
+    """`alertd run --once`: one poll, match and send, then return what it did.
+
+    As in the daemon, SIGTERM or SIGINT stops claiming, lets the send in flight finish and
+    abandons a poll (cron's `timeout` sends SIGTERM); the next run goes on from there.
+
+    Raises:
+        ConfigError, DatabaseUnavailable, TemplateError: start-up cannot go on.
+    """
+    async with lifespan(settings) as runtime:
+        with stop_on_signals(runtime.stopping.set):
+            report = await run_once(runtime, now=utc_now(), on_demand=True)
+        if runtime.stopping.is_set():
+            log.info("stopped early: the next run goes on")
+        return report

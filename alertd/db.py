@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from alertd.config import DatabaseSettings
-from alertd.errors import ConfigError
+from alertd.errors import ConfigError, DatabaseUnavailable
 from alertd.redact import redact
 from alertd.revisions import MIGRATIONS_DIR, head_revision
 
@@ -140,7 +140,8 @@ def upgrade(engine: Engine) -> None:
     the stored items the index lacks.
 
     Raises:
-        ConfigError: the database cannot be reached or migrated.
+        DatabaseUnavailable: the database cannot be reached (or its lock file made).
+        ConfigError: the database cannot be migrated (made by a newer alertd, not a database).
     """
     from alembic import command
     from alembic.util import CommandError
@@ -160,10 +161,15 @@ def upgrade(engine: Engine) -> None:
             f"cannot migrate database {engine.url!r}: {exc} "
             "(was it upgraded by a newer version of alertd?)"
         ) from exc
+    except sa.exc.OperationalError as exc:
+        # Down, refusing connections, a file that cannot be opened: not the database's content.
+        raise DatabaseUnavailable(
+            f"cannot migrate database {engine.url!r}: {describe_error(exc)}"
+        ) from exc
     except SQLAlchemyError as exc:
         raise ConfigError(f"cannot migrate database {engine.url!r}: {describe_error(exc)}") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot migrate database {engine.url!r}: {exc}") from exc
+        raise DatabaseUnavailable(f"cannot migrate database {engine.url!r}: {exc}") from exc
 
 
 def _at_head(engine: Engine) -> bool:
@@ -180,7 +186,12 @@ def _at_head(engine: Engine) -> bool:
 
 def open_database(settings: DatabaseSettings) -> Engine:
     """Create the engine and bring the schema up to date (Alembic runs only when the
-    database is not at the newest migration)."""
+    database is not at the newest migration).
+
+    Raises:
+        DatabaseUnavailable: the database cannot be reached.
+        ConfigError: database.url is unusable, or the database cannot be migrated.
+    """
     engine = create_db_engine(settings)
     if not _at_head(engine):
         upgrade(engine)

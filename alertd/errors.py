@@ -5,15 +5,23 @@
 # ├── UsageError                   a person gave bad input; nothing was written
 # │   └── QueryError, InvalidToken (TokenExpired), NotYours
 # ├── TransientError               retry later
-# │   ├── SourceUnavailable, DeliveryDeferred, RateLimited
+# │   ├── RetryLater               ... and when is known (retry_after_s)
+# │   │   ├── RateLimited, Busy
+# │   │   └── SourceThrottled      (also SourceUnavailable)
+# │   ├── SourceUnavailable        (also SourceError)
+# │   ├── DatabaseUnavailable, DeliveryDeferred
 # │   └── MailServerUnavailable    (also StopBatch)
 # └── PermanentError               record it (bounce) and move on
-#     ├── SourceInvalid (SourceGone), DeliveryRejected, TemplateError, HeaderInjection
+#     ├── SourceInvalid (SourceGone)  (also SourceError)
+#     ├── DeliveryRejected, TemplateError, HeaderInjection
+#     ├── ReportUnreadable, NotOurs   a bounce we cannot read, or about no subscriber of ours
 #     └── DeliveryHalted           (also StopBatch)
 #
+# Beside the bases, three classes say what an error is about, whatever the decision:
+# SourceError is any failed fetch of a source, and carries its URL and HTTP status: catch it
+# for "the fetch failed". SmtpReplyError carries the SMTP reply code of the delivery errors.
 # StopBatch marks the failures that are nobody's message in particular (the mail server is
 # down or refuses us): catch it before TransientError/PermanentError and stop the whole batch.
-# SmtpReplyError carries the SMTP reply code of the delivery errors.
 
 from __future__ import annotations
 
@@ -40,6 +48,26 @@ class PermanentError(AlertdError):
 
 class StopBatch(AlertdError):
     """Not this message's fault but the mail server's: stop the batch, leave the rest queued."""
+
+
+class RetryLater(TransientError):
+    """Worth retrying, and the one refusing said when: after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class SourceError(AlertdError):
+    """A source could not be fetched or read. ``url`` is the address the message names
+    (without any user:password), ``status`` the HTTP status of its answer: None when there was
+    no answer (a timeout, a refused connection), or when the error is raised where neither is
+    known (an item with a bad field)."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(message)
 
 
 class SmtpReplyError(AlertdError):
@@ -75,36 +103,51 @@ class NotYours(UsageError):
     """No such alert among this subscriber's active alerts."""
 
 
-class RateLimited(TransientError):
-    """Too many requests from one client; try again after ``retry_after`` seconds."""
+class RateLimited(RetryLater):
+    """Too many requests from one client; try again after ``retry_after_s`` seconds."""
 
-    def __init__(self, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"too many requests: try again in {retry_after} s")
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many requests: try again in {retry_after_s} s", retry_after_s)
 
 
-class Busy(TransientError):
+class Busy(RetryLater):
     """Costly work (a preview) is at its concurrency limit: refused, not queued; try again
-    after ``retry_after`` seconds."""
+    after ``retry_after_s`` seconds."""
 
-    def __init__(self, retry_after: int) -> None:
-        self.retry_after = retry_after
-        super().__init__(f"busy: try again in {retry_after} s")
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"busy: try again in {retry_after_s} s", retry_after_s)
 
 
 # Sources
 
 
-class SourceUnavailable(TransientError):
+class SourceUnavailable(SourceError, TransientError):
     """A source could not be fetched (timeout, connection error, 5xx, 429)."""
 
 
-class SourceInvalid(PermanentError):
+class SourceThrottled(SourceUnavailable, RetryLater):
+    """A source answered 429 or 5xx and said when to come back (Retry-After)."""
+
+    def __init__(self, message: str, *, url: str, status: int, retry_after_s: int) -> None:
+        # Set here, not by the bases' __init__s: the two take different arguments.
+        self.url, self.status, self.retry_after_s = url, status, retry_after_s
+        Exception.__init__(self, message)
+
+
+class SourceInvalid(SourceError, PermanentError):
     """A source answered with something that is not what we expect (broken JSON, wrong shape)."""
 
 
 class SourceGone(SourceInvalid):
     """A source answered 410 Gone: it will not come back (a feed is disabled)."""
+
+
+# The database
+
+
+class DatabaseUnavailable(TransientError):
+    """The database cannot be reached (down, refusing connections, a file that cannot be
+    opened): nothing was done."""
 
 
 # Digests and mail
@@ -132,3 +175,14 @@ class MailServerUnavailable(StopBatch, TransientError):
 
 class DeliveryHalted(SmtpReplyError, StopBatch, PermanentError):
     """The mail server refuses us, not the recipient (auth, sender, policy): stop the batch."""
+
+
+# Bounces
+
+
+class ReportUnreadable(PermanentError):
+    """The message is no delivery status notification or abuse report alertd can read."""
+
+
+class NotOurs(PermanentError):
+    """The report carries no valid VERP tag of ours: it is about no subscriber."""

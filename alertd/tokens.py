@@ -16,7 +16,6 @@ from alertd.errors import InvalidToken, TokenExpired
 MAX_TOKEN_CHARS = 200
 # A token issued a little "in the future" (clocks of two workers) is still accepted.
 CLOCK_SKEW = timedelta(minutes=5)
-LINK_SECRET_CHARS = 32
 
 
 def new_link_secret() -> str:

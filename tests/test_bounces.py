@@ -13,7 +13,8 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.config import load_settings
 from alertd.db import open_database
-from alertd.mail.bounces import NotOurs, ReportUnreadable, Verdict, read_report, report_subscriber
+from alertd.errors import NotOurs, ReportUnreadable
+from alertd.mail.bounces import Verdict, read_report, report_subscriber
 from alertd.mail.identity import envelope_sender
 from alertd.mail.outbox import OutboxKind, enqueue
 from alertd.models import Outbox, Subscriber

@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, open_database, upgrade
+from alertd.errors import ConfigError, DatabaseUnavailable
 from alertd.matching.history import outside_models
 from alertd.revisions import head_revision
 
@@ -140,6 +141,22 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path, where: str
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("alertd: error: ") and "Traceback" not in err
+
+
+def test_an_unreachable_database_is_unavailable_and_a_foreign_one_a_config_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "text").write_bytes(b"not a database, but a text file " * 100)
+    for unreachable in (
+        "postgresql+psycopg://postgres@127.0.0.1:1/alertd",  # nothing listens there
+        f"sqlite:///{tmp_path}/folder",  # a folder where the database should be
+    ):
+        with pytest.raises(DatabaseUnavailable, match="cannot migrate database"):
+            open_database(DatabaseSettings(url=unreachable))
+    # Reached, but no database alertd can migrate: retrying will not help.
+    with pytest.raises(ConfigError, match="file is not a database"):
+        open_database(DatabaseSettings(url=f"sqlite:///{tmp_path}/text"))
 
 
 def test_a_database_error_mid_command_is_one_line(

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.cli import main as cli_main
 from alertd.config import Settings
+from alertd.errors import SourceInvalid, SourceUnavailable
 from alertd.links import Links
 from alertd.models import Feed, Item, ItemKind
 from alertd.pipeline import Runtime, poll_once, run_once
@@ -311,6 +312,33 @@ async def test_a_permanent_redirect_to_another_host_is_followed_but_never_stored
 
 
 # -- slow, huge and compressed bodies -----------------------------------------------------------
+
+
+async def test_each_refusal_names_the_url_and_the_status_it_refused(
+    feed_server: FeedServer, other_server: FeedServer
+) -> None:
+    feed_server.serve("/big", Route(b" " * 2_000))
+    feed_server.serve("/file", Route(status=302, location="file:///etc/passwd"))
+    feed_server.serve("/inside", Route(status=307, location="http://10.0.0.1/"))
+    feed_server.serve("/loop", Route(status=301, location="/loop"))
+    feed_server.serve("/drip", Route(b"x" * 100, drip_s=0.5))
+    public = _public_ports(feed_server)
+    async with http.make_client(
+        "alertd-test", 5.0, max_bytes=1_000, deadline_s=1.0, is_public=public
+    ) as client:
+        refused = {}
+        for path in ("/big", "/file", "/inside", "/loop", "/drip"):
+            with pytest.raises((SourceInvalid, SourceUnavailable)) as caught:
+                await http.get(client, feed_server.url(path))
+            refused[path] = (type(caught.value), caught.value.url, caught.value.status)
+    assert refused == {
+        "/big": (SourceInvalid, feed_server.url("/big"), 200),
+        "/file": (SourceInvalid, feed_server.url("/file"), 302),
+        "/inside": (SourceInvalid, feed_server.url("/inside"), 307),
+        "/loop": (SourceInvalid, feed_server.url("/loop"), 301),
+        # No whole answer within the deadline: no status to tell.
+        "/drip": (SourceUnavailable, feed_server.url("/drip"), None),
+    }
 
 
 async def _timed_poll(runtime: Runtime) -> tuple[list[str], float, int]:

@@ -11,7 +11,15 @@ import httpx
 import pytest
 
 from alertd.config import ParliamentSettings
-from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.errors import (
+    RetryLater,
+    SourceError,
+    SourceGone,
+    SourceInvalid,
+    SourceThrottled,
+    SourceUnavailable,
+)
+from alertd.sources import http
 from alertd.sources.parliament import ParliamentApi, make_http_client, parse_item
 
 from standin_api import StandinApi
@@ -108,3 +116,82 @@ async def test_listing_faults_are_typed_errors(
         with pytest.raises(error) as caught:
             await api.list_answers({"answeredWhenFrom": "2021-02-01"})
     assert standin_api.base_url in str(caught.value)
+
+
+async def test_a_source_error_names_its_url_and_status(standin_api: StandinApi) -> None:
+    api, client = _api(standin_api, timeout_s=0.5)
+    # Each fault, and the status its error carries: None when no answer came.
+    expected: dict[Any, int | None] = {
+        500: 500,
+        404: 404,
+        "broken_json": 200,
+        "hang": None,
+        "drop": None,
+    }
+    statuses: dict[Any, int | None] = {}
+    async with client:
+        for fault in expected:
+            standin_api.fail_next("list", fault)
+            with pytest.raises(SourceError) as caught:
+                await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+            error = caught.value
+            statuses[fault] = error.status
+            assert error.url is not None and error.url.startswith(standin_api.base_url)
+            assert error.url in str(error)
+    assert statuses == expected
+
+
+async def test_a_429_with_retry_after_says_when_to_come_back(standin_api: StandinApi) -> None:
+    api, client = _api(standin_api)
+    standin_api.fail_next("list", 429, retry_after=120)
+    standin_api.fail_next("list", 429)
+    async with client:
+        with pytest.raises(RetryLater) as throttled:
+            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+        with pytest.raises(SourceUnavailable) as unavailable:
+            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+    assert isinstance(throttled.value, SourceUnavailable)
+    assert (throttled.value.retry_after_s, throttled.value.status) == (120, 429)
+    # The message is the one every 429 gets: the wait is carried, not written into it.
+    assert str(throttled.value) == str(unavailable.value)
+    assert not isinstance(unavailable.value, RetryLater) and unavailable.value.status == 429
+
+
+def _answer(status: int, **headers: str) -> httpx.Response:
+    request = httpx.Request("GET", "https://reader:secret@api.example.org/feed?x=1")
+    return httpx.Response(status, headers=headers, request=request)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "retry_after_s"),
+    [
+        (503, {"Retry-After": "30"}, SourceThrottled, 30),
+        # An HTTP date counts from the answer's own Date: no matter how our clock is set.
+        (
+            429,
+            {
+                "Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT",
+                "Date": "Wed, 21 Oct 2015 07:26:30 GMT",
+            },
+            SourceThrottled,
+            90,
+        ),
+        (429, {"Retry-After": "soon"}, SourceUnavailable, None),
+        (429, {"Retry-After": "-5"}, SourceUnavailable, None),
+        (502, {}, SourceUnavailable, None),
+        (410, {"Retry-After": "30"}, SourceGone, None),
+        (403, {}, SourceInvalid, None),
+    ],
+)
+def test_check_status_maps_each_answer_to_an_error_that_carries_it(
+    status: int,
+    headers: dict[str, str],
+    error: type[SourceError],
+    retry_after_s: int | None,
+) -> None:
+    with pytest.raises(SourceError) as caught:
+        http.check_status(_answer(status, **headers))
+    assert type(caught.value) is error
+    assert caught.value.url == "https://api.example.org/feed?x=1"  # no user:password
+    assert caught.value.status == status
+    assert getattr(caught.value, "retry_after_s", None) == retry_after_s

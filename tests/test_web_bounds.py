@@ -268,7 +268,7 @@ def test_work_slots_refuse_beyond_their_size_and_free_on_error() -> None:
         with pytest.raises(Busy) as caught:
             with slots.hold():
                 pass
-        assert caught.value.retry_after > 0
+        assert caught.value.retry_after_s > 0
     with pytest.raises(ZeroDivisionError):
         with slots.hold():
             1 / 0  # noqa: B018

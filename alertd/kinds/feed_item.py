@@ -87,7 +87,9 @@ def parse_feed(body: bytes, url: str, shown_url: str, *, now: datetime) -> list[
 
     parsed = feedparser.parse(body)
     if not parsed.get("version"):
-        raise SourceInvalid(f"{url} did not return a feed (got something that is not RSS/Atom)")
+        raise SourceInvalid(
+            f"{url} did not return a feed (got something that is not RSS/Atom)", url=shown_url
+        )
     if parsed.get("bozo"):
         log.warning(
             "feed %s is malformed (%s); using the %d entries it still has",

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.db import transaction
-from alertd.errors import PermanentError
+from alertd.errors import NotOurs, ReportUnreadable
 from alertd.mail.identity import bounced_subscriber
 from alertd.mail.outbox import OutboxKind, cancel_dead_digests, record_bounce
 from alertd.models import Outbox, Subscriber
@@ -26,14 +26,6 @@ log = logging.getLogger("alertd.mail.bounces")
 # ARF feedback types that are a recipient's complaint (RFC 5965 §7.3); "not-spam" and
 # "virus" are not, and are only logged.
 COMPLAINTS = frozenset({"abuse", "fraud"})
-
-
-class ReportUnreadable(PermanentError):
-    """The message is no delivery status notification or abuse report alertd can read."""
-
-
-class NotOurs(PermanentError):
-    """The report carries no valid VERP tag of ours: it is about no subscriber."""
 
 
 class Verdict(StrEnum):

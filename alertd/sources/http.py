@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from alertd.errors import SourceGone, SourceInvalid, SourceUnavailable
+from alertd.errors import SourceGone, SourceInvalid, SourceThrottled, SourceUnavailable
 
 # Every fetch, redirects and body included, ends within this (a server dripping one byte at
 # a time never trips a per-read timeout), and its body, once decoded, stays under this.
@@ -82,15 +85,12 @@ def make_client(
     timeout_s: float,
     *,
     accept: str = "*/*",
-    follow_redirects: bool = True,
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
     is_public: PublicCheck = public_addresses,
 ) -> httpx.AsyncClient:
     """A client for ``get``: ``timeout_s`` per connect/read, ``deadline_s`` for a whole fetch,
-    ``max_bytes`` of decoded body. ``follow_redirects`` is kept for callers' sake: ``get``
-    follows redirects itself, checking each hop."""
-    del follow_redirects
+    ``max_bytes`` of decoded body (``get`` follows redirects itself, checking each hop)."""
     return BoundedClient(
         deadline_s=deadline_s,
         max_bytes=max_bytes,
@@ -113,7 +113,6 @@ async def get(
     *,
     params: Mapping[str, str | int] | None = None,
     headers: Mapping[str, str] | None = None,
-    follow_redirects: bool = True,
 ) -> httpx.Response:
     """GET ``url`` within the client's bounds; the response whatever its status (see
     ``check_status``), its body read and decoded, and the redirects followed in its
@@ -133,15 +132,15 @@ async def get(
     shown = shown_url(url)
     try:
         async with asyncio.timeout(deadline_s):
-            return await _get(client, url, params, headers, follow_redirects)
+            return await _get(client, url, params, headers)
     except TimeoutError as exc:
         raise SourceUnavailable(
-            f"GET {shown} gave no complete answer within {deadline_s:g}s"
+            f"GET {shown} gave no complete answer within {deadline_s:g}s", url=shown
         ) from exc
     except httpx.TimeoutException as exc:
-        raise SourceUnavailable(f"GET {shown} timed out") from exc
+        raise SourceUnavailable(f"GET {shown} timed out", url=shown) from exc
     except httpx.HTTPError as exc:
-        raise SourceUnavailable(f"GET {shown} failed: {exc!r}") from exc
+        raise SourceUnavailable(f"GET {shown} failed: {exc!r}", url=shown) from exc
 
 
 async def _get(
@@ -149,7 +148,6 @@ async def _get(
     url: str,
     params: Mapping[str, str | int] | None,
     headers: Mapping[str, str] | None,
-    follow_redirects: bool,
 ) -> httpx.Response:
     max_bytes: int = getattr(client, "max_bytes", DEFAULT_MAX_BYTES)
     public: PublicCheck = getattr(client, "is_public", public_addresses)
@@ -165,8 +163,8 @@ async def _get(
             response.request = client.build_request("GET", shown_as, headers=headers)
         try:
             location = response.headers.get("location")
-            if follow_redirects and response.status_code in REDIRECT_STATUSES and location:
-                target = _redirect_target(shown_as, location)
+            if response.status_code in REDIRECT_STATUSES and location:
+                target = _redirect_target(shown_as, location, response.status_code)
                 public_seen = public_seen or bool(await public(shown_as))
                 request = client.build_request("GET", target, headers=headers)
                 if public_seen:
@@ -174,7 +172,9 @@ async def _get(
                     if not addresses:
                         raise SourceInvalid(
                             f"GET {shown_url(url)}: {shown_as.host} redirected to "
-                            f"{target.host}, which is not a public address: refused"
+                            f"{target.host}, which is not a public address: refused",
+                            url=shown_url(url),
+                            status=response.status_code,
                         )
                     request = _pinned(request, addresses[0])
                 history.append(response)
@@ -184,7 +184,11 @@ async def _get(
         finally:
             await response.aclose()
         return _complete(response, body, history)
-    raise SourceInvalid(f"GET {shown_url(url)} redirects more than {MAX_REDIRECTS} times")
+    raise SourceInvalid(
+        f"GET {shown_url(url)} redirects more than {MAX_REDIRECTS} times",
+        url=shown_url(url),
+        status=response.status_code,
+    )
 
 
 def _pinned(request: httpx.Request, address: str) -> httpx.Request:
@@ -200,20 +204,25 @@ def _pinned(request: httpx.Request, address: str) -> httpx.Request:
     return httpx.Request("GET", url.copy_with(host=address), headers=headers, extensions=extensions)
 
 
-def _redirect_target(base: httpx.URL, location: str) -> httpx.URL:
+def _redirect_target(base: httpx.URL, location: str, status: int) -> httpx.URL:
+    shown = shown_url(base)
     try:
         target = base.join(location)
     except httpx.InvalidURL as exc:
-        raise SourceInvalid(f"{shown_url(base)} redirected to a broken address") from exc
+        raise SourceInvalid(
+            f"{shown} redirected to a broken address", url=shown, status=status
+        ) from exc
     if target.scheme not in ("http", "https") or not target.host:
-        raise SourceInvalid(f"{shown_url(base)} redirected to a {target.scheme}: address: refused")
+        raise SourceInvalid(
+            f"{shown} redirected to a {target.scheme}: address: refused", url=shown, status=status
+        )
     return target
 
 
 class _Decoder:
     """Content-Encoding undone in pieces no larger than asked for (a gzip bomb stays small)."""
 
-    def __init__(self, encoding: str, url: httpx.URL) -> None:
+    def __init__(self, encoding: str, response: httpx.Response) -> None:
         self.raw_deflate_tried = False
         if encoding in ("", "identity"):
             self.inflater = None
@@ -222,8 +231,11 @@ class _Decoder:
         elif encoding == "deflate":
             self.inflater = zlib.decompressobj()
         else:
-            raise SourceInvalid(f"GET {shown_url(url)} answered in Content-Encoding {encoding!r}")
-        self.url = url
+            raise answer_error(
+                response,
+                f"GET {shown_url(response.url)} answered in Content-Encoding {encoding!r}",
+            )
+        self.response = response
 
     def decode(self, data: bytes, limit: int) -> bytes:
         """At most ``limit`` bytes of what ``data`` decodes to (more means: over the cap)."""
@@ -234,7 +246,9 @@ class _Decoder:
         except zlib.error as exc:
             # "deflate" is often sent without its zlib header, as raw deflate.
             if self.raw_deflate_tried or self.inflater.eof:
-                raise SourceInvalid(f"GET {shown_url(self.url)} sent a broken body") from exc
+                raise answer_error(
+                    self.response, f"GET {shown_url(self.response.url)} sent a broken body"
+                ) from exc
             self.raw_deflate_tried = True
             self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             return self.decode(data, limit)
@@ -242,9 +256,9 @@ class _Decoder:
 
 async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
     encoding = response.headers.get("content-encoding", "").strip().lower()
-    decoder = _Decoder(encoding, response.url)
-    too_big = SourceInvalid(
-        f"GET {shown_url(response.url)} answered more than {max_bytes:,} bytes: refused"
+    decoder = _Decoder(encoding, response)
+    too_big = answer_error(
+        response, f"GET {shown_url(response.url)} answered more than {max_bytes:,} bytes: refused"
     )
     declared = response.headers.get("content-length", "")
     if not encoding and declared.isdigit() and int(declared) > max_bytes:
@@ -277,19 +291,68 @@ def _complete(
 
 
 def check_status(response: httpx.Response, *, ok: tuple[int, ...] = (200,)) -> None:
-    """Accept the statuses in ``ok``; map any other to its error.
+    """Accept the statuses in ``ok``; map any other to its error, which carries the URL and
+    the status.
 
     Raises:
-        SourceUnavailable: 429 or 5xx (worth retrying later).
+        SourceThrottled: 429 or 5xx with a Retry-After (worth retrying after it).
+        SourceUnavailable: 429 or 5xx without one (worth retrying later).
         SourceGone: 410.
         SourceInvalid: any other status.
     """
     status = response.status_code
     if status in ok:
         return
-    shown = f"GET {shown_url(response.url)} answered HTTP {status}"
+    url = shown_url(response.url)
+    shown = f"GET {url} answered HTTP {status}"
     if status == 429 or status >= 500:
-        raise SourceUnavailable(shown)
+        wait_s = retry_after_s(response)
+        if wait_s is None:
+            raise SourceUnavailable(shown, url=url, status=status)
+        raise SourceThrottled(shown, url=url, status=status, retry_after_s=wait_s)
     if status == 410:
-        raise SourceGone(f"{shown} (Gone)")
-    raise SourceInvalid(shown)
+        raise SourceGone(f"{shown} (Gone)", url=url, status=status)
+    raise SourceInvalid(shown, url=url, status=status)
+
+
+# Longer is no number of seconds anyone means (and int() refuses thousands of digits).
+_MAX_RETRY_AFTER_DIGITS = 9
+
+
+def retry_after_s(response: httpx.Response) -> int | None:
+    """The seconds the answer's Retry-After asks us to wait (RFC 9110 10.2.3: a number of
+    seconds, or an HTTP date, counted from the answer's Date when it has one); None when it
+    has none, or one that is neither."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_AFTER_DIGITS:
+        return int(value)
+    when = _http_date(value)
+    if when is None:
+        return None
+    now = _http_date(response.headers.get("date", "")) or datetime.now(UTC)
+    return max(0, math.ceil((when - now).total_seconds()))
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def answer_error(response: httpx.Response, message: str) -> SourceInvalid:
+    """A SourceInvalid about this answer, carrying its URL and status."""
+    return SourceInvalid(message, url=shown_url(response.url), status=response.status_code)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The answer's body as JSON.
+
+    Raises:
+        SourceInvalid: the body is not JSON.
+    """
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise answer_error(response, f"GET {response.url} returned broken JSON: {exc}") from exc

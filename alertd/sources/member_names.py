@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import MembersSettings
 from alertd.db import transaction
-from alertd.errors import PermanentError, SourceInvalid, TransientError
+from alertd.errors import SourceError
 from alertd.kinds.kind import MemberRef, NewItem
 from alertd.models import Item, Member, MemberLookup
 from alertd.sources import http
@@ -233,7 +233,7 @@ class MemberNames:
                 response = await http.get(self.client, url, headers={"Accept": "application/json"})
                 http.check_status(response)
                 hit = _member_of(response)
-            except (TransientError, PermanentError) as exc:
+            except SourceError as exc:
                 log.warning("could not name Member %d: %s", member_id, exc)
                 return str(exc)
         if hit is None or hit.id != member_id:
@@ -243,9 +243,6 @@ class MemberNames:
 
 
 def _member_of(response: httpx.Response) -> MemberHit | None:
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
+    body = http.json_body(response)
     # GET /api/Members/{id} answers {"value": {...}, "links": [...]}, as a search item is.
     return parse_search_item(body) if isinstance(body, Mapping) else None

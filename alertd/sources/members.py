@@ -16,7 +16,7 @@ from sqlmodel import Session, col, func, select
 
 from alertd.config import MembersSettings, Settings
 from alertd.db import transaction
-from alertd.errors import PermanentError, SourceInvalid, TransientError
+from alertd.errors import SourceError
 from alertd.models import Member, MemberSearch
 from alertd.sources import http
 
@@ -121,13 +121,10 @@ async def fetch_members(settings: Settings, name: str) -> list[MemberHit]:
     ) as client:
         response = await http.get(client, url, params={"Name": name, "take": MAX_RESULTS})
         http.check_status(response)
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
+    body = http.json_body(response)
     items = body.get("items") if isinstance(body, Mapping) else None
     if not isinstance(items, list):
-        raise SourceInvalid("Members API search answered without an items list")
+        raise http.answer_error(response, "Members API search answered without an items list")
     return [hit for hit in map(parse_search_item, items) if hit is not None]
 
 
@@ -182,7 +179,7 @@ async def search_members(
     if not await asyncio.to_thread(_cached, engine, key, settings.members, now):
         try:
             fetched = await fetch_members(settings, key)
-        except (TransientError, PermanentError) as exc:
+        except SourceError as exc:
             log.warning("Members API search for %r failed: %s", key, exc)
         else:
             found.update((hit.id, hit) for hit in fetched)

@@ -40,7 +40,9 @@ class ParliamentApi:
         try:
             return json.loads(response.content)
         except ValueError as exc:
-            raise SourceInvalid(f"GET {response.url} returned broken JSON: {exc}") from exc
+            raise http.answer_error(
+                response, f"GET {response.url} returned broken JSON: {exc}"
+            ) from exc
 
     async def list_all(self, listing: Listing) -> list[dict[str, Any]]:
         """Every ``value`` of a listing, paging with skip/take until ``totalResults``.

@@ -94,13 +94,13 @@ async def _not_yours(request: Request, exc: Exception) -> Response:
 
 
 async def _rate_limited(request: Request, exc: Exception) -> Response:
-    retry = exc.retry_after if isinstance(exc, RateLimited) else 60
+    retry = exc.retry_after_s if isinstance(exc, RateLimited) else 60
     text = f"Please try again in {max(1, retry // 60)} minute(s)."
     return _problem(request, 429, "Too many requests", text, {"Retry-After": str(retry)})
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
-    retry = exc.retry_after if isinstance(exc, Busy) else 5
+    retry = exc.retry_after_s if isinstance(exc, Busy) else 5
     text = f"Other previews are being worked out: please try again in {retry} seconds."
     return _problem(request, 503, "Busy", text, {"Retry-After": str(retry)})
 

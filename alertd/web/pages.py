@@ -190,7 +190,7 @@ async def signup_submit(
         busy = isinstance(exc, Busy)
         note = PREVIEW_BUSY if busy else PREVIEW_LIMITED
         page = _signup_page(ctx, typed, checked, 503 if busy else 429, preview_note=note)
-        page.headers["Retry-After"] = str(exc.retry_after)
+        page.headers["Retry-After"] = str(exc.retry_after_s)
         return page
     return _signup_page(ctx, typed, checked, found=found)
 
