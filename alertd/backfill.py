@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.config import ParliamentSettings
+from alertd.config import Settings
 from alertd.db import transaction
 from alertd.errors import TransientError
 from alertd.kinds import api_kinds
@@ -106,7 +106,7 @@ async def _with_retries(
 
 async def backfill(
     engine: Engine,
-    settings: ParliamentSettings,
+    settings: Settings,
     first: date,
     last: date,
     *,
@@ -127,7 +127,7 @@ async def backfill(
         SourceUnavailable: a day still failed after the retries (rerun to resume).
         SourceInvalid: the API answered something unusable.
     """
-    polite = settings.model_copy(update={"detail_concurrency": 1})
+    polite = settings.parliament.model_copy(update={"detail_concurrency": 1})
     kinds = api_kinds()
     done = {
         kind.name: await asyncio.to_thread(days_done, engine, first, last, _done_name(kind))
@@ -143,7 +143,10 @@ async def backfill(
     totals = dict.fromkeys((kind.name for kind in kinds), 0)
     started = time.monotonic()
     async with make_http_client(polite) as client:
-        api = ParliamentApi(polite, client)
+        apis = {
+            kind.name: ParliamentApi(polite, client, kind.api, kind.api.base_url(settings))
+            for kind in kinds
+        }
         for day in to_load:
             listed = 0
             stored: dict[str, int] = {}
@@ -154,7 +157,7 @@ async def backfill(
                 async def load(kind: ApiKind = kind, day: date = day) -> tuple[int, int]:
                     return await fetch_and_store(
                         engine,
-                        api,
+                        apis[kind.name],
                         kind,
                         kind.day_listings(day),
                         now=now,

@@ -351,7 +351,7 @@ def _cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         stored = asyncio.run(
             backfill(
                 engine,
-                settings.parliament,
+                settings,
                 args.first,
                 last,
                 now=utc_now(),

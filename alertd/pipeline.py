@@ -135,7 +135,7 @@ def _sources(
         sources.append(
             WindowSource(
                 runtime.engine,
-                ParliamentApi(settings.parliament, client),
+                ParliamentApi(settings.parliament, client, kind.api, kind.api.base_url(settings)),
                 kind,
                 settings,
                 zone=settings.digest.zone,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -373,6 +373,27 @@ class Kind:
         return {}
 
 
+@dataclass(frozen=True)
+class JsonApi:
+    """How one of Parliament's JSON APIs is reached, pages its listings and wraps its records
+    (each API kind names its API; the client, alertd.sources.parliament, does the rest)."""
+
+    name: str
+    # Its base URL, from the settings.
+    base_url: Callable[[Settings], str]
+    # The query asking for one page: (skip, take) -> parameters.
+    page_params: Callable[[int, int], Mapping[str, str | int]]
+    # The query asking for one record's detail.
+    detail_params: Mapping[str, str]
+    # One page's body, and how many records came before it -> (how many records in all,
+    # this page's records).
+    page: Callable[[Any, int], tuple[int, list[Mapping[str, Any]]]]
+    # A record's id: a record listed twice (in two listings) is kept once, the later.
+    record_id: Callable[[Mapping[str, Any]], Hashable]
+    # A detail's body -> its record; None when the body holds none.
+    detail: Callable[[Any], Mapping[str, Any] | None]
+
+
 class Listing(NamedTuple):
     """One listing request of an API: its path and query (paging is the client's)."""
 
@@ -393,6 +414,7 @@ class ApiKind(Kind):
 
     # The source's name: its items, poll state and metrics go by it.
     source: ClassVar[str]
+    api: ClassVar[JsonApi]
     # What its new versions are called in a count: "answer versions"; and in short: "answers".
     stored_words: ClassVar[str]
     plural: ClassVar[str]
@@ -409,8 +431,9 @@ class ApiKind(Kind):
         """The listings of what was done on one past day (backfill: history, no alerts)."""
         raise NotImplementedError
 
-    def detail_path(self, listed: Mapping[str, Any]) -> str:
-        """Where the full record of a listed version is (the listing cuts texts short)."""
+    def detail_path(self, listed: Mapping[str, Any]) -> str | None:
+        """Where the full record of a listed version is (the listing cuts texts short); None
+        when the listing holds it all."""
         raise NotImplementedError
 
     def parse(self, value: Mapping[str, Any], listed: Mapping[str, Any] | None = None) -> NewItem:

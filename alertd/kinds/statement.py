@@ -14,6 +14,7 @@ from alertd.kinds.kind import (
     ApiKind,
     CardContext,
     FollowUp,
+    JsonApi,
     KindWords,
     Listing,
     NewItem,
@@ -27,7 +28,12 @@ from alertd.kinds.kind import (
     member_in,
     shown_name,
 )
-from alertd.kinds.parliament_json import api_date, member_ref, safe_html
+from alertd.kinds.parliament_json import (
+    QUESTIONS_STATEMENTS,
+    api_date,
+    member_ref,
+    safe_html,
+)
 from alertd.models import Item
 
 if TYPE_CHECKING:
@@ -170,6 +176,7 @@ class Statement(ApiKind):
     type_name: ClassVar[str] = "statement"
     type_label: ClassVar[str] = "written statements"
     source: ClassVar[str] = SOURCE
+    api: ClassVar[JsonApi] = QUESTIONS_STATEMENTS
     stored_words: ClassVar[str] = "written statements"
     plural: ClassVar[str] = "statements"
     digest_group: ClassVar[str] = "Written statements"

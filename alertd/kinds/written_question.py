@@ -15,6 +15,7 @@ from alertd.kinds.kind import (
     CardContext,
     FollowUp,
     Hearing,
+    JsonApi,
     KindWords,
     Listing,
     NewItem,
@@ -26,7 +27,12 @@ from alertd.kinds.kind import (
     member_in,
     shown_name,
 )
-from alertd.kinds.parliament_json import api_date, member_ref, safe_html
+from alertd.kinds.parliament_json import (
+    QUESTIONS_STATEMENTS,
+    api_date,
+    member_ref,
+    safe_html,
+)
 from alertd.models import Item
 
 if TYPE_CHECKING:
@@ -244,6 +250,7 @@ class WrittenQuestion(ApiKind):
     type_name: ClassVar[str] = "question"
     type_label: ClassVar[str] = "written questions"
     source: ClassVar[str] = SOURCE
+    api: ClassVar[JsonApi] = QUESTIONS_STATEMENTS
     stored_words: ClassVar[str] = "answer versions"
     plural: ClassVar[str] = "answers"
     told_stage: ClassVar[str | None] = QuestionStage.TABLED.value

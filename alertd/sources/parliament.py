@@ -1,18 +1,18 @@
-"""The Questions and Statements API client: listings paged to the end, details a few at a time."""
+"""The client of Parliament's JSON APIs: listings paged to the end, details a few at a time."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from alertd.config import ParliamentSettings
 from alertd.errors import PermanentError, SourceInvalid
-from alertd.kinds.kind import ApiKind, Listing
+from alertd.kinds.kind import ApiKind, JsonApi, Listing
+from alertd.kinds.parliament_json import QUESTIONS_STATEMENTS
 from alertd.sources import http
 
 log = logging.getLogger("alertd.sources.parliament")
@@ -23,68 +23,72 @@ Fetched = tuple[Mapping[str, Any], Mapping[str, Any] | None]
 
 
 class ParliamentApi:
-    """A polite client of the Questions and Statements API (written questions, written
-    statements): timeouts, paging, bounded concurrency."""
+    """A polite client of one of Parliament's JSON APIs (by default the Questions and
+    Statements API: written questions, written statements): timeouts, paging, bounded
+    concurrency."""
 
-    def __init__(self, settings: ParliamentSettings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: ParliamentSettings,
+        client: httpx.AsyncClient,
+        api: JsonApi = QUESTIONS_STATEMENTS,
+        base_url: str | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
+        self.api = api
+        self.base_url = (base_url or settings.base_url).rstrip("/")
         self._detail_slots = asyncio.Semaphore(settings.detail_concurrency)
 
     async def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        url = self.settings.base_url.rstrip("/") + path
+        url = self.base_url + path
         response = await http.get(
             self.client, url, params=params, headers={"Accept": "application/json"}
         )
         http.check_status(response)
-        try:
-            return json.loads(response.content)
-        except ValueError as exc:
-            raise http.answer_error(
-                response, f"GET {response.url} returned broken JSON: {exc}"
-            ) from exc
+        return http.json_body(response)
 
-    async def list_all(self, listing: Listing) -> list[dict[str, Any]]:
-        """Every ``value`` of a listing, paging with skip/take until ``totalResults``.
+    async def list_all(self, listing: Listing) -> list[Mapping[str, Any]]:
+        """Every record of a listing, paging until the API's total.
 
         Raises:
             SourceUnavailable, SourceInvalid: a page failed; nothing partial is returned.
         """
         take = self.settings.page_size
-        values: dict[int, dict[str, Any]] = {}
+        records: dict[Hashable, Mapping[str, Any]] = {}
         skip = 0
         while True:
             page = await self.get_json(
-                listing.path,
-                {**listing.params, "expandMember": "true", "take": take, "skip": skip},
+                listing.path, {**listing.params, **self.api.page_params(skip, take)}
             )
-            total, results = _page_results(page, skip)
-            for result in results:
-                value = result.get("value") if isinstance(result, Mapping) else None
-                if not isinstance(value, dict) or not isinstance(value.get("id"), int):
-                    raise SourceInvalid(f"listing page at skip={skip} has an item without a value")
-                values[value["id"]] = value
+            total, results = self.api.page(page, skip)
+            records.update((self.api.record_id(record), record) for record in results)
             skip += len(results)
             if skip >= total or not results:
                 break
-        return list(values.values())
+        return list(records.values())
 
-    async def listed(self, listings: Sequence[Listing]) -> list[dict[str, Any]]:
+    async def listed(self, listings: Sequence[Listing]) -> list[Mapping[str, Any]]:
         """The records of several listings, one per id: a later listing's record wins."""
-        merged: dict[int, dict[str, Any]] = {}
+        merged: dict[Hashable, Mapping[str, Any]] = {}
         for listing in listings:
-            merged.update((value["id"], value) for value in await self.list_all(listing))
+            records = await self.list_all(listing)
+            merged.update((self.api.record_id(record), record) for record in records)
         return list(merged.values())
 
-    async def detail(self, kind: ApiKind, listed: Mapping[str, Any]) -> dict[str, Any]:
+    async def detail(self, kind: ApiKind, listed: Mapping[str, Any]) -> Mapping[str, Any]:
         """The full record of a listed one (untruncated texts, HTML)."""
-        api_id = listed["id"]
+        path = kind.detail_path(listed)
+        if path is None:
+            return listed
         async with self._detail_slots:
-            body = await self.get_json(kind.detail_path(listed), {"expandMember": "true"})
-        value = body.get("value") if isinstance(body, Mapping) else None
-        if not isinstance(value, dict) or value.get("id") != api_id:
+            body = await self.get_json(path, self.api.detail_params)
+        value = self.api.detail(body)
+        if value is None or self.api.record_id(value) != self.api.record_id(listed):
             noun = kind.type_name or kind.name
-            raise SourceInvalid(f"detail of {noun} {api_id} has no matching value")
+            raise SourceInvalid(
+                f"detail of {noun} {self.api.record_id(listed)} has no matching value"
+            )
         return value
 
     async def details(self, kind: ApiKind, listed: Sequence[Mapping[str, Any]]) -> list[Fetched]:
@@ -114,15 +118,6 @@ class ParliamentApi:
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _page_results(page: Any, skip: int) -> tuple[int, list[Any]]:
-    if not isinstance(page, Mapping):
-        raise SourceInvalid(f"listing page at skip={skip} is not a JSON object")
-    total, results = page.get("totalResults"), page.get("results")
-    if not isinstance(total, int) or not isinstance(results, list):
-        raise SourceInvalid(f"listing page at skip={skip} lacks totalResults or results")
-    return total, results
 
 
 def make_http_client(settings: ParliamentSettings) -> httpx.AsyncClient:
