@@ -33,7 +33,6 @@ from alertd.matching.query import make_and, make_or, parse_canonical, plain_part
 from standin_api import load_2021_answered, load_2021_statements
 
 
-
 def _members(**by_role: int | None) -> tuple[tuple[str, int], ...]:
     """A Document's (role, Member id) pairs, leaving out the roles nobody had."""
     return tuple((role, member_id) for role, member_id in by_role.items() if member_id is not None)

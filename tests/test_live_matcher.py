@@ -8,10 +8,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd import alerts
-from alertd.listing import list_alerts
 from alertd.items import add_items
 from alertd.kinds import kind_of
 from alertd.kinds.written_question import SOURCE, parse
+from alertd.listing import list_alerts
 from alertd.matching import Document, LiveMatcher, analyse, match_new_items
 from alertd.matching.engine import indexes_of
 from alertd.matching.live import AlertRow, LiveAlert
