@@ -50,19 +50,22 @@ def _prepare(folder: Path) -> dict[str, str]:
     from alertd import alerts
     from alertd.config import DatabaseSettings
     from alertd.db import open_database
-    from alertd.sources.ingest import store_items
-    from alertd.sources.parliament import parse_item
+    from alertd.items import add_items
+    from alertd.kinds import written_question
 
     from standin_api import load_2021_answered
 
     url = f"sqlite:///{folder}/alertd.db"
     engine = open_database(DatabaseSettings(url=url))
     now = datetime.now(UTC)
-    store_items(
+    stored_at = now - timedelta(days=1)
+    add_items(
         engine,
-        [parse_item(record) for record in load_2021_answered()],
-        now=now - timedelta(days=1),
-        alert=False,
+        written_question.SOURCE,
+        [written_question.parse(record) for record in load_2021_answered()],
+        now=stored_at,
+        today=stored_at.date(),
+        never_alert=True,
     )
     for n in range(200):
         alerts.subscribe(

@@ -41,16 +41,17 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import SourceInvalid
+from alertd.items import add_items
+from alertd.kinds import kind_of, written_question
+from alertd.kinds.kind import NewItem
 from alertd.mail import sender as mail_sender
 from alertd.mail.outbox import OutboxState
 from alertd.mail.sender import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
-from alertd.matching.hits import item_document, match_new_answers
+from alertd.matching.hits import match_new_items
 from alertd.models import Alert, Hit, Item, Ledger, Outbox, Subscriber
 from alertd.pipeline import Runtime, run_once
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import AnswerItem, parse_item
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -139,7 +140,7 @@ class Sink:
 # The database: recorded answers, one immediate alert per subscriber, 1-5 hits each
 
 
-def _load_items() -> list[AnswerItem]:
+def _load_items() -> list[NewItem]:
     """The recorded answers: 1 Feb 2021 (Members expanded) and Aug 2024 (full texts merged)."""
     values = [r["value"] for r in json.loads(ANSWERED_2021.read_bytes())["results"]]
     longform: dict[int, tuple[str, str]] = {}
@@ -156,8 +157,8 @@ def _load_items() -> list[AnswerItem]:
     items = []
     for value in values:
         with contextlib.suppress(SourceInvalid):
-            item = parse_item(value)
-            if item.date_answered is not None:
+            item = written_question.parse(value)
+            if item.day is not None:
                 items.append(item)
     return items
 
@@ -165,14 +166,17 @@ def _load_items() -> list[AnswerItem]:
 def _candidate_queries(engine: Engine) -> list[str]:
     """Member follows and heading words that each match 1-5 alertable answers, interleaved."""
     with Session(engine) as session:
-        questions = session.exec(select(Item).where(col(Item.matched_at).is_(None))).all()
+        questions = session.exec(
+            select(Item).where(col(Item.matched_at).is_(None), col(Item.never_alert).is_(False))
+        ).all()
+    documents = [kind_of(q).document(q) for q in questions]
     members: collections.Counter[int] = collections.Counter()
     words: set[str] = set()
-    for q in questions:
-        members.update({m for m in (q.asking_member_id, q.answering_member_id) if m is not None})
-        words.update(WORD.findall(q.heading.lower()))
+    for document in documents:
+        members.update(document.member_ids())
+        words.update(WORD.findall(document.title.lower()))
     follows = [f"member:{m}" for m, n in sorted(members.items()) if n <= MAX_PER_DIGEST]
-    docs: list[AnalysedDocument] = [analyse(item_document(q)) for q in questions]
+    docs: list[AnalysedDocument] = [analyse(document) for document in documents]
     topics = []
     for word in sorted(words):
         query = parse_query(word)
@@ -224,10 +228,12 @@ def _subscribe_all(engine: Engine, count: int, queries: list[str]) -> None:
 
 def build_population(engine: Engine, count: int) -> Population:
     started = time.monotonic()
-    answers = store_items(engine, _load_items(), now=INGESTED)
+    answers = add_items(
+        engine, written_question.SOURCE, _load_items(), now=INGESTED, today=INGESTED.date()
+    )
     queries = _candidate_queries(engine)
     _subscribe_all(engine, count, queries)
-    hits = match_new_answers(engine, now=INGESTED + timedelta(minutes=1))
+    hits = match_new_items(engine, now=INGESTED + timedelta(minutes=1))
     with Session(engine) as session:
         per = (
             select(Hit.subscriber_id, func.count().label("n"))

@@ -26,10 +26,10 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
-from alertd.matching import analyse, item_document
+from alertd.items import add_items
+from alertd.kinds import kind_of, written_question
+from alertd.matching import analyse
 from alertd.models import Item
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -92,7 +92,8 @@ def build_history(path: Path, count: int, today: date, reuse: bool) -> tuple[Eng
     now = datetime.now(UTC)
     started = time.perf_counter()
     for start in range(0, count, 1000):
-        store_items(engine, [parse_item(v) for v in values[start : start + 1000]], now=now)
+        items = [written_question.parse(v) for v in values[start : start + 1000]]
+        add_items(engine, written_question.SOURCE, items, now=now, today=now.date())
     return engine, time.perf_counter() - started
 
 
@@ -101,11 +102,13 @@ def old_scan(engine: Engine, text: str, since: date) -> int:
     with Session(engine) as session:
         query = alerts.compile_query(session, text)
         items = session.exec(
-            select(Item)
-            .where(col(Item.is_holding).is_(False), col(Item.date_answered) >= since)
-            .order_by(col(Item.date_answered).desc(), col(Item.id))
+            select(Item).where(col(Item.day) >= since).order_by(col(Item.day).desc(), col(Item.id))
         ).all()
-    return sum(1 for item in items if query.matches(analyse(item_document(item))))
+    return sum(
+        1
+        for item in items
+        if kind_of(item).in_history(item) and query.matches(analyse(kind_of(item).document(item)))
+    )
 
 
 def timed(action: Callable[[], T], repeat: int = 5) -> tuple[T, float]:
@@ -312,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"History: {args.answers:,} answers over the 365 days to {today} (and {args.small:,} for "
         "the growth ratio), synthesised from the 1,473 recorded answers in tests/fixtures (every "
         "one once, then variants: another asker, another answer of the same department) and "
-        "stored through `store_items`, the path `alertd backfill` takes (which indexes each "
+        "stored through `add_items`, the path `alertd backfill` takes (which indexes each "
         f"item as it is inserted): {large_store_s:.0f} s for {args.answers:,} "
         f"({large_store_s / args.answers * 1000:.1f} ms an answer), {small_store_s:.0f} s for "
         f"{args.small:,}. `{MARKER}` is planted in {MARKED} questions at both sizes: a query "

@@ -57,21 +57,26 @@ T = TypeVar("T")
 # --- documents -------------------------------------------------------------------------------
 
 
-def _document(record: Mapping[str, Any], **changes: Any) -> Document:
+def _document(
+    record: Mapping[str, Any], *, body_text: str | None = None, asker: int | None = None
+) -> Document:
+    """The record as a Document; a variant has another answer text (``body_text``) or
+    another asker."""
     answer = record["answerText"] or ""
     if looks_like_html(answer):
         answer = html_to_text(answer)
-    fields: dict[str, Any] = {
-        "heading": record["heading"] or "",
-        "question_text": record["questionText"] or "",
-        "answer_text": answer,
-        "house": record["house"],
-        "asking_member_id": record["askingMemberId"],
-        "answering_member_id": record["answeringMemberId"],
-        "answering_body_id": record["answeringBodyId"],
-    }
-    fields.update(changes)
-    return Document(**fields)
+    by_role = (
+        ("asker", record["askingMemberId"] if asker is None else asker),
+        ("answerer", record["answeringMemberId"]),
+    )
+    return Document(
+        title=record["heading"] or "",
+        secondary_text=record["questionText"] or "",
+        body_text=answer if body_text is None else body_text,
+        house=record["house"],
+        members=tuple((role, member) for role, member in by_role if member is not None),
+        department_id=record["answeringBodyId"],
+    )
 
 
 def recorded_records() -> list[dict[str, Any]]:
@@ -95,8 +100,8 @@ def build_documents(
         documents.append(
             _document(
                 record,
-                answer_text=_document(other).answer_text,
-                asking_member_id=rng.choice(members),
+                body_text=_document(other).body_text,
+                asker=rng.choice(members),
             )
         )
     return documents
@@ -129,16 +134,16 @@ def build_vocabulary(records: list[dict[str, Any]]) -> Vocabulary:
     heading_words: Counter[str] = Counter()
     phrases: Counter[tuple[str, ...]] = Counter()
     for doc in documents:
-        heading = tokenize(doc.heading)
+        heading = tokenize(doc.title)
         for word in _topic_words(heading, stop):
             words[word] += 5
             heading_words[word] += 1
-        words.update(_topic_words(tokenize(doc.question_text), stop))
-        for part in re.split(r"[:,;()]", doc.heading):
+        words.update(_topic_words(tokenize(doc.secondary_text), stop))
+        for part in re.split(r"[:,;()]", doc.title):
             part_words = tokenize(part)
             if 2 <= len(part_words) <= 4:
                 phrases[tuple(part_words)] += 3
-        question = tokenize(doc.question_text)
+        question = tokenize(doc.secondary_text)
         for at in range(len(question) - 1):
             pair = tuple(question[at : at + 2])
             if not _topic_words(list(pair), stop) == list(pair):
@@ -164,7 +169,7 @@ def build_vocabulary(records: list[dict[str, Any]]) -> Vocabulary:
 def _boilerplate_stems(documents: list[Document]) -> set[str]:
     counts: Counter[str] = Counter()
     for doc in documents:
-        counts.update(set(stem_words(tokenize(doc.question_text))))
+        counts.update(set(stem_words(tokenize(doc.secondary_text))))
     return {stem for stem, count in counts.items() if count >= len(documents) * 0.15}
 
 
@@ -665,18 +670,17 @@ def xapian_index(xapian: Any, documents: Sequence[Document]) -> Any:
     for doc in documents:
         entry = xapian.Document()
         indexer.set_document(entry)
-        indexer.index_text(doc.heading)
-        indexer.index_text(doc.heading, 1, "S")
-        for text in (doc.question_text, doc.answer_text):
+        indexer.index_text(doc.title)
+        indexer.index_text(doc.title, 1, "S")
+        for text in (doc.secondary_text, doc.body_text):
             indexer.increase_termpos()
             indexer.index_text(text)
-        fields = {
-            "ASKER": doc.asking_member_id,
-            "ANSWERER": doc.answering_member_id,
-            "DEPARTMENT": doc.answering_body_id,
-            "HOUSE": (doc.house or "").lower(),
-        }
-        for name, value in fields.items():
+        # ASKER, ANSWERER: each Member by role.
+        fields: list[tuple[str, int | str | None]] = [
+            (role.upper(), member) for role, member in doc.members
+        ]
+        fields += [("DEPARTMENT", doc.department_id), ("HOUSE", (doc.house or "").lower())]
+        for name, value in fields:
             if value not in (None, ""):
                 entry.add_boolean_term(f"X{name}{value}")
         database.add_document(entry)

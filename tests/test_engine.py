@@ -32,18 +32,23 @@ from alertd.matching.query import make_and, make_or, parse_canonical, plain_part
 
 from standin_api import load_2021_answered, load_2021_statements
 
+
+def _members(**by_role: int | None) -> tuple[tuple[str, int], ...]:
+    """A Document's (role, Member id) pairs, leaving out the roles nobody had."""
+    return tuple((role, member_id) for role, member_id in by_role.items() if member_id is not None)
+
+
 RECORDS = load_2021_answered()
 STATEMENTS = load_2021_statements()
 DOCS = [
     analyse(
         Document(
-            heading=record["heading"] or "",
-            question_text=record["questionText"] or "",
-            answer_text=record["answerText"] or "",
+            title=record["heading"] or "",
+            secondary_text=record["questionText"] or "",
+            body_text=record["answerText"] or "",
             house=record["house"],
-            asking_member_id=record["askingMemberId"],
-            answering_member_id=record["answeringMemberId"],
-            answering_body_id=record["answeringBodyId"],
+            members=_members(asker=record["askingMemberId"], answerer=record["answeringMemberId"]),
+            department_id=record["answeringBodyId"],
             # Every tenth as a kind type: has no name for (a feed item).
             item_type="" if index % 10 == 9 else "question",
         )
@@ -53,13 +58,12 @@ DOCS = [
     # The written statements of the same day: type:statement, the minister as answerer.
     analyse(
         Document(
-            heading=record["title"],
-            question_text="",
-            answer_text=record["text"],
+            title=record["title"],
+            secondary_text="",
+            body_text=record["text"],
             house=record["house"],
-            asking_member_id=None,
-            answering_member_id=record["memberId"],
-            answering_body_id=record["answeringBodyId"],
+            members=_members(answerer=record["memberId"]),
+            department_id=record["answeringBodyId"],
             item_type="statement",
         )
     )

@@ -22,14 +22,17 @@ from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, open_database, upgrade
 from alertd.errors import QueryError
-from alertd.matching import AnalysedDocument, analyse, item_document, parse_query
+from alertd.items import add_items
+from alertd.kinds import kind_of, statement, written_question
+from alertd.kinds.feed_item import FeedItem, feed_source
+from alertd.kinds.kind import NewItem, Role, member_in
+from alertd.kinds.statement import Statement
+from alertd.kinds.written_question import QuestionStage, WrittenQuestion
+from alertd.matching import AnalysedDocument, analyse, parse_query
 from alertd.matching.history import TABLE
 from alertd.matching.query import tokenize
-from alertd.models import Item, ItemKind
-from alertd.sources.feeds import FeedItem, add_feed, store_feed_items
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import AnswerItem, parse_item
-from alertd.sources.statements import parse_statement, store_statements
+from alertd.models import Item
+from alertd.sources.feed_registry import add_feed
 
 from standin_api import load_2021_answered, load_2021_statements, load_2024_records
 
@@ -70,8 +73,13 @@ def history_url(
         admin.dispose()
 
 
-def _answers() -> list[AnswerItem]:
-    return [parse_item(record) for record in [*load_2021_answered(), *load_2024_records()]]
+def _answers() -> list[NewItem]:
+    records = [*load_2021_answered(), *load_2024_records()]
+    return [written_question.parse(record) for record in records]
+
+
+def _holding(item: NewItem | Item) -> bool:
+    return item.stage == QuestionStage.HOLDING
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +89,31 @@ def history(history_url: str) -> Iterator[History]:
     engine = open_database(DatabaseSettings(url=history_url))
     answers = _answers()
     half = len(answers) // 2
-    store_items(engine, answers[:half], now=NOW)
-    store_items(engine, answers[half:], now=NOW, alert=False)
-    original = next(a for a in answers if a.date_answered is not None and not a.is_holding)
+    today = NOW.date()
+    questions = written_question.SOURCE
+    add_items(engine, questions, answers[:half], now=NOW, today=today)
+    add_items(engine, questions, answers[half:], now=NOW, today=today, never_alert=True)
+    original = next(a for a in answers if a.day is not None and not _holding(a))
     corrected = dataclasses.replace(
         original,
-        date_answer_corrected=NOW.date(),
-        answer_text=original.answer_text + " Corrected: the figures for zebras were wrong.",
+        corrected_on=NOW.date(),
+        version_key=written_question.version_key(QuestionStage.ANSWERED, original.day, today),
+        body_text=original.body_text + " Corrected: the figures for zebras were wrong.",
     )
-    assert store_items(engine, [corrected], now=NOW) == 1
+    assert add_items(engine, questions, [corrected], now=NOW, today=today) == 1
     feed = add_feed(engine, "blog", "https://blog.example/atom")
     feed_items = [
-        FeedItem(
-            uid=f"entry-{n}",
+        NewItem(
+            kind=FeedItem.name,
+            source_id=f"entry-{n}",
+            version_key="feed",
+            stage="published",
             title=title,
-            link=f"https://blog.example/{n}",
-            summary_html=f"<p>{summary}</p>",
-            summary_text=summary,
-            published=datetime(2024, 8, n + 1, tzinfo=UTC),
+            url=f"https://blog.example/{n}",
+            body_html=f"<p>{summary}</p>",
+            body_text=summary,
+            day=date(2024, 8, n + 1),
+            published_at=datetime(2024, 8, n + 1, tzinfo=UTC),
         )
         for n, (title, summary) in enumerate(
             [
@@ -107,26 +122,27 @@ def history(history_url: str) -> Iterator[History]:
             ]
         )
     ]
-    assert store_feed_items(engine, feed, feed_items, now=NOW, seeding=True) == 2
+    source = feed_source(feed.name)
+    assert add_items(engine, source, feed_items, now=NOW, today=today, never_alert=True) == 2
     # The written statements of 1 Feb 2021, and one of them corrected (a new version).
-    statements = [parse_statement(record) for record in load_2021_statements()]
-    assert store_statements(engine, statements, now=NOW, today=NOW.date()) == 10
+    statements = [statement.parse(record) for record in load_2021_statements()]
+    assert add_items(engine, statement.SOURCE, statements, now=NOW, today=today) == 10
     corrected_statement = dataclasses.replace(
         statements[0],
-        text=statements[0].text + " Correction: zebras were counted twice.",
-        fingerprint="corrected",
+        body_text=statements[0].body_text + " Correction: zebras were counted twice.",
+        version_key=f"{statements[0].source_id}:corrected",
     )
-    assert store_statements(engine, [corrected_statement], now=NOW, today=NOW.date()) == 1
+    assert add_items(engine, statement.SOURCE, [corrected_statement], now=NOW, today=today) == 1
     with Session(engine) as session:
         items = session.exec(select(Item).order_by(col(Item.id))).all()
-    documents = [(item, analyse(item_document(item))) for item in items]
-    words = sorted({t for item, _ in documents for t in tokenize(item.question_text)})
-    heading_words = sorted({t for item, _ in documents for t in tokenize(item.heading)})
+    documents = [(item, analyse(kind_of(item).document(item))) for item in items]
+    words = sorted({t for item, _ in documents for t in tokenize(item.secondary_text)})
+    heading_words = sorted({t for item, _ in documents for t in tokenize(item.title)})
     phrases = sorted(
         {
             " ".join(tokens[at : at + size])
             for item, _ in documents[::7]
-            for tokens in [tokenize(item.question_text)]
+            for tokens in [tokenize(item.secondary_text)]
             for size in (2, 3)
             for at in range(0, max(len(tokens) - size, 0), 5)
         }
@@ -137,7 +153,7 @@ def history(history_url: str) -> Iterator[History]:
         words=words,
         heading_words=heading_words,
         phrases=phrases,
-        members=sorted({i.asking_member_id for i, _ in documents if i.asking_member_id}),
+        members=sorted({asker.id for i, _ in documents if (asker := member_in(i, Role.ASKER))}),
         departments=sorted({i.answering_body_id for i, _ in documents if i.answering_body_id}),
     )
     engine.dispose()
@@ -150,12 +166,12 @@ def _exact(history: History, text: str, since: date) -> list[int]:
     found = [
         item
         for item, document in history.documents
-        if not item.is_holding
-        and item.date_answered is not None
-        and item.date_answered >= since
+        if not _holding(item)
+        and item.day is not None
+        and item.day >= since
         and query.matches(document)
     ]
-    found.sort(key=lambda item: (-item.date_answered.toordinal(), item.id))  # type: ignore[union-attr]
+    found.sort(key=lambda item: (-item.day.toordinal(), item.id))  # type: ignore[union-attr]
     return [item.id for item in found if item.id is not None]
 
 
@@ -233,12 +249,12 @@ def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
     # The feed's "Zebra crossings", and the corrected answer and statement: new versions,
     # each its own item.
     assert sorted((item.kind, item.version) for item in found) == [
-        (ItemKind.FEED_ITEM, 1),
-        (ItemKind.STATEMENT, 2),
-        (ItemKind.WRITTEN_QUESTION, 2),
+        (FeedItem.name, 1),
+        (Statement.name, 2),
+        (WrittenQuestion.name, 2),
     ]
     crossings = alerts.matching_answers(history.engine, 'heading:"zebra crossings"', EARLY)
-    assert [item.heading for item in crossings] == ["Zebra crossings"]
+    assert [item.title for item in crossings] == ["Zebra crossings"]
     with history.engine.connect() as connection:
         indexed = connection.execute(sa.text(f"SELECT count(*) FROM {TABLE}")).scalar_one()
     assert indexed == len(history.documents)
@@ -248,49 +264,53 @@ def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
     engine = create_db_engine(DatabaseSettings(url=database_url))
     try:
         command.upgrade(alembic_config(engine), "0003")
-        answers = [a for a in _answers() if a.date_answered and not a.is_holding][:40]
+        answers = [a for a in _answers() if a.day and not _holding(a)][:40]
         with engine.begin() as connection:
             # Core inserts, as an older alertd stored them: nothing indexes them on the way in.
             for number, answer in enumerate(answers, 1):
                 row = {
-                    "kind": ItemKind.WRITTEN_QUESTION.value,
+                    "kind": WrittenQuestion.name,
                     "source": "parliament",
-                    "source_id": str(answer.api_id),
+                    "source_id": answer.source_id,
                     "version": 1,
                     "version_key": answer.version_key,
-                    "heading": answer.heading,
-                    "question_text": answer.question_text,
-                    "answer_html": answer.answer_html,
-                    "answer_text": answer.answer_text,
+                    "heading": answer.title,
+                    "question_text": answer.secondary_text,
+                    "answer_html": answer.body_html,
+                    "answer_text": answer.body_text,
                     "url": answer.url,
                     "house": answer.house,
                     "answering_body_id": answer.answering_body_id,
-                    "date_answered": answer.date_answered,
-                    "is_holding": answer.is_holding,
+                    "date_answered": answer.day,
+                    "is_holding": _holding(answer),
                     "is_withdrawn": False,
-                    "ingested_at": NOW,
-                    "matched_at": NOW,
+                    # Naive UTC, as alertd stores times.
+                    "ingested_at": NOW.replace(tzinfo=None),
+                    "matched_at": NOW.replace(tzinfo=None),
                     "id": number,
                 }
-                # Only the columns that schema had (the model's later ones have defaults).
-                columns = Item.__table__.c  # type: ignore[attr-defined]
-                old_item = sa.table("item", *(sa.column(n, columns[n].type) for n in row))
+                # The item table as that schema had it (its later columns have defaults).
+                old_item = sa.Table("item", sa.MetaData(), autoload_with=connection)
                 connection.execute(sa.insert(old_item), row)
         upgrade(engine)
         with engine.connect() as connection:
             indexed = connection.execute(sa.text(f"SELECT count(*) FROM {TABLE}")).scalar_one()
         assert indexed == len(answers)
-        word = tokenize(answers[0].heading)[0]
+        word = tokenize(answers[0].title)[0]
         with Session(engine) as session:
             items = session.exec(select(Item).order_by(col(Item.id))).all()
         query = parse_query(word)
         expected = sorted(
-            (i for i in items if not i.is_holding and query.matches(analyse(item_document(i)))),
-            key=lambda i: (-i.date_answered.toordinal(), i.id),  # type: ignore[union-attr]
+            (
+                i
+                for i in items
+                if not _holding(i) and query.matches(analyse(kind_of(i).document(i)))
+            ),
+            key=lambda i: (-i.day.toordinal(), i.id),  # type: ignore[union-attr]
         )
         found = alerts.matching_ids(engine, word, EARLY)
-        assert found == [i.id for i in expected] and answers[0].api_id in {
-            int(i.source_id) for i in items if i.id in found
+        assert found == [i.id for i in expected] and answers[0].source_id in {
+            i.source_id for i in items if i.id in found
         }
         # Items stored before type: existed are indexed by their kind (migration 0008).
         assert alerts.matching_ids(engine, f"{word} type:question", EARLY) == found

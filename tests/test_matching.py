@@ -18,40 +18,35 @@ from alertd.matching.analysis import (
 )
 
 SEN = Document(
-    heading="Special Educational Needs: Coronavirus",
-    question_text=(
+    title="Special Educational Needs: Coronavirus",
+    secondary_text=(
         "To ask the Secretary of State for Education, what steps he is taking to support "
         "children with special educational needs during the covid-19 outbreak."
     ),
-    answer_text=(
+    body_text=(
         "The Department has published guidance for local authorities on children's services. "
         "Schools remain open for vulnerable pupils."
     ),
     house="Commons",
-    asking_member_id=4138,
-    answering_member_id=4099,
-    answering_body_id=60,
+    members=(("asker", 4138), ("answerer", 4099)),
+    department_id=60,
 )
 DENTISTRY = Document(
-    heading="Dental Services: Rural Areas",
-    question_text=(
+    title="Dental Services: Rural Areas",
+    secondary_text=(
         "To ask His Majesty's Government what steps they are taking to improve access to NHS "
         "dentistry in rural areas."
     ),
-    answer_text="NHS England is responsible for commissioning dental services in Ynys Môn.",
+    body_text="NHS England is responsible for commissioning dental services in Ynys Môn.",
     house="Lords",
-    asking_member_id=3743,
-    answering_member_id=4271,
-    answering_body_id=17,
+    members=(("asker", 3743), ("answerer", 4271)),
+    department_id=17,
 )
 UNANSWERED = Document(
-    heading="Schools: Finance",
-    question_text="To ask the Secretary of State for Education, what funding schools need.",
-    answer_text="",
+    title="Schools: Finance",
+    secondary_text="To ask the Secretary of State for Education, what funding schools need.",
+    body_text="",
     house="Commons",
-    asking_member_id=None,
-    answering_member_id=None,
-    answering_body_id=None,
 )
 DOCS = [analyse(SEN), analyse(DENTISTRY), analyse(UNANSWERED)]
 
@@ -69,7 +64,7 @@ def test_analyse_precomputes_stems_tokens_and_positions() -> None:
     assert doc.heading_stems == {"special", "educ", "need", "coronavirus"}
     assert doc.tokens == tuple(sorted(doc.tokens)) and "educational" in doc.tokens
     assert doc.heading_length == 4
-    assert doc.positions["special"] == {0, 5 + tokenize(SEN.question_text).index("special")}
+    assert doc.positions["special"] == {0, 5 + tokenize(SEN.secondary_text).index("special")}
 
 
 @pytest.mark.parametrize(
@@ -233,7 +228,7 @@ def test_highlight_terms_are_the_positive_ones() -> None:
     assert terms.phrases == {("special", "educational", "needs")}
     assert terms.prefixes == {"child"}
     assert terms.stems == {"support", "covid"}
-    text = SEN.question_text
+    text = SEN.secondary_text
     assert [text[start:end] for start, end in terms.spans(text)] == [
         "support",
         "children",
@@ -268,7 +263,7 @@ def _contains(tokens: list[str], words: list[str]) -> bool:
 def test_property_phrase_matches_like_a_scan_of_each_field(
     heading: str, question: str, answer: str, words: list[str]
 ) -> None:
-    doc = analyse(Document(heading, question, answer, "Lords", None, None, None))
+    doc = analyse(Document(heading, question, answer, "Lords"))
     fields = [heading.split(), question.split(), answer.split()]
     phrase = '"' + " ".join(words) + '"'
     assert parse_query(phrase).matches(doc) == any(_contains(f, words) for f in fields)

@@ -231,7 +231,7 @@ def test_a_running_matcher_sees_imported_alerts(db_engine: Engine, tmp_path: Pat
     source.write_text(json.dumps({"email": "a@example.org", "alerts": [alert]}) + "\n")
     with source.open(encoding="utf-8") as lines:
         import_lines(lines, db_engine, datetime(2021, 1, 1, tzinfo=UTC))
-    document = analyse(Document("Covid-19: Vaccination", "", "", "Commons", None, None, None))
+    document = analyse(Document("Covid-19: Vaccination", "", "", "Commons"))
     with Session(db_engine) as session:
         matcher.refresh(session)
     assert [(a.id, indexes) for a, indexes in matcher.match([document])] == [(1, [0])]
