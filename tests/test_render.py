@@ -232,6 +232,14 @@ def test_feed_items_name_their_feed() -> None:
     assert "TheyWorkForYou" in markup and "Asked by" not in markup
 
 
+def test_a_long_feed_name_is_wrapped_after_its_from() -> None:
+    # "From " goes before the wrapped name, as it always did: the first line may run past 72.
+    name = "The Very Long Named Parliamentary Education And Schools Policy Feed Of Notes"
+    item = replace(SEN, origin=name, origin_label="From ")
+    plain, _ = _parts(_render(_digest(_section("sen", (item,)))))
+    assert f"\nFrom {name.removesuffix(' Notes')}\nNotes\n" in plain
+
+
 def test_html_is_one_inlined_column_with_dark_mode_and_nothing_remote() -> None:
     _, markup = _parts(_render(_digest(_section("sen", (SEN,)))))
     assert 'name="viewport" content="width=device-width, initial-scale=1"' in markup
