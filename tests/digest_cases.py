@@ -16,11 +16,11 @@ from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
-from alertd.matching.hits import match_new_answers
+from alertd.items import add_items
+from alertd.kinds import statement, written_question
+from alertd.kinds.kind import NewItem
+from alertd.matching.hits import match_new_items
 from alertd.models import Outbox, Subscriber
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import AnswerItem, parse_item
-from alertd.sources.statements import parse_statement, store_statements
 
 from standin_api import (
     load_2021_answered,
@@ -65,11 +65,11 @@ CASES = {
 }
 
 
-def _items(records: str) -> list[AnswerItem]:
+def _items(records: str) -> list[NewItem]:
     if records == "2024":
-        return [parse_item(r) for r in load_2024_records(full_text_only=True)]
+        return [written_question.parse(r) for r in load_2024_records(full_text_only=True)]
     corrected = [r for r in load_2021_tabled() if r["id"] == CORRECTED_CARERS]
-    return [parse_item(r) for r in [*load_2021_answered(), *corrected]]
+    return [written_question.parse(r) for r in [*load_2021_answered(), *corrected]]
 
 
 def case_settings(tmp_path: Path, name: str, **digest: Any) -> Settings:
@@ -97,11 +97,11 @@ def compose_case(tmp_path: Path, name: str, settings: Settings | None = None) ->
         # A fixed link secret (each subscriber gets a random one): the links stay the same.
         with engine.begin() as connection:
             connection.execute(sa.update(Subscriber).values(link_secret="golden-link-secret"))
-        store_items(engine, _items(case.records), now=NOW)
+        add_items(engine, written_question.SOURCE, _items(case.records), now=NOW, today=NOW.date())
         if case.statements:
-            statements = [parse_statement(r) for r in load_2021_statements()]
-            store_statements(engine, statements, now=NOW, today=NOW.date())
-        match_new_answers(engine, now=NOW)
+            statements = [statement.parse(r) for r in load_2021_statements()]
+            add_items(engine, statement.SOURCE, statements, now=NOW, today=NOW.date())
+        match_new_items(engine, now=NOW)
         assert compose_due_digests(engine, settings, build_environment(settings), now=NOW) == 1
         with Session(engine) as session:
             outbox = session.exec(select(Outbox)).one()

@@ -17,9 +17,9 @@ from playwright.async_api import Page, async_playwright, expect
 from alertd.alerts import subscribe
 from alertd.config import Settings
 from alertd.db import open_database
+from alertd.items import add_items
+from alertd.kinds import written_question
 from alertd.links import Links
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 from alertd.web import serve_web
 from alertd.web.service import link_secret_of
 
@@ -74,8 +74,11 @@ async def test_sign_up_confirm_and_manage_in_a_browser(
         web={"base_url": base},
     )
     engine = open_database(settings.database)
-    items = [parse_item(record) for record in load_2021_answered()]
-    store_items(engine, items, now=NOW - timedelta(days=9), alert=False)
+    items = [written_question.parse(record) for record in load_2021_answered()]
+    stored = NOW - timedelta(days=9)
+    add_items(
+        engine, written_question.SOURCE, items, now=stored, today=stored.date(), never_alert=True
+    )
     stop = asyncio.Event()
     server = asyncio.create_task(serve_web(settings, engine, stop, sock=sock, clock=lambda: NOW))
     try:

@@ -23,8 +23,9 @@ from sqlmodel import Session, select
 from alertd.config import DatabaseSettings, DeliverySettings, Settings, load_settings
 from alertd.db import open_database, transaction
 from alertd.digests.render import MAX_HTML_BYTES, build_environment, render_message
-from alertd.digests.view import Digest, DigestItem, DigestSection, human_label
+from alertd.digests.view import Block, Digest, DigestItem, DigestSection, human_label
 from alertd.errors import ConfigError
+from alertd.kinds import feed_item, written_question
 from alertd.mail.outbox import (
     OutboxKind,
     OutboxState,
@@ -43,29 +44,43 @@ NOW = datetime(2021, 2, 10, 12, 0, tzinfo=UTC)
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 BASE = "https://alerts.example.org"
+QUESTION = Block("Question", "To ask the Secretary of State for Education, what support is given.")
 ANSWER = DigestItem(
     heading="Special Educational Needs: Coronavirus",
-    department="Department for Education",
-    asked_by="Tulip Siddiq (Labour, Hampstead and Kilburn)",
-    answered_by="Vicky Ford",
-    date_tabled=date(2021, 1, 25),
-    date_answered=date(2021, 2, 1),
-    question_text="To ask the Secretary of State for Education, what support is given.",
-    answer_excerpt="Children and young people with special educational needs are a priority.",
     url="https://questions-statements.parliament.uk/written-questions/detail/2021-01-25/1",
-    uin="1",
-    house="Commons",
-    corrected=False,
+    words=written_question.ANSWER,
+    origin="Department for Education",
+    people=("Asked by Tulip Siddiq (Labour, Hampstead and Kilburn)", "Answered by Vicky Ford"),
+    dates=(("Tabled", date(2021, 1, 25)), ("Answered", date(2021, 2, 1))),
+    reference="Commons 1",
+    blocks=(
+        QUESTION,
+        Block(
+            "Answer",
+            "Children and young people with special educational needs are a priority.",
+            quoted=True,
+        ),
+    ),
+    read_label="Read the full question and answer",
 )
 FEED_ITEM = replace(
     ANSWER,
     heading="School funding: a new formula",
-    department="",
-    asked_by="",
-    answered_by="",
-    uin="",
-    source="Schools Week",
-    kind="feed_item",
+    words=feed_item.FEED_ITEM,
+    origin="Schools Week",
+    origin_label="From ",
+    people=(),
+    dates=(("Published", date(2021, 2, 1)),),
+    reference="",
+    blocks=(
+        QUESTION,
+        Block(
+            "Summary",
+            "Children and young people with special educational needs are a priority.",
+            quoted=True,
+        ),
+    ),
+    read_label="Read it in full",
     url="https://schoolsweek.example/funding",
 )
 
@@ -193,8 +208,13 @@ def test_a_mixed_digest_names_both_kinds() -> None:
 
 
 def test_a_busy_digest_is_cut_to_fit_under_90_kb_the_same_way_every_time() -> None:
-    long_answer = replace(ANSWER, answer_excerpt="A long answer about schools. " * 60)
-    many = tuple(replace(long_answer, uin=str(n), heading=f"Question {n}") for n in range(80))
+    long_answer = replace(
+        ANSWER,
+        blocks=(QUESTION, Block("Answer", "A long answer about schools. " * 60, quoted=True)),
+    )
+    many = tuple(
+        replace(long_answer, reference=f"Commons {n}", heading=f"Question {n}") for n in range(80)
+    )
     digest = _digest(_section("schools", many, total=126), _section("pupils", many[:30], total=30))
     raw, parsed = _render(digest)
     assert raw == _render(digest)[0]

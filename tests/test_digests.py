@@ -20,8 +20,9 @@ from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
+from alertd.kinds.written_question import QuestionStage, WrittenQuestion
 from alertd.mail.outbox import OutboxState
-from alertd.models import Alert, Hit, Item, ItemKind, Ledger, Member, Outbox, Subscriber
+from alertd.models import Alert, Hit, Item, Ledger, Member, Outbox, Subscriber
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113
@@ -34,18 +35,24 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 def _question(session: Session, api_id: int, words: str) -> Item:
     question = Item(
-        kind=ItemKind.WRITTEN_QUESTION,
+        kind=WrittenQuestion.name,
         source="parliament",
         source_id=str(api_id),
         version=1,
         version_key="1",
-        uin=f"U{api_id}",
+        stage=QuestionStage.ANSWERED,
         house="Commons",
-        heading=f"Heading {api_id}",
-        question_text=f"What is being done about {words}?",
-        answer_text=f"The Government is working hard on {words} across the country.",
-        date_tabled=date(2024, 9, 1),
-        date_answered=date(2024, 9, 2),
+        title=f"Heading {api_id}",
+        secondary_text=f"What is being done about {words}?",
+        body_text=f"The Government is working hard on {words} across the country.",
+        day=date(2024, 9, 2),
+        details={
+            "uin": f"U{api_id}",
+            "date_tabled": date(2024, 9, 1).isoformat(),
+            "date_for_answer": None,
+            "is_named_day": False,
+            "grouped_uins": [],
+        },
         url=f"https://questions.example/{api_id}",
         ingested_at=NOW,
         matched_at=NOW,

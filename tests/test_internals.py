@@ -23,10 +23,11 @@ from sqlmodel import Session, select
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database, transaction
 from alertd.digests import compose as digests
-from alertd.digests import items as digest_items
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment, startup_sample
 from alertd.digests.render_pool import RenderJob, RenderPool, render_here
+from alertd.kinds.kind import CardContext
+from alertd.kinds.written_question import WrittenQuestion
 from alertd.mail import outbox
 from alertd.mail.outbox import Claimed, OutboxState, wall_clock
 from alertd.mail.sender import drain_outbox
@@ -102,13 +103,13 @@ def test_chunks_queue_every_subscriber_once_with_few_queries_and_shared_items(
 
     monkeypatch.setattr(digests, "_compose_locked", spy_chunks)
     built = Counter[int]()
-    make_item = digest_items._item
+    make_card = WrittenQuestion.card
 
-    def spy_items(question: Item, *args: Any) -> Any:
+    def spy_cards(kind: WrittenQuestion, question: Item, context: CardContext) -> Any:
         built[int(question.source_id)] += 1
-        return make_item(question, *args)
+        return make_card(kind, question, context)
 
-    monkeypatch.setattr(digest_items, "_item", spy_items)
+    monkeypatch.setattr(WrittenQuestion, "card", spy_cards)
     readers = _subscribers(db_engine, 450, {"schools": [1, 2], f"member:{ZAHAWI}": [3]})
     earlier = _sent_before(db_engine, readers[7], 2)
     statements.clear()

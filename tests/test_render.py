@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -19,31 +20,33 @@ from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.excerpt import ELLIPSIS, excerpt_around, mark, wrap_text
 from alertd.digests.render import build_environment, digest_subject, render_message
-from alertd.digests.view import Digest, DigestItem, DigestSection
+from alertd.digests.view import Block, Digest, DigestItem, DigestSection
 from alertd.errors import ConfigError, HeaderInjection, TemplateError
+from alertd.items import add_items
+from alertd.kinds import written_question
+from alertd.kinds.feed_item import FEED_ITEM
 from alertd.matching.analysis import highlight_terms, parse_query
-from alertd.matching.hits import match_new_answers
+from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Outbox
-from alertd.sources.ingest import store_items
-from alertd.sources.parliament import parse_item
 
 from digest_cases import CASES, GOLDEN_DIR, NOW, RECIPIENT, case_settings, compose_case, mask
 from standin_api import load_2021_answered, load_2024_records
 
+SEN_QUESTION = (
+    "To ask the Secretary of State for Education, what steps he is taking to "
+    "support children with special educational needs during the covid-19 outbreak."
+)
+SEN_ANSWER = "Children & young people with <b>SEND</b> are a priority …"
 SEN = DigestItem(
     heading="Special Educational Needs: Coronavirus",
-    department="Department for Education",
-    asked_by="Tulip Siddiq (Labour, Hampstead and Kilburn)",
-    answered_by="Vicky Ford",
-    date_tabled=date(2021, 1, 25),
-    date_answered=date(2021, 2, 1),
-    question_text="To ask the Secretary of State for Education, what steps he is taking to "
-    "support children with special educational needs during the covid-19 outbreak.",
-    answer_excerpt="Children & young people with <b>SEND</b> are a priority …",
     url="https://questions-statements.parliament.uk/written-questions/detail/2021-01-25/141234",
-    uin="141234",
-    house="Commons",
-    corrected=False,
+    words=written_question.ANSWER,
+    origin="Department for Education",
+    people=("Asked by Tulip Siddiq (Labour, Hampstead and Kilburn)", "Answered by Vicky Ford"),
+    dates=(("Tabled", date(2021, 1, 25)), ("Answered", date(2021, 2, 1))),
+    reference="Commons 141234",
+    blocks=(Block("Question", SEN_QUESTION), Block("Answer", SEN_ANSWER, quoted=True)),
+    read_label="Read the full question and answer",
 )
 SURREY = 1726400  # 2024: "Special Educational Needs: Surrey", a long HTML answer
 
@@ -205,20 +208,36 @@ def test_count_per_alert_and_why() -> None:
 
 
 def test_corrected_answers_are_labelled() -> None:
-    item = DigestItem(**{**SEN.__dict__, "corrected": True})
+    item = replace(SEN, status="Corrected answer")
     plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
     assert "Special Educational Needs: Coronavirus (Corrected answer)" in plain
     assert ">Corrected answer</span>" in markup
 
 
 def test_feed_items_name_their_feed() -> None:
-    item = DigestItem(
-        **{**SEN.__dict__, "source": "TheyWorkForYou", "asked_by": "", "question_text": ""}
+    # A feed item's card: its feed (not a department), no asker and no question.
+    item = replace(
+        SEN,
+        words=FEED_ITEM,
+        origin="TheyWorkForYou",
+        origin_label="From ",
+        people=("Answered by Vicky Ford",),
+        dates=(("Published", date(2021, 2, 1)),),
+        blocks=(Block("Summary", SEN_ANSWER, quoted=True),),
+        read_label="Read it in full",
     )
     plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
     assert "From TheyWorkForYou" in plain and "Asked by" not in plain
     assert "Question:" not in plain and "Summary:" in plain
     assert "TheyWorkForYou" in markup and "Asked by" not in markup
+
+
+def test_a_long_feed_name_is_wrapped_after_its_from() -> None:
+    # "From " goes before the wrapped name, as it always did: the first line may run past 72.
+    name = "The Very Long Named Parliamentary Education And Schools Policy Feed Of Notes"
+    item = replace(SEN, origin=name, origin_label="From ")
+    plain, _ = _parts(_render(_digest(_section("sen", (item,)))))
+    assert f"\nFrom {name.removesuffix(' Notes')}\nNotes\n" in plain
 
 
 def test_html_is_one_inlined_column_with_dark_mode_and_nothing_remote() -> None:
@@ -239,15 +258,18 @@ def test_html_is_one_inlined_column_with_dark_mode_and_nothing_remote() -> None:
 
 def test_highlights_are_marked() -> None:
     query = parse_query('"special educational needs"')
-    marked = mark(SEN.question_text, highlight_terms(query))
-    item = DigestItem(
-        **{
-            **SEN.__dict__,
-            "question_text": marked.text,
-            "question_marks": marked.spans,
-            "answer_excerpt": "Pupils with special educational needs & disabilities",
-            "excerpt_marks": ((12, 37),),
-        }
+    marked = mark(SEN_QUESTION, highlight_terms(query))
+    item = replace(
+        SEN,
+        blocks=(
+            Block("Question", marked.text, marked.spans),
+            Block(
+                "Answer",
+                "Pupils with special educational needs & disabilities",
+                ((12, 37),),
+                quoted=True,
+            ),
+        ),
     )
     plain, markup = _parts(_render(_digest(_section("sen", (item,)))))
     assert "children with *special educational needs* during" in plain
@@ -258,12 +280,12 @@ def test_highlights_are_marked() -> None:
 
 def test_answer_html_from_outside_is_sanitised(tmp_path: Path) -> None:
     (tmp_path / "digest.html").write_text(
-        "{% for s in digest.sections %}{% for i in s.items %}{{ i.answer_markup }}"
+        "{% for s in digest.sections %}{% for i in s.items %}{{ i.body_markup }}"
         "{% endfor %}{% endfor %}"
     )
     settings = Settings.model_validate({"digest": {"templates_dir": str(tmp_path)}})
     evil = '<p onclick="x()">Fine <script>alert(1)</script><img src="https://t.example/p.gif"></p>'
-    item = DigestItem(**{**SEN.__dict__, "answer_html": evil})
+    item = replace(SEN, body_html=evil)
     _, markup = _parts(_render(_digest(_section("sen", (item,))), settings))
     assert "<p>Fine </p>" in markup
     assert "script" not in markup and "onclick" not in markup and "<img" not in markup
@@ -327,7 +349,7 @@ def test_line_breaks_in_a_query_never_make_a_header() -> None:
 
 
 def test_line_breaks_in_names_stay_in_the_body() -> None:
-    item = DigestItem(**{**SEN.__dict__, "asked_by": "Jo\r\nBcc: victim@example.org"})
+    item = replace(SEN, people=("Asked by Jo\r\nBcc: victim@example.org", "Answered by Vicky Ford"))
     message = _render(_digest(_section("x", (item,))))
     assert message["Bcc"] is None
 
@@ -373,7 +395,7 @@ def test_excerpt_without_highlights_cuts_at_a_word(text: str, limit: int, expect
 
 def _surrey_answer() -> str:
     (record,) = [r for r in load_2024_records(full_text_only=True) if r["id"] == SURREY]
-    return parse_item(record).answer_text
+    return written_question.parse(record).body_text
 
 
 def test_excerpt_is_about_400_characters_around_the_first_match() -> None:
@@ -534,9 +556,12 @@ def _sample_config(tmp_path: Path) -> Path:
 def _store_recorded(tmp_path: Path, *, alert: bool) -> None:
     engine = open_database(_sample_settings(tmp_path).database)
     alerts.subscribe(engine, RECIPIENT, "pupils", "daily", confirmed=True, now=NOW)
-    store_items(engine, [parse_item(r) for r in load_2021_answered()], now=NOW, alert=alert)
+    answered = [written_question.parse(r) for r in load_2021_answered()]
+    add_items(
+        engine, written_question.SOURCE, answered, now=NOW, today=NOW.date(), never_alert=not alert
+    )
     if alert:
-        assert match_new_answers(engine, now=NOW + timedelta(minutes=1)) == 6
+        assert match_new_items(engine, now=NOW + timedelta(minutes=1)) == 6
     engine.dispose()
 
 

@@ -7,7 +7,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 
+from markupsafe import Markup
+
 from alertd.digests.excerpt import Span, long_date
+from alertd.htmltext import sanitise_html
 from alertd.kinds import KINDS
 from alertd.kinds.kind import KindWords
 from alertd.matching.query import MEMBER_FIELDS
@@ -58,6 +61,14 @@ class DigestItem:
     # The group of the section it is shown in, by title ("Written statements"); "" for the
     # first, untitled group.
     group: str = ""
+    # Its whole text as HTML from outside (an answer, a statement, a feed item's summary):
+    # sanitised again whenever a template shows it (body_markup).
+    body_html: str = ""
+
+    @property
+    def body_markup(self) -> Markup:
+        """The whole text as allowlisted HTML, safe to put in a mail."""
+        return Markup(sanitise_html(self.body_html))
 
     @property
     def dates_text(self) -> str:

@@ -137,4 +137,5 @@ class FeedItem(Kind):
             else (),
             read_label="Read it in full",
             also_matches=context.also_matches,
+            body_html=item.body_html,
         )

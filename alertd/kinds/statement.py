@@ -294,4 +294,5 @@ class Statement(ApiKind):
             read_label="Read the full statement",
             also_matches=context.also_matches,
             group=self.digest_group,
+            body_html=item.body_html,
         )

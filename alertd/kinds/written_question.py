@@ -445,6 +445,7 @@ class WrittenQuestion(ApiKind):
             blocks=tuple(blocks),
             read_label="Read the full question and answer",
             also_matches=context.also_matches,
+            body_html=item.body_html,
         )
 
 
