@@ -18,6 +18,7 @@ from alertd.db import transaction
 from alertd.errors import TransientError
 from alertd.kinds import api_kinds
 from alertd.kinds.kind import ApiKind
+from alertd.matching.hits import settle_never_alert
 from alertd.models import SourceState
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.window import fetch_and_store
@@ -166,6 +167,8 @@ async def backfill(
                     )
 
                 kind_listed, stored[kind.name] = await _with_retries(load, retry_base_s)
+                # History: matched at once, alerting nobody, as backfills always were.
+                await asyncio.to_thread(settle_never_alert, engine, now=now)
                 await asyncio.to_thread(
                     _mark_day_done, engine, _done_name(kind), day, now, stored[kind.name]
                 )

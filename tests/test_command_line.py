@@ -32,7 +32,7 @@ from alertd.keys import subkeys
 from alertd.mail.transports import mailer_factory
 from alertd.models import Alert, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime
-from alertd.sources.feeds import add_feed
+from alertd.sources.feed_registry import add_feed
 from alertd.tokens import check_age, parse_token, verify_token
 from alertd.web import service
 from alertd.web.service import link_secret_of

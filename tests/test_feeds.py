@@ -18,10 +18,14 @@ from sqlmodel import Session, col, select
 from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
+from alertd.kinds.feed_item import FeedItem
+from alertd.kinds.feed_item import parse_feed as parse_feed_items
+from alertd.kinds.kind import NewItem
 from alertd.links import Links
-from alertd.models import Feed, Item, ItemKind, SourceState
+from alertd.models import Feed, Item, SourceState
 from alertd.pipeline import Runtime, run_once
-from alertd.sources.feeds import add_feed, list_feeds, parse_feed
+from alertd.sources.feed_registry import add_feed, list_feeds
+from alertd.sources.http import shown_url
 from alertd.web import create_app
 from alertd.web.service import link_secret_of
 
@@ -33,6 +37,10 @@ from test_pipeline import smtp_runtime
 NOW = datetime(2021, 2, 1, 19, 0, tzinfo=UTC)
 ETAG = '"v1"'
 MODIFIED = "Mon, 01 Feb 2021 18:00:00 GMT"
+
+
+def parse_feed(body: bytes, url: str) -> list[NewItem]:
+    return parse_feed_items(body, url, shown_url(url), now=NOW)
 
 
 def _records(count: int, offset: int = 0) -> list[dict[str, Any]]:
@@ -109,18 +117,18 @@ def test_each_format_parses_to_items(build: Any) -> None:
     records = _records(3)
     items = parse_feed(build(records), "http://test/feed")
     assert [i.title for i in items] == [r["heading"] for r in records]
-    assert [i.link for i in items] == [_link(r) for r in records]
-    assert all(i.summary_text.startswith("To ask") for i in items)
-    assert all(i.published is not None and i.published.tzinfo is UTC for i in items)
-    assert len({i.uid for i in items}) == 3
+    assert [i.url for i in items] == [_link(r) for r in records]
+    assert all(i.body_text.startswith("To ask") for i in items)
+    assert all(i.published_at is not None and i.published_at.tzinfo is UTC for i in items)
+    assert len({i.source_id for i in items}) == 3
 
 
 def test_uid_falls_back_to_link_then_content_hash() -> None:
     records = _records(2)
     by_link = parse_feed(rss2(records, guid=False), "u")
-    assert [i.uid for i in by_link] == [_link(r) for r in records]
+    assert [i.source_id for i in by_link] == [_link(r) for r in records]
     by_hash = parse_feed(rss2(records, guid=False, link=False), "u")
-    assert all(i.uid.startswith("sha256:") for i in by_hash)
+    assert all(i.source_id.startswith("sha256:") for i in by_hash)
     assert by_hash == parse_feed(rss2(records, guid=False, link=False), "u")
 
 
@@ -130,7 +138,7 @@ def test_summary_html_is_sanitised() -> None:
         b"&lt;script&gt;alert(1)&lt;/script&gt;&lt;/p&gt;</description>",
     )
     (item,) = parse_feed(body, "u")
-    assert "script" not in item.summary_html
+    assert "script" not in item.body_html
 
 
 async def test_new_items_alert_once_with_conditional_get(
@@ -180,10 +188,12 @@ async def test_feed_items_are_items_of_their_own_source(
     with Session(runtime.engine) as session:
         items = session.exec(select(Item).order_by(col(Item.id))).all()
         assert {(i.kind, i.source, i.version) for i in items} == {
-            (ItemKind.FEED_ITEM, "feed:parliament", 1)
+            (FeedItem.name, "feed:parliament", 1)
         }
         assert [i.source_id for i in items] == [f"wq-{r['id']}" for r in records]
-        assert all(i.uin is None and i.date_tabled is None for i in items)
+        assert all(
+            i.details.get("uin") is None and i.details.get("date_tabled") is None for i in items
+        )
         assert all(i.published_at == NOW - timedelta(hours=1) for i in items)
         assert all(i.matched_at == NOW for i in items)  # seeded: never alerted
         assert session.get(SourceState, "parliament") is None
@@ -258,12 +268,12 @@ async def test_broken_xml_with_entries_is_used_with_a_warning(
     body = rss2(_records(2)).replace(b"</channel></rss>", b"<item><title>cut off")
     feed_server.serve("/broken", Route(body))
     add_feed(runtime.engine, "broken", feed_server.url("/broken"))
-    with caplog.at_level(logging.WARNING, logger="alertd.sources.feeds"):
+    with caplog.at_level(logging.WARNING, logger="alertd.kinds.feed_item"):
         report = await run_once(runtime, now=NOW)
     assert report.errors == [] and report.new_items >= 2
     assert any("malformed" in r.getMessage() for r in caplog.records)
     with Session(runtime.engine) as session:
-        titles = {q.heading for q in session.exec(select(Item)).all()}
+        titles = {q.title for q in session.exec(select(Item)).all()}
     assert {r["heading"] for r in _records(2)} <= titles
 
 

@@ -30,11 +30,12 @@ from alertd import alerts
 from alertd.cli import main as cli_main
 from alertd.config import Settings
 from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.kinds.feed_item import FeedItem, parse_feed
 from alertd.links import Links
-from alertd.models import Feed, Item, ItemKind
+from alertd.models import Feed, Item
 from alertd.pipeline import Runtime, poll_once, run_once
 from alertd.sources import http
-from alertd.sources.feeds import add_feed, parse_feed
+from alertd.sources.feed_registry import add_feed
 from alertd.web import create_app
 from alertd.web.service import link_secret_of
 
@@ -112,15 +113,17 @@ def _no_payload(text: str) -> None:
 
 def test_only_absolute_http_links_are_kept_at_ingest() -> None:
     base = "http://user:pw@feeds.test/rss"
-    items = parse_feed(feed_xml([*HOSTILE_LINKS, "/notes/7", "https://ok.test/8"]), base)
-    links = [item.link for item in items]
+    body = feed_xml([*HOSTILE_LINKS, "/notes/7", "https://ok.test/8"])
+    items = parse_feed(body, base, http.shown_url(base), now=NOW)
+    links = [item.url for item in items]
     assert links == [SITE] * len(HOSTILE_LINKS) + [
         "http://feeds.test/notes/7",
         "https://ok.test/8",
     ]
     # No channel link: the feed's own address, never with its password.
     bare = feed_xml(["javascript:alert(1)"]).replace(f"<link>{SITE}</link>".encode(), b"")
-    assert [item.link for item in parse_feed(bare, base)] == ["http://feeds.test/rss"]
+    bare_items = parse_feed(bare, base, http.shown_url(base), now=NOW)
+    assert [item.url for item in bare_items] == ["http://feeds.test/rss"]
 
 
 async def test_hostile_links_never_reach_mail_atom_or_preview(
@@ -426,7 +429,7 @@ async def test_feed_items_stay_out_of_anonymous_previews_unless_opted_in(
     await run_once(runtime, now=NOW)
     with Session(runtime.engine) as session:
         kinds = {i.kind for i in session.exec(select(Item)).all()}
-    assert kinds == {ItemKind.FEED_ITEM}
+    assert kinds == {FeedItem.name}
     app = create_app(settings, runtime.engine, clock=lambda: NOW)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as web:
         preview = await web.get("/api/preview", params={"q": WORD})

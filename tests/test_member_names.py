@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session, select
 
+from alertd.kinds.kind import Role, member_in
 from alertd.models import Item
 from alertd.pipeline import Runtime, poll_once
 from alertd.sources.member_names import MAX_LOOKUPS, RETRY_HORIZON
@@ -46,13 +47,12 @@ def runtime(standin_runtime: Callable[[StandinApi], Runtime], api: StandinApi) -
 def _askers(runtime: Runtime) -> dict[int | None, tuple[str | None, str | None, str | None]]:
     with Session(runtime.engine) as session:
         items = session.exec(select(Item)).all()
+    askers = [member_in(item, Role.ASKER) for item in items]
     return {
-        item.asking_member_id: (
-            item.asking_member_name,
-            item.asking_member_party,
-            item.asking_member_constituency,
+        asker.id if asker else None: (
+            (asker.name, asker.party, asker.constituency) if asker else (None, None, None)
         )
-        for item in items
+        for asker in askers
     }
 
 

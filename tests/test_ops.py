@@ -15,8 +15,9 @@ from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
+from alertd.kinds.statement import Statement
 from alertd.mail.outbox import OutboxState
-from alertd.models import Item, ItemKind, Outbox, SourceState, Subscriber
+from alertd.models import Item, Outbox, SourceState, Subscriber
 from alertd.status import collect_status, format_status
 
 from configs import write_config as _config
@@ -235,7 +236,7 @@ def test_backfill_loads_written_statements_and_resumes_between_the_kinds(
     assert "backfill done: 0 answer versions and 10 written statements stored" in err
     assert not any("writtenquestions" in path for _, path in standin_api.requests)
     with Session(_engine(tmp_path)) as session:
-        statements = session.exec(select(Item).where(Item.kind == ItemKind.STATEMENT)).all()
+        statements = session.exec(select(Item).where(Item.kind == Statement.name)).all()
     assert len(statements) == 10 and all(s.matched_at is not None for s in statements)
     # History for preview, mailed to nobody.
     standin_api.fail_next("any", 503, count=None)  # the live polls fail; only matching runs

@@ -19,8 +19,11 @@ from alertd.errors import (
     SourceThrottled,
     SourceUnavailable,
 )
+from alertd.kinds.kind import Listing, MemberRef, NewItem, Role
+from alertd.kinds.written_question import LIST_PATH, QuestionStage, WrittenQuestion
+from alertd.kinds.written_question import parse as parse_item
 from alertd.sources import http
-from alertd.sources.parliament import ParliamentApi, make_http_client, parse_item
+from alertd.sources.parliament import ParliamentApi, make_http_client
 
 from standin_api import StandinApi
 
@@ -32,27 +35,32 @@ def _recorded_values() -> list[dict[str, Any]]:
     return [result["value"] for result in json.loads(ANSWERED.read_bytes())["results"]]
 
 
+def _asker(item: NewItem) -> MemberRef | None:
+    return next((m for m in item.members if m.role == Role.ASKER), None)
+
+
 def test_every_recorded_item_normalises() -> None:
     items = [parse_item(value) for value in _recorded_values()]
     assert len(items) == 469
     assert {item.house for item in items} == {"Commons", "Lords"}
-    assert sum(item.is_holding for item in items) == 4
-    assert all(item.date_answered == date(2021, 2, 1) for item in items)
-    lords = next(item for item in items if item.uin.startswith("HL"))
+    assert sum(item.stage == QuestionStage.HOLDING for item in items) == 4
+    assert all(item.day == date(2021, 2, 1) for item in items)
+    lords = next(item for item in items if item.details["uin"].startswith("HL"))
     assert lords.house == "Lords"
 
 
 def test_item_fields_from_a_real_question() -> None:
     value = next(v for v in _recorded_values() if v["id"] == 1279581)
     item = parse_item(value)
-    assert item.heading == "Special Educational Needs: Coronavirus"
+    assert item.title == "Special Educational Needs: Coronavirus"
     assert item.answering_body_name == "Department for Education"
-    assert item.asking_member is not None and item.asking_member.party
+    asker = _asker(item)
+    assert asker is not None and asker.party
     assert item.url == (
         "https://questions-statements.parliament.uk/written-questions/detail/"
         f"{value['dateTabled'][:10]}/{value['uin']}"
     )
-    assert item.answer_html.startswith("<p>")
+    assert item.body_html.startswith("<p>")
     assert item.version_key == "answer:2021-02-01:-"
 
 
@@ -82,8 +90,8 @@ def _api(standin: StandinApi, **overrides: Any) -> tuple[ParliamentApi, httpx.As
 async def test_listing_pages_until_total(standin_api: StandinApi) -> None:
     api, client = _api(standin_api, page_size=100)
     async with client:
-        values = await api.list_answers(
-            {"answeredWhenFrom": "2021-02-01", "answeredWhenTo": "2021-02-01"}
+        values = await api.list_all(
+            Listing(LIST_PATH, {"answeredWhenFrom": "2021-02-01", "answeredWhenTo": "2021-02-01"})
         )
     assert len(values) == 469
     pages = [path for method, path in standin_api.requests if "skip=" in path]
@@ -93,7 +101,7 @@ async def test_listing_pages_until_total(standin_api: StandinApi) -> None:
 async def test_detail_gives_full_text(standin_api: StandinApi) -> None:
     api, client = _api(standin_api)
     async with client:
-        detail = await api.fetch_detail(1279581)
+        detail = await api.detail(WrittenQuestion(), {"id": 1279581})
     assert detail["id"] == 1279581
 
 
@@ -114,7 +122,7 @@ async def test_listing_faults_are_typed_errors(
     standin_api.fail_next("list", fault)
     async with client:
         with pytest.raises(error) as caught:
-            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+            await api.list_all(Listing(LIST_PATH, {"answeredWhenFrom": "2021-02-01"}))
     assert standin_api.base_url in str(caught.value)
 
 
@@ -133,7 +141,7 @@ async def test_a_source_error_names_its_url_and_status(standin_api: StandinApi) 
         for fault in expected:
             standin_api.fail_next("list", fault)
             with pytest.raises(SourceError) as caught:
-                await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+                await api.list_all(Listing(LIST_PATH, {"answeredWhenFrom": "2021-02-01"}))
             error = caught.value
             statuses[fault] = error.status
             assert error.url is not None and error.url.startswith(standin_api.base_url)
@@ -147,9 +155,9 @@ async def test_a_429_with_retry_after_says_when_to_come_back(standin_api: Standi
     standin_api.fail_next("list", 429)
     async with client:
         with pytest.raises(RetryLater) as throttled:
-            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+            await api.list_all(Listing(LIST_PATH, {"answeredWhenFrom": "2021-02-01"}))
         with pytest.raises(SourceUnavailable) as unavailable:
-            await api.list_answers({"answeredWhenFrom": "2021-02-01"})
+            await api.list_all(Listing(LIST_PATH, {"answeredWhenFrom": "2021-02-01"}))
     assert isinstance(throttled.value, SourceUnavailable)
     assert (throttled.value.retry_after_s, throttled.value.status) == (120, 429)
     # The message is the one every 429 gets: the wait is carried, not written into it.

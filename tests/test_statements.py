@@ -12,20 +12,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd import alerts
-from alertd.config import ParliamentSettings
+from alertd.config import ParliamentSettings, Settings
 from alertd.errors import SourceInvalid, SourceUnavailable
-from alertd.matching.hits import match_new_answers
-from alertd.models import Hit, Item, ItemKind, Member, SourceState
+from alertd.items import add_items
+from alertd.kinds.kind import MemberRef, NewItem, Role, member_in
+from alertd.kinds.statement import STATEMENTS_PATH, Statement, details
+from alertd.kinds.statement import parse as parse_statement
+from alertd.matching.hits import match_new_items
+from alertd.models import Hit, Item, Member, SourceState
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
 from alertd.sources.state import PollLease
-from alertd.sources.statements import (
-    STATEMENTS_PATH,
-    StatementsApi,
-    StatementsSource,
-    parse_statement,
-    store_statements,
-)
+from alertd.sources.window import WindowSource
 
 from standin_api import StandinApi, load_2021_statements
 
@@ -40,21 +38,26 @@ LONG_TEXT = (
 )
 
 
+def _minister(item: NewItem) -> MemberRef | None:
+    return next((m for m in item.members if m.role == Role.ANSWERER), None)
+
+
 def test_every_recorded_statement_normalises() -> None:
     items = [parse_statement(value) for value in load_2021_statements()]
     assert len(items) == 10
     assert {item.house for item in items} == {"Commons", "Lords"}
-    assert {item.uin[:4] for item in items} == {"HCWS", "HLWS"}
-    assert all(item.date_made == MADE for item in items)
-    patel = next(item for item in items if item.api_id == HONG_KONG_HC)
-    assert patel.uin == "HCWS751" and patel.title.startswith("Launch of the Hong Kong")
-    assert patel.member is not None and patel.member.name == "Priti Patel"
-    assert patel.member_role == "The Secretary of State for the Home Department"
+    assert {item.details["uin"][:4] for item in items} == {"HCWS", "HLWS"}
+    assert all(item.day == MADE for item in items)
+    patel = next(item for item in items if int(item.source_id) == HONG_KONG_HC)
+    assert patel.details["uin"] == "HCWS751" and patel.title.startswith("Launch of the Hong Kong")
+    minister = _minister(patel)
+    assert minister is not None and minister.name == "Priti Patel"
+    assert patel.details["role"] == "The Secretary of State for the Home Department"
     assert patel.answering_body_name == "Home Office"
     assert patel.url == (
         "https://questions-statements.parliament.uk/written-statements/detail/2021-02-01/HCWS751"
     )
-    assert patel.text_html.startswith("<p>") and patel.text.endswith("...")
+    assert patel.body_html.startswith("<p>") and patel.body_text.endswith("...")
 
 
 @pytest.mark.parametrize("missing", ["id", "uin", "house", "dateMade"])
@@ -77,9 +80,11 @@ async def _poll(engine: Engine, standin: StandinApi, now: datetime, **overrides:
     overrides.setdefault("timeout_s", 2.0)
     settings = ParliamentSettings(base_url=standin.base_url, **overrides)
     async with make_http_client(settings) as client:
-        source = StatementsSource(
+        source = WindowSource(
             engine,
-            StatementsApi(ParliamentApi(settings, client)),
+            ParliamentApi(settings, client),
+            Statement(),
+            Settings(parliament=settings),
             zone=ZoneInfo("Europe/London"),
             lookback_days=1,
             lease=PollLease("test", 60.0, timedelta(0)),
@@ -111,17 +116,22 @@ async def test_poll_pages_fetches_details_and_stores_statements(
     assert len([p for p in paths if p.startswith(STATEMENTS_PATH + "?")]) == 4  # 3+3+3+1
     assert len([p for p in paths if p.startswith(STATEMENTS_PATH + "/")]) == 10
     items = _items(db_engine)
-    assert {item.kind for item in items} == {ItemKind.STATEMENT}
+    assert {item.kind for item in items} == {Statement.name}
     patel = next(item for item in items if item.source_id == str(HONG_KONG_HC))
-    assert patel.heading.startswith("Launch of the Hong Kong")
-    assert patel.answer_text.endswith("zebra crossing scheme.")  # the detail's whole text
-    assert patel.answering_member_name == "Priti Patel" and patel.answering_member_id == 4066
-    assert patel.answering_member_role == "The Secretary of State for the Home Department"
-    assert patel.question_text == "BN(O) guidance"  # attachments' titles are searchable
-    assert patel.attachments == [{"title": "BN(O) guidance", "url": "https://example.org/a.pdf"}]
-    assert patel.linked_statements == [{"id": 1282164, "link_type": "JointStatement", "date": None}]
-    assert patel.date_answered == MADE and patel.date_answer_corrected is None
-    assert patel.uin == "HCWS751" and patel.house == "Commons"
+    assert patel.title.startswith("Launch of the Hong Kong")
+    assert patel.body_text.endswith("zebra crossing scheme.")  # the detail's whole text
+    minister = member_in(patel, Role.ANSWERER)
+    assert minister is not None
+    assert minister.name == "Priti Patel" and minister.id == 4066
+    found = details(patel)
+    assert found["role"] == "The Secretary of State for the Home Department"
+    assert patel.secondary_text == "BN(O) guidance"  # attachments' titles are searchable
+    assert found["attachments"] == [{"title": "BN(O) guidance", "url": "https://example.org/a.pdf"}]
+    assert found["linked_statements"] == [
+        {"id": 1282164, "link_type": "JointStatement", "date": None}
+    ]
+    assert patel.day == MADE and patel.corrected_on is None
+    assert found["uin"] == "HCWS751" and patel.house == "Commons"
     with Session(db_engine) as session:
         member = session.get(Member, 4066)
         state = session.get(SourceState, "statements")
@@ -144,7 +154,7 @@ async def test_changed_statement_is_a_corrected_version(
     result = await _poll(db_engine, statements_api, later)
     assert result.new_items == 1
     versions = [i for i in _items(db_engine) if i.source_id == str(HONG_KONG_HC)]
-    assert [(i.version, i.date_answer_corrected) for i in versions] == [
+    assert [(i.version, i.corrected_on) for i in versions] == [
         (1, None),
         (2, later.date()),
     ]
@@ -158,7 +168,7 @@ async def test_correcting_statement_is_a_new_version_of_the_one_it_corrects(
     result = await _poll(db_engine, statements_api, NOW + timedelta(days=1))
     assert result.new_items == 1
     versions = [i for i in _items(db_engine) if i.source_id == str(HONG_KONG_HC)]
-    assert [(i.version, i.uin, i.date_answer_corrected) for i in versions] == [
+    assert [(i.version, details(i)["uin"], i.corrected_on) for i in versions] == [
         (1, "HCWS751", None),
         (2, "HCWS790", date(2021, 2, 2)),
     ]
@@ -203,15 +213,12 @@ def test_a_statement_and_its_correction_first_seen_together_go_out_once_correcte
     )
     original = _hong_kong()
     both = [parse_statement(value) for value in (original, _correction_of(original))]
-    assert store_statements(db_engine, both, now=NOW, today=NOW.date()) == 2
-    assert match_new_answers(db_engine, now=NOW) == 1
+    assert add_items(db_engine, "statements", both, now=NOW, today=NOW.date()) == 2
+    assert match_new_items(db_engine, now=NOW) == 1
     with Session(db_engine) as session:
-        mailed = session.exec(
-            select(Item.uin, Item.version, Item.date_answer_corrected).join(
-                Hit, col(Hit.item_id) == col(Item.id)
-            )
-        ).all()
-    assert [tuple(row) for row in mailed] == [("HCWS790", 2, date(2021, 2, 2))]
+        mailed = session.exec(select(Item).join(Hit, col(Hit.item_id) == col(Item.id))).all()
+        rows = [(details(item)["uin"], item.version, item.corrected_on) for item in mailed]
+    assert rows == [("HCWS790", 2, date(2021, 2, 2))]
 
 
 async def test_statement_whose_detail_is_gone_keeps_its_listed_text(
@@ -220,7 +227,7 @@ async def test_statement_whose_detail_is_gone_keeps_its_listed_text(
     statements_api.fail_next("statement", 404, count=None)
     result = await _poll(db_engine, statements_api, NOW)
     assert result.new_items == 10
-    assert all(item.answer_text.endswith("...") for item in _items(db_engine))
+    assert all(item.body_text.endswith("...") for item in _items(db_engine))
 
 
 @pytest.mark.parametrize(

@@ -34,11 +34,7 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
     live = LiveMatcher() if matcher is None else matcher
     _load_unless_idle(engine, live)
     with transaction(engine) as session:
-        session.exec(
-            update(Item)
-            .where(col(Item.matched_at).is_(None), col(Item.never_alert).is_(True))
-            .values(matched_at=now)
-        )
+        _settle_never_alert(session, now)
         items = session.exec(
             select(Item)
             .where(col(Item.matched_at).is_(None))
@@ -76,6 +72,21 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
             session.add(item)
     log.info("matched %d new items: %d hits", len(items), hits)
     return hits
+
+
+def settle_never_alert(engine: Engine, *, now: datetime) -> None:
+    """Mark matched, with no hits, the items their source stored never to alert (backfill's
+    history), as the next match run would: they are done with as soon as they are stored."""
+    with transaction(engine) as session:
+        _settle_never_alert(session, now)
+
+
+def _settle_never_alert(session: Session, now: datetime) -> None:
+    session.exec(
+        update(Item)
+        .where(col(Item.matched_at).is_(None), col(Item.never_alert).is_(True))
+        .values(matched_at=now)
+    )
 
 
 def _newest_versions(items: Sequence[Item]) -> dict[tuple[str, str], int]:
