@@ -19,7 +19,7 @@ from alertd.errors import TransientError
 from alertd.kinds import api_kinds
 from alertd.kinds.kind import ApiKind
 from alertd.matching.hits import settle_never_alert
-from alertd.models import SourceState
+from alertd.models import BackfillDay
 from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.window import fetch_and_store
 
@@ -57,37 +57,25 @@ class BackfillTotals:
 ProgressCallback = Callable[[DayDone], None]
 
 
-def _done_name(kind: ApiKind) -> str:
-    # Each kind's days are recorded apart: a day whose answers an earlier alertd loaded still
-    # gets its statements.
-    return f"{kind.source}-backfill"
-
-
-def _day_source(kind: str, day: date) -> str:
-    # One SourceState row per kind and day done ("parliament-backfill:2026-11-01"): any range
-    # can be loaded in any order, and a rerun skips exactly the days already done.
-    return f"{kind}:{day.isoformat()}"
-
-
-def days_done(engine: Engine, first: date, last: date, kind: str) -> set[date]:
-    """The days from ``first`` to ``last`` a backfill has loaded already (of one kind)."""
-    names = col(SourceState.name)
+def days_done(engine: Engine, first: date, last: date, source: str) -> set[date]:
+    """The days from ``first`` to ``last`` a backfill has loaded already of one source
+    (each kind's days are recorded apart: a day whose answers an earlier alertd loaded
+    still gets its statements)."""
     with Session(engine) as session:
-        rows = session.exec(
-            select(SourceState.name).where(
-                names >= _day_source(kind, first), names <= _day_source(kind, last)
-            )
-        ).all()
-    return {date.fromisoformat(name.rpartition(":")[2]) for name in rows}
+        return set(
+            session.exec(
+                select(col(BackfillDay.day)).where(
+                    BackfillDay.source == source,
+                    col(BackfillDay.day) >= first,
+                    col(BackfillDay.day) <= last,
+                )
+            ).all()
+        )
 
 
-def _mark_day_done(engine: Engine, kind: str, day: date, now: datetime, stored: int) -> None:
+def _mark_day_done(engine: Engine, source: str, day: date, now: datetime, stored: int) -> None:
     with transaction(engine) as session:
-        name = _day_source(kind, day)
-        state = session.get(SourceState, name) or SourceState(name=name)
-        state.high_water, state.last_poll_at, state.last_ok_at = day, now, now
-        state.last_new_count, state.last_error = stored, None
-        session.add(state)
+        session.merge(BackfillDay(source=source, day=day, stored=stored, done_at=now))
 
 
 async def _with_retries(
@@ -131,7 +119,7 @@ async def backfill(
     polite = settings.parliament.model_copy(update={"detail_concurrency": 1})
     kinds = api_kinds()
     done = {
-        kind.name: await asyncio.to_thread(days_done, engine, first, last, _done_name(kind))
+        kind.name: await asyncio.to_thread(days_done, engine, first, last, kind.source)
         for kind in kinds
     }
     days_total = (last - first).days + 1
@@ -170,7 +158,7 @@ async def backfill(
                 # History: matched at once, alerting nobody, as backfills always were.
                 await asyncio.to_thread(settle_never_alert, engine, now=now)
                 await asyncio.to_thread(
-                    _mark_day_done, engine, _done_name(kind), day, now, stored[kind.name]
+                    _mark_day_done, engine, kind.source, day, now, stored[kind.name]
                 )
                 listed += kind_listed
                 totals[kind.name] += stored[kind.name]

@@ -415,7 +415,9 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
         print(f"feed {args.name!r} removed")
     else:
         for feed, poll in list_feeds(engine):
-            state = "enabled" if feed.enabled else f"disabled ({feed.disabled_reason})"
+            state = (
+                "enabled" if feed.enabled else f"disabled ({feed.disabled_reason or feed.state})"
+            )
             last_poll = poll.last_poll_at if poll else None
             polled = f"{last_poll:%Y-%m-%d %H:%M}Z" if last_poll else "never"
             error = f"\terror: {poll.last_error}" if poll and poll.last_error else ""

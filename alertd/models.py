@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -269,6 +270,17 @@ class DigestRun(SQLModel, table=True):
     completed_at: datetime = _utc()
 
 
+class FeedState(StrEnum):
+    """Whether a feed is polled (alertd.sources.feed_registry adds and removes feeds;
+    alertd.sources.feeds marks one gone)."""
+
+    ACTIVE = "active"
+    # It answered 410 Gone: not polled until it is added again.
+    GONE = "gone"
+    # Removed by the operator (`alertd feeds remove`): its items stay.
+    REMOVED = "removed"
+
+
 class Feed(SQLModel, table=True):
     """An RSS or Atom feed polled as a source (from config [[feeds]] or `alertd feeds add`):
     its configuration and conditional-GET validators; its poll state is a SourceState."""
@@ -279,8 +291,25 @@ class Feed(SQLModel, table=True):
     poll_interval_minutes: int | None = None
     etag: str | None = Field(default=None, max_length=500)
     last_modified: str | None = Field(default=None, max_length=100)
-    enabled: bool = True
+    state: FeedState = Field(default=FeedState.ACTIVE, sa_type=sa.String(16))
+    # Why it is gone: the 410 answer.
     disabled_reason: str | None = Field(default=None, sa_type=sa.Text)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether it is polled."""
+        return self.state == FeedState.ACTIVE
+
+
+class BackfillDay(SQLModel, table=True):
+    """A day a backfill loaded of one source (its answers, its statements), so that any
+    range loads in any order and a rerun skips exactly the days done."""
+
+    source: str = Field(primary_key=True, max_length=100)
+    day: date = Field(primary_key=True)
+    # How many new versions it stored (none alerted).
+    stored: int = 0
+    done_at: datetime = _utc()
 
 
 class ComposeFailure(SQLModel, table=True):

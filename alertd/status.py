@@ -21,6 +21,7 @@ from alertd.models import (
     ComposeFailure,
     DigestRun,
     Feed,
+    FeedState,
     Hit,
     Item,
     Outbox,
@@ -117,7 +118,8 @@ def collect_status(engine: Engine, settings: Settings, *, now: datetime) -> Stat
     with Session(engine) as session:
         # A removed or disabled feed, or a kind of Parliament's business switched off, is
         # not polled any more: its last error must not keep asking for attention.
-        live = {feed_source(name) for name in session.exec(select(Feed.name).where(Feed.enabled))}
+        active = select(Feed.name).where(col(Feed.state) == FeedState.ACTIVE)
+        live = {feed_source(name) for name in session.exec(active)}
         live.update(kind.source for kind in api_kinds() if kind.poll_settings(settings))
         sources = [
             SourceStatus(

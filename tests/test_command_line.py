@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -30,7 +30,7 @@ from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
 from alertd.keys import subkeys
 from alertd.mail.transports import mailer_factory
-from alertd.models import Alert, Outbox, SourceState, Subscriber
+from alertd.models import Alert, BackfillDay, Outbox, SourceState, Subscriber
 from alertd.pipeline import Runtime
 from alertd.sources.feed_registry import add_feed
 from alertd.tokens import check_age, parse_token, verify_token
@@ -275,10 +275,10 @@ def test_ctrl_c_in_backfill_is_one_line_and_keeps_the_days_done(
     assert "Traceback" not in rest and len(rest.splitlines()) == 1, rest
     assert rest == "alertd: backfill interrupted: what was done is kept; run it again to go on\n"
     with Session(engine := _engine(tmp_path)) as session:
-        done = session.exec(select(SourceState.name)).all()
+        done = session.exec(select(BackfillDay.source, BackfillDay.day)).all()
     engine.dispose()
     # The first day's answers and statements; the second day's answers were still loading.
-    assert sorted(done) == ["parliament-backfill:2021-01-31", "statements-backfill:2021-01-31"]
+    assert sorted(done) == [("parliament", date(2021, 1, 31)), ("statements", date(2021, 1, 31))]
 
 
 # -- alertd run ----------------------------------------------------------------------------------

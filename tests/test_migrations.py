@@ -18,7 +18,16 @@ from alertd.db import alembic_config, create_db_engine, upgrade
 from alertd.items import add_items
 from alertd.kinds import statement, written_question
 from alertd.kinds.kind import Role, member_in
-from alertd.models import Alert, Hit, Item, Ledger, SourceState, Subscriber
+from alertd.models import (
+    Alert,
+    BackfillDay,
+    Feed,
+    Hit,
+    Item,
+    Ledger,
+    SourceState,
+    Subscriber,
+)
 
 from standin_api import load_2021_statements
 
@@ -314,9 +323,19 @@ def test_upgrade_moves_every_row(engine_at_0001: Engine) -> None:
 
     columns = sa.inspect(engine_at_0001)
     assert {c["name"] for c in columns.get_columns("feed")} == {
-        "id", "name", "url", "poll_interval_minutes", "etag", "last_modified", "enabled",
+        "id", "name", "url", "poll_interval_minutes", "etag", "last_modified", "state",
         "disabled_reason",
     }  # fmt: skip
+    # 0013: a removed feed's state says so (the reason no longer does).
+    with Session(engine_at_0001) as session:
+        feeds = {
+            feed.name: (feed.state, feed.disabled_reason) for feed in session.exec(select(Feed))
+        }
+    assert feeds == {
+        "gov-news": ("active", None),
+        "blog": ("active", None),
+        "old": ("removed", None),
+    }
     assert "last_digest_at" not in {c["name"] for c in columns.get_columns("alert")}
     assert not {"question", "feedentry"} & set(columns.get_table_names())
 
@@ -457,4 +476,70 @@ def test_0009_merges_subscribers_whose_addresses_differ_only_in_case(database_ur
             ),
             {"t": T2},
         )
+    engine.dispose()
+
+
+def test_0013_gives_feeds_a_state_and_backfilled_days_their_own_table(database_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=database_url))
+    command.upgrade(alembic_config(engine), "0012")
+    with engine.begin() as connection:
+        tables = sa.MetaData()
+        tables.reflect(connection)
+        connection.execute(
+            tables.tables["feed"].insert(),
+            [
+                {"id": 1, "name": "live", "url": "https://a.example/rss", "enabled": True,
+                 "disabled_reason": None},
+                {"id": 2, "name": "gone", "url": "https://b.example/rss", "enabled": False,
+                 "disabled_reason": "GET https://b.example/rss answered HTTP 410"},
+                {"id": 3, "name": "old", "url": "https://c.example/rss", "enabled": False,
+                 "disabled_reason": "removed"},
+            ],
+        )  # fmt: skip
+        connection.execute(
+            tables.tables["sourcestate"].insert(),
+            [
+                {"name": "parliament", "high_water": date(2024, 1, 3), "last_poll_at": T0,
+                 "last_ok_at": T0, "last_new_count": 4},
+                {"name": "parliament-backfill:2021-01-31", "high_water": date(2021, 1, 31),
+                 "last_poll_at": T1, "last_ok_at": T1, "last_new_count": 469},
+                {"name": "statements-backfill:2021-01-31", "high_water": date(2021, 1, 31),
+                 "last_poll_at": T2, "last_ok_at": T2, "last_new_count": 10},
+            ],
+        )  # fmt: skip
+    upgrade(engine)
+    with Session(engine) as session:
+        feeds = {
+            f.name: (f.state, f.enabled, f.disabled_reason) for f in session.exec(select(Feed))
+        }
+        days = {(d.source, d.day): (d.stored, d.done_at) for d in session.exec(select(BackfillDay))}
+        states = set(session.exec(select(SourceState.name)).all())
+    assert feeds == {
+        "live": ("active", True, None),
+        "gone": ("gone", False, "GET https://b.example/rss answered HTTP 410"),
+        "old": ("removed", False, None),
+    }
+    assert days == {
+        ("parliament", date(2021, 1, 31)): (469, _utc(T1)),
+        ("statements", date(2021, 1, 31)): (10, _utc(T2)),
+    }
+    # The poll state holds the sources' polls only.
+    assert states == {"parliament"}
+    # And back: the same rows as 0012 kept them.
+    command.downgrade(alembic_config(engine), "0012")
+    with engine.connect() as connection:
+        names = connection.execute(sa.text("SELECT name FROM sourcestate ORDER BY name"))
+        assert [row[0] for row in names] == [
+            "parliament",
+            "parliament-backfill:2021-01-31",
+            "statements-backfill:2021-01-31",
+        ]
+        flags = connection.execute(
+            sa.text("SELECT name, enabled, disabled_reason FROM feed ORDER BY id")
+        )
+        assert [(name, bool(on), why) for name, on, why in flags] == [
+            ("live", True, None),
+            ("gone", False, "GET https://b.example/rss answered HTTP 410"),
+            ("old", False, "removed"),
+        ]
     engine.dispose()

@@ -12,7 +12,7 @@ from alertd.config import FeedConfig
 from alertd.db import transaction
 from alertd.errors import UsageError
 from alertd.kinds.feed_item import feed_source
-from alertd.models import Feed, SourceState
+from alertd.models import Feed, FeedState, SourceState
 from alertd.sources.state import source_states
 
 
@@ -25,11 +25,11 @@ def add_feed(engine: Engine, name: str, url: str, interval_minutes: int | None =
     config = _validated(name, url, interval_minutes)
     with transaction(engine) as session:
         feed = session.exec(select(Feed).where(Feed.name == config.name)).first()
-        if feed is not None and feed.disabled_reason != "removed":
+        if feed is not None and feed.state != FeedState.REMOVED:
             raise UsageError(f"a feed named {config.name!r} exists already")
         feed = feed or Feed(name=config.name, url=config.url)
         feed.url, feed.poll_interval_minutes = config.url, config.poll_interval_minutes
-        feed.enabled, feed.disabled_reason = True, None
+        feed.state, feed.disabled_reason = FeedState.ACTIVE, None
         session.add(feed)
         session.flush()
         return feed
@@ -48,9 +48,9 @@ def remove_feed(engine: Engine, name: str) -> None:
     """Stop polling a feed; its items stay (they may be in digests already)."""
     with transaction(engine) as session:
         feed = session.exec(select(Feed).where(Feed.name == name)).first()
-        if feed is None or not feed.enabled and feed.disabled_reason == "removed":
+        if feed is None or feed.state == FeedState.REMOVED:
             raise UsageError(f"no feed named {name!r}")
-        feed.enabled, feed.disabled_reason = False, "removed"
+        feed.state = FeedState.REMOVED
 
 
 def list_feeds(
@@ -59,7 +59,7 @@ def list_feeds(
     """The feeds by name, each with its poll state (None before its first poll)."""
     statement = select(Feed).order_by(col(Feed.name))
     if enabled_only:
-        statement = statement.where(col(Feed.enabled).is_(True))
+        statement = statement.where(col(Feed.state) == FeedState.ACTIVE)
     with Session(engine) as session:
         feeds = session.exec(statement).all()
     states = source_states(engine, [feed_source(feed.name) for feed in feeds])

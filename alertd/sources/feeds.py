@@ -14,7 +14,7 @@ from alertd.db import transaction
 from alertd.errors import SourceGone
 from alertd.items import add_items
 from alertd.kinds.feed_item import feed_source, parse_feed
-from alertd.models import Feed
+from alertd.models import Feed, FeedState
 from alertd.sources import http
 from alertd.sources.feed_registry import list_feeds
 from alertd.sources.source import PollResult
@@ -130,7 +130,7 @@ def _disable(engine: Engine, feed: Feed, reason: str) -> None:
     with transaction(engine) as session:
         row = session.get(Feed, feed.id)
         assert row is not None
-        row.enabled, row.disabled_reason = False, reason
+        row.state, row.disabled_reason = FeedState.GONE, reason
     log.warning("feed %s disabled: %s", feed.name, reason)
 
 
