@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.config import FREQUENCIES, Frequency
 from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, ItemKind, Member, Subscriber
+from alertd.schedule import FREQUENCIES, Frequency
 
 _MEMBER_FIELDS = ("member", "asker", "answerer")
 # Above this many matches a day over the stored history an alert is refused unless forced:

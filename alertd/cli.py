@@ -182,7 +182,7 @@ def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
     """
     from datetime import timedelta
 
-    from alertd.config import WEEKDAYS
+    from alertd.schedule import WEEKDAYS
 
     if frequency == "immediate":
         return "within minutes of a match (an answer, question or statement) reaching alertd"

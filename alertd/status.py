@@ -12,7 +12,6 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
-from alertd.digests.compose import period_start
 from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import (
     Alert,
@@ -26,6 +25,7 @@ from alertd.models import (
     Subscriber,
 )
 from alertd.redact import redact
+from alertd.schedule import period_start
 from alertd.sources.source import PARLIAMENT_SOURCE, STATEMENTS_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alertd.cli import FREQUENCY_CHOICES
-from alertd.config import FREQUENCIES
+from alertd.schedule import FREQUENCIES
 
 ALERTD = Path(sys.executable).with_name("alertd")
 # Never needed by --help, list, subscribe or preview: the web app, the scheduler, the

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from alertd.addresses import normalise_email
 from alertd.alerts import find_subscriber
-from alertd.config import FREQUENCIES, Settings
+from alertd.config import Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest
 from alertd.digests.render import render_message
@@ -24,6 +24,7 @@ from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item
+from alertd.schedule import FREQUENCIES
 
 DEFAULT_DAYS = 30
 

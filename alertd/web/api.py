@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import Frequency
 from alertd.errors import InvalidToken, QueryError, RateLimited
 from alertd.htmltext import web_link
+from alertd.schedule import Frequency
 from alertd.sources.members import MemberHit, search_members
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd import alerts
 from alertd.addresses import normalise_email
-from alertd.config import Frequency
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
 from alertd.mail.transactional import (
     CONFIRM_SUBJECT,
@@ -25,6 +24,7 @@ from alertd.mail.transactional import (
     quoted_query,
 )
 from alertd.models import Item
+from alertd.schedule import Frequency
 from alertd.sources.members import MemberHit, get_member, search_members
 from alertd.web import service
 from alertd.web.context import WebContext

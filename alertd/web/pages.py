@@ -16,10 +16,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import FREQUENCIES, Settings
+from alertd.config import Settings
 from alertd.digests.items import ComposeMemo
 from alertd.errors import Busy, QueryError, RateLimited
 from alertd.models import Alert
+from alertd.schedule import FREQUENCIES
 from alertd.sources.members import get_member, search_members
 from alertd.sources.source import feed_name
 from alertd.web import service

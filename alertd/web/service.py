@@ -15,13 +15,13 @@ from sqlmodel import Session, and_, col, or_, select
 
 from alertd import alerts
 from alertd.addresses import email_key, normalise_email
-from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
 from alertd.errors import NotYours
 from alertd.links import SUBSCRIBER_ACTIONS, Action
 from alertd.mail.outbox import cancel_dead_digests
 from alertd.models import Alert, Subscriber
+from alertd.schedule import Frequency
 from alertd.tokens import new_link_secret
 
 Status = Literal["pending", "active", "paused"]
