@@ -17,7 +17,7 @@ from alertd.db import transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.models import Alert, Item, ItemKind, Member, Subscriber
-from alertd.schedule import FREQUENCIES, Frequency
+from alertd.schedule import parse_frequency
 
 _MEMBER_FIELDS = ("member", "asker", "answerer")
 # Above this many matches a day over the stored history an alert is refused unless forced:
@@ -63,13 +63,6 @@ def subscriber_email(engine: Engine, subscriber_id: int) -> str:
         subscriber = session.get(Subscriber, subscriber_id)
         assert subscriber is not None
         return subscriber.email
-
-
-def parse_frequency(value: str) -> Frequency:
-    for frequency in FREQUENCIES:
-        if value == frequency:
-            return frequency
-    raise UsageError(f"unknown frequency {value!r}: use one of {', '.join(FREQUENCIES)}")
 
 
 class _DbResolver:

@@ -201,10 +201,11 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd import alerts
     from alertd.addresses import normalise_email
     from alertd.errors import UsageError
+    from alertd.schedule import parse_frequency
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
-    alerts.parse_frequency(args.frequency)
+    parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
     if args.on is not None:
         alerts.parse_notify_on(args.on, "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from alertd.errors import UsageError
+
 if TYPE_CHECKING:
     from alertd.config import DigestSettings
 
@@ -27,3 +29,10 @@ def period_start(frequency: str, now: datetime, settings: DigestSettings) -> dat
         start -= timedelta(days=(start.weekday() - WEEKDAYS.index(settings.weekly_day)) % 7)
     # Aware arithmetic with a ZoneInfo keeps the wall-clock time across a DST change.
     return start
+
+
+def parse_frequency(value: str) -> Frequency:
+    for frequency in FREQUENCIES:
+        if value == frequency:
+            return frequency
+    raise UsageError(f"unknown frequency {value!r}: use one of {', '.join(FREQUENCIES)}")

@@ -24,7 +24,7 @@ from alertd.mail.transactional import (
     quoted_query,
 )
 from alertd.models import Item
-from alertd.schedule import Frequency
+from alertd.schedule import Frequency, parse_frequency
 from alertd.sources.members import MemberHit, get_member, search_members
 from alertd.web import service
 from alertd.web.context import WebContext
@@ -110,7 +110,7 @@ def _check_email(fields: SignupFields, checked: Checked) -> None:
 
 def _check_frequency(fields: SignupFields, checked: Checked) -> None:
     try:
-        checked.frequency = alerts.parse_frequency(fields.frequency)
+        checked.frequency = parse_frequency(fields.frequency)
     except UsageError:
         checked.errors["frequency"] = "Choose immediate, daily or weekly"
 
