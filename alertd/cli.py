@@ -11,17 +11,17 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from alertd import __version__
+from alertd.schedule import FREQUENCIES, next_period_start
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from alertd.config import Settings
+    from alertd.schedule import Frequency
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
-# config.FREQUENCIES, spelt out so that --help need not import pydantic (a test compares).
-FREQUENCY_CHOICES = ("immediate", "daily", "weekly")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='e.g. "special educational needs" or member:4138 (one starting with -, '
         "after --: alertd subscribe EMAIL -- '-nhs funding')",
     )
-    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCY_CHOICES))
+    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCIES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
     sub.add_argument("--force", action="store_true", help="save even a very broad alert")
     sub.add_argument(
@@ -174,27 +174,12 @@ def _look_up_members(engine: Engine, settings: Settings, names: list[str]) -> No
         asyncio.run(search_members(engine, settings, name, utc_now()))
 
 
-def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
-    """When an alert of this frequency mails first (if anything new matches by then).
-
-    The next period start as digests.compose.period_start counts them, worked out here so
-    that `subscribe` need not import the digest stack (tests/test_cli_imports.py).
-    """
-    from datetime import timedelta
-
-    from alertd.schedule import WEEKDAYS
-
-    if frequency == "immediate":
+def _first_mail(settings: Settings, frequency: Frequency, now: datetime) -> str:
+    """When an alert of this frequency mails first (if anything new matches by then)."""
+    due = next_period_start(frequency, now, settings.digest)
+    if due is None:
         return "within minutes of a match (an answer, question or statement) reaching alertd"
-    digest = settings.digest
-    local = now.astimezone(digest.zone)
-    due = local.replace(hour=digest.daily_at.hour, minute=digest.daily_at.minute, second=0)
-    due = due.replace(microsecond=0)
-    if due <= local:
-        due += timedelta(days=1)
-    if frequency == "weekly":
-        due += timedelta(days=(WEEKDAYS.index(digest.weekly_day) - due.weekday()) % 7)
-    return f"in the {frequency} digest of {due:%a %d %b %Y at %H:%M} ({digest.timezone})"
+    return f"in the {frequency} digest of {due:%a %d %b %Y at %H:%M} ({settings.digest.timezone})"
 
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
@@ -205,7 +190,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
-    parse_frequency(args.frequency)
+    frequency = parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
     if args.on is not None:
         alerts.parse_notify_on(args.on, "")
@@ -228,7 +213,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
         engine,
         args.email,
         args.query,
-        args.frequency,
+        frequency,
         confirmed=args.confirmed,
         now=now,
         notify_on=args.on,
@@ -240,7 +225,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     stages = ", questions as tabled and answered" if "tabled" in alert.notify_on else ""
     print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}{stages}")
     if alert.confirmed:
-        print(f"first mail: {_first_mail(settings, alert.frequency, now)}, if anything matches")
+        print(f"first mail: {_first_mail(settings, frequency, now)}, if anything matches")
     else:
         from alertd.mail.transactional import queue_confirmation
 

@@ -25,7 +25,7 @@ from alertd.models import (
     Subscriber,
 )
 from alertd.redact import redact
-from alertd.schedule import period_start
+from alertd.schedule import Frequency, next_period_start
 from alertd.sources.source import PARLIAMENT_SOURCE, STATEMENTS_SOURCE, feed_source
 
 ATTENTION_AFTER = timedelta(hours=1)
@@ -219,10 +219,10 @@ def _next_runs(
     interval = timedelta(minutes=settings.parliament.poll_interval_minutes)
     polled = [s.last_poll_at for s in sources if s.name == PARLIAMENT_SOURCE and s.last_poll_at]
     runs["poll"] = max(polled[0] + interval, now) if polled else now
-    for frequency, period in (("daily", timedelta(days=1)), ("weekly", timedelta(days=7))):
-        start = period_start(frequency, now, settings.digest)
-        assert start is not None
-        runs[frequency] = (start + period).astimezone(UTC)
+    for frequency in (Frequency.DAILY, Frequency.WEEKLY):
+        due = next_period_start(frequency, now, settings.digest)
+        assert due is not None
+        runs[frequency] = due.astimezone(UTC)
     return runs
 
 

@@ -33,7 +33,7 @@ from alertd.models import (
     Outbox,
     Subscriber,
 )
-from alertd.schedule import period_start
+from alertd.schedule import Frequency, period_start
 
 log = logging.getLogger("alertd.digests.compose")
 # Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
@@ -43,9 +43,9 @@ CHUNK_SIZE = 200
 
 def _due(engine: Engine, settings: DigestSettings, now: datetime) -> dict[str, datetime | None]:
     due: dict[str, datetime | None] = {"immediate": None}
-    new: list[tuple[str, datetime]] = []
+    new: list[tuple[Frequency, datetime]] = []
     with Session(engine) as session:
-        for frequency in ("daily", "weekly"):
+        for frequency in (Frequency.DAILY, Frequency.WEEKLY):
             start = period_start(frequency, now, settings)
             assert start is not None
             if session.get(DigestRun, (frequency, start)) is not None:

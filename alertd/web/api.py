@@ -49,7 +49,7 @@ class AlertCreate(BaseModel):
     email: str = Field(max_length=1000, examples=["parent@example.org"])
     query: str | None = Field(default=None, max_length=1000, examples=['"special needs"'])
     member_id: int | None = Field(default=None, ge=1, le=MAX_ID, examples=[4138])
-    frequency: Frequency = "daily"
+    frequency: Frequency = Frequency.DAILY
     on: list[Literal["tabled", "answered"]] | None = Field(
         default=None,
         min_length=1,

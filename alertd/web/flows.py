@@ -78,7 +78,7 @@ class Checked:
     errors: dict[str, str] = field(default_factory=dict)
     email: str = ""
     query: str = ""
-    frequency: Frequency = "daily"
+    frequency: Frequency = Frequency.DAILY
     # None: the default for the kind of alert (see alerts.parse_notify_on).
     notify_on: str | None = None
     member: MemberHit | None = None

@@ -18,9 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from alertd.config import Settings
 from alertd.digests.items import ComposeMemo
-from alertd.errors import Busy, QueryError, RateLimited
+from alertd.errors import Busy, QueryError, RateLimited, UsageError
 from alertd.models import Alert
-from alertd.schedule import FREQUENCIES
+from alertd.schedule import FREQUENCIES, parse_frequency
 from alertd.sources.members import get_member, search_members
 from alertd.sources.source import feed_name
 from alertd.web import service
@@ -278,8 +278,9 @@ async def manage_frequency(
     ctx: Ctx, token: str, alert_id: AlertId, frequency: Annotated[str, Form()] = ""
 ) -> HTMLResponse | RedirectResponse:
     subscriber_id = (await ctx.read("manage", token)).id
-    chosen = next((f for f in FREQUENCIES if f == frequency), None)
-    if chosen is None:
+    try:
+        chosen = parse_frequency(frequency)
+    except UsageError:
         text = "Choose immediate, daily or weekly. Nothing was changed."
         return ctx.page("message.html", 422, title="Unknown frequency", text=text)
     now = ctx.clock()
