@@ -12,8 +12,8 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
-from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import (
+    UNSENT,
     Alert,
     ComposeFailure,
     DigestRun,
@@ -21,6 +21,7 @@ from alertd.models import (
     Hit,
     Item,
     Outbox,
+    OutboxState,
     SourceState,
     Subscriber,
 )

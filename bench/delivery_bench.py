@@ -42,12 +42,11 @@ from alertd.digests.render import build_environment
 from alertd.digests.render_pool import RenderPool
 from alertd.errors import SourceInvalid
 from alertd.mail import sender as mail_sender
-from alertd.mail.outbox import OutboxState
 from alertd.mail.sender import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
 from alertd.matching.hits import item_document, match_new_answers
-from alertd.models import Alert, Hit, Item, Ledger, Outbox, Subscriber
+from alertd.models import Alert, Hit, Item, Ledger, Outbox, OutboxState, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item

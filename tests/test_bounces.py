@@ -15,8 +15,8 @@ from alertd.config import load_settings
 from alertd.db import open_database
 from alertd.mail.bounces import NotOurs, ReportUnreadable, Verdict, read_report, report_subscriber
 from alertd.mail.identity import envelope_sender
-from alertd.mail.outbox import OutboxKind, enqueue
-from alertd.models import Outbox, Subscriber
+from alertd.mail.outbox import enqueue
+from alertd.models import Outbox, OutboxKind, Subscriber
 
 ALERTD = Path(sys.executable).with_name("alertd")
 SAMPLES = Path(__file__).parent / "bounce_samples"

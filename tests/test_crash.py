@@ -17,8 +17,7 @@ from sqlmodel import Session, select
 from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
-from alertd.mail.outbox import OutboxState
-from alertd.models import Ledger, Outbox
+from alertd.models import Ledger, Outbox, OutboxState
 
 from configs import write_config
 from smtp_server import SmtpSink

@@ -25,16 +25,8 @@ from alertd.db import open_database, transaction
 from alertd.digests.render import MAX_HTML_BYTES, build_environment, render_message
 from alertd.digests.view import Digest, DigestItem, DigestSection, human_label
 from alertd.errors import ConfigError
-from alertd.mail.outbox import (
-    OutboxKind,
-    OutboxState,
-    claim_due,
-    enqueue,
-    queued_row,
-    record_failure,
-    retry_delay,
-)
-from alertd.models import Alert, Outbox, Subscriber
+from alertd.mail.outbox import claim_due, enqueue, queued_row, record_failure, retry_delay
+from alertd.models import Alert, Outbox, OutboxKind, OutboxState, Subscriber
 from alertd.web import create_app, serve_web
 
 from digest_cases import CASES, Case, case_settings, compose_case

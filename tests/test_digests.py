@@ -20,8 +20,17 @@ from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
-from alertd.mail.outbox import OutboxState
-from alertd.models import Alert, Hit, Item, ItemKind, Ledger, Member, Outbox, Subscriber
+from alertd.models import (
+    Alert,
+    Hit,
+    Item,
+    ItemKind,
+    Ledger,
+    Member,
+    Outbox,
+    OutboxState,
+    Subscriber,
+)
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113

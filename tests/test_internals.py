@@ -28,9 +28,9 @@ from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment, startup_sample
 from alertd.digests.render_pool import RenderJob, RenderPool, render_here
 from alertd.mail import outbox
-from alertd.mail.outbox import Claimed, OutboxState, wall_clock
+from alertd.mail.outbox import Claimed, wall_clock
 from alertd.mail.sender import drain_outbox
-from alertd.models import Hit, Item, Ledger, Outbox
+from alertd.models import Hit, Item, Ledger, Outbox, OutboxState
 
 from smtp_server import SmtpSink
 from test_digests import (

@@ -23,9 +23,8 @@ from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.listing import list_alerts
-from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
-from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
+from alertd.models import Item, Ledger, Outbox, OutboxState, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
 from alertd.web import serve_web
 from alertd.web.server import metrics_app

@@ -7,7 +7,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,41 +15,9 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.models import Alert, Hit, Ledger, Outbox, Subscriber
+from alertd.models import UNSENT, Alert, Hit, Ledger, Outbox, OutboxKind, OutboxState, Subscriber
 
 log = logging.getLogger("alertd.mail.outbox")
-
-
-class OutboxState(StrEnum):
-    """Where a queued message (a digest or a transactional mail) stands.
-
-    PENDING --claim--> SENDING --sent--> SENT
-    SENDING --temporary failure--> RETRY --claim (when due)--> SENDING
-    SENDING --permanent failure, or retried past retry_for_hours--> DEAD
-    SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
-    SENDING --lease ran out (its worker died)--> claimed again as it is
-    PENDING or RETRY --a digest none of whose alerts is live any more--> CANCELLED
-    """
-
-    PENDING = "pending"
-    SENDING = "sending"
-    RETRY = "retry"
-    SENT = "sent"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-# Waiting to be sent: what `alertd status` counts as unsent.
-UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
-
-
-class OutboxKind(StrEnum):
-    """What a queued message is: a transactional mail goes before any digest, and its
-    permanent failure is no bounce of the subscriber's digests."""
-
-    DIGEST = "digest"
-    # A confirmation link or a manage link: someone is waiting for it now.
-    TRANSACTIONAL = "transactional"
 
 
 def queued_row(
