@@ -187,13 +187,14 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.addresses import normalise_email
     from alertd.errors import UsageError
     from alertd.schedule import parse_frequency
+    from alertd.subscriptions import lifecycle
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
     frequency = parse_frequency(args.frequency)
     alerts.check_query_words(args.query)
     if args.on is not None:
-        alerts.parse_notify_on(args.on, "")
+        lifecycle.parse_notify_on(args.on, "")
     names = alerts.member_names(args.query)
     engine = _database(settings)
     if names:
@@ -209,7 +210,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(message)
         print(f"alertd: warning: {message}", file=sys.stderr)
     now = utc_now()
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         engine,
         args.email,
         args.query,
@@ -220,7 +221,7 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
         refuse_duplicate=True,
     )
     assert alert.id is not None
-    email = alerts.subscriber_email(engine, alert.subscriber_id)
+    email = lifecycle.subscriber_email(engine, alert.subscriber_id)
     # What it hears about, when more than answers (a Member follow's default, or --on).
     stages = ", questions as tabled and answered" if "tabled" in alert.notify_on else ""
     print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}{stages}")
@@ -253,9 +254,9 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
-    from alertd import alerts
+    from alertd.subscriptions import lifecycle
 
-    alert = alerts.unsubscribe(_database(settings), args.alert_id, utc_now())
+    alert = lifecycle.unsubscribe(_database(settings), args.alert_id, utc_now())
     print(f"alert {alert.id} stopped")
     return 0
 

@@ -13,12 +13,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.alerts import check_query, compile_query, parse_notify_on
+from alertd.alerts import check_query, compile_query
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical, parse_query
 from alertd.models import Alert, Subscriber, bump_alerts_version
 from alertd.schedule import parse_frequency
+from alertd.subscriptions.lifecycle import parse_notify_on
 from alertd.tokens import new_link_secret
 
 # The first line of every export; an import refuses a file without it only when the file

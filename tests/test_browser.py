@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
-from alertd.alerts import subscribe
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.links import Links
 from alertd.sources.ingest import store_items
 from alertd.sources.parliament import parse_item
+from alertd.subscriptions.lifecycle import subscribe
 from alertd.web import serve_web
 from alertd.web.service import link_secret_of
 

@@ -15,7 +15,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import normalise_email
-from alertd.alerts import find_subscriber
 from alertd.config import Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest
@@ -25,6 +24,7 @@ from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item
 from alertd.schedule import FREQUENCIES
+from alertd.subscriptions.lifecycle import find_subscriber
 
 DEFAULT_DAYS = 30
 

@@ -19,8 +19,8 @@ from alertd.config import Settings
 from alertd.db import transaction
 from alertd.errors import PermanentError
 from alertd.mail.identity import bounced_subscriber
-from alertd.mail.outbox import cancel_dead_digests, record_bounce
 from alertd.models import Outbox, OutboxKind, Subscriber
+from alertd.subscriptions.lifecycle import cancel_dead_digests, record_bounce
 
 log = logging.getLogger("alertd.mail.bounces")
 # ARF feedback types that are a recipient's complaint (RFC 5965 §7.3); "not-spam" and

@@ -26,6 +26,7 @@ from alertd.mail.transactional import (
 from alertd.models import Item
 from alertd.schedule import Frequency, parse_frequency
 from alertd.sources.members import MemberHit, get_member, search_members
+from alertd.subscriptions import lifecycle
 from alertd.web import service
 from alertd.web.context import WebContext
 
@@ -119,7 +120,7 @@ def _check_on(fields: SignupFields, checked: Checked) -> None:
     if not fields.on.strip():
         return
     try:
-        checked.notify_on = alerts.parse_notify_on(fields.on, "")
+        checked.notify_on = lifecycle.parse_notify_on(fields.on, "")
     except UsageError:
         checked.errors["on"] = "Choose when to hear about questions: when answered, or both"
 

@@ -19,9 +19,10 @@ from alertd.db import transaction
 from alertd.digests.items import alert_label
 from alertd.errors import NotYours
 from alertd.links import SUBSCRIBER_ACTIONS, Action
-from alertd.mail.outbox import cancel_dead_digests
 from alertd.models import Alert, Subscriber
 from alertd.schedule import Frequency
+from alertd.subscriptions import lifecycle
+from alertd.subscriptions.lifecycle import cancel_dead_digests
 from alertd.tokens import new_link_secret
 
 Status = Literal["pending", "active", "paused"]
@@ -185,7 +186,7 @@ def _register(
     address = normalise_email(email)
     with transaction(engine) as session:
         canonical = alerts.compile_query(session, query_text).canonical
-        subscriber = alerts.find_subscriber(session, address)
+        subscriber = lifecycle.find_subscriber(session, address)
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
             session.add(subscriber)
@@ -198,7 +199,7 @@ def _register(
         same = next((a for a in counted if a.canonical == canonical), None)
         if same is not None and not same.confirmed:
             same.frequency, same.created_at = frequency, now  # a fresh link for the same alert
-            same.notify_on = alerts.parse_notify_on(notify_on, canonical)
+            same.notify_on = lifecycle.parse_notify_on(notify_on, canonical)
             session.add(same)
         note: Note | None = None
         if same is not None and same.confirmed:
@@ -216,7 +217,7 @@ def _register(
         )
     if same is not None or note is not None:
         return result
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         engine, address, query_text, frequency, confirmed=False, now=now, notify_on=notify_on
     )
     assert alert.id is not None
@@ -251,7 +252,7 @@ def confirm(engine: Engine, alert_id: int, now: datetime) -> bool:
         alert = session.get(Alert, alert_id, with_for_update=True)
         if alert is None or alert.unsubscribed_at is not None or alert.confirmed:
             return False
-        alerts.confirm_alert_row(alert, now)
+        lifecycle.confirm_alert_row(alert, now)
         subscriber = session.get(Subscriber, alert.subscriber_id)
         assert subscriber is not None
         # Following the link proves mail reaches the address again.

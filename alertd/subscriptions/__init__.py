@@ -1,0 +1,1 @@
+"""Subscribers and their alerts: what can be done to them (lifecycle)."""
