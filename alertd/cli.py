@@ -183,7 +183,7 @@ def _first_mail(settings: Settings, frequency: Frequency, now: datetime) -> str:
 
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
-    from alertd import alerts
+    from alertd import queries
     from alertd.addresses import normalise_email
     from alertd.errors import UsageError
     from alertd.schedule import parse_frequency
@@ -192,19 +192,19 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
     frequency = parse_frequency(args.frequency)
-    alerts.check_query_words(args.query)
+    queries.check_query_words(args.query)
     if args.on is not None:
         lifecycle.parse_notify_on(args.on, "")
-    names = alerts.member_names(args.query)
+    names = queries.member_names(args.query)
     engine = _database(settings)
     if names:
         _look_up_members(engine, settings, names)
-    rate = alerts.daily_match_rate(engine, args.query)
-    if rate > alerts.BROAD_ALERT_PER_DAY:
+    rate = queries.daily_match_rate(engine, args.query)
+    if rate > queries.BROAD_ALERT_PER_DAY:
         verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"
         message = (
             f"this alert would have matched {rate:.0f} answers a day over the stored history "
-            f"(more than {alerts.BROAD_ALERT_PER_DAY}); narrow it down, or {verdict}"
+            f"(more than {queries.BROAD_ALERT_PER_DAY}); narrow it down, or {verdict}"
         )
         if not args.force:
             raise UsageError(message)
@@ -276,11 +276,11 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     from collections import Counter
     from datetime import timedelta
 
-    from alertd import alerts
+    from alertd import queries
 
     _check_days(args.days)
     since = (utc_now() - timedelta(days=args.days)).date()
-    found = alerts.matching_lines(_database(settings), args.query, since)
+    found = queries.matching_lines(_database(settings), args.query, since)
     for question in found:
         # A feed item has no UIN: its source names it instead.
         where = question.uin or question.source

@@ -84,8 +84,8 @@ class Alert(SQLModel, table=True):
     # The AlertsVersion.version of the last change to whether it matches (see
     # mark_alert_changes): a running daemon reloads only the alerts changed since it looked.
     changed_version: int = Field(default=0, index=True)
-    # What it hears about, comma-separated stages (alertd.alerts.NOTIFY_STAGES): "answered",
-    # or "tabled,answered" (questions as they are asked, then again when answered).
+    # What it hears about, comma-separated stages (subscriptions.lifecycle.NOTIFY_STAGES):
+    # "answered", or "tabled,answered" (questions as they are asked, then again when answered).
     notify_on: str = Field(default="answered", max_length=32)
 
 

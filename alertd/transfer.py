@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.alerts import check_query, compile_query
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical, parse_query
 from alertd.models import Alert, Subscriber, bump_alerts_version
+from alertd.queries import check_query, compile_query
 from alertd.schedule import parse_frequency
 from alertd.subscriptions.lifecycle import parse_notify_on
 from alertd.tokens import new_link_secret

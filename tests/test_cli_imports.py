@@ -122,7 +122,7 @@ def test_list_on_an_up_to_date_sqlite_file_imports_no_sqlalchemy(cli_env: dict[s
         )
     imported = _imported(["list"], cli_env)
     assert "alertd.listing" in imported
-    assert not {"sqlalchemy", "sqlmodel", "alertd.db", "alertd.models", "alertd.alerts"} & imported
+    assert not {"sqlalchemy", "sqlmodel", "alertd.db", "alertd.models", "alertd.queries"} & imported
     listed = subprocess.run(
         [str(ALERTD), "list", "a@Example.ORG"], env=cli_env, capture_output=True, text=True
     )

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.alerts import compile_query
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
@@ -31,6 +30,7 @@ from alertd.models import (
     OutboxState,
     Subscriber,
 )
+from alertd.queries import compile_query
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113

@@ -12,11 +12,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.alerts import check_query_words, compile_query
 from alertd.config import DeliverySettings
 from alertd.db import transaction
 from alertd.errors import UsageError
 from alertd.models import UNSENT, Alert, Hit, Ledger, Outbox, OutboxState, Subscriber
+from alertd.queries import check_query_words, compile_query
 from alertd.schedule import parse_frequency
 
 log = logging.getLogger("alertd.subscriptions")

@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from alertd import alerts
+from alertd import queries
 from alertd.addresses import normalise_email
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
 from alertd.mail.transactional import (
@@ -80,7 +80,7 @@ class Checked:
     email: str = ""
     query: str = ""
     frequency: Frequency = Frequency.DAILY
-    # None: the default for the kind of alert (see alerts.parse_notify_on).
+    # None: the default for the kind of alert (see lifecycle.parse_notify_on).
     notify_on: str | None = None
     member: MemberHit | None = None
     candidates: list[MemberHit] = field(default_factory=list)
@@ -127,7 +127,7 @@ def _check_on(fields: SignupFields, checked: Checked) -> None:
 
 def _compile(ctx: WebContext, text: str) -> str:
     with Session(ctx.engine) as session:
-        return alerts.compile_query(session, text).canonical
+        return queries.compile_query(session, text).canonical
 
 
 async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) -> None:
@@ -136,7 +136,7 @@ async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) 
         checked.errors["query"] = "Enter what to follow, for example: school funding"
         return
     try:
-        alerts.check_query_words(text)
+        queries.check_query_words(text)
         checked.canonical = await run_in_threadpool(_compile, ctx, text)
     except QueryError as exc:
         checked.errors["query"] = str(exc)
@@ -217,23 +217,23 @@ def preview(ctx: WebContext, query_text: str) -> Preview:
     since: date = (ctx.clock() - timedelta(days=PREVIEW_DAYS)).date()
     # Feed items only if the operator says so: a feed's text may not be for the public, and a
     # preview answers anyone, word by word.
-    found = alerts.matching_ids(
+    found = queries.matching_ids(
         ctx.engine, query_text, since, include_feed_items=ctx.settings.web.preview_feed_items
     )
-    examples = alerts.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
+    examples = queries.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
     return Preview(len(found), PREVIEW_DAYS, tuple(examples))
 
 
 def too_broad(ctx: WebContext, query_text: str) -> str | None:
     """Why an alert is refused as too broad to read (as `alertd subscribe` does), or None."""
-    rate = alerts.daily_match_rate(
+    rate = queries.daily_match_rate(
         ctx.engine, query_text, include_feed_items=ctx.settings.web.preview_feed_items
     )
-    if rate <= alerts.BROAD_ALERT_PER_DAY:
+    if rate <= queries.BROAD_ALERT_PER_DAY:
         return None
     return (
         f"This alert would match about {rate:.0f} answers a day "
-        f"(more than {alerts.BROAD_ALERT_PER_DAY}): narrow it down"
+        f"(more than {queries.BROAD_ALERT_PER_DAY}): narrow it down"
     )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, and_, col, or_, select
 
-from alertd import alerts
+from alertd import queries
 from alertd.addresses import email_key, normalise_email
 from alertd.db import transaction
 from alertd.digests.items import alert_label
@@ -185,7 +185,7 @@ def _register(
 ) -> SignupResult:
     address = normalise_email(email)
     with transaction(engine) as session:
-        canonical = alerts.compile_query(session, query_text).canonical
+        canonical = queries.compile_query(session, query_text).canonical
         subscriber = lifecycle.find_subscriber(session, address)
         if subscriber is None:
             subscriber = Subscriber(email=address, created_at=now)
