@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from alertd.digests.view import (
 from alertd.errors import QueryError
 from alertd.htmltext import web_link
 from alertd.links import Links
-from alertd.matching import Highlights, highlight_terms, parse_query
+from alertd.matching import Highlights, followed_member, highlight_terms, parse_query
 from alertd.models import (
     Alert,
     Hit,
@@ -41,7 +40,6 @@ from alertd.models import (
 )
 from alertd.sources.source import feed_name
 
-_MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
 # Distinct (answer, queries, also-labels) items one run keeps; past it the memo starts over.
 ITEM_MEMO_LIMIT = 20_000
 
@@ -149,8 +147,8 @@ def _members_named(alert: Alert) -> set[int]:
 
 def _followed(alert: Alert) -> int | None:
     """The Member id a plain member follow names; None for any other query."""
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    return int(follow.group(2)) if follow else None
+    follow = followed_member(alert.canonical)
+    return None if follow is None else follow.member_id
 
 
 def alert_label(session: Session, alert: Alert) -> str:
@@ -338,13 +336,12 @@ def _highlights(canonical: str) -> Highlights | None:
 
 
 def _reason(alert: Alert, label: str) -> str:
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
+    follow = followed_member(alert.canonical)
     if follow is None:
         return describe_alert(label)
-    field = follow.group(1)
-    if field == "asker":
+    if follow.field == "asker":
         return f"you follow questions asked by {label}"
-    if field == "answerer":
+    if follow.field == "answerer":
         return f"you follow answers given by {label}"
     return describe_alert(label, member=True)
 
