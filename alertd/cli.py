@@ -188,13 +188,13 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.errors import UsageError
     from alertd.schedule import parse_frequency
     from alertd.subscriptions import lifecycle
+    from alertd.subscriptions.vocabulary import NotifyOn
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
     frequency = parse_frequency(args.frequency)
     queries.check_query_words(args.query)
-    if args.on is not None:
-        lifecycle.parse_notify_on(args.on, "")
+    notify_on = None if args.on is None else NotifyOn.parse(args.on)
     names = queries.member_names(args.query)
     engine = _database(settings)
     if names:
@@ -217,13 +217,13 @@ def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
         frequency,
         confirmed=args.confirmed,
         now=now,
-        notify_on=args.on,
+        notify_on=notify_on,
         refuse_duplicate=True,
     )
     assert alert.id is not None
     email = lifecycle.subscriber_email(engine, alert.subscriber_id)
     # What it hears about, when more than answers (a Member follow's default, or --on).
-    stages = ", questions as tabled and answered" if "tabled" in alert.notify_on else ""
+    stages = ", questions as tabled and answered" if alert.notify_on.hears("tabled") else ""
     print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}{stages}")
     if alert.confirmed:
         print(f"first mail: {_first_mail(settings, frequency, now)}, if anything matches")
@@ -246,7 +246,7 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         normalise_email(args.email)  # a bad address opens no database
     rows = list_alerts_of_database(settings.database, args.email)
     for row in rows:
-        fields = (row.id, row.email, row.frequency, row.status, row.notify_on, row.query)
+        fields = (row.id, row.email, row.frequency, row.status.listed, row.notify_on, row.query)
         print("\t".join(str(field) for field in fields))
     if not rows:
         print("no alerts", file=sys.stderr)
@@ -256,7 +256,7 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.subscriptions import lifecycle
 
-    alert = lifecycle.unsubscribe(_database(settings), args.alert_id, utc_now())
+    alert = lifecycle.stop_alert(_database(settings), args.alert_id, utc_now())
     print(f"alert {alert.id} stopped")
     return 0
 

@@ -85,14 +85,14 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
 
     # Between runs, other "processes": b stopped (CLI), c paused (web), e's owner suspended
     # (a bounce), d signs up unconfirmed and confirms after the next items arrived.
-    lifecycle.unsubscribe(engine, alert["b"], T0 + timedelta(hours=2))
+    lifecycle.stop_alert(engine, alert["b"], T0 + timedelta(hours=2))
     service.update_alert(
         engine, ids["c"].subscriber_id, alert["c"], now=T0 + timedelta(hours=2), paused=True
     )
     _suspend(engine, ids["e"].subscriber_id, T0 + timedelta(hours=2))
     d = lifecycle.subscribe(engine, "d@example.org", "school", "daily", confirmed=False, now=T0)
     _store(engine, 120, 240, T0 + timedelta(hours=3))
-    service.confirm(engine, d.id or 0, T0 + timedelta(hours=4))
+    lifecycle.confirm(engine, d.id or 0, T0 + timedelta(hours=4))
     _store(engine, 240, 360, T0 + timedelta(hours=5))
 
     expected = _expected(engine)
@@ -111,11 +111,11 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
     service.update_alert(
         engine, ids["c"].subscriber_id, alert["c"], now=T0 + timedelta(hours=6), paused=False
     )
-    assert not service.confirm(engine, alert["e"], T0 + timedelta(hours=6))  # used already
+    assert not lifecycle.confirm(engine, alert["e"], T0 + timedelta(hours=6))  # used already
     again = lifecycle.subscribe(
         engine, "e@example.org", QUERIES["e"], "daily", confirmed=False, now=T0
     )
-    assert service.confirm(engine, again.id or 0, T0 + timedelta(hours=6))
+    assert lifecycle.confirm(engine, again.id or 0, T0 + timedelta(hours=6))
     _store(engine, 360, 469, T0 + timedelta(hours=7))
     expected = _expected(engine)
     got = _run(engine, matcher, T0 + timedelta(hours=7, minutes=5))
@@ -133,7 +133,7 @@ def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
         assert matcher.refresh(session) == 5
         assert matcher.refresh(session) == 0  # nothing changed: nothing read
     stopped = list_alerts(engine)[0]
-    lifecycle.unsubscribe(engine, stopped.id, T0)
+    lifecycle.stop_alert(engine, stopped.id, T0)
     with Session(engine) as session:
         assert matcher.refresh(session) == 1
         version = session.exec(select(AlertsVersion.version)).one()

@@ -170,7 +170,7 @@ async def test_one_answer_matching_two_alerts_is_mailed_once(runtime: Runtime) -
 async def test_unconfirmed_and_unsubscribed_alerts_get_nothing(runtime: Runtime) -> None:
     _subscribe(runtime, "pending@example.org", '"special educational needs"', confirmed=False)
     stopped = _subscribe(runtime, "gone@example.org", '"special educational needs"')
-    lifecycle.unsubscribe(runtime.engine, stopped, MONDAY_EVENING - timedelta(minutes=5))
+    lifecycle.stop_alert(runtime.engine, stopped, MONDAY_EVENING - timedelta(minutes=5))
     report = await run_once(runtime, now=MONDAY_EVENING)
     assert report.hits == 0 and _maildir(runtime.settings) == []
 

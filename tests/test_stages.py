@@ -129,7 +129,7 @@ def test_a_digest_that_keeps_failing_is_counted_and_only_shown_while_it_waits(
     # Unsubscribed: nothing waits any more, so nothing needs attention.
     alert_id = list_alerts(engine)[0].id
     assert alert_id is not None
-    lifecycle.unsubscribe(engine, alert_id, datetime.now(UTC))
+    lifecycle.stop_alert(engine, alert_id, datetime.now(UTC))
     code, status = _status(config, capsys)
     assert code == 0, status
     engine.dispose()

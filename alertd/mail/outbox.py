@@ -1,8 +1,8 @@
-"""The outbox as one state machine: every transition of a queued message happens here."""
+"""The outbox as one state machine: every transition of a queued message happens here, but
+the cancelling of digests nobody will receive (alertd.subscriptions.lifecycle does it)."""
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,10 +15,8 @@ from sqlmodel import col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.models import Outbox, OutboxKind, OutboxState, Subscriber
-from alertd.subscriptions.lifecycle import count_bounce
-
-log = logging.getLogger("alertd.mail.outbox")
+from alertd.models import Outbox, OutboxKind, OutboxState
+from alertd.subscriptions.lifecycle import clear_bounces, count_bounce
 
 
 def queued_row(
@@ -179,15 +177,6 @@ _MARK_SENT = (
         attempts=col(Outbox.attempts) + 1,
     )
 )
-# Only a subscriber who bounced before is written to: the common case writes nothing.
-_CLEAR_BOUNCES = (
-    sa.update(Subscriber)
-    .where(
-        col(Subscriber.id) == sa.bindparam("subscriber_id"),
-        col(Subscriber.consecutive_bounces) != 0,
-    )
-    .values(consecutive_bounces=0)
-)
 
 
 def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> datetime | None:
@@ -232,7 +221,7 @@ def record_sent(engine: Engine, outbox_id: int, subscriber_id: int, now: datetim
     """Mark one message sent, at once: a crash after this never sends it again."""
     with write_connection(engine) as connection:
         connection.execute(_MARK_SENT, {"outbox_id": outbox_id, "now": now})
-        connection.execute(_CLEAR_BOUNCES, {"subscriber_id": subscriber_id})
+        clear_bounces(connection, subscriber_id)
 
 
 def record_failure(
@@ -257,7 +246,7 @@ def record_failure(
             # A refused confirmation or manage link says nothing about digests reaching
             # the subscriber (it may be a mistyped address someone else entered).
             if permanent and row.kind != OutboxKind.TRANSACTIONAL:
-                count_bounce(session, row.subscriber_id, settings, now)
+                count_bounce(session, row.subscriber_id, settings.max_bounces, now)
         else:
             row.status = OutboxState.RETRY
             row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)

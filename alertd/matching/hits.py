@@ -14,6 +14,7 @@ from alertd.db import transaction
 from alertd.matching.analysis import Document, analyse
 from alertd.matching.live import LiveAlert, LiveMatcher
 from alertd.models import ITEM_TYPES, Alert, Hit, Item, ItemKind, QuestionStage, question_stage
+from alertd.subscriptions.vocabulary import NotifyOn
 
 log = logging.getLogger("alertd.matching.hits")
 
@@ -208,9 +209,9 @@ def _hears(alert: LiveAlert, item: Item) -> bool:
     """Whether the alert hears about this stage of a question (any other kind: yes)."""
     stage = question_stage(item.version_key)
     if item.kind != ItemKind.WRITTEN_QUESTION or stage is QuestionStage.ANSWERED:
-        return "answered" in alert.notify_on.split(",")
+        return NotifyOn(alert.notify_on).hears("answered")
     if stage is QuestionStage.TABLED:
-        return "tabled" in alert.notify_on.split(",")
+        return NotifyOn(alert.notify_on).hears("tabled")
     return False  # a withdrawal (or holding answer) is only ever a follow-up
 
 

@@ -26,7 +26,7 @@ from alertd.mail.transactional import (
 from alertd.models import Item
 from alertd.schedule import Frequency, parse_frequency
 from alertd.sources.members import MemberHit, get_member, search_members
-from alertd.subscriptions import lifecycle
+from alertd.subscriptions.vocabulary import AlertState, NotifyOn
 from alertd.web import service
 from alertd.web.context import WebContext
 
@@ -80,8 +80,8 @@ class Checked:
     email: str = ""
     query: str = ""
     frequency: Frequency = Frequency.DAILY
-    # None: the default for the kind of alert (see lifecycle.parse_notify_on).
-    notify_on: str | None = None
+    # None: the default for the kind of alert (see lifecycle.default_notify_on).
+    notify_on: NotifyOn | None = None
     member: MemberHit | None = None
     candidates: list[MemberHit] = field(default_factory=list)
     # The query's canonical form (what emails show, never the text as typed).
@@ -120,7 +120,7 @@ def _check_on(fields: SignupFields, checked: Checked) -> None:
     if not fields.on.strip():
         return
     try:
-        checked.notify_on = lifecycle.parse_notify_on(fields.on, "")
+        checked.notify_on = NotifyOn.parse(fields.on)
     except UsageError:
         checked.errors["on"] = "Choose when to hear about questions: when answered, or both"
 
@@ -356,7 +356,7 @@ async def resend_confirmation(ctx: WebContext, subscriber_id: int, alert_id: int
     """
     found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
     email, views = found if found is not None else ("", [])
-    if not any(view.id == alert_id and view.status == "pending" for view in views):
+    if not any(view.id == alert_id and view.status == AlertState.PENDING for view in views):
         raise NotYours(f"you have no unconfirmed alert with id {alert_id}")
     if not _check_mail_limits(ctx, ip, email):
         return False

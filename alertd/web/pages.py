@@ -23,6 +23,8 @@ from alertd.models import Alert
 from alertd.schedule import FREQUENCIES, parse_frequency
 from alertd.sources.members import get_member, search_members
 from alertd.sources.source import feed_name
+from alertd.subscriptions import lifecycle
+from alertd.subscriptions.vocabulary import AlertState
 from alertd.web import service
 from alertd.web.atom import recent_matches
 from alertd.web.context import Ctx, client_ip
@@ -201,7 +203,7 @@ async def confirm_page(ctx: Ctx, token: str) -> HTMLResponse:
     alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
-    if alert.status != "pending":
+    if alert.status != AlertState.PENDING:
         return _already_confirmed(ctx)
     return ctx.page("confirm.html", alert=alert, token=token)
 
@@ -218,7 +220,7 @@ async def confirm_submit(ctx: Ctx, token: str) -> HTMLResponse | RedirectRespons
     alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
-    done = await run_in_threadpool(service.confirm, ctx.engine, signed.id, ctx.clock())
+    done = await run_in_threadpool(lifecycle.confirm, ctx.engine, signed.id, ctx.clock())
     if not done:
         return _already_confirmed(ctx)
     subscriber_id = await run_in_threadpool(service.owner_of, ctx.engine, signed.id)
@@ -342,7 +344,9 @@ async def manage_action(
     if action == "delete":
         if confirmed != "yes":
             return await _confirm_delete(ctx, token, subscriber_id, alert_id)
-        await run_in_threadpool(service.stop_alert, ctx.engine, subscriber_id, alert_id, now)
+        await run_in_threadpool(
+            lambda: lifecycle.stop_alert(ctx.engine, alert_id, now, subscriber_id=subscriber_id)
+        )
         return _back(ctx, token, "deleted")
     paused = action == "pause"
     await run_in_threadpool(
@@ -362,7 +366,7 @@ async def manage_delete_all(
     subscriber_id = (await ctx.read("manage", token)).id
     if confirmed != "yes":
         return await _confirm_delete(ctx, token, subscriber_id, None)
-    await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    await run_in_threadpool(lifecycle.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return _back(ctx, token, "deleted-all")
 
 
@@ -392,7 +396,7 @@ async def unsubscribe_page(ctx: Ctx, token: str) -> HTMLResponse:
 @router.post("/unsubscribe/{token}", summary="One-click unsubscribe (RFC 8058)")
 async def unsubscribe_submit(ctx: Ctx, token: str) -> HTMLResponse:
     subscriber_id = (await ctx.read("unsubscribe", token)).id
-    count = await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    count = await run_in_threadpool(lifecycle.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return ctx.page("unsubscribe.html", token=token, count=count, done=True)
 
 
