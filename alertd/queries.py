@@ -1,4 +1,4 @@
-"""Subscribers and their alerts: validate what a person typed, then save, list, confirm, stop."""
+"""A query as a person types it: checked, its names resolved, what it finds in stored items."""
 
 from __future__ import annotations
 
