@@ -11,17 +11,17 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from alertd import __version__
+from alertd.schedule import FREQUENCIES, next_period_start
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from alertd.config import Settings
+    from alertd.schedule import Frequency
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
-# config.FREQUENCIES, spelt out so that --help need not import pydantic (a test compares).
-FREQUENCY_CHOICES = ("immediate", "daily", "weekly")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='e.g. "special educational needs" or member:4138 (one starting with -, '
         "after --: alertd subscribe EMAIL -- '-nhs funding')",
     )
-    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCY_CHOICES))
+    sub.add_argument("--frequency", default="daily", help="|".join(FREQUENCIES))
     sub.add_argument("--confirmed", action="store_true", help="skip e-mail confirmation")
     sub.add_argument("--force", action="store_true", help="save even a very broad alert")
     sub.add_argument(
@@ -174,72 +174,59 @@ def _look_up_members(engine: Engine, settings: Settings, names: list[str]) -> No
         asyncio.run(search_members(engine, settings, name, utc_now()))
 
 
-def _first_mail(settings: Settings, frequency: str, now: datetime) -> str:
-    """When an alert of this frequency mails first (if anything new matches by then).
-
-    The next period start as digests.compose.period_start counts them, worked out here so
-    that `subscribe` need not import the digest stack (tests/test_cli_imports.py).
-    """
-    from datetime import timedelta
-
-    from alertd.config import WEEKDAYS
-
-    if frequency == "immediate":
+def _first_mail(settings: Settings, frequency: Frequency, now: datetime) -> str:
+    """When an alert of this frequency mails first (if anything new matches by then)."""
+    due = next_period_start(frequency, now, settings.digest)
+    if due is None:
         return "within minutes of a match (an answer, question or statement) reaching alertd"
-    digest = settings.digest
-    local = now.astimezone(digest.zone)
-    due = local.replace(hour=digest.daily_at.hour, minute=digest.daily_at.minute, second=0)
-    due = due.replace(microsecond=0)
-    if due <= local:
-        due += timedelta(days=1)
-    if frequency == "weekly":
-        due += timedelta(days=(WEEKDAYS.index(digest.weekly_day) - due.weekday()) % 7)
-    return f"in the {frequency} digest of {due:%a %d %b %Y at %H:%M} ({digest.timezone})"
+    return f"in the {frequency} digest of {due:%a %d %b %Y at %H:%M} ({settings.digest.timezone})"
 
 
 def _cmd_subscribe(args: argparse.Namespace, settings: Settings) -> int:
-    from alertd import alerts
+    from alertd import queries
     from alertd.addresses import normalise_email
     from alertd.errors import UsageError
+    from alertd.schedule import parse_frequency
+    from alertd.subscriptions import lifecycle
+    from alertd.subscriptions.vocabulary import NotifyOn
 
     # Whatever can be checked without the database is checked first: bad input writes nothing.
     normalise_email(args.email)
-    alerts.parse_frequency(args.frequency)
-    alerts.check_query_words(args.query)
-    if args.on is not None:
-        alerts.parse_notify_on(args.on, "")
-    names = alerts.member_names(args.query)
+    frequency = parse_frequency(args.frequency)
+    queries.check_query_words(args.query)
+    notify_on = None if args.on is None else NotifyOn.parse(args.on)
+    names = queries.member_names(args.query)
     engine = _database(settings)
     if names:
         _look_up_members(engine, settings, names)
-    rate = alerts.daily_match_rate(engine, args.query)
-    if rate > alerts.BROAD_ALERT_PER_DAY:
+    rate = queries.daily_match_rate(engine, args.query)
+    if rate > queries.BROAD_ALERT_PER_DAY:
         verdict = "saving it anyway (--force)" if args.force else "use --force to save it anyway"
         message = (
             f"this alert would have matched {rate:.0f} answers a day over the stored history "
-            f"(more than {alerts.BROAD_ALERT_PER_DAY}); narrow it down, or {verdict}"
+            f"(more than {queries.BROAD_ALERT_PER_DAY}); narrow it down, or {verdict}"
         )
         if not args.force:
             raise UsageError(message)
         print(f"alertd: warning: {message}", file=sys.stderr)
     now = utc_now()
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         engine,
         args.email,
         args.query,
-        args.frequency,
+        frequency,
         confirmed=args.confirmed,
         now=now,
-        notify_on=args.on,
+        notify_on=notify_on,
         refuse_duplicate=True,
     )
     assert alert.id is not None
-    email = alerts.subscriber_email(engine, alert.subscriber_id)
+    email = lifecycle.subscriber_email(engine, alert.subscriber_id)
     # What it hears about, when more than answers (a Member follow's default, or --on).
-    stages = ", questions as tabled and answered" if "tabled" in alert.notify_on else ""
+    stages = ", questions as tabled and answered" if alert.notify_on.hears("tabled") else ""
     print(f"alert {alert.id} saved: {email}, {alert.query}, {alert.frequency}{stages}")
     if alert.confirmed:
-        print(f"first mail: {_first_mail(settings, alert.frequency, now)}, if anything matches")
+        print(f"first mail: {_first_mail(settings, frequency, now)}, if anything matches")
     else:
         from alertd.mail.transactional import queue_confirmation
 
@@ -259,7 +246,7 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         normalise_email(args.email)  # a bad address opens no database
     rows = list_alerts_of_database(settings.database, args.email)
     for row in rows:
-        fields = (row.id, row.email, row.frequency, row.status, row.notify_on, row.query)
+        fields = (row.id, row.email, row.frequency, row.status.listed, row.notify_on, row.query)
         print("\t".join(str(field) for field in fields))
     if not rows:
         print("no alerts", file=sys.stderr)
@@ -267,9 +254,9 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_unsubscribe(args: argparse.Namespace, settings: Settings) -> int:
-    from alertd import alerts
+    from alertd.subscriptions import lifecycle
 
-    alert = alerts.unsubscribe(_database(settings), args.alert_id, utc_now())
+    alert = lifecycle.stop_alert(_database(settings), args.alert_id, utc_now())
     print(f"alert {alert.id} stopped")
     return 0
 
@@ -289,11 +276,11 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     from collections import Counter
     from datetime import timedelta
 
-    from alertd import alerts
+    from alertd import queries
 
     _check_days(args.days)
     since = (utc_now() - timedelta(days=args.days)).date()
-    found = alerts.matching_lines(_database(settings), args.query, since)
+    found = queries.matching_lines(_database(settings), args.query, since)
     for line in found:
         print(f"{line.day}\t{line.where}\t{line.title}\t{line.url}")
     weeks = Counter(line.day - timedelta(days=line.day.weekday()) for line in found if line.day)

@@ -30,9 +30,6 @@ CONFIG_ENV = "ALERTD_CONFIG"
 DEFAULT_SECRET_KEY = "change-me"
 # HMAC-SHA256 keys: shorter than the hash's own 32 bytes, a key is the weak point of a link.
 MIN_SECRET_KEY_BYTES = 32
-Frequency = Literal["immediate", "daily", "weekly"]
-FREQUENCIES: tuple[Frequency, ...] = ("immediate", "daily", "weekly")
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 def http_url(url: str) -> str:

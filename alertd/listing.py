@@ -12,6 +12,8 @@ from urllib.parse import unquote
 
 from alertd.addresses import email_key, normalise_email
 from alertd.revisions import head_revision
+from alertd.schedule import Frequency
+from alertd.subscriptions.vocabulary import AlertState, NotifyOn, alert_state
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -38,19 +40,16 @@ class AlertRow:
     id: int
     email: str
     query: str
-    frequency: str
-    notify_on: str  # "answered" or "tabled,answered", as `subscribe --on` takes it
+    frequency: Frequency
+    # Printed as `subscribe --on` takes it: "answered" or "tabled,answered".
+    notify_on: NotifyOn
     confirmed: bool
     paused: bool
     suspended: bool
 
     @property
-    def status(self) -> str:
-        if self.suspended:
-            return "suspended"
-        if not self.confirmed:
-            return "pending"
-        return "paused" if self.paused else "confirmed"
+    def status(self) -> AlertState:
+        return alert_state(confirmed=self.confirmed, paused=self.paused, suspended=self.suspended)
 
 
 def list_alerts(engine: Engine, email: str | None = None) -> list[AlertRow]:
@@ -95,8 +94,8 @@ def _rows(result: Iterable[Any]) -> list[AlertRow]:
             id=alert_id,
             email=address,
             query=query,
-            frequency=frequency,
-            notify_on=notify_on,
+            frequency=Frequency(frequency),
+            notify_on=NotifyOn(notify_on),
             confirmed=bool(confirmed),
             paused=bool(paused),
             suspended=bool(suspended),

@@ -11,6 +11,8 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel, col
 
 from alertd.addresses import email_key
+from alertd.schedule import Frequency
+from alertd.subscriptions.vocabulary import NotifyOn
 from alertd.tokens import new_link_secret
 
 
@@ -74,7 +76,7 @@ class Alert(SQLModel, table=True):
     query: str = Field(max_length=500)
     # Equivalent queries share this form, so the engine compiles each once.
     canonical: str = Field(max_length=1000, index=True)
-    frequency: str = Field(max_length=16)
+    frequency: Frequency = Field(sa_type=sa.String(16))
     confirmed: bool = False
     confirmed_at: datetime | None = _utc(default=None, nullable=True)
     created_at: datetime = _utc()
@@ -84,9 +86,8 @@ class Alert(SQLModel, table=True):
     # The AlertsVersion.version of the last change to whether it matches (see
     # mark_alert_changes): a running daemon reloads only the alerts changed since it looked.
     changed_version: int = Field(default=0, index=True)
-    # What it hears about, comma-separated stages (alertd.alerts.NOTIFY_STAGES): "answered",
-    # or "tabled,answered" (questions as they are asked, then again when answered).
-    notify_on: str = Field(default="answered", max_length=32)
+    # What it hears about: NotifyOn's value, its stages comma-separated.
+    notify_on: NotifyOn = Field(default=NotifyOn.ANSWERED, sa_type=sa.String(32))
 
 
 class AlertsVersion(SQLModel, table=True):
@@ -231,6 +232,41 @@ class Ledger(SQLModel, table=True):
     created_at: datetime = _utc()
 
 
+class OutboxState(StrEnum):
+    """Where a queued message (a digest or a transactional mail) stands.
+
+    PENDING --claim--> SENDING --sent--> SENT
+    SENDING --temporary failure--> RETRY --claim (when due)--> SENDING
+    SENDING --permanent failure, or retried past retry_for_hours--> DEAD
+    SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
+    SENDING --lease ran out (its worker died)--> claimed again as it is
+    PENDING or RETRY --a digest none of whose alerts is live any more--> CANCELLED
+
+    alertd.mail.outbox makes every transition but the last, which alertd.subscriptions.lifecycle
+    makes in the transaction that stops the digest's last live alert or suspends its owner.
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRY = "retry"
+    SENT = "sent"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+# Waiting to be sent: what `alertd status` counts as unsent.
+UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
+
+
+class OutboxKind(StrEnum):
+    """What a queued message is: a transactional mail goes before any digest, and its
+    permanent failure is no bounce of the subscriber's digests."""
+
+    DIGEST = "digest"
+    # A confirmation link or a manage link: someone is waiting for it now.
+    TRANSACTIONAL = "transactional"
+
+
 class Outbox(SQLModel, table=True):
     """A rendered email waiting to be sent; status pending → sent, or retry, or dead."""
 
@@ -245,10 +281,11 @@ class Outbox(SQLModel, table=True):
     message_id: str = Field(max_length=250, unique=True)
     subject: str = Field(default="", sa_type=sa.Text)
     message: bytes = Field(sa_type=sa.LargeBinary)
-    status: str = Field(default="pending", max_length=16)
-    # "digest", or "transactional" (a confirmation, a manage link): see OutboxKind.
-    kind: str = Field(
-        default="digest", max_length=16, sa_column_kwargs={"server_default": "digest"}
+    status: OutboxState = Field(default=OutboxState.PENDING, sa_type=sa.String(16))
+    kind: OutboxKind = Field(
+        default=OutboxKind.DIGEST,
+        sa_type=sa.String(16),
+        sa_column_kwargs={"server_default": OutboxKind.DIGEST.value},
     )
     attempts: int = 0
     # While status is "sending", a worker holds the row until lease_until; a worker that

@@ -12,11 +12,10 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, func, select
 
 from alertd.config import Settings
-from alertd.digests.compose import period_start
 from alertd.kinds import api_kinds
 from alertd.kinds.feed_item import feed_source
-from alertd.mail.outbox import UNSENT, OutboxState
 from alertd.models import (
+    UNSENT,
     Alert,
     ComposeFailure,
     DigestRun,
@@ -25,10 +24,12 @@ from alertd.models import (
     Hit,
     Item,
     Outbox,
+    OutboxState,
     SourceState,
     Subscriber,
 )
 from alertd.redact import redact
+from alertd.schedule import Frequency, next_period_start
 
 ATTENTION_AFTER = timedelta(hours=1)
 
@@ -224,10 +225,10 @@ def _next_runs(
         if (polled := kind.poll_settings(settings)) and kind.source in last_polls
     ]
     runs["poll"] = max(min(due), now) if due else now
-    for frequency, period in (("daily", timedelta(days=1)), ("weekly", timedelta(days=7))):
-        start = period_start(frequency, now, settings.digest)
-        assert start is not None
-        runs[frequency] = (start + period).astimezone(UTC)
+    for frequency in (Frequency.DAILY, Frequency.WEEKLY):
+        next_due = next_period_start(frequency, now, settings.digest)
+        assert next_due is not None
+        runs[frequency] = next_due.astimezone(UTC)
     return runs
 
 

@@ -13,11 +13,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import email_key, normalise_email
-from alertd.alerts import check_query, compile_query, parse_frequency, parse_notify_on
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical, parse_query
 from alertd.models import Alert, Subscriber, bump_alerts_version
+from alertd.queries import check_query, compile_query
+from alertd.schedule import Frequency, parse_frequency
+from alertd.subscriptions.lifecycle import default_notify_on
+from alertd.subscriptions.vocabulary import NotifyOn
 from alertd.tokens import new_link_secret
 
 # The first line of every export; an import refuses a file without it only when the file
@@ -84,7 +87,7 @@ def _subscriber_lines(session: Session, subscribers: list[Subscriber]) -> Iterat
                 "canonical": alert.canonical,
                 "frequency": alert.frequency,
                 # What it hears about, as the JSON API names it.
-                "on": alert.notify_on.split(","),
+                "on": list(NotifyOn(alert.notify_on).stages),
                 "confirmed": alert.confirmed,
                 **{name: _time(getattr(alert, name)) for name in _ALERT_TIMES},
             }
@@ -109,8 +112,8 @@ class _AlertIn:
     id: int | None
     query: str
     canonical: str
-    frequency: str
-    notify_on: str
+    frequency: Frequency
+    notify_on: NotifyOn
     confirmed: bool
     times: dict[str, datetime | None]
 
@@ -195,11 +198,11 @@ def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
     if canonical is not None and not isinstance(canonical, str):
         raise _LineError("canonical: not text")
     query = queries(text, canonical)
-    frequency = document.get("frequency", "daily")
-    if not isinstance(frequency, str):
+    typed = document.get("frequency", Frequency.DAILY)
+    if not isinstance(typed, str):
         raise _LineError("frequency: not text")
     try:
-        parse_frequency(frequency)
+        frequency = parse_frequency(typed)
     except UsageError as error:
         raise _LineError(str(error)) from None
     on = document.get("on")
@@ -208,7 +211,7 @@ def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
     ):
         raise _LineError("on: not a list of stages")
     try:
-        notify_on = parse_notify_on(on, query.canonical)
+        notify_on = default_notify_on(query.canonical) if on is None else NotifyOn.parse(on)
     except UsageError as error:
         raise _LineError(str(error).replace("--on", "on")) from None
     times = {name: _parse_time(document, name) for name in _ALERT_TIMES}

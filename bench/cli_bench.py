@@ -47,11 +47,11 @@ def _commands() -> dict[str, list[str]]:
 def _prepare(folder: Path) -> dict[str, str]:
     """A database at the newest migration with 200 alerts and the recorded answers."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from alertd import alerts
     from alertd.config import DatabaseSettings
     from alertd.db import open_database
     from alertd.items import add_items
     from alertd.kinds import written_question
+    from alertd.subscriptions import lifecycle
 
     from standin_api import load_2021_answered
 
@@ -68,7 +68,7 @@ def _prepare(folder: Path) -> dict[str, str]:
         never_alert=True,
     )
     for n in range(200):
-        alerts.subscribe(
+        lifecycle.subscribe(
             engine, f"reader{n}@example.org", f"topic{n} funding", "daily", confirmed=True, now=now
         )
     engine.dispose()

@@ -45,12 +45,11 @@ from alertd.items import add_items
 from alertd.kinds import kind_of, written_question
 from alertd.kinds.kind import NewItem
 from alertd.mail import sender as mail_sender
-from alertd.mail.outbox import OutboxState
 from alertd.mail.sender import DeliveryReport, drain_outbox
 from alertd.mail.transports import mailer_factory
 from alertd.matching.analysis import AnalysedDocument, analyse, parse_query
 from alertd.matching.hits import match_new_items
-from alertd.models import Alert, Hit, Item, Ledger, Outbox, Subscriber
+from alertd.models import Alert, Hit, Item, Ledger, Outbox, OutboxState, Subscriber
 from alertd.pipeline import Runtime, run_once
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
 from alertd.items import add_items
 from alertd.kinds import kind_of, written_question
 from alertd.matching import analyse
 from alertd.models import Item
+from alertd.queries import compile_query, daily_match_rate, matching_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -100,7 +100,7 @@ def build_history(path: Path, count: int, today: date, reuse: bool) -> tuple[Eng
 def old_scan(engine: Engine, text: str, since: date) -> int:
     """The scan this replaces: every stored item of the window analysed on every call."""
     with Session(engine) as session:
-        query = alerts.compile_query(session, text)
+        query = compile_query(session, text)
         items = session.exec(
             select(Item).where(col(Item.day) >= since).order_by(col(Item.day).desc(), col(Item.id))
         ).all()
@@ -265,9 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     rows: list[Row] = []
     for q in queries:
-        found, preview_s = timed(lambda q=q: len(alerts.matching_lines(large, q, year_ago)))
-        _, breadth_s = timed(lambda q=q: alerts.daily_match_rate(large, q))
-        small_found, small_s = timed(lambda q=q: len(alerts.matching_lines(small, q, year_ago)))
+        found, preview_s = timed(lambda q=q: len(matching_lines(large, q, year_ago)))
+        _, breadth_s = timed(lambda q=q: daily_match_rate(large, q))
+        small_found, small_s = timed(lambda q=q: len(matching_lines(small, q, year_ago)))
         old_found, old_s = timed(lambda q=q: old_scan(small, q, year_ago), repeat=1)
         assert old_found == small_found, (q, old_found, small_found)
         rows.append(Row(q, found, preview_s, breadth_s, small_found, small_s, old_s))
@@ -321,9 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.small:,}. `{MARKER}` is planted in {MARKED} questions at both sizes: a query "
         "with a fixed number of matches.",
         "",
-        "In-process work (median of 5, warm): `preview` = `alerts.matching_lines` over 365 "
+        "In-process work (median of 5, warm): `preview` = `queries.matching_lines` over 365 "
         "days (what `alertd preview --days 365` runs: the ids, then what it prints), breadth = "
-        "`alerts.daily_match_rate` (what `subscribe` and the sign-up page run).",
+        "`queries.daily_match_rate` (what `subscribe` and the sign-up page run).",
         "",
         *table,
         "",

@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
+from alertd.subscriptions import lifecycle
 from alertd.web import create_app
 
 
@@ -59,7 +59,7 @@ async def _run(requests: int, mail_down: bool) -> dict[str, tuple[list[float], s
         settings = _settings(folder, mail_down)
         engine = open_database(settings.database)
         for n in range(requests):
-            alerts.subscribe(
+            lifecycle.subscribe(
                 engine,
                 f"known{n}@example.org",
                 '"special educational needs"',

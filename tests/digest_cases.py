@@ -11,7 +11,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.compose import compose_due_digests
@@ -21,6 +20,7 @@ from alertd.kinds import statement, written_question
 from alertd.kinds.kind import NewItem
 from alertd.matching.hits import match_new_items
 from alertd.models import Outbox, Subscriber
+from alertd.subscriptions import lifecycle
 
 from standin_api import (
     load_2021_answered,
@@ -93,7 +93,9 @@ def compose_case(tmp_path: Path, name: str, settings: Settings | None = None) ->
         confirmed = NOW - timedelta(hours=1)
         # Names (member:"Nadhim Zahawi") need the Member table; ids need nothing.
         for query in case.queries:
-            alerts.subscribe(engine, RECIPIENT, query, "immediate", confirmed=True, now=confirmed)
+            lifecycle.subscribe(
+                engine, RECIPIENT, query, "immediate", confirmed=True, now=confirmed
+            )
         # A fixed link secret (each subscriber gets a random one): the links stay the same.
         with engine.begin() as connection:
             connection.execute(sa.update(Subscriber).values(link_secret="golden-link-secret"))

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from alertd import alerts
 from alertd.config import load_settings
 from alertd.db import open_database
 from alertd.errors import NotOurs, ReportUnreadable
 from alertd.mail.bounces import Verdict, read_report, report_subscriber
 from alertd.mail.identity import envelope_sender
-from alertd.mail.outbox import OutboxKind, enqueue
-from alertd.models import Outbox, Subscriber
+from alertd.mail.outbox import enqueue
+from alertd.models import Outbox, OutboxKind, Subscriber
+from alertd.subscriptions import lifecycle
 
 ALERTD = Path(sys.executable).with_name("alertd")
 SAMPLES = Path(__file__).parent / "bounce_samples"
@@ -45,7 +45,7 @@ def _subscriber(config: Path) -> tuple[int, str]:
     settings = load_settings(str(config))
     engine = open_database(settings.database)
     try:
-        alert = alerts.subscribe(
+        alert = lifecycle.subscribe(
             engine, "gone@example.net", "schools", "daily", confirmed=True, now=NOW
         )
     finally:

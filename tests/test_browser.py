@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
-from alertd.alerts import subscribe
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.items import add_items
 from alertd.kinds import written_question
 from alertd.links import Links
+from alertd.subscriptions.lifecycle import subscribe
 from alertd.web import serve_web
 from alertd.web.service import link_secret_of
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
-from alertd.mail.outbox import OutboxState
-from alertd.models import Ledger, Outbox
+from alertd.models import Ledger, Outbox, OutboxState
+from alertd.subscriptions import lifecycle
 
 from configs import write_config
 from smtp_server import SmtpSink
@@ -44,7 +43,7 @@ def _subscribe_many(database_url: str, count: int) -> set[str]:
     addresses = set()
     for n in range(count):
         address = f"reader{n}@example.org"
-        alerts.subscribe(
+        lifecycle.subscribe(
             engine,
             address,
             TOPICS[n % len(TOPICS)],

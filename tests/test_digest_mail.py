@@ -26,16 +26,8 @@ from alertd.digests.render import MAX_HTML_BYTES, build_environment, render_mess
 from alertd.digests.view import Block, Digest, DigestItem, DigestSection, human_label
 from alertd.errors import ConfigError
 from alertd.kinds import feed_item, written_question
-from alertd.mail.outbox import (
-    OutboxKind,
-    OutboxState,
-    claim_due,
-    enqueue,
-    queued_row,
-    record_failure,
-    retry_delay,
-)
-from alertd.models import Alert, Outbox, Subscriber
+from alertd.mail.outbox import claim_due, enqueue, queued_row, record_failure, retry_delay
+from alertd.models import Alert, Outbox, OutboxKind, OutboxState, Subscriber
 from alertd.web import create_app, serve_web
 
 from digest_cases import CASES, Case, case_settings, compose_case

@@ -14,15 +14,14 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.alerts import compile_query
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import is_postgres, open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import RenderedDigest, build_environment
 from alertd.digests.render_pool import RenderBatch, RenderJob, RenderPool
 from alertd.kinds.written_question import QuestionStage, WrittenQuestion
-from alertd.mail.outbox import OutboxState
-from alertd.models import Alert, Hit, Item, Ledger, Member, Outbox, Subscriber
+from alertd.models import Alert, Hit, Item, Ledger, Member, Outbox, OutboxState, Subscriber
+from alertd.queries import compile_query
 
 NOW = datetime(2024, 9, 2, 12, 0, tzinfo=UTC)
 ZAHAWI = 4113

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.kinds.feed_item import FeedItem
@@ -26,6 +25,7 @@ from alertd.models import Feed, Item, SourceState
 from alertd.pipeline import Runtime, run_once
 from alertd.sources.feed_registry import add_feed, list_feeds
 from alertd.sources.http import shown_url
+from alertd.subscriptions import lifecycle
 from alertd.web import create_app
 from alertd.web.service import link_secret_of
 
@@ -147,7 +147,7 @@ async def test_new_items_alert_once_with_conditional_get(
     records = _records(5)
     feed_server.serve("/rss", Route(rss2(records[:3]), etag=ETAG, last_modified=MODIFIED))
     add_feed(runtime.engine, "answers", feed_server.url("/rss"))
-    alerts.subscribe(
+    lifecycle.subscribe(
         runtime.engine,
         "parent@example.org",
         records[3]["heading"].split(":")[0],
@@ -321,7 +321,7 @@ async def test_every_alert_is_a_valid_private_atom_feed(
     records = _records(4)
     feed_server.serve("/rss", Route(rss2(records[:1])))
     add_feed(runtime.engine, "answers", feed_server.url("/rss"))
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         runtime.engine,
         "parent@example.org",
         "To ask",

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, open_database, upgrade
 from alertd.errors import QueryError
@@ -32,6 +31,7 @@ from alertd.matching import AnalysedDocument, analyse, parse_query
 from alertd.matching.history import TABLE
 from alertd.matching.query import tokenize
 from alertd.models import Item
+from alertd.queries import compile_query, matching_answers, matching_ids
 from alertd.sources.feed_registry import add_feed
 
 from standin_api import load_2021_answered, load_2021_statements, load_2024_records
@@ -162,7 +162,7 @@ def history(history_url: str) -> Iterator[History]:
 def _exact(history: History, text: str, since: date) -> list[int]:
     """What the exact evaluator finds, every stored item analysed afresh, newest first."""
     with Session(history.engine) as session:
-        query = alerts.compile_query(session, text)
+        query = compile_query(session, text)
     found = [
         item
         for item, document in history.documents
@@ -220,7 +220,7 @@ def test_index_finds_what_the_exact_evaluator_finds(history: History, data: st.D
         parse_query(text)
     except QueryError:
         assume(False)
-    assert alerts.matching_ids(history.engine, text, since) == _exact(history, text, since)
+    assert matching_ids(history.engine, text, since) == _exact(history, text, since)
 
 
 @pytest.mark.parametrize(
@@ -241,11 +241,11 @@ def test_index_finds_what_the_exact_evaluator_finds(history: History, data: st.D
     ],
 )
 def test_index_agrees_on_chosen_queries(history: History, text: str) -> None:
-    assert alerts.matching_ids(history.engine, text, EARLY) == _exact(history, text, EARLY)
+    assert matching_ids(history.engine, text, EARLY) == _exact(history, text, EARLY)
 
 
 def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
-    found = alerts.matching_answers(history.engine, "zebras", EARLY)
+    found = matching_answers(history.engine, "zebras", EARLY)
     # The feed's "Zebra crossings", and the corrected answer and statement: new versions,
     # each its own item.
     assert sorted((item.kind, item.version) for item in found) == [
@@ -253,7 +253,7 @@ def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
         (Statement.name, 2),
         (WrittenQuestion.name, 2),
     ]
-    crossings = alerts.matching_answers(history.engine, 'heading:"zebra crossings"', EARLY)
+    crossings = matching_answers(history.engine, 'heading:"zebra crossings"', EARLY)
     assert [item.title for item in crossings] == ["Zebra crossings"]
     with history.engine.connect() as connection:
         indexed = connection.execute(sa.text(f"SELECT count(*) FROM {TABLE}")).scalar_one()
@@ -308,12 +308,12 @@ def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
             ),
             key=lambda i: (-i.day.toordinal(), i.id),  # type: ignore[union-attr]
         )
-        found = alerts.matching_ids(engine, word, EARLY)
+        found = matching_ids(engine, word, EARLY)
         assert found == [i.id for i in expected] and answers[0].source_id in {
             i.source_id for i in items if i.id in found
         }
         # Items stored before type: existed are indexed by their kind (migration 0008).
-        assert alerts.matching_ids(engine, f"{word} type:question", EARLY) == found
-        assert alerts.matching_ids(engine, f"{word} type:statement", EARLY) == []
+        assert matching_ids(engine, f"{word} type:question", EARLY) == found
+        assert matching_ids(engine, f"{word} type:statement", EARLY) == []
     finally:
         engine.dispose()

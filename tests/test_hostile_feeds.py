@@ -26,7 +26,6 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.cli import main as cli_main
 from alertd.config import Settings
 from alertd.errors import SourceInvalid, SourceUnavailable
@@ -36,6 +35,7 @@ from alertd.models import Feed, Item
 from alertd.pipeline import Runtime, poll_once, run_once
 from alertd.sources import http
 from alertd.sources.feed_registry import add_feed
+from alertd.subscriptions import lifecycle
 from alertd.web import create_app
 from alertd.web.service import link_secret_of
 
@@ -134,7 +134,7 @@ async def test_hostile_links_never_reach_mail_atom_or_preview(
     feed_server.serve("/rss", Route(feed_xml(["https://example.org/first"])))
     add_feed(runtime.engine, "notes", feed_server.url("/rss"))
     await run_once(runtime, now=NOW)  # the first fetch only marks what is there as seen
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         runtime.engine, "parent@example.org", WORD, "immediate", confirmed=True, now=NOW
     )
     feed_server.serve("/rss", Route(feed_xml(["https://example.org/first", *HOSTILE_LINKS])))

@@ -29,9 +29,9 @@ from alertd.digests.render_pool import RenderJob, RenderPool, render_here
 from alertd.kinds.kind import CardContext
 from alertd.kinds.written_question import WrittenQuestion
 from alertd.mail import outbox
-from alertd.mail.outbox import Claimed, OutboxState, wall_clock
+from alertd.mail.outbox import Claimed, wall_clock
 from alertd.mail.sender import drain_outbox
-from alertd.models import Hit, Item, Ledger, Outbox
+from alertd.models import Hit, Item, Ledger, Outbox, OutboxState
 
 from smtp_server import SmtpSink
 from test_digests import (

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.items import add_items
 from alertd.kinds import kind_of
 from alertd.kinds.written_question import SOURCE, parse
@@ -16,6 +15,7 @@ from alertd.matching import Document, LiveMatcher, analyse, match_new_items
 from alertd.matching.engine import indexes_of
 from alertd.matching.live import AlertRow, LiveAlert
 from alertd.models import Alert, AlertsVersion, Hit, Item, Subscriber
+from alertd.subscriptions import lifecycle
 from alertd.web import service
 
 from standin_api import load_2021_answered
@@ -77,7 +77,7 @@ def _suspend(engine: Engine, subscriber_id: int, now: datetime) -> None:
 def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> None:
     engine, matcher = db_engine, LiveMatcher()
     ids = {
-        name: alerts.subscribe(engine, f"{name}@example.org", q, "daily", confirmed=True, now=T0)
+        name: lifecycle.subscribe(engine, f"{name}@example.org", q, "daily", confirmed=True, now=T0)
         for name, q in QUERIES.items()
     }
     alert = {name: a.id or 0 for name, a in ids.items()}
@@ -90,14 +90,14 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
 
     # Between runs, other "processes": b stopped (CLI), c paused (web), e's owner suspended
     # (a bounce), d signs up unconfirmed and confirms after the next items arrived.
-    alerts.unsubscribe(engine, alert["b"], T0 + timedelta(hours=2))
+    lifecycle.stop_alert(engine, alert["b"], T0 + timedelta(hours=2))
     service.update_alert(
         engine, ids["c"].subscriber_id, alert["c"], now=T0 + timedelta(hours=2), paused=True
     )
     _suspend(engine, ids["e"].subscriber_id, T0 + timedelta(hours=2))
-    d = alerts.subscribe(engine, "d@example.org", "school", "daily", confirmed=False, now=T0)
+    d = lifecycle.subscribe(engine, "d@example.org", "school", "daily", confirmed=False, now=T0)
     _store(engine, 120, 240, T0 + timedelta(hours=3))
-    service.confirm(engine, d.id or 0, T0 + timedelta(hours=4))
+    lifecycle.confirm(engine, d.id or 0, T0 + timedelta(hours=4))
     _store(engine, 240, 360, T0 + timedelta(hours=5))
 
     expected = _expected(engine)
@@ -116,11 +116,11 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
     service.update_alert(
         engine, ids["c"].subscriber_id, alert["c"], now=T0 + timedelta(hours=6), paused=False
     )
-    assert not service.confirm(engine, alert["e"], T0 + timedelta(hours=6))  # used already
-    again = alerts.subscribe(
+    assert not lifecycle.confirm(engine, alert["e"], T0 + timedelta(hours=6))  # used already
+    again = lifecycle.subscribe(
         engine, "e@example.org", QUERIES["e"], "daily", confirmed=False, now=T0
     )
-    assert service.confirm(engine, again.id or 0, T0 + timedelta(hours=6))
+    assert lifecycle.confirm(engine, again.id or 0, T0 + timedelta(hours=6))
     _store(engine, 360, 469, T0 + timedelta(hours=7))
     expected = _expected(engine)
     got = _run(engine, matcher, T0 + timedelta(hours=7, minutes=5))
@@ -131,12 +131,14 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
 def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
     engine, matcher = db_engine, LiveMatcher()
     for n in range(5):
-        alerts.subscribe(engine, f"s{n}@example.org", f"word{n}", "daily", confirmed=True, now=T0)
+        lifecycle.subscribe(
+            engine, f"s{n}@example.org", f"word{n}", "daily", confirmed=True, now=T0
+        )
     with Session(engine) as session:
         assert matcher.refresh(session) == 5
         assert matcher.refresh(session) == 0  # nothing changed: nothing read
     stopped = list_alerts(engine)[0]
-    alerts.unsubscribe(engine, stopped.id, T0)
+    lifecycle.stop_alert(engine, stopped.id, T0)
     with Session(engine) as session:
         assert matcher.refresh(session) == 1
         version = session.exec(select(AlertsVersion.version)).one()

@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from alertd import alerts
+from alertd import queries
 from alertd.config import DatabaseSettings
 from alertd.db import alembic_config, create_db_engine, upgrade
 from alertd.items import add_items
@@ -420,7 +420,7 @@ def test_written_statements_migration_goes_down_and_up_again(database_url: str) 
         statements = [statement.parse(record) for record in load_2021_statements()]
         assert add_items(engine, "statements", statements, now=now, today=now.date()) == 10
         since = date(2021, 1, 1)
-        found = alerts.matching_ids(engine, '"hong kong" type:statement', since)
+        found = queries.matching_ids(engine, '"hong kong" type:statement', since)
         assert len(found) == 2
         command.downgrade(alembic_config(engine), "0005")
         columns = {c["name"] for c in sa.inspect(engine).get_columns("item")}
@@ -429,8 +429,8 @@ def test_written_statements_migration_goes_down_and_up_again(database_url: str) 
             indexed = connection.execute(sa.text("SELECT count(*) FROM item_index")).scalar_one()
         assert indexed == 10  # the index is rebuilt, not lost
         command.upgrade(alembic_config(engine), "head")
-        assert alerts.matching_ids(engine, '"hong kong" type:statement', since) == found
-        assert alerts.matching_ids(engine, '"hong kong" type:question', since) == []
+        assert queries.matching_ids(engine, '"hong kong" type:statement', since) == found
+        assert queries.matching_ids(engine, '"hong kong" type:question', since) == []
     finally:
         engine.dispose()
 

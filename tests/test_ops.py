@@ -16,8 +16,7 @@ from alertd.db import open_database, transaction
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
 from alertd.kinds.statement import Statement
-from alertd.mail.outbox import OutboxState
-from alertd.models import Item, Outbox, SourceState, Subscriber
+from alertd.models import Item, Outbox, OutboxState, SourceState, Subscriber
 from alertd.status import collect_status, format_status
 
 from configs import write_config as _config

@@ -21,10 +21,10 @@ from sqlmodel import Session, col, select
 
 from alertd.config import DatabaseSettings, DeliverySettings, Settings, SmtpSettings
 from alertd.db import open_database, transaction
-from alertd.mail.outbox import OutboxState, claim_due, renew_lease, wall_clock
+from alertd.mail.outbox import claim_due, renew_lease, wall_clock
 from alertd.mail.sender import DeliveryReport, DrainOptions, Sender, drain_outbox
 from alertd.mail.transports import mailer_factory
-from alertd.models import Outbox, Subscriber
+from alertd.models import Outbox, OutboxState, Subscriber
 from alertd.web import serve_web
 
 from smtp_server import SmtpSink

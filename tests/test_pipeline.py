@@ -18,15 +18,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.config import Settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.listing import list_alerts
-from alertd.mail.outbox import OutboxState
 from alertd.mail.transports import mailer_factory
-from alertd.models import Item, Ledger, Outbox, SourceState, Subscriber
+from alertd.models import Item, Ledger, Outbox, OutboxState, SourceState, Subscriber
 from alertd.pipeline import Runtime, run_once
+from alertd.subscriptions import lifecycle
 from alertd.web import serve_web
 from alertd.web.server import metrics_app
 
@@ -96,7 +95,7 @@ def _subscribe(runtime: Runtime, email: str, query: str, **kwargs: Any) -> int:
     kwargs.setdefault("frequency", "immediate")
     kwargs.setdefault("confirmed", True)
     kwargs.setdefault("now", MONDAY_EVENING - timedelta(hours=1))
-    alert = alerts.subscribe(runtime.engine, email, query, **kwargs)
+    alert = lifecycle.subscribe(runtime.engine, email, query, **kwargs)
     assert alert.id is not None
     return alert.id
 
@@ -171,7 +170,7 @@ async def test_one_answer_matching_two_alerts_is_mailed_once(runtime: Runtime) -
 async def test_unconfirmed_and_unsubscribed_alerts_get_nothing(runtime: Runtime) -> None:
     _subscribe(runtime, "pending@example.org", '"special educational needs"', confirmed=False)
     stopped = _subscribe(runtime, "gone@example.org", '"special educational needs"')
-    alerts.unsubscribe(runtime.engine, stopped, MONDAY_EVENING - timedelta(minutes=5))
+    lifecycle.stop_alert(runtime.engine, stopped, MONDAY_EVENING - timedelta(minutes=5))
     report = await run_once(runtime, now=MONDAY_EVENING)
     assert report.hits == 0 and _maildir(runtime.settings) == []
 

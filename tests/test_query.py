@@ -180,7 +180,7 @@ def test_text_with_colons_is_not_a_field() -> None:
 
 
 class Resolver:
-    """A resolver as alertd.alerts provides: known names to ids, else a QueryError."""
+    """A resolver as alertd.queries provides: known names to ids, else a QueryError."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int]] = []

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from alertd import alerts
 from alertd.cli import main
 from alertd.config import Settings
 from alertd.db import open_database
@@ -28,6 +27,7 @@ from alertd.kinds.feed_item import FEED_ITEM
 from alertd.matching.analysis import highlight_terms, parse_query
 from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Outbox
+from alertd.subscriptions import lifecycle
 
 from digest_cases import CASES, GOLDEN_DIR, NOW, RECIPIENT, case_settings, compose_case, mask
 from standin_api import load_2021_answered, load_2024_records
@@ -376,7 +376,9 @@ def test_config_refuses_header_values_with_line_breaks(
 def test_saved_queries_are_one_line(tmp_path: Path) -> None:
     engine = open_database(case_settings(tmp_path, "mixed").database)
     for query in ("schools\r\nBcc: b@example.org", "schools\nfunding"):
-        alert = alerts.subscribe(engine, "a@example.org", query, "daily", confirmed=True, now=NOW)
+        alert = lifecycle.subscribe(
+            engine, "a@example.org", query, "daily", confirmed=True, now=NOW
+        )
         assert "\n" not in alert.query and "\r" not in alert.query
     engine.dispose()
 
@@ -555,7 +557,7 @@ def _sample_config(tmp_path: Path) -> Path:
 
 def _store_recorded(tmp_path: Path, *, alert: bool) -> None:
     engine = open_database(_sample_settings(tmp_path).database)
-    alerts.subscribe(engine, RECIPIENT, "pupils", "daily", confirmed=True, now=NOW)
+    lifecycle.subscribe(engine, RECIPIENT, "pupils", "daily", confirmed=True, now=NOW)
     answered = [written_question.parse(r) for r in load_2021_answered()]
     add_items(
         engine, written_question.SOURCE, answered, now=NOW, today=NOW.date(), never_alert=not alert

@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.cli import main
 from alertd.config import DatabaseSettings, Settings
 from alertd.db import open_database
@@ -24,6 +23,7 @@ from alertd.listing import list_alerts
 from alertd.mail.transports import mailer_factory
 from alertd.models import ComposeFailure, Hit, Outbox, Subscriber
 from alertd.pipeline import Runtime, run_once
+from alertd.subscriptions import lifecycle
 
 from configs import write_config
 from smtp_server import SmtpSink
@@ -129,7 +129,7 @@ def test_a_digest_that_keeps_failing_is_counted_and_only_shown_while_it_waits(
     # Unsubscribed: nothing waits any more, so nothing needs attention.
     alert_id = list_alerts(engine)[0].id
     assert alert_id is not None
-    alerts.unsubscribe(engine, alert_id, datetime.now(UTC))
+    lifecycle.stop_alert(engine, alert_id, datetime.now(UTC))
     code, status = _status(config, capsys)
     assert code == 0, status
     engine.dispose()
@@ -189,7 +189,7 @@ def _stage_failures(runtime: Runtime) -> dict[str, float]:
 async def test_a_failing_stage_is_reported_and_the_later_stages_still_run(
     runtime: Runtime, caplog: pytest.LogCaptureFixture, table: str, stage: str
 ) -> None:
-    alerts.subscribe(
+    lifecycle.subscribe(
         runtime.engine,
         "parent@example.org",
         '"special educational needs"',

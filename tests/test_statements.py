@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.config import ParliamentSettings, Settings
 from alertd.errors import SourceInvalid, SourceUnavailable
 from alertd.items import add_items
@@ -24,6 +23,7 @@ from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
 from alertd.sources.state import PollLease
 from alertd.sources.window import WindowSource
+from alertd.subscriptions import lifecycle
 
 from standin_api import StandinApi, load_2021_statements
 
@@ -203,7 +203,7 @@ def test_a_statement_and_its_correction_first_seen_together_go_out_once_correcte
 ) -> None:
     # Both in one poll (alertd was down, or the correction came the same day): the reader
     # gets the corrected statement once, not the original without its correction.
-    alerts.subscribe(
+    lifecycle.subscribe(
         db_engine,
         "home@example.org",
         '"bn(o)" type:statement',

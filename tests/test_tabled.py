@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from alertd import alerts
 from alertd.cli import main
 from alertd.models import Ledger, Subscriber
 from alertd.pipeline import Runtime, poll_once, run_once
+from alertd.subscriptions import lifecycle
 
 from configs import write_config
 from smtp_server import SmtpSink
@@ -231,7 +231,7 @@ def runtime(standin_runtime: Callable[[StandinApi], Runtime], tabled_api: Standi
 
 def _follow(runtime: Runtime, email: str, query: str, frequency: str = "immediate") -> None:
     earlier = MONDAY_EVENING - timedelta(hours=1)
-    alerts.subscribe(runtime.engine, email, query, frequency, confirmed=True, now=earlier)
+    lifecycle.subscribe(runtime.engine, email, query, frequency, confirmed=True, now=earlier)
 
 
 def _ledger(runtime: Runtime, question_id: int) -> list[tuple[str, int]]:

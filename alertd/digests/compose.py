@@ -6,7 +6,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.utils import make_msgid
 from typing import Any
 
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from alertd.config import WEEKDAYS, DigestSettings, Settings
+from alertd.config import DigestSettings, Settings
 from alertd.db import transaction
 from alertd.digests.items import ComposeMemo, Row, build_digest
 from alertd.digests.render import RenderedDigest
@@ -33,6 +33,7 @@ from alertd.models import (
     Outbox,
     Subscriber,
 )
+from alertd.schedule import Frequency, period_start
 
 log = logging.getLogger("alertd.digests.compose")
 # Subscribers composed per transaction: fewer round trips and flushes, while a crash or a
@@ -40,27 +41,11 @@ log = logging.getLogger("alertd.digests.compose")
 CHUNK_SIZE = 200
 
 
-def period_start(frequency: str, now: datetime, settings: DigestSettings) -> datetime | None:
-    """The start of the daily or weekly period ``now`` falls in; None for immediate alerts."""
-    if frequency == "immediate":
-        return None
-    local = now.astimezone(settings.zone)
-    start = local.replace(
-        hour=settings.daily_at.hour, minute=settings.daily_at.minute, second=0, microsecond=0
-    )
-    if start > local:
-        start -= timedelta(days=1)
-    if frequency == "weekly":
-        start -= timedelta(days=(start.weekday() - WEEKDAYS.index(settings.weekly_day)) % 7)
-    # Aware arithmetic with a ZoneInfo keeps the wall-clock time across a DST change.
-    return start
-
-
 def _due(engine: Engine, settings: DigestSettings, now: datetime) -> dict[str, datetime | None]:
     due: dict[str, datetime | None] = {"immediate": None}
-    new: list[tuple[str, datetime]] = []
+    new: list[tuple[Frequency, datetime]] = []
     with Session(engine) as session:
-        for frequency in ("daily", "weekly"):
+        for frequency in (Frequency.DAILY, Frequency.WEEKLY):
             start = period_start(frequency, now, settings)
             assert start is not None
             if session.get(DigestRun, (frequency, start)) is not None:

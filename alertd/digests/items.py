@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,10 +24,9 @@ from alertd.errors import QueryError
 from alertd.kinds import KINDS, kind_of
 from alertd.kinds.kind import CardContext, KindWords
 from alertd.links import Links
-from alertd.matching import Highlights, highlight_terms, parse_query
+from alertd.matching import Highlights, followed_member, highlight_terms, parse_query
 from alertd.models import Alert, Hit, Item, Ledger, Member, Subscriber
 
-_MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
 # Distinct (item, queries, also-labels, reader) cards one run keeps; past it the memo starts
 # over.
 ITEM_MEMO_LIMIT = 20_000
@@ -146,8 +144,8 @@ def _members_named(alert: Alert) -> set[int]:
 
 def _followed(alert: Alert) -> int | None:
     """The Member id a plain member follow names; None for any other query."""
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
-    return int(follow.group(2)) if follow else None
+    follow = followed_member(alert.canonical)
+    return None if follow is None else follow.member_id
 
 
 def alert_label(session: Session, alert: Alert) -> str:
@@ -297,12 +295,11 @@ def _highlights(canonical: str) -> Highlights | None:
 
 
 def _reason(alert: Alert, label: str) -> str:
-    follow = _MEMBER_ONLY.fullmatch(alert.canonical)
+    follow = followed_member(alert.canonical)
     if follow is None:
         return describe_alert(label)
-    field = follow.group(1)
-    if field == "asker":
+    if follow.field == "asker":
         return f"you follow questions asked by {label}"
-    if field == "answerer":
+    if follow.field == "answerer":
         return f"you follow answers given by {label}"
     return describe_alert(label, member=True)

@@ -15,8 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.addresses import normalise_email
-from alertd.alerts import find_subscriber
-from alertd.config import FREQUENCIES, Settings
+from alertd.config import Settings
 from alertd.digests.compose import pending_rows
 from alertd.digests.items import Row, build_digest
 from alertd.digests.render import render_message
@@ -25,6 +24,8 @@ from alertd.errors import AlertdError, QueryError, UsageError
 from alertd.kinds import kind_of
 from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item
+from alertd.schedule import FREQUENCIES
+from alertd.subscriptions.lifecycle import find_subscriber
 
 DEFAULT_DAYS = 30
 

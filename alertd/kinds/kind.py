@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from alertd.models import Item
+from alertd.subscriptions.vocabulary import Hearing
 
 if TYPE_CHECKING:
     from alertd.config import Settings
@@ -43,14 +44,6 @@ class Document:
     def member_ids(self) -> set[int]:
         """Every Member the item names, in any role."""
         return {member_id for _, member_id in self.members}
-
-
-class Hearing(StrEnum):
-    """What an alert can hear of (Alert.notify_on): a question as it is tabled, or the
-    business itself (an answer, a statement, a feed item)."""
-
-    TABLED = "tabled"
-    ANSWERED = "answered"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from alertd.kinds.kind import (
     ApiKind,
     CardContext,
     FollowUp,
-    Hearing,
     JsonApi,
     KindWords,
     Listing,
@@ -34,6 +33,7 @@ from alertd.kinds.parliament_json import (
     safe_html,
 )
 from alertd.models import Item
+from alertd.subscriptions.vocabulary import Hearing
 
 if TYPE_CHECKING:
     from alertd.config import Settings

@@ -16,11 +16,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from alertd.config import Settings
-from alertd.db import transaction
 from alertd.errors import NotOurs, ReportUnreadable
 from alertd.mail.identity import bounced_subscriber
-from alertd.mail.outbox import OutboxKind, cancel_dead_digests, record_bounce
-from alertd.models import Outbox, Subscriber
+from alertd.models import Outbox, OutboxKind, Subscriber
+from alertd.subscriptions.lifecycle import record_bounce, suspend
 
 log = logging.getLogger("alertd.mail.bounces")
 # ARF feedback types that are a recipient's complaint (RFC 5965 §7.3); "not-spam" and
@@ -222,20 +221,11 @@ def handle_report(engine: Engine, settings: Settings, report: Report, now: datet
         if kind == OutboxKind.TRANSACTIONAL:
             # As when the server refuses one at once: says nothing about digests reaching them.
             return Outcome(subscriber_id, report.verdict, "a transactional mail: not counted")
-        count = record_bounce(engine, subscriber_id, settings.delivery, now)
+        count = record_bounce(engine, subscriber_id, settings.delivery.max_bounces, now)
         action = f"bounce counted ({count} of {settings.delivery.max_bounces} in a row)"
         return Outcome(subscriber_id, report.verdict, f"{action}; {report.detail}")
-    return Outcome(subscriber_id, report.verdict, _suspend(engine, subscriber_id, now))
-
-
-def _suspend(engine: Engine, subscriber_id: int, now: datetime) -> str:
-    with transaction(engine) as session:
-        subscriber = session.get(Subscriber, subscriber_id)
-        assert subscriber is not None
-        if subscriber.suspended_at is not None:
-            return "already suspended"
-        subscriber.suspended_at = now
-        # Digests queued or retrying for them are never sent now (as on a bounce suspension).
-        cancel_dead_digests(session, subscriber_id, now)
+    if not suspend(engine, subscriber_id, now):
+        return Outcome(subscriber_id, report.verdict, "already suspended")
     log.warning("suspended subscriber %d after an abuse complaint", subscriber_id)
-    return "suspended: no more digests until an alert is confirmed again"
+    action = "suspended: no more digests until an alert is confirmed again"
+    return Outcome(subscriber_id, report.verdict, action)

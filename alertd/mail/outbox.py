@@ -1,56 +1,22 @@
-"""The outbox as one state machine: every transition of a queued message happens here."""
+"""The outbox as one state machine: every transition of a queued message happens here, but
+the cancelling of digests nobody will receive (alertd.subscriptions.lifecycle does it)."""
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
-from alertd.models import Alert, Hit, Ledger, Outbox, Subscriber
-
-log = logging.getLogger("alertd.mail.outbox")
-
-
-class OutboxState(StrEnum):
-    """Where a queued message (a digest or a transactional mail) stands.
-
-    PENDING --claim--> SENDING --sent--> SENT
-    SENDING --temporary failure--> RETRY --claim (when due)--> SENDING
-    SENDING --permanent failure, or retried past retry_for_hours--> DEAD
-    SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
-    SENDING --lease ran out (its worker died)--> claimed again as it is
-    PENDING or RETRY --a digest none of whose alerts is live any more--> CANCELLED
-    """
-
-    PENDING = "pending"
-    SENDING = "sending"
-    RETRY = "retry"
-    SENT = "sent"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-# Waiting to be sent: what `alertd status` counts as unsent.
-UNSENT = (OutboxState.PENDING, OutboxState.RETRY)
-
-
-class OutboxKind(StrEnum):
-    """What a queued message is: a transactional mail goes before any digest, and its
-    permanent failure is no bounce of the subscriber's digests."""
-
-    DIGEST = "digest"
-    # A confirmation link or a manage link: someone is waiting for it now.
-    TRANSACTIONAL = "transactional"
+from alertd.models import Outbox, OutboxKind, OutboxState
+from alertd.subscriptions.lifecycle import clear_bounces, count_bounce
 
 
 def queued_row(
@@ -211,15 +177,6 @@ _MARK_SENT = (
         attempts=col(Outbox.attempts) + 1,
     )
 )
-# Only a subscriber who bounced before is written to: the common case writes nothing.
-_CLEAR_BOUNCES = (
-    sa.update(Subscriber)
-    .where(
-        col(Subscriber.id) == sa.bindparam("subscriber_id"),
-        col(Subscriber.consecutive_bounces) != 0,
-    )
-    .values(consecutive_bounces=0)
-)
 
 
 def renew_lease(engine: Engine, outbox_id: int, owner: str, lease_s: float) -> datetime | None:
@@ -264,7 +221,7 @@ def record_sent(engine: Engine, outbox_id: int, subscriber_id: int, now: datetim
     """Mark one message sent, at once: a crash after this never sends it again."""
     with write_connection(engine) as connection:
         connection.execute(_MARK_SENT, {"outbox_id": outbox_id, "now": now})
-        connection.execute(_CLEAR_BOUNCES, {"subscriber_id": subscriber_id})
+        clear_bounces(connection, subscriber_id)
 
 
 def record_failure(
@@ -289,77 +246,7 @@ def record_failure(
             # A refused confirmation or manage link says nothing about digests reaching
             # the subscriber (it may be a mistyped address someone else entered).
             if permanent and row.kind != OutboxKind.TRANSACTIONAL:
-                _count_bounce(session, row.subscriber_id, settings, now)
+                count_bounce(session, row.subscriber_id, settings.max_bounces, now)
         else:
             row.status = OutboxState.RETRY
             row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)
-
-
-def record_bounce(
-    engine: Engine, subscriber_id: int, settings: DeliverySettings, now: datetime
-) -> int:
-    """Count a bounce reported after sending (``alertd bounce``); the count in a row now."""
-    with transaction(engine) as session:
-        return _count_bounce(session, subscriber_id, settings, now)
-
-
-def _count_bounce(
-    session: Session, subscriber_id: int, settings: DeliverySettings, now: datetime
-) -> int:
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return 0
-    subscriber.consecutive_bounces += 1
-    if subscriber.consecutive_bounces >= settings.max_bounces and subscriber.suspended_at is None:
-        subscriber.suspended_at = now
-        log.warning("suspended %s after %d bounces", subscriber.email, settings.max_bounces)
-        cancel_dead_digests(session, subscriber_id, now)
-    return subscriber.consecutive_bounces
-
-
-def cancel_dead_digests(session: Session, subscriber_id: int, now: datetime) -> int:
-    """Cancel the subscriber's unsent digests that no longer have a live alert; how many.
-
-    Called in the transaction that stops an alert, unsubscribes or suspends: a digest
-    queued (or retrying, for up to delivery.retry_for_hours) before is then never sent.
-    A digest is live while one of its alerts is (confirmed, not stopped) and the subscriber
-    is not suspended; transactional mails (no hits) are left alone. The cancelled digest's
-    ledger rows go too: it was never sent.
-    """
-    session.flush()
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return 0
-    has_hits = sa.exists().where(col(Hit.outbox_id) == col(Outbox.id))
-    wanted = [
-        col(Outbox.subscriber_id) == subscriber_id,
-        col(Outbox.status).in_(UNSENT),
-        has_hits,
-    ]
-    if subscriber.suspended_at is None:
-        live_alert = (
-            sa.select(col(Hit.id))
-            .join(Alert, col(Alert.id) == col(Hit.alert_id))
-            .where(
-                col(Hit.outbox_id) == col(Outbox.id),
-                col(Alert.confirmed).is_(True),
-                col(Alert.unsubscribed_at).is_(None),
-            )
-        )
-        wanted.append(~live_alert.exists())
-    ids = list(session.exec(select(Outbox.id).where(*wanted).with_for_update()).all())
-    if not ids:
-        return 0
-    session.execute(
-        sa.update(Outbox)
-        .where(col(Outbox.id).in_(ids), col(Outbox.status).in_(UNSENT))
-        .values(
-            status=OutboxState.CANCELLED,
-            last_error=f"cancelled {now.isoformat()}: no live alert",
-            lease_owner=None,
-            lease_until=None,
-        )
-    )
-    session.execute(sa.delete(Ledger).where(col(Ledger.outbox_id).in_(ids)))
-    log.info("cancelled %d queued digest(s) of subscriber %d", len(ids), subscriber_id)
-    return len(ids)

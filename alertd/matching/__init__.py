@@ -16,7 +16,7 @@ from alertd.matching.engine import MatchEngine
 from alertd.matching.history import matching_item_ids
 from alertd.matching.hits import match_new_items
 from alertd.matching.live import LiveMatcher
-from alertd.matching.query import parse_canonical
+from alertd.matching.query import MemberFollow, followed_member, parse_canonical
 
 __all__ = [
     "AnalysedDocument",
@@ -24,8 +24,10 @@ __all__ = [
     "Highlights",
     "LiveMatcher",
     "MatchEngine",
+    "MemberFollow",
     "Query",
     "analyse",
+    "followed_member",
     "highlight_terms",
     "match_new_items",
     "matching_item_ids",

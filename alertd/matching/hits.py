@@ -16,6 +16,7 @@ from alertd.kinds.kind import Version
 from alertd.matching.analysis import analyse
 from alertd.matching.live import LiveAlert, LiveMatcher
 from alertd.models import Alert, Hit, Item
+from alertd.subscriptions.vocabulary import NotifyOn
 
 log = logging.getLogger("alertd.matching.hits")
 
@@ -186,7 +187,7 @@ def _follow_up_hits(
 def _hears(alert: LiveAlert, item: Item) -> bool:
     """Whether the alert hears of this version as news (a question as tabled, an answer)."""
     hearing = kind_of(item).hears(item)
-    return hearing is not None and hearing in alert.notify_on.split(",")
+    return hearing is not None and NotifyOn(alert.notify_on).hears(hearing)
 
 
 def _record_hits(

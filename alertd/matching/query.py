@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -661,3 +662,27 @@ def parse_canonical(canonical: str) -> Query:
         # Deduplicated and in make_and's order already: the AND is made as it stands.
         ands.append(children[0] if len(children) == 1 else And(tuple(children)))
     return Query(ands[0] if len(ands) == 1 else Or(tuple(ands)))
+
+
+class MemberFollow(NamedTuple):
+    """A query that follows one Member and nothing else: how (member, asker or answerer)."""
+
+    field: str
+    member_id: int
+
+
+@functools.lru_cache(maxsize=4096)
+def followed_member(canonical: str) -> MemberFollow | None:
+    """The Member a canonical query follows, when the query is that one field alone
+    (member:ID, asker:ID or answerer:ID); None for any other query, and for one that no
+    longer parses (a digest still goes out for it)."""
+    try:
+        root = parse_canonical(canonical).root
+    except QueryError:
+        return None
+    if not isinstance(root, Field) or not isinstance(root.value, int):
+        return None
+    for name in MEMBER_FIELDS:
+        if root.name == name:
+            return MemberFollow(name, root.value)
+    return None

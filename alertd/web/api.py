@@ -11,10 +11,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import Frequency
 from alertd.errors import InvalidToken, QueryError, RateLimited
 from alertd.htmltext import web_link
+from alertd.schedule import Frequency
 from alertd.sources.members import MemberHit, search_members
+from alertd.subscriptions import lifecycle
+from alertd.subscriptions.vocabulary import AlertState, Stage
 from alertd.web import service
 from alertd.web.context import Ctx, client_ip
 from alertd.web.flows import (
@@ -49,8 +51,8 @@ class AlertCreate(BaseModel):
     email: str = Field(max_length=1000, examples=["parent@example.org"])
     query: str | None = Field(default=None, max_length=1000, examples=['"special needs"'])
     member_id: int | None = Field(default=None, ge=1, le=MAX_ID, examples=[4138])
-    frequency: Frequency = "daily"
-    on: list[Literal["tabled", "answered"]] | None = Field(
+    frequency: Frequency = Frequency.DAILY
+    on: list[Stage] | None = Field(
         default=None,
         min_length=1,
         description='What to hear about: ["answered"], or ["tabled", "answered"] (questions as '
@@ -75,8 +77,9 @@ class AlertOut(BaseModel):
     id: int
     label: str
     query: str
-    frequency: str
-    status: Literal["pending", "active", "paused"]
+    frequency: Frequency
+    # The alert's own state (see service.AlertView): never SUSPENDED.
+    status: Literal[AlertState.PENDING, AlertState.ACTIVE, AlertState.PAUSED]
     created_at: datetime
     on: list[str]
 
@@ -154,7 +157,7 @@ _AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def _alert_out(view: service.AlertView) -> AlertOut:
-    fields = {**view.__dict__, "on": list(view.notify_on)}
+    fields = {**view.__dict__, "on": list(view.notify_on.stages)}
     del fields["notify_on"]
     return AlertOut(**fields)
 
@@ -237,7 +240,9 @@ async def update_alert(
 )
 async def delete_alert(ctx: Ctx, subscriber_id: Subscriber, alert_id: AlertId) -> Response:
     now = ctx.clock()
-    await run_in_threadpool(service.stop_alert, ctx.engine, subscriber_id, alert_id, now)
+    await run_in_threadpool(
+        lambda: lifecycle.stop_alert(ctx.engine, alert_id, now, subscriber_id=subscriber_id)
+    )
     return Response(status_code=204)
 
 

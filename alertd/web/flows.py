@@ -12,9 +12,8 @@ from typing import Any
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from alertd import alerts
+from alertd import queries
 from alertd.addresses import normalise_email
-from alertd.config import Frequency
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
 from alertd.kinds import kind_of
 from alertd.kinds.kind import Role, member_in, shown_name
@@ -27,7 +26,9 @@ from alertd.mail.transactional import (
     quoted_query,
 )
 from alertd.models import Item
+from alertd.schedule import Frequency, parse_frequency
 from alertd.sources.members import MemberHit, get_member, search_members
+from alertd.subscriptions.vocabulary import AlertState, NotifyOn
 from alertd.web import service
 from alertd.web.context import WebContext
 
@@ -80,9 +81,9 @@ class Checked:
     errors: dict[str, str] = field(default_factory=dict)
     email: str = ""
     query: str = ""
-    frequency: Frequency = "daily"
-    # None: the default for the kind of alert (see alerts.parse_notify_on).
-    notify_on: str | None = None
+    frequency: Frequency = Frequency.DAILY
+    # None: the default for the kind of alert (see lifecycle.default_notify_on).
+    notify_on: NotifyOn | None = None
     member: MemberHit | None = None
     candidates: list[MemberHit] = field(default_factory=list)
     # The query's canonical form (what emails show, never the text as typed).
@@ -112,7 +113,7 @@ def _check_email(fields: SignupFields, checked: Checked) -> None:
 
 def _check_frequency(fields: SignupFields, checked: Checked) -> None:
     try:
-        checked.frequency = alerts.parse_frequency(fields.frequency)
+        checked.frequency = parse_frequency(fields.frequency)
     except UsageError:
         checked.errors["frequency"] = "Choose immediate, daily or weekly"
 
@@ -121,14 +122,14 @@ def _check_on(fields: SignupFields, checked: Checked) -> None:
     if not fields.on.strip():
         return
     try:
-        checked.notify_on = alerts.parse_notify_on(fields.on, "")
+        checked.notify_on = NotifyOn.parse(fields.on)
     except UsageError:
         checked.errors["on"] = "Choose when to hear about questions: when answered, or both"
 
 
 def _compile(ctx: WebContext, text: str) -> str:
     with Session(ctx.engine) as session:
-        return alerts.compile_query(session, text).canonical
+        return queries.compile_query(session, text).canonical
 
 
 async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) -> None:
@@ -137,7 +138,7 @@ async def _check_query(ctx: WebContext, fields: SignupFields, checked: Checked) 
         checked.errors["query"] = "Enter what to follow, for example: school funding"
         return
     try:
-        alerts.check_query_words(text)
+        queries.check_query_words(text)
         checked.canonical = await run_in_threadpool(_compile, ctx, text)
     except QueryError as exc:
         checked.errors["query"] = str(exc)
@@ -240,23 +241,23 @@ def preview(ctx: WebContext, query_text: str) -> Preview:
     since: date = (ctx.clock() - timedelta(days=PREVIEW_DAYS)).date()
     # Feed items only if the operator says so: a feed's text may not be for the public, and a
     # preview answers anyone, word by word.
-    found = alerts.matching_ids(
+    found = queries.matching_ids(
         ctx.engine, query_text, since, include_feed_items=ctx.settings.web.preview_feed_items
     )
-    examples = alerts.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
+    examples = queries.load_items(ctx.engine, found[:PREVIEW_EXAMPLES])
     return Preview(len(found), PREVIEW_DAYS, tuple(Example.of(item) for item in examples))
 
 
 def too_broad(ctx: WebContext, query_text: str) -> str | None:
     """Why an alert is refused as too broad to read (as `alertd subscribe` does), or None."""
-    rate = alerts.daily_match_rate(
+    rate = queries.daily_match_rate(
         ctx.engine, query_text, include_feed_items=ctx.settings.web.preview_feed_items
     )
-    if rate <= alerts.BROAD_ALERT_PER_DAY:
+    if rate <= queries.BROAD_ALERT_PER_DAY:
         return None
     return (
         f"This alert would match about {rate:.0f} answers a day "
-        f"(more than {alerts.BROAD_ALERT_PER_DAY}): narrow it down"
+        f"(more than {queries.BROAD_ALERT_PER_DAY}): narrow it down"
     )
 
 
@@ -379,7 +380,7 @@ async def resend_confirmation(ctx: WebContext, subscriber_id: int, alert_id: int
     """
     found = await run_in_threadpool(service.subscriber_alerts, ctx.engine, subscriber_id)
     email, views = found if found is not None else ("", [])
-    if not any(view.id == alert_id and view.status == "pending" for view in views):
+    if not any(view.id == alert_id and view.status == AlertState.PENDING for view in views):
         raise NotYours(f"you have no unconfirmed alert with id {alert_id}")
     if not _check_mail_limits(ctx, ip, email):
         return False

@@ -16,13 +16,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from alertd.config import FREQUENCIES, Settings
+from alertd.config import Settings
 from alertd.digests.items import ComposeMemo
-from alertd.errors import Busy, QueryError, RateLimited
+from alertd.errors import Busy, QueryError, RateLimited, UsageError
 from alertd.kinds import kind_of
 from alertd.kinds.kind import Role, member_in, shown_name
 from alertd.models import Alert, Item
+from alertd.schedule import FREQUENCIES, parse_frequency
 from alertd.sources.members import get_member, search_members
+from alertd.subscriptions import lifecycle
+from alertd.subscriptions.vocabulary import AlertState
 from alertd.web import service
 from alertd.web.atom import recent_matches
 from alertd.web.context import Ctx, client_ip
@@ -201,7 +204,7 @@ async def confirm_page(ctx: Ctx, token: str) -> HTMLResponse:
     alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
-    if alert.status != "pending":
+    if alert.status != AlertState.PENDING:
         return _already_confirmed(ctx)
     return ctx.page("confirm.html", alert=alert, token=token)
 
@@ -218,7 +221,7 @@ async def confirm_submit(ctx: Ctx, token: str) -> HTMLResponse | RedirectRespons
     alert = await run_in_threadpool(service.pending_alert, ctx.engine, signed.id)
     if alert is None:
         return _gone(ctx)
-    done = await run_in_threadpool(service.confirm, ctx.engine, signed.id, ctx.clock())
+    done = await run_in_threadpool(lifecycle.confirm, ctx.engine, signed.id, ctx.clock())
     if not done:
         return _already_confirmed(ctx)
     subscriber_id = await run_in_threadpool(service.owner_of, ctx.engine, signed.id)
@@ -278,8 +281,9 @@ async def manage_frequency(
     ctx: Ctx, token: str, alert_id: AlertId, frequency: Annotated[str, Form()] = ""
 ) -> HTMLResponse | RedirectResponse:
     subscriber_id = (await ctx.read("manage", token)).id
-    chosen = next((f for f in FREQUENCIES if f == frequency), None)
-    if chosen is None:
+    try:
+        chosen = parse_frequency(frequency)
+    except UsageError:
         text = "Choose immediate, daily or weekly. Nothing was changed."
         return ctx.page("message.html", 422, title="Unknown frequency", text=text)
     now = ctx.clock()
@@ -341,7 +345,9 @@ async def manage_action(
     if action == "delete":
         if confirmed != "yes":
             return await _confirm_delete(ctx, token, subscriber_id, alert_id)
-        await run_in_threadpool(service.stop_alert, ctx.engine, subscriber_id, alert_id, now)
+        await run_in_threadpool(
+            lambda: lifecycle.stop_alert(ctx.engine, alert_id, now, subscriber_id=subscriber_id)
+        )
         return _back(ctx, token, "deleted")
     paused = action == "pause"
     await run_in_threadpool(
@@ -361,7 +367,7 @@ async def manage_delete_all(
     subscriber_id = (await ctx.read("manage", token)).id
     if confirmed != "yes":
         return await _confirm_delete(ctx, token, subscriber_id, None)
-    await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    await run_in_threadpool(lifecycle.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return _back(ctx, token, "deleted-all")
 
 
@@ -391,7 +397,7 @@ async def unsubscribe_page(ctx: Ctx, token: str) -> HTMLResponse:
 @router.post("/unsubscribe/{token}", summary="One-click unsubscribe (RFC 8058)")
 async def unsubscribe_submit(ctx: Ctx, token: str) -> HTMLResponse:
     subscriber_id = (await ctx.read("unsubscribe", token)).id
-    count = await run_in_threadpool(service.stop_all, ctx.engine, subscriber_id, ctx.clock())
+    count = await run_in_threadpool(lifecycle.stop_all, ctx.engine, subscriber_id, ctx.clock())
     return ctx.page("unsubscribe.html", token=token, count=count, done=True)
 
 

@@ -1,4 +1,4 @@
-"""What the web pages and API do to the database: sign up, confirm, list, pause, stop."""
+"""What the web pages and API read and write: sign-ups, alerts as shown, link secrets."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, and_, col, or_, select
 
-from alertd import alerts
+from alertd import queries
 from alertd.addresses import email_key, normalise_email
-from alertd.config import Frequency
 from alertd.db import transaction
 from alertd.digests.items import alert_label
 from alertd.errors import NotYours
 from alertd.links import SUBSCRIBER_ACTIONS, Action
-from alertd.mail.outbox import cancel_dead_digests
 from alertd.models import Alert, Subscriber
+from alertd.schedule import Frequency
+from alertd.subscriptions import lifecycle
+from alertd.subscriptions.vocabulary import AlertState, NotifyOn, alert_state
 from alertd.tokens import new_link_secret
 
-Status = Literal["pending", "active", "paused"]
 Note = Literal["limit", "duplicate"]
 
 
@@ -35,11 +35,10 @@ class AlertView:
     id: int
     label: str
     query: str
-    frequency: str
-    status: Status
+    frequency: Frequency
+    status: AlertState
     created_at: datetime
-    # The question stages it hears about: ("answered",) or ("tabled", "answered").
-    notify_on: tuple[str, ...] = ("answered",)
+    notify_on: NotifyOn = NotifyOn.ANSWERED
 
 
 @dataclass(frozen=True)
@@ -57,22 +56,20 @@ class SignupResult:
     link_secret: str
 
 
-def _status(alert: Alert) -> Status:
-    if not alert.confirmed:
-        return "pending"
-    return "paused" if alert.paused_at is not None else "active"
-
-
 def _view(session: Session, alert: Alert) -> AlertView:
     assert alert.id is not None
     return AlertView(
         id=alert.id,
         label=alert_label(session, alert),
         query=alert.query,
-        frequency=alert.frequency,
-        status=_status(alert),
+        frequency=Frequency(alert.frequency),
+        # The alert's own state: the manage page and the API have never shown its owner's
+        # suspension (the API's schema names three states).
+        status=alert_state(
+            confirmed=alert.confirmed, paused=alert.paused_at is not None, suspended=False
+        ),
         created_at=alert.created_at,
-        notify_on=tuple(alert.notify_on.split(",")),
+        notify_on=NotifyOn(alert.notify_on),
     )
 
 
@@ -157,7 +154,7 @@ def register_signup(
     max_alerts: int,
     confirm_window: timedelta,
     now: datetime,
-    notify_on: str | None = None,
+    notify_on: NotifyOn | None = None,
 ) -> SignupResult:
     """Save an unconfirmed alert unless the address is at its limit or already has it.
 
@@ -180,16 +177,12 @@ def _register(
     max_alerts: int,
     confirm_window: timedelta,
     now: datetime,
-    notify_on: str | None,
+    notify_on: NotifyOn | None,
 ) -> SignupResult:
     address = normalise_email(email)
     with transaction(engine) as session:
-        canonical = alerts.compile_query(session, query_text).canonical
-        subscriber = alerts.find_subscriber(session, address)
-        if subscriber is None:
-            subscriber = Subscriber(email=address, created_at=now)
-            session.add(subscriber)
-            session.flush()
+        canonical = queries.compile_query(session, query_text).canonical
+        subscriber = lifecycle.subscriber_of(session, address, now)
         assert subscriber.id is not None
         counted = session.exec(
             select(Alert).where(_counting(subscriber.id, now, confirm_window))
@@ -197,9 +190,8 @@ def _register(
         existing = any(alert.confirmed for alert in counted)
         same = next((a for a in counted if a.canonical == canonical), None)
         if same is not None and not same.confirmed:
-            same.frequency, same.created_at = frequency, now  # a fresh link for the same alert
-            same.notify_on = alerts.parse_notify_on(notify_on, canonical)
-            session.add(same)
+            # A fresh link for the same alert.
+            lifecycle.renew_pending(same, frequency, notify_on, now)
         note: Note | None = None
         if same is not None and same.confirmed:
             note = "duplicate"
@@ -216,7 +208,7 @@ def _register(
         )
     if same is not None or note is not None:
         return result
-    alert = alerts.subscribe(
+    alert = lifecycle.subscribe(
         engine, address, query_text, frequency, confirmed=False, now=now, notify_on=notify_on
     )
     assert alert.id is not None
@@ -244,29 +236,6 @@ def pending_alert(engine: Engine, alert_id: int) -> AlertView | None:
         return _view(session, alert)
 
 
-def confirm(engine: Engine, alert_id: int, now: datetime) -> bool:
-    """Confirm a pending alert and lift the owner's bounce suspension; False when it was
-    confirmed already (a confirmation link works once) or is gone."""
-    with transaction(engine) as session:
-        alert = session.get(Alert, alert_id, with_for_update=True)
-        if alert is None or alert.unsubscribed_at is not None or alert.confirmed:
-            return False
-        alerts.confirm_alert_row(alert, now)
-        subscriber = session.get(Subscriber, alert.subscriber_id)
-        assert subscriber is not None
-        # Following the link proves mail reaches the address again.
-        subscriber.suspended_at, subscriber.consecutive_bounces = None, 0
-        session.add_all([alert, subscriber])
-    return True
-
-
-def _owned(session: Session, subscriber_id: int, alert_id: int) -> Alert:
-    alert = session.get(Alert, alert_id)
-    if alert is None or alert.subscriber_id != subscriber_id or alert.unsubscribed_at is not None:
-        raise NotYours(f"you have no alert with id {alert_id}")
-    return alert
-
-
 def update_alert(
     engine: Engine,
     subscriber_id: int,
@@ -276,53 +245,25 @@ def update_alert(
     paused: bool | None = None,
     frequency: Frequency | None = None,
 ) -> AlertView:
-    """Pause, resume or change the frequency of one of the subscriber's alerts.
+    """Pause, resume or change the frequency of one of the subscriber's alerts; it as shown
+    now.
 
     Raises:
         NotYours: the alert is not one of the subscriber's active alerts.
     """
-    with transaction(engine) as session:
-        alert = _owned(session, subscriber_id, alert_id)
-        if paused is not None and paused != (alert.paused_at is not None):
-            alert.paused_at = now if paused else None
-        if frequency is not None:
-            alert.frequency = frequency
-        session.add(alert)
-        session.flush()
+    alert = lifecycle.change_alert(
+        engine, alert_id, now, subscriber_id=subscriber_id, paused=paused, frequency=frequency
+    )
+    with Session(engine) as session:
         return _view(session, alert)
-
-
-def stop_alert(engine: Engine, subscriber_id: int, alert_id: int, now: datetime) -> None:
-    """Delete one alert (kept on record as unsubscribed).
-
-    Raises:
-        NotYours: the alert is not one of the subscriber's active alerts.
-    """
-    with transaction(engine) as session:
-        alert = _owned(session, subscriber_id, alert_id)
-        alert.unsubscribed_at = now
-        session.add(alert)
-        cancel_dead_digests(session, subscriber_id, now)
 
 
 def stop_alert_by_id(engine: Engine, alert_id: int, now: datetime) -> AlertView | None:
-    """Stop an alert from its own link; None if it was already stopped or never existed."""
-    with transaction(engine) as session:
-        alert = session.get(Alert, alert_id)
-        if alert is None or alert.unsubscribed_at is not None:
-            return None
-        alert.unsubscribed_at = now
-        session.add(alert)
-        cancel_dead_digests(session, alert.subscriber_id, now)
+    """Stop an alert from its own link; it as shown, or None if it was already stopped or
+    never existed."""
+    try:
+        alert = lifecycle.stop_alert(engine, alert_id, now)
+    except NotYours:
+        return None
+    with Session(engine) as session:
         return _view(session, alert)
-
-
-def stop_all(engine: Engine, subscriber_id: int, now: datetime) -> int:
-    """Delete every active alert of a subscriber; how many there were."""
-    with transaction(engine) as session:
-        rows = session.exec(select(Alert).where(_active(subscriber_id))).all()
-        for alert in rows:
-            alert.unsubscribed_at = now
-            session.add(alert)
-        cancel_dead_digests(session, subscriber_id, now)
-        return len(rows)

@@ -1,77 +1,26 @@
-"""Subscribers and their alerts: validate what a person typed, then save, list, confirm, stop."""
+"""A query as a person types it: checked, its names resolved, what it finds in stored items."""
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from alertd.addresses import email_key, normalise_email
-from alertd.config import FREQUENCIES, Frequency
-from alertd.db import transaction
-from alertd.errors import QueryError, UsageError
+from alertd.errors import QueryError
 from alertd.kinds import KINDS, kind_of
 from alertd.matching import Query, matching_item_ids, parse_query
 from alertd.matching.query import MEMBER_FIELDS
-from alertd.models import Alert, Item, Member, Subscriber
+from alertd.models import Item, Member
 
-_MEMBER_FIELDS = MEMBER_FIELDS
 # Above this many matches a day over the stored history an alert is refused unless forced:
 # nobody reads such a digest (CourtListener refuses these too).
 BROAD_ALERT_PER_DAY = 30
 BREADTH_WINDOW_DAYS = 90
-
-
-# The question stages an alert can hear about (Alert.notify_on), in the order they happen.
-NOTIFY_STAGES = ("tabled", "answered")
-_FOLLOWS_ASKER = re.compile(r"(member|asker):\d+")
-
-
-def parse_notify_on(value: str | Iterable[str] | None, canonical: str) -> str:
-    """The stored form of what an alert hears about ("tabled,answered", "answered").
-
-    None gives the default: a plain follow of a Member's questions hears of them as they are
-    tabled and again when answered; any other alert, of answers.
-
-    Raises:
-        UsageError: anything but answers, or questions as tabled and their answers.
-    """
-    if value is None:
-        return "tabled,answered" if _FOLLOWS_ASKER.fullmatch(canonical) else "answered"
-    words = value.split(",") if isinstance(value, str) else list(value)
-    chosen = {word.strip().lower() for word in words if word.strip()}
-    # Told of a question as tabled, a reader is always told of its answer: no "tabled" alone.
-    if chosen not in ({"answered"}, {"tabled", "answered"}):
-        shown = ",".join(sorted(chosen)) or "nothing"
-        raise UsageError(f"--on {shown!r}: use answered, or tabled,answered")
-    return ",".join(stage for stage in NOTIFY_STAGES if stage in chosen)
-
-
-def find_subscriber(session: Session, address: str) -> Subscriber | None:
-    """The subscriber of an address in any case: Parent@Example.ORG is parent@example.org."""
-    key = email_key(address)
-    return session.exec(select(Subscriber).where(Subscriber.email_key == key)).first()
-
-
-def subscriber_email(engine: Engine, subscriber_id: int) -> str:
-    """The address of a subscriber, as first typed."""
-    with Session(engine) as session:
-        subscriber = session.get(Subscriber, subscriber_id)
-        assert subscriber is not None
-        return subscriber.email
-
-
-def parse_frequency(value: str) -> Frequency:
-    for frequency in FREQUENCIES:
-        if value == frequency:
-            return frequency
-    raise UsageError(f"unknown frequency {value!r}: use one of {', '.join(FREQUENCIES)}")
 
 
 class _DbResolver:
@@ -82,7 +31,7 @@ class _DbResolver:
 
     def __call__(self, field: str, name: str, position: int) -> int:
         wanted = " ".join(name.split()).casefold()
-        if field in _MEMBER_FIELDS:
+        if field in MEMBER_FIELDS:
             rows = self.session.exec(select(Member.id, Member.name)).all()
             known = {row_name.casefold(): row_id for row_id, row_name in rows}
         elif field == "department":
@@ -149,7 +98,7 @@ def check_query(text: str) -> list[tuple[str, str]]:
     named: list[tuple[str, str]] = []
 
     def record(field: str, name: str, position: int) -> int:
-        if field not in (*_MEMBER_FIELDS, "department"):
+        if field not in (*MEMBER_FIELDS, "department"):
             raise QueryError(f"field {field}: takes no name", position)
         named.append((field, name))
         return len(named)
@@ -164,7 +113,7 @@ def member_names(text: str) -> list[str]:
     Raises:
         QueryError: the query is malformed.
     """
-    return [name for field, name in check_query(text) if field in _MEMBER_FIELDS]
+    return [name for field, name in check_query(text) if field in MEMBER_FIELDS]
 
 
 def compile_query(session: Session, text: str) -> Query:
@@ -174,104 +123,6 @@ def compile_query(session: Session, text: str) -> Query:
         QueryError: the query is malformed or names someone unknown.
     """
     return parse_query(text, _DbResolver(session))
-
-
-def subscribe(
-    engine: Engine,
-    email: str,
-    query_text: str,
-    frequency: str,
-    *,
-    confirmed: bool,
-    now: datetime,
-    notify_on: str | Iterable[str] | None = None,
-    refuse_duplicate: bool = False,
-) -> Alert:
-    """Save an alert for an address (creating the subscriber); nothing is saved on bad input.
-
-    ``notify_on`` is what it hears about (see ``parse_notify_on``; None: the default).
-
-    Raises:
-        UsageError: a bad address, query, frequency or stage; or (``refuse_duplicate``) the
-            address already has an active alert for the same query.
-    """
-    address = normalise_email(email)
-    chosen = parse_frequency(frequency)
-    check_query_words(query_text)
-    with transaction(engine) as session:
-        query = compile_query(session, query_text)
-        stages = parse_notify_on(notify_on, query.canonical)
-        subscriber = find_subscriber(session, address)
-        if subscriber is not None and refuse_duplicate:
-            same = session.exec(
-                select(Alert.id).where(
-                    Alert.subscriber_id == subscriber.id,
-                    col(Alert.unsubscribed_at).is_(None),
-                    Alert.canonical == query.canonical,
-                )
-            ).first()
-            if same is not None:
-                raise UsageError(f"{subscriber.email} already has this alert (id {same})")
-        if subscriber is None:
-            subscriber = Subscriber(email=address, created_at=now)
-            session.add(subscriber)
-            session.flush()
-        assert subscriber.id is not None
-        alert = Alert(
-            subscriber_id=subscriber.id,
-            query=" ".join(query_text.split()),
-            canonical=query.canonical,
-            frequency=chosen,
-            created_at=now,
-            notify_on=stages,
-        )
-        if confirmed:
-            _mark_confirmed(alert, now)
-        session.add(alert)
-        session.flush()
-        return alert
-
-
-def confirm_alert_row(alert: Alert, now: datetime) -> None:
-    """Mark a loaded alert confirmed (its session saves it)."""
-    _mark_confirmed(alert, now)
-
-
-def _mark_confirmed(alert: Alert, now: datetime) -> None:
-    # Only answers that reach alertd from now on are mailed: no flood of old answers.
-    alert.confirmed = True
-    alert.confirmed_at = now
-
-
-def confirm_alert(engine: Engine, alert_id: int, now: datetime) -> Alert:
-    with transaction(engine) as session:
-        alert = _get_alert(session, alert_id)
-        if not alert.confirmed:
-            _mark_confirmed(alert, now)
-        return alert
-
-
-def unsubscribe(engine: Engine, alert_id: int, now: datetime) -> Alert:
-    """Stop an alert; it is kept (what it was sent stays on record) but never matches again.
-
-    Raises:
-        UsageError: there is no such active alert.
-    """
-    # Here, not at the top: `alertd list` and `subscribe` must not load the mail package.
-    from alertd.mail.outbox import cancel_dead_digests
-
-    with transaction(engine) as session:
-        alert = _get_alert(session, alert_id)
-        alert.unsubscribed_at = now
-        cancel_dead_digests(session, alert.subscriber_id, now)
-        return alert
-
-
-def _get_alert(session: Session, alert_id: int) -> Alert:
-    alert = session.get(Alert, alert_id)
-    if alert is None or alert.unsubscribed_at is not None:
-        raise UsageError(f"no active alert with id {alert_id}")
-    return alert
 
 
 def matching_ids(
