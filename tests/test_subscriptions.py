@@ -14,12 +14,12 @@ from sqlmodel import Session, select
 
 from alertd.db import transaction
 from alertd.errors import NotYours, UsageError
+from alertd.kinds.written_question import WrittenQuestion
 from alertd.matching import MemberFollow, followed_member
 from alertd.models import (
     Alert,
     Hit,
     Item,
-    ItemKind,
     Ledger,
     Outbox,
     OutboxState,
@@ -43,12 +43,13 @@ def _queue_digest(engine: Engine, alert: Alert, number: int) -> int:
     assert alert.id is not None
     with transaction(engine) as session:
         item = Item(
-            kind=ItemKind.WRITTEN_QUESTION,
+            kind=WrittenQuestion.name,
+            stage="answer",
             source="parliament",
             source_id=f"{alert.id}-{number}",
             version=1,
             version_key="1",
-            heading="School meals",
+            title="School meals",
             url="https://questions.example/1",
             ingested_at=NOW,
             matched_at=NOW,
