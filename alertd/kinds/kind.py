@@ -77,11 +77,6 @@ class MemberRef:
         )
 
 
-def item_members(item: Item) -> list[MemberRef]:
-    """The Members an item names, in the order its kind gave them."""
-    return [MemberRef.from_json(member) for member in item.members or ()]
-
-
 def member_in(item: Item, role: str) -> MemberRef | None:
     """The first Member in this role, if any."""
     for member in item.members or ():
