@@ -143,7 +143,7 @@ def test_list_on_an_up_to_date_sqlite_file_imports_no_sqlalchemy(cli_env: dict[s
 def test_the_daemon_command_still_imports_what_it_runs(cli_env: dict[str, str]) -> None:
     # The probe would see these modules if a command imported them (it is not blind).
     imported = _imported(["status"], cli_env)
-    assert "alertd.status" in imported and "alertd.sources.source" in imported
+    assert "alertd.status" in imported and "alertd.kinds.written_question" in imported
 
 
 def test_the_help_lists_the_frequencies_settings_accept(
