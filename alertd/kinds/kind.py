@@ -295,6 +295,11 @@ class Kind:
     # The group of a digest's section its cards are shown in, by title; "" for the first,
     # untitled group. Each group shows at most digest.max_per_alert items.
     digest_group: ClassVar[str] = ""
+    # What an item shown inside another's card (grouped()) is: False, one piece of business
+    # with it (questions answered together: counted once, grouped whichever alerts found
+    # them); True, an item of its own shown beside others (a debate's contributions): each
+    # is counted, and only items shown under the same alert are grouped.
+    grouped_items_count: ClassVar[bool] = False
 
     # --- storing ---------------------------------------------------------------------------
 
@@ -368,8 +373,8 @@ class Kind:
         raise NotImplementedError
 
     def grouped(self, items: Sequence[Item]) -> dict[int, list[Item]]:
-        """Items of a digest shown inside another's card (by that one's id); the rest of
-        ``items`` stand alone."""
+        """Items of a digest (or of one alert's section: ``grouped_items_count``) shown
+        inside another's card (by that one's id); the rest of ``items`` stand alone."""
         return {}
 
 
