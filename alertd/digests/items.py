@@ -26,9 +26,11 @@ from alertd.kinds import KINDS, kind_of
 from alertd.kinds.kind import CardContext, KindWords
 from alertd.links import Links
 from alertd.matching import Highlights, highlight_terms, parse_query
+from alertd.matching.query import MEMBER_FIELDS
 from alertd.models import Alert, Hit, Item, Ledger, Member, Subscriber
 
-_MEMBER_ONLY = re.compile(r"(member|asker|answerer):(\d+)")
+# A plain follow of a Member: member:ID, or one of their roles (asker:ID, speaker:ID).
+_MEMBER_ONLY = re.compile(rf"({'|'.join(MEMBER_FIELDS)}):(\d+)")
 # Distinct (item, queries, also-labels, reader) cards one run keeps; past it the memo starts
 # over.
 ITEM_MEMO_LIMIT = 20_000
