@@ -322,12 +322,16 @@ class Settings(_Section):
     feeds: tuple[FeedConfig, ...] = ()
     statements: StatementsSettings = StatementsSettings()
 
+    def as_parliament(self, enabled: bool | None) -> bool:
+        """Whether a source of Parliament's business whose ``enabled`` is unset follows
+        ``parliament.enabled`` (turning Parliament off runs alertd on feeds alone)."""
+        return self.parliament.enabled if enabled is None else enabled
+
     @property
     def polls_statements(self) -> bool:
         """Whether the written statements are polled: ``statements.enabled``, else as
         ``parliament.enabled``."""
-        enabled = self.statements.enabled
-        return self.parliament.enabled if enabled is None else enabled
+        return self.as_parliament(self.statements.enabled)
 
 
 def load_settings(

@@ -219,6 +219,15 @@ class FollowUp:
 FRESH = FollowUp()
 
 
+def correction_follow_up(item: Item, earlier: Sequence[Version]) -> FollowUp:
+    """A corrected version goes to those sent an earlier one, and to nobody else, as a
+    corrected answer does; a first sight of a corrected one is fresh."""
+    told = tuple(v.id for v in earlier if v.matched)
+    if item.version == 1 or item.corrected_on is None or not told:
+        return FRESH
+    return FollowUp(told, only=True)
+
+
 @dataclass(frozen=True)
 class Summary:
     """An item in one line or two: the "more" page, previews, the Atom feed."""
