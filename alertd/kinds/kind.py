@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 
 class Role(StrEnum):
-    """What a Member did in an item; each is also a query field (``asker:4138``), and
-    ``member:`` matches a Member in any role."""
+    """What a Member did in an item; each is also a query field (``asker:4138``,
+    ``speaker:185``), and ``member:`` matches a Member in any role."""
 
     ASKER = "asker"
     ANSWERER = "answerer"
+    # Who said something in a debate.
+    SPEAKER = "speaker"
 
 
 @dataclass(frozen=True)
