@@ -20,10 +20,10 @@ from sqlmodel import Session, col, select
 
 from alertd import alerts
 from alertd.backfill import backfill
-from alertd.config import Settings
+from alertd.config import Settings, load_settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
-from alertd.errors import SourceInvalid, SourceUnavailable
+from alertd.errors import ConfigError, SourceInvalid, SourceUnavailable
 from alertd.items import add_items
 from alertd.kinds import KINDS, kind_of
 from alertd.kinds.kind import Role
@@ -625,3 +625,17 @@ def test_the_kind_is_registered_as_a_polled_api_kind() -> None:
         {"parliament": {"enabled": False}, "hansard": {"enabled": True}}
     )
     assert KIND.poll_settings(alone) == (60, 3)
+
+
+def test_hansard_settings_come_from_the_environment_too() -> None:
+    environ = {
+        "ALERTD_HANSARD__BASE_URL": "http://127.0.0.1:9/",
+        "ALERTD_HANSARD__POLL_INTERVAL_MINUTES": "15",
+        "ALERTD_HANSARD__ENABLED": "false",
+    }
+    settings = load_settings(None, environ)
+    assert settings.hansard.base_url == "http://127.0.0.1:9/"
+    assert settings.hansard.poll_interval_minutes == 15
+    assert KIND.poll_settings(settings) is None
+    with pytest.raises(ConfigError, match="hansard.base_url .environment ALERTD_HANSARD__BASE_URL"):
+        load_settings(None, {"ALERTD_HANSARD__BASE_URL": "ftp://hansard"})
