@@ -51,7 +51,10 @@ class BackfillTotals:
     stored: tuple[tuple[str, int], ...]
 
     def __str__(self) -> str:
-        return " and ".join(f"{count} {words}" for words, count in self.stored)
+        counts = [f"{count} {words}" for words, count in self.stored]
+        if not counts:
+            return "nothing (no Parliament source is switched on)"
+        return " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
 
 
 ProgressCallback = Callable[[DayDone], None]
@@ -105,7 +108,8 @@ async def backfill(
     retry_base_s: float = 2.0,
 ) -> BackfillTotals:
     """Store what was done on each day from ``first`` to ``last`` (answers given, written
-    statements made: each kind polled from Parliament's APIs); return how many were new.
+    statements made, what was said in debates: each kind polled from Parliament's APIs that
+    is switched on); return how many were new.
 
     One request at a time; 429 and 5xx are retried with exponential backoff. Each day's
     part of each kind is committed and recorded as done before the next starts, so an
@@ -117,7 +121,9 @@ async def backfill(
         SourceInvalid: the API answered something unusable.
     """
     polite = settings.parliament.model_copy(update={"detail_concurrency": 1})
-    kinds = api_kinds()
+    # The kinds switched on, as the poll has them: a source turned off is not asked for its
+    # past either.
+    kinds = [kind for kind in api_kinds() if kind.poll_settings(settings) is not None]
     done = {
         kind.name: await asyncio.to_thread(days_done, engine, first, last, kind.source)
         for kind in kinds

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     back = commands.add_parser(
-        "backfill", parents=[common], help="load past answers and statements, no alerts"
+        "backfill", parents=[common], help="load past answers, statements and debates, no alerts"
     )
     back.add_argument("--from", dest="first", required=True, type=_date_arg, metavar="YYYY-MM-DD")
     back.add_argument("--to", dest="last", type=_date_arg, metavar="YYYY-MM-DD")

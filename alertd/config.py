@@ -96,6 +96,21 @@ class StatementsSettings(_Section):
     poll_interval_minutes: int = Field(default=60, ge=1)
 
 
+class HansardSettings(_Section):
+    """What is said in debates, from the Hansard API (the look-back and fetch bounds are
+    parliament's)."""
+
+    # Unset: as parliament.enabled (turning Parliament off runs alertd on feeds alone).
+    enabled: bool | None = None
+    base_url: str = "https://hansard-api.parliament.uk"
+    poll_interval_minutes: int = Field(default=60, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return http_url(url)
+
+
 class MailSettings(_Section):
     from_address: str = Field(default="alerts@localhost", alias="from")
     from_name: str = "alertd"
@@ -318,13 +333,18 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     feeds: tuple[FeedConfig, ...] = ()
     statements: StatementsSettings = StatementsSettings()
+    hansard: HansardSettings = HansardSettings()
+
+    def as_parliament(self, enabled: bool | None) -> bool:
+        """Whether a source of Parliament's business whose ``enabled`` is unset follows
+        ``parliament.enabled`` (turning Parliament off runs alertd on feeds alone)."""
+        return self.parliament.enabled if enabled is None else enabled
 
     @property
     def polls_statements(self) -> bool:
         """Whether the written statements are polled: ``statements.enabled``, else as
         ``parliament.enabled``."""
-        enabled = self.statements.enabled
-        return self.parliament.enabled if enabled is None else enabled
+        return self.as_parliament(self.statements.enabled)
 
 
 def load_settings(

@@ -36,6 +36,8 @@ def write_config(
         },
         # Members named only by id are looked up in the stand-in, never the real API.
         "members": {"base_url": standin.base_url},
+        # Hansard is polled only where a test serves it (test_hansard), never the real API.
+        "hansard": {"enabled": False},
         "mail": {"maildir": f"{tmp_path}/mail", "from": "alerts@alertd.test"},
         # `alertd run` serves the web app too: any free port, so tests never collide.
         "web": {"port": 0},

@@ -69,6 +69,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "mail": {"maildir": str(tmp_path / "mail"), "from": "alerts@alertd.test"},
             "web": {"base_url": "http://localhost:8000", "secret_key": "test-secret"},
             "parliament": {"timeout_s": 5.0},
+            # Hansard is polled only where a test serves it (test_hansard), never the real API.
+            "hansard": {"enabled": False},
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)

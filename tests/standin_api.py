@@ -817,11 +817,7 @@ class StandinApi:
         route = _route(parts.path)
         with self._lock:
             self._requests.append((handler.command, handler.path))
-        skip: int | None = None
-        if route in ("list", "statements"):
-            with contextlib.suppress(ValueError):
-                skip = _int_param(params, "skip", 0)
-        rule = self._take_fault(route, parts.path, skip)
+        rule = self._take_fault(route, parts.path, self._listing_skip(route, parts.path, params))
         if rule is not None and rule.kind == "delay":
             self._stopping.wait(rule.seconds if rule.seconds is not None else 1.0)
             rule = None
@@ -830,6 +826,13 @@ class StandinApi:
             handler.send_body(response)
         else:
             self._apply_fault(handler, rule, response)
+
+    def _listing_skip(self, route: Route, path: str, params: Params) -> int | None:
+        """The ``skip`` of a listing request (questions or statements), for faults by page."""
+        if route in ("list", "statements"):
+            with contextlib.suppress(ValueError):
+                return _int_param(params, "skip", 0)
+        return None
 
     def _apply_fault(self, handler: _Handler, rule: FaultRule, response: _Response) -> None:
         if isinstance(rule.kind, int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import sqlalchemy as sa
@@ -174,20 +174,20 @@ def build_digest(
     manage_url = links.url(links.manage_path(subscriber.id, secret))
     labels = memo.labels(session, (row.alert for row in rows))
     told = _told_on(session, subscriber.id, [row.item for row in rows])
-    order, shown, totals, kinds = _group(rows, labels, memo, told)
+    tally = _group(rows, labels, memo, told)
     sections = []
-    for alert in order:
+    for alert in tally.order:
         assert alert.id is not None
         sections.append(
             DigestSection(
                 label=labels[alert.id],
                 stop_url=links.url(links.stop_path(alert.id, secret)),
-                items=tuple(shown[alert.id]),
-                total=totals[alert.id],
+                items=tuple(tally.shown[alert.id]),
+                total=tally.totals[alert.id],
                 reason=_reason(alert, labels[alert.id]),
                 more_url=links.url(links.more_path(alert.id, secret)),
                 feed_url=links.url(links.feed_path(alert.id, secret)),
-                kind_totals=tuple(kinds[alert.id].items()),
+                kind_totals=tuple(tally.kinds[alert.id].items()),
             )
         )
     return Digest(
@@ -224,14 +224,37 @@ def _told_on(
 
 
 def _grouped(rows: list[Row]) -> dict[int, list[Item]]:
-    """Items shown inside another's card (by that one's id), as each kind groups them."""
-    by_kind: dict[str, list[Item]] = defaultdict(list)
+    """Items shown inside another's card (by that one's id), as each kind groups them: over
+    the whole digest, or within the alert each is shown under (Kind.grouped_items_count)."""
+    by_scope: dict[tuple[str, int | None], list[Item]] = defaultdict(list)
+    first_alert: dict[int | None, int | None] = {}
     for row in rows:
-        by_kind[row.item.kind].append(row.item)
+        shown_under = first_alert.setdefault(row.item.id, row.alert.id)
+        scope = shown_under if KINDS[row.item.kind].grouped_items_count else None
+        by_scope[row.item.kind, scope].append(row.item)
     heads: dict[int, list[Item]] = {}
-    for name, items in by_kind.items():
+    for (name, _), items in by_scope.items():
         heads.update(KINDS[name].grouped(items))
     return heads
+
+
+@dataclass
+class _Tally:
+    """What each alert of a digest shows and counts, as ``_group`` finds it."""
+
+    # The alerts in order; the cards each shows; how many items each has (shown or not),
+    # and how many of each kind's words.
+    order: list[Alert] = field(default_factory=list)
+    shown: dict[int, list[DigestItem]] = field(default_factory=lambda: defaultdict(list))
+    totals: Counter[int] = field(default_factory=Counter)
+    kinds: dict[int, Counter[KindWords]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def count(self, alert: Alert, words: KindWords) -> None:
+        assert alert.id is not None
+        if alert.id not in self.totals:
+            self.order.append(alert)
+        self.totals[alert.id] += 1
+        self.kinds[alert.id][words] += 1
 
 
 def _group(
@@ -239,13 +262,14 @@ def _group(
     labels: dict[int | None, str],
     memo: ComposeMemo,
     told: dict[tuple[str, str], date] | None = None,
-) -> tuple[list[Alert], dict[int, list[DigestItem]], Counter[int], dict[int, Counter[KindWords]]]:
+) -> _Tally:
     """The alerts in order, the items each shows, how many items each has and how many of
     each kind's words.
 
     An item is counted only under its first alert; only those shown are built, at most
     digest.max_per_alert of each group (many answers never hide an alert's statements).
-    Items grouped into another's card (questions answered together) are not shown alone.
+    Items grouped into another's card (questions answered together) are not shown alone,
+    and counted only when their kind says so (a debate's contributions).
     """
     told = told or {}
     groups = _grouped(rows)
@@ -256,24 +280,20 @@ def _group(
         alerts_of[row.item.id].append(row.alert)
     limit = memo.settings.digest.max_per_alert
     placed: set[int] = set()
-    shown: dict[int, list[DigestItem]] = defaultdict(list)
-    totals: Counter[int] = Counter()
+    tally = _Tally()
     per_group: dict[int, Counter[str]] = defaultdict(Counter)
-    order: list[Alert] = []
-    kinds: dict[int, Counter[KindWords]] = defaultdict(Counter)
     for row in rows:
         item, alert_id = row.item, row.alert.id
         assert item.id is not None and alert_id is not None
-        if item.id in placed or item.id in grouped:
+        kind = kind_of(item)
+        if item.id in placed or (item.id in grouped and not kind.grouped_items_count):
             continue
         placed.add(item.id)
-        if alert_id not in totals:
-            order.append(row.alert)
-        totals[alert_id] += 1
-        kind = kind_of(item)
         told_on = told.get((item.source, item.source_id))
         # What the digest calls it, counted whether shown or not.
-        kinds[alert_id][kind.words(item, told_on)] += 1
+        tally.count(row.alert, kind.words(item, told_on))
+        if item.id in grouped:
+            continue  # shown inside another's card, under the same alert
         per_group[alert_id][kind.digest_group] += 1
         if per_group[alert_id][kind.digest_group] > limit:
             continue
@@ -283,8 +303,8 @@ def _group(
         )
         queries = frozenset(a.canonical for a in matched)
         inside = tuple(groups.get(item.id, ()))
-        shown[alert_id].append(memo.item(item, others, queries, told_on, inside))
-    return order, shown, totals, kinds
+        tally.shown[alert_id].append(memo.item(item, others, queries, told_on, inside))
+    return tally
 
 
 def _highlights(canonical: str) -> Highlights | None:

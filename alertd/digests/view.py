@@ -21,7 +21,9 @@ class Block:
     """A titled part of a card: a question, an excerpt of an answer, a list of questions.
 
     ``marks`` are the (start, end) ranges of ``text`` that the alert's query looks for;
-    ``lines`` make it a list instead; ``quoted`` sets it apart as the reply to what is above.
+    ``lines`` make it a list instead; ``quoted`` sets it apart as the reply to what is above;
+    ``url`` is its own official page, for a block that is an item of its own (one speech of a
+    debate).
     """
 
     label: str
@@ -29,6 +31,7 @@ class Block:
     marks: tuple[Span, ...] = ()
     lines: tuple[str, ...] = ()
     quoted: bool = False
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class DigestItem:
     # Its whole text as HTML from outside (an answer, a statement, a feed item's summary):
     # sanitised again whenever a template shows it (body_markup).
     body_html: str = ""
+    # How many of the section's items the card stands for: more than one when they are
+    # counted apart but shown together (a debate's contributions, Kind.grouped_items_count).
+    item_count: int = 1
 
     @property
     def body_markup(self) -> Markup:
@@ -116,7 +122,7 @@ class DigestSection:
     @property
     def hidden(self) -> int:
         """How many of the alert's answers this digest does not show."""
-        return max(self.total - len(self.items), 0)
+        return max(self.total - sum(item.item_count for item in self.items), 0)
 
     @property
     def kinds(self) -> tuple[tuple[KindWords, int], ...]:
@@ -125,7 +131,7 @@ class DigestSection:
             return self.kind_totals
         counts: dict[KindWords, int] = {}
         for item in self.items:
-            counts[item.words] = counts.get(item.words, 0) + 1
+            counts[item.words] = counts.get(item.words, 0) + item.item_count
         if self.hidden and self.items:
             counts[self.items[0].words] += self.hidden
         return tuple(counts.items())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from alertd.kinds.feed_item import FeedItem
 from alertd.kinds.kind import ApiKind, Kind
+from alertd.kinds.spoken_contribution import SpokenContribution
 from alertd.kinds.statement import Statement
 from alertd.kinds.written_question import WrittenQuestion
 from alertd.models import Item
 
 # A new kind is its module and one entry here.
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (WrittenQuestion(), Statement(), FeedItem())}
+KINDS: dict[str, Kind] = {
+    kind.name: kind for kind in (WrittenQuestion(), Statement(), SpokenContribution(), FeedItem())
+}
 
 
 def kind_of(item: Item) -> Kind:

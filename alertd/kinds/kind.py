@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 
 
 class Role(StrEnum):
-    """What a Member did in an item; each is also a query field (``asker:4138``), and
-    ``member:`` matches a Member in any role."""
+    """What a Member did in an item; each is also a query field (``asker:4138``,
+    ``speaker:185``), and ``member:`` matches a Member in any role."""
 
     ASKER = "asker"
     ANSWERER = "answerer"
+    # Who said something in a debate.
+    SPEAKER = "speaker"
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,15 @@ class FollowUp:
 FRESH = FollowUp()
 
 
+def correction_follow_up(item: Item, earlier: Sequence[Version]) -> FollowUp:
+    """A corrected version goes to those sent an earlier one, and to nobody else, as a
+    corrected answer does; a first sight of a corrected one is fresh."""
+    told = tuple(v.id for v in earlier if v.matched)
+    if item.version == 1 or item.corrected_on is None or not told:
+        return FRESH
+    return FollowUp(told, only=True)
+
+
 @dataclass(frozen=True)
 class Summary:
     """An item in one line or two: the "more" page, previews, the Atom feed."""
@@ -283,6 +294,11 @@ class Kind:
     # The group of a digest's section its cards are shown in, by title; "" for the first,
     # untitled group. Each group shows at most digest.max_per_alert items.
     digest_group: ClassVar[str] = ""
+    # What an item shown inside another's card (grouped()) is: False, one piece of business
+    # with it (questions answered together: counted once, grouped whichever alerts found
+    # them); True, an item of its own shown beside others (a debate's contributions): each
+    # is counted, and only items shown under the same alert are grouped.
+    grouped_items_count: ClassVar[bool] = False
 
     # --- storing ---------------------------------------------------------------------------
 
@@ -356,8 +372,8 @@ class Kind:
         raise NotImplementedError
 
     def grouped(self, items: Sequence[Item]) -> dict[int, list[Item]]:
-        """Items of a digest shown inside another's card (by that one's id); the rest of
-        ``items`` stand alone."""
+        """Items of a digest (or of one alert's section: ``grouped_items_count``) shown
+        inside another's card (by that one's id); the rest of ``items`` stand alone."""
         return {}
 
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from alertd.errors import SourceInvalid
 from alertd.kinds.kind import (
-    FRESH,
     ApiKind,
     CardContext,
     FollowUp,
@@ -25,6 +24,7 @@ from alertd.kinds.kind import (
     StoredVersions,
     Summary,
     Version,
+    correction_follow_up,
     member_in,
     shown_name,
 )
@@ -240,12 +240,7 @@ class Statement(ApiKind):
     # --- matching --------------------------------------------------------------------------
 
     def follow_up(self, item: Item, earlier: Sequence[Version]) -> FollowUp:
-        # A corrected statement goes, as a corrected answer does, to those sent the original
-        # (a first sight of a corrected one is fresh).
-        told = tuple(v.id for v in earlier if v.matched)
-        if item.version == 1 or item.corrected_on is None or not told:
-            return FRESH
-        return FollowUp(told, only=True)
+        return correction_follow_up(item, earlier)
 
     # --- showing ---------------------------------------------------------------------------
 

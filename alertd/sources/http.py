@@ -355,4 +355,9 @@ def json_body(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise answer_error(response, f"GET {response.url} returned broken JSON: {exc}") from exc
+        if "html" in response.headers.get("content-type", "").lower():
+            # An API answers a path it does not know with a web page, some with status 200.
+            message = f"GET {response.url} returned an HTML page, not JSON (is the path right?)"
+        else:
+            message = f"GET {response.url} returned broken JSON: {exc}"
+        raise answer_error(response, message) from exc
