@@ -22,6 +22,9 @@ from alertd.db import alembic_config, create_db_engine, open_database, upgrade
 from alertd.matching.history import outside_models
 from alertd.revisions import head_revision
 
+# Migrations and start-up on new databases: these migrate for real, never from a template.
+pytestmark = pytest.mark.migrations
+
 
 def _schema_drift(engine: Engine) -> list[object]:
     with engine.connect() as connection:

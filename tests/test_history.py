@@ -244,6 +244,7 @@ def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
     assert indexed == len(history.documents)
 
 
+@pytest.mark.migrations
 def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
     engine = create_db_engine(DatabaseSettings(url=database_url))
     try:
