@@ -19,6 +19,7 @@ from alertd.cli import main
 from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
+from waiting import wait_until
 
 # End-to-end: real processes, an SMTP server and timeouts.
 pytestmark = pytest.mark.slow
@@ -43,14 +44,6 @@ def _outbox_statuses(database: Path) -> list[str]:
         return [status for (status,) in connection.execute("SELECT status FROM outbox")]
 
 
-def _wait_until(condition: object, timeout_s: float, what: str) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     tmp_path: Path, standin_api: StandinApi, smtp_sink: SmtpSink
 ) -> None:
@@ -66,7 +59,7 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
-    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
     time.sleep(0.5)  # the message is on its way: the server sits on the end of DATA
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -100,7 +93,7 @@ def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
     )
     standin_api.fail_next("list", "hang", count=None, seconds=120)
     process = _start(config, *(["--once"] if once else []))
-    _wait_until(lambda: standin_api.requests, 60, "the poll to start")
+    wait_until(lambda: standin_api.requests, 60, "the poll to start")
     time.sleep(0.5)
     signalled = time.monotonic()
     process.send_signal(signum)
@@ -130,7 +123,7 @@ def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
     smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
-    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
