@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,9 +40,23 @@ def _start(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([_alertd(), "run", *args], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _outbox_statuses(database: Path) -> list[str]:
+def _outbox_column(database: Path, column: str) -> list[str]:
     with sqlite3.connect(database) as connection:
-        return [status for (status,) in connection.execute("SELECT status FROM outbox")]
+        return [value for (value,) in connection.execute(f"SELECT {column} FROM outbox")]
+
+
+def _outbox_statuses(database: Path) -> list[str]:
+    return _outbox_column(database, "status")
+
+
+def _lease_end(database: Path) -> datetime:
+    """The end of the one outbox row's lease (stored as naive UTC)."""
+    [until] = _outbox_column(database, "lease_until")
+    return datetime.fromisoformat(until).replace(tzinfo=UTC)
+
+
+def _wait_past(moment: datetime, what: str) -> None:
+    wait_until(lambda: datetime.now(UTC) > moment, 30, what)
 
 
 def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
@@ -56,11 +71,13 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     )
     args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
     assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
-    smtp_sink.stall_next("data", SLOW_DATA_S)
+    stalled = smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
     wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
-    time.sleep(0.5)  # the message is on its way: the server sits on the end of DATA
+    # The message is on its way: the server sits on the end of DATA.
+    wait_until(lambda: stalled.hits, 60, "the message's DATA")
+    lease_end = _lease_end(database)  # no renewal once the message is on its way
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
@@ -72,7 +89,7 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     assert _outbox_statuses(database) == ["sent"]
     assert len(smtp_sink.messages) >= 1
     # The next run, after the lease would have run out, has nothing to send again.
-    time.sleep(1.5)
+    _wait_past(lease_end, "the lease to run out")
     process = _start(config, "--once")
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
@@ -91,10 +108,10 @@ def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
     config = write_config(
         tmp_path, standin_api, parliament={"timeout_s": 60.0}, delivery={"shutdown_timeout_s": 30.0}
     )
-    standin_api.fail_next("list", "hang", count=None, seconds=120)
+    hanging = standin_api.fail_next("list", "hang", count=None, seconds=120)
     process = _start(config, *(["--once"] if once else []))
     wait_until(lambda: standin_api.requests, 60, "the poll to start")
-    time.sleep(0.5)
+    wait_until(lambda: hanging.hits, 60, "the poll to hang")
     signalled = time.monotonic()
     process.send_signal(signum)
     _, err = process.communicate(timeout=40)
@@ -134,7 +151,7 @@ def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
     assert "did not finish within 1s: cancelled" in err
     # Cut off mid-send: the row is still leased, and is sent by a later run (at least once).
     assert _outbox_statuses(database) == ["sending"]
-    time.sleep(SLOW_DATA_S)
+    _wait_past(_lease_end(database), "the lease to run out")
     process = _start(config, "--once")
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
