@@ -12,6 +12,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
@@ -77,6 +78,9 @@ class SqliteTemplate:
         return True
 
 
+DROPS_AT_ONCE = 8
+
+
 class PostgresDatabases:
     """Databases for tests on one PostgreSQL server: a template migrated once per session,
     and copies of it made (CREATE DATABASE ... TEMPLATE) and dropped in a background
@@ -84,15 +88,25 @@ class PostgresDatabases:
 
     def __init__(self, server_url: str) -> None:
         self.server = sa.make_url(server_url)
-        self.admin = sa.create_engine(self.server, isolation_level="AUTOCOMMIT")
+        self.admin = sa.create_engine(
+            self.server,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"options": "-c synchronous_commit=off"},
+            poolclass=NullPool,  # a connection per statement: as many as threads at once
+        )
         session = uuid.uuid4().hex[:8]
         # Named after the migrations (never one built from others) and this session (other
         # sessions on the same server have their own).
         self.key = migrations_key()
         self.template = f"alertd_tmpl_{self.key}_{session}"
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-databases")
+        # Creating and dropping in threads of their own: a drop (which makes the server
+        # write a checkpoint) never holds up the copy the next test waits for. Drops run a
+        # few at a time: drops waiting together share one checkpoint.
+        self._creating = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-create")
+        self._dropping = ThreadPoolExecutor(max_workers=DROPS_AT_ONCE, thread_name_prefix="pg-drop")
         self._ahead: deque[Future[str]] = deque()
         self._drops: list[Future[str]] = []
+        self._filled: dict[str, str] = {}  # what a template was filled with: its name
         self._execute(f'CREATE DATABASE "{self.template}"')
         try:
             _migrate(self.url(self.template))
@@ -107,14 +121,13 @@ class PostgresDatabases:
         with self.admin.connect() as connection:
             connection.exec_driver_sql(statement)
 
-    def _create(self, template: str | None) -> str:
-        name = f"alertd_test_{uuid.uuid4().hex[:12]}"
+    def _create(self, template: str | None, name: str | None = None) -> str:
+        name = name or f"alertd_test_{uuid.uuid4().hex[:12]}"
         clause = f' TEMPLATE "{template}"' if template else ""
         self._execute(f'CREATE DATABASE "{name}"{clause}')
+        # Commits need not wait for the disk: nothing here outlives a crash of the server.
+        self._execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         return name
-
-    def _submit(self, work: Callable[[], str]) -> Future[str]:
-        return self._worker.submit(work)
 
     def migrated(self) -> str:
         """The name of a new database copied from the template (at the newest migration)."""
@@ -123,18 +136,39 @@ class PostgresDatabases:
             _migrate(self.url(name))
             return name
         if not self._ahead:
-            self._ahead.append(self._submit(lambda: self._create(self.template)))
+            self._ahead.append(self._creating.submit(self._create, self.template))
         name = self._ahead.popleft().result()
-        self._ahead.append(self._submit(lambda: self._create(self.template)))
+        self._ahead.append(self._creating.submit(self._create, self.template))
         return name
 
     def empty(self) -> str:
         """The name of a new, empty database (for tests of the migrations themselves)."""
-        return self._submit(lambda: self._create(None)).result()
+        return self._create(None)
+
+    def filled(self, what: str, fill: Callable[[str], None]) -> str:
+        """A template of its own for data many tests start from: a copy of the migrated
+        template that ``fill`` (given its URL) filled, made the first time ``what`` is asked."""
+        if what not in self._filled:
+            name = self._create(self.template)
+            try:
+                fill(self.url(name))
+            except BaseException:
+                self.drop(name)
+                raise
+            self._filled[what] = name
+        return self._filled[what]
+
+    def replace(self, name: str, template: str) -> None:
+        """Make database ``name`` a new copy of ``template`` (nobody may be connected to it);
+        the old one is dropped in the background."""
+        old = f"alertd_old_{uuid.uuid4().hex[:12]}"
+        self._execute(f'ALTER DATABASE "{name}" RENAME TO "{old}"')
+        self._create(template, name)
+        self.drop(old)
 
     def drop(self, name: str) -> None:
         """Drop ``name`` in the background (FORCE: connections a test left are closed)."""
-        self._drops.append(self._submit(lambda: self._drop(name)))
+        self._drops.append(self._dropping.submit(self._drop, name))
 
     def _drop(self, name: str) -> str:
         self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -150,8 +184,10 @@ class PostgresDatabases:
             while self._ahead:
                 self.drop(self._ahead.popleft().result())
         finally:
-            self.drop(self.template)
-            self._worker.shutdown(wait=True)
+            for name in [*self._filled.values(), self.template]:
+                self.drop(name)
+            self._creating.shutdown(wait=True)
+            self._dropping.shutdown(wait=True)
             self.admin.dispose()
         for dropped in self._drops:
             dropped.result()

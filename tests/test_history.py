@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -12,7 +10,6 @@ from datetime import UTC, date, datetime
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from conftest import PG_URL_ENV
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
@@ -31,6 +28,7 @@ from alertd.sources.ingest import store_items
 from alertd.sources.parliament import AnswerItem, parse_item
 from alertd.sources.statements import parse_statement, store_statements
 
+from db_templates import PostgresDatabases
 from standin_api import load_2021_answered, load_2021_statements, load_2024_records
 
 NOW = datetime(2024, 9, 1, 12, 0, tzinfo=UTC)
@@ -55,19 +53,12 @@ def history_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('history')}/alertd.db"
         return
-    server_url = os.environ.get(PG_URL_ENV)
-    if not server_url:
-        pytest.skip(f"{PG_URL_ENV} is not set")
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"alertd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = databases.migrated()
     try:
-        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        yield databases.url(name)
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        databases.drop(name)
 
 
 def _answers() -> list[AnswerItem]:
