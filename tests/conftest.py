@@ -31,6 +31,17 @@ if TYPE_CHECKING:
 PG_URL_ENV = "ALERTD_TEST_DATABASE_URL"
 
 
+MAX_WORKERS = 8  # each worker holds a few PostgreSQL connections, and builds its templates
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """The workers of ``-n auto``: one per core and one more, since tests spend much of their
+    time waiting (subprocesses starting, PostgreSQL, stalled stand-ins), not computing."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist reads it
+    return min(len(os.sched_getaffinity(0)) + 1, MAX_WORKERS)
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # The developer's own ALERTD_* settings must not leak into tests.

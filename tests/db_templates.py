@@ -78,7 +78,7 @@ class SqliteTemplate:
         return True
 
 
-DROPS_AT_ONCE = 8
+DROPS_AT_ONCE = 4
 
 
 class PostgresDatabases:
