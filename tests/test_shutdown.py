@@ -140,10 +140,12 @@ def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
     )
     args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
     assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
-    smtp_sink.stall_next("data", SLOW_DATA_S)
+    stalled = smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
     wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    # Claimed is not yet sending: the signal must find the message on its way.
+    wait_until(lambda: stalled.hits, 60, "the message's DATA")
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
