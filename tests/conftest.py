@@ -92,8 +92,6 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
 def pg_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A new PostgreSQL database for one test, dropped afterwards: a copy of the migrated
     template, or empty for a test marked ``migrations``."""
-    if not os.environ.get(PG_URL_ENV):
-        pytest.skip(f"{PG_URL_ENV} is not set")
     databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
     name = databases.empty() if _migrates_for_real(request) else databases.migrated()
     try:

@@ -83,8 +83,8 @@ DROPS_AT_ONCE = 4
 
 class PostgresDatabases:
     """Databases for tests on one PostgreSQL server: a template migrated once per session,
-    and copies of it made (CREATE DATABASE ... TEMPLATE) and dropped in a background
-    thread, one copy made ahead, so that a test seldom waits for either."""
+    and copies of it made (CREATE DATABASE ... TEMPLATE) and dropped in background threads,
+    one copy made ahead, so that a test seldom waits for either."""
 
     def __init__(self, server_url: str) -> None:
         self.server = sa.make_url(server_url)
@@ -107,7 +107,7 @@ class PostgresDatabases:
         self._ahead: deque[Future[str]] = deque()
         self._drops: list[Future[str]] = []
         self._filled: dict[str, str] = {}  # what a template was filled with: its name
-        self._execute(f'CREATE DATABASE "{self.template}"')
+        self._create(None, self.template)
         try:
             _migrate(self.url(self.template))
         except BaseException:
