@@ -1,20 +1,26 @@
-"""Shared fixtures: settings factory, real databases (SQLite file, PostgreSQL), stand-ins."""
+"""Shared fixtures: settings factory, real databases (SQLite file, PostgreSQL), stand-ins.
+
+Databases start as copies of a template migrated once per session by the real migrations
+(db_templates.py): a brand-new SQLite file that alertd opens becomes a copy of the SQLite
+template, and each PostgreSQL database is made from the PostgreSQL one. Tests marked
+``migrations`` (of the migrations, start-up on a fresh database) migrate for real.
+"""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+import alertd.db
 from alertd.config import Settings
 from alertd.db import open_database
 
+from db_templates import PostgresDatabases, SqliteTemplate
 from feed_server import FeedServer
 from smtp_server import SmtpSink
 from standin_api import StandinApi
@@ -25,6 +31,17 @@ if TYPE_CHECKING:
 PG_URL_ENV = "ALERTD_TEST_DATABASE_URL"
 
 
+MAX_WORKERS = 8  # each worker holds a few PostgreSQL connections, and builds its templates
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """The workers of ``-n auto``: one per core and one more, since tests spend much of their
+    time waiting (subprocesses starting, PostgreSQL, stalled stand-ins), not computing."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist reads it
+    return min(len(os.sched_getaffinity(0)) + 1, MAX_WORKERS)
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # The developer's own ALERTD_* settings must not leak into tests.
@@ -33,22 +50,54 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.fixture
-def pg_database_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+def _migrates_for_real(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("migrations") is not None
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:
+    """A SQLite database migrated once for the session, by the migrations."""
+    return SqliteTemplate(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_from_template(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # open_database upgrades a database that is not at the newest migration: a brand-new,
+    # empty SQLite file becomes a copy of the template instead; anything else is upgraded
+    # for real (a database behind the head, PostgreSQL, an in-memory one).
+    if _migrates_for_real(request):
+        return
+    template: SqliteTemplate = request.getfixturevalue("sqlite_template")
+    real_upgrade = alertd.db.upgrade
+
+    def upgrade(engine: Engine) -> None:
+        if not template.fill(engine):
+            real_upgrade(engine)
+
+    monkeypatch.setattr(alertd.db, "upgrade", upgrade)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The PostgreSQL server's databases for this session, made from a migrated template."""
     server_url = os.environ.get(PG_URL_ENV)
     if not server_url:
         pytest.skip(f"{PG_URL_ENV} is not set")
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"alertd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    databases = PostgresDatabases(server_url)
+    yield databases
+    databases.close()
+
+
+@pytest.fixture
+def pg_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new PostgreSQL database for one test, dropped afterwards: a copy of the migrated
+    template, or empty for a test marked ``migrations``."""
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = databases.empty() if _migrates_for_real(request) else databases.migrated()
     try:
-        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        yield databases.url(name)
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        databases.drop(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -129,6 +129,7 @@ def test_subscribe_list_preview_unsubscribe(
     assert "Subject: Confirm your alert" in mail
 
 
+@pytest.mark.migrations
 def test_list_brings_a_new_or_an_older_database_up_to_date_first(
     tmp_path: Path, standin_api: StandinApi, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default
@@ -39,6 +38,7 @@ from alertd.web.service import link_secret_of
 
 from configs import write_config
 from standin_api import StandinApi
+from waiting import wait_until
 
 ALERTD = Path(sys.executable).with_name("alertd")
 
@@ -258,7 +258,7 @@ def test_ctrl_c_in_backfill_is_one_line_and_keeps_the_days_done(
 ) -> None:
     config = str(write_config(tmp_path, standin_api))
     # The first day has no answers; the second hangs fetching its answers' details.
-    standin_api.fail_next("detail", "hang", count=None)
+    hanging = standin_api.fail_next("detail", "hang", count=None)
     with subprocess.Popen(
         [str(ALERTD), "backfill", "--from", "2021-01-31", "--to", "2021-02-03", "--config", config],
         stderr=subprocess.PIPE,
@@ -268,7 +268,7 @@ def test_ctrl_c_in_backfill_is_one_line_and_keeps_the_days_done(
         for line in process.stderr:
             if "day 1/4" in line:
                 break
-        time.sleep(0.5)
+        wait_until(lambda: hanging.hits, 60, "the second day's details to hang")
         process.send_signal(signal.SIGINT)
         rest = process.stderr.read()
         assert process.wait(timeout=30) == 130

@@ -12,16 +12,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from alertd.config import DatabaseSettings
 from alertd.db import open_database
-from alertd.models import Ledger, Outbox, OutboxState
+from alertd.models import Hit, Ledger, Outbox, OutboxState
 from alertd.subscriptions import lifecycle
 
 from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 TOPICS = ["coronavirus", "schools", "vaccine", "housing", "police", "nhs"]
@@ -66,6 +68,16 @@ def _wait_for(sink: SmtpSink, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while len(sink.messages) < count and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _settled(engine: Engine) -> bool:
+    """Nothing left to send: every hit is in a digest, and every digest was sent (a message
+    still in flight, even one sent again after its lease ran out, arrives before its worker
+    stops)."""
+    with Session(engine) as session:
+        waiting = session.exec(select(Hit.id).where(col(Hit.outbox_id).is_(None))).first()
+        unsent = session.exec(select(Outbox.id).where(Outbox.status != OutboxState.SENT))
+        return waiting is None and unsent.first() is None
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -117,7 +129,8 @@ def test_three_workers_on_postgresql_send_each_digest_once(
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and {m.rcpt_tos[0] for m in smtp_sink.messages} < expected:
         time.sleep(0.1)
-    time.sleep(2)  # time for any duplicate to show up
+    engine = open_database(DatabaseSettings(url=pg_database_url))
+    wait_until(lambda: _settled(engine), 60, "every digest to be sent")
     for worker in workers:
         _stop(worker)
     assert {m.rcpt_tos[0] for m in smtp_sink.messages} == expected
@@ -125,7 +138,6 @@ def test_three_workers_on_postgresql_send_each_digest_once(
     # with different answers; but every digest is sent exactly once.
     received = Counter(str(m.message["Message-ID"]) for m in smtp_sink.messages)
     assert set(received.values()) == {1}
-    engine = open_database(DatabaseSettings(url=pg_database_url))
     with Session(engine) as session:
         rows = session.exec(select(Outbox)).all()
         assert {row.message_id for row in rows} == set(received)

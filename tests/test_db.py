@@ -23,6 +23,9 @@ from alertd.errors import ConfigError, DatabaseUnavailable
 from alertd.matching.history import outside_models
 from alertd.revisions import head_revision
 
+# Migrations and start-up on new databases: these migrate for real, never from a template.
+pytestmark = pytest.mark.migrations
+
 
 def _schema_drift(engine: Engine) -> list[object]:
     with engine.connect() as connection:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -12,7 +10,6 @@ from datetime import UTC, date, datetime
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from conftest import PG_URL_ENV
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
@@ -34,6 +31,7 @@ from alertd.models import Item
 from alertd.queries import compile_query, matching_answers, matching_ids
 from alertd.sources.feed_registry import add_feed
 
+from db_templates import PostgresDatabases
 from standin_api import load_2021_answered, load_2021_statements, load_2024_records
 
 NOW = datetime(2024, 9, 1, 12, 0, tzinfo=UTC)
@@ -58,19 +56,12 @@ def history_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('history')}/alertd.db"
         return
-    server_url = os.environ.get(PG_URL_ENV)
-    if not server_url:
-        pytest.skip(f"{PG_URL_ENV} is not set")
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"alertd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = databases.migrated()
     try:
-        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        yield databases.url(name)
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        databases.drop(name)
 
 
 def _answers() -> list[NewItem]:
@@ -260,6 +251,7 @@ def test_corrected_answer_and_feed_items_are_indexed(history: History) -> None:
     assert indexed == len(history.documents)
 
 
+@pytest.mark.migrations
 def test_migration_indexes_items_stored_before_it(database_url: str) -> None:
     engine = create_db_engine(DatabaseSettings(url=database_url))
     try:

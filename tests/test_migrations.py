@@ -31,6 +31,9 @@ from alertd.models import (
 
 from standin_api import load_2021_statements
 
+# Every database here is migrated by the migrations under test, never copied from a template.
+pytestmark = pytest.mark.migrations
+
 T0 = datetime(2024, 1, 2, 10, 0)  # naive UTC, as the columns store it
 T1 = datetime(2024, 1, 3, 10, 0)
 T2 = datetime(2024, 1, 4, 10, 0)

@@ -28,6 +28,7 @@ from alertd.models import Outbox, OutboxState, Subscriber
 from alertd.web import serve_web
 
 from smtp_server import SmtpSink
+from waiting import wait_until_async
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -422,9 +423,9 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
                 await asyncio.sleep(0.05)
     await sender.settled()  # its first drain, at start, found nothing
     _queue(engine, "a@example.org")
-    smtp_sink.stall_next("data", 0.5)
+    stalled = smtp_sink.stall_next("data", 0.5)
     drain = asyncio.create_task(sender.drain(now=NOW))
-    await asyncio.sleep(0.2)  # the message is being sent now
+    await wait_until_async(lambda: stalled.hits, 10, "the message's DATA")  # being sent now
     locker = await asyncio.to_thread(_hold_write_lock, tmp_path / "alertd.db", 3.0)
     locked_at = time.monotonic()
     slowest_s = await asyncio.to_thread(_slowest_page_s, url, 3.0)

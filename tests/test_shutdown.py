@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from alertd.cli import main
 from configs import write_config
 from smtp_server import SmtpSink
 from standin_api import StandinApi
+from waiting import wait_until
 
 # End-to-end: real processes, an SMTP server and timeouts.
 pytestmark = pytest.mark.slow
@@ -38,17 +40,23 @@ def _start(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([_alertd(), "run", *args], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _outbox_statuses(database: Path) -> list[str]:
+def _outbox_column(database: Path, column: str) -> list[str]:
     with sqlite3.connect(database) as connection:
-        return [status for (status,) in connection.execute("SELECT status FROM outbox")]
+        return [value for (value,) in connection.execute(f"SELECT {column} FROM outbox")]
 
 
-def _wait_until(condition: object, timeout_s: float, what: str) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def _outbox_statuses(database: Path) -> list[str]:
+    return _outbox_column(database, "status")
+
+
+def _lease_end(database: Path) -> datetime:
+    """The end of the one outbox row's lease (stored as naive UTC)."""
+    [until] = _outbox_column(database, "lease_until")
+    return datetime.fromisoformat(until).replace(tzinfo=UTC)
+
+
+def _wait_past(moment: datetime, what: str) -> None:
+    wait_until(lambda: datetime.now(UTC) > moment, 30, what)
 
 
 def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
@@ -63,11 +71,13 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     )
     args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
     assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
-    smtp_sink.stall_next("data", SLOW_DATA_S)
+    stalled = smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
-    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
-    time.sleep(0.5)  # the message is on its way: the server sits on the end of DATA
+    wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    # The message is on its way: the server sits on the end of DATA.
+    wait_until(lambda: stalled.hits, 60, "the message's DATA")
+    lease_end = _lease_end(database)  # no renewal once the message is on its way
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
@@ -77,9 +87,12 @@ def test_sigterm_during_a_send_lets_it_finish_and_it_arrives_once(
     assert waited_s < SLOW_DATA_S + 5, err
     assert len(smtp_sink.messages) == 1
     assert _outbox_statuses(database) == ["sent"]
-    assert len(smtp_sink.messages) >= 1
+    # What arrived is the message of the row marked sent: the send in flight finished.
+    assert [str(m.message["Message-ID"]) for m in smtp_sink.messages] == _outbox_column(
+        database, "message_id"
+    )
     # The next run, after the lease would have run out, has nothing to send again.
-    time.sleep(1.5)
+    _wait_past(lease_end, "the lease to run out")
     process = _start(config, "--once")
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
@@ -98,10 +111,10 @@ def test_sigterm_during_a_hanging_poll_exits_at_once_with_one_line(
     config = write_config(
         tmp_path, standin_api, parliament={"timeout_s": 60.0}, delivery={"shutdown_timeout_s": 30.0}
     )
-    standin_api.fail_next("list", "hang", count=None, seconds=120)
+    hanging = standin_api.fail_next("list", "hang", count=None, seconds=120)
     process = _start(config, *(["--once"] if once else []))
-    _wait_until(lambda: standin_api.requests, 60, "the poll to start")
-    time.sleep(0.5)
+    wait_until(lambda: standin_api.requests, 60, "the poll to start")
+    wait_until(lambda: hanging.hits, 60, "the poll to hang")
     signalled = time.monotonic()
     process.send_signal(signum)
     _, err = process.communicate(timeout=40)
@@ -127,10 +140,12 @@ def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
     )
     args = ["subscribe", "parent@example.org", '"special educational needs"', "--confirmed"]
     assert main([*args, "--frequency", "immediate", "--config", str(config)]) == 0
-    smtp_sink.stall_next("data", SLOW_DATA_S)
+    stalled = smtp_sink.stall_next("data", SLOW_DATA_S)
     process = _start(config)
     database = tmp_path / "alertd.db"
-    _wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    wait_until(lambda: _outbox_statuses(database) == ["sending"], 60, "the send to start")
+    # Claimed is not yet sending: the signal must find the message on its way.
+    wait_until(lambda: stalled.hits, 60, "the message's DATA")
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)
@@ -141,7 +156,7 @@ def test_a_send_longer_than_the_shutdown_timeout_is_cut_off_cleanly(
     assert "did not finish within 1s: cancelled" in err
     # Cut off mid-send: the row is still leased, and is sent by a later run (at least once).
     assert _outbox_statuses(database) == ["sending"]
-    time.sleep(SLOW_DATA_S)
+    _wait_past(_lease_end(database), "the lease to run out")
     process = _start(config, "--once")
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err

@@ -29,6 +29,7 @@ from alertd.web import serve_web
 
 from digest_cases import case_settings, compose_case
 from smtp_server import SmtpSink
+from waiting import wait_until_async
 
 SELECTOR = "alertd2024"
 DOMAIN = "alertd.test"
@@ -210,7 +211,10 @@ def test_verp_tags_use_their_own_subkey_and_survive_a_key_rotation() -> None:
 
 
 async def test_a_confirmation_queued_while_smtp_is_down_goes_out_signed_once_it_is_back(
-    make_settings: Callable[..., Settings], key_path: Path, rsa_key: rsa.RSAPrivateKey
+    make_settings: Callable[..., Settings],
+    key_path: Path,
+    rsa_key: rsa.RSAPrivateKey,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # `alertd web` alone: its own sender retries the outbox every send_interval_s.
     with socket.socket() as probe:
@@ -241,7 +245,12 @@ async def test_a_confirmation_queued_while_smtp_is_down_goes_out_signed_once_it_
                 await asyncio.sleep(0.05)
         response = await client.post("/signup", data={**form, "step": "subscribe"})
     assert response.status_code == 200 and "Check your email" in response.text
-    await asyncio.sleep(0.5)  # a few tries while the server is down
+    # A few tries while the server is down: each one stops its delivery run.
+    await wait_until_async(
+        lambda: sum("delivery stopped" in r.getMessage() for r in caplog.records) >= 2,
+        10,
+        "a few tries while the server is down",
+    )
     with SmtpSink(port=smtp_port) as sink:
         [mail] = await asyncio.to_thread(sink.wait_for_messages, 1, 10.0)
     stop.set()

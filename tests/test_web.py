@@ -37,6 +37,7 @@ from alertd.tokens import check_age, make_token, parse_token, verify_token
 from alertd.web import create_app, serve_web, service
 from alertd.web.limits import SlidingWindow
 
+from db_templates import PostgresDatabases
 from smtp_server import ReceivedMessage, SmtpSink
 from standin_api import StandinApi, load_2021_answered
 
@@ -106,25 +107,29 @@ def _client(transport: httpx.ASGITransport, ip: str) -> httpx.AsyncClient:
 def stored_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database holding the 469 recorded answers of 1 Feb 2021, made once and copied."""
     path = tmp_path_factory.mktemp("stored") / "stored.db"
-    engine = open_database(DatabaseSettings(url=f"sqlite:///{path}"))
+    _store_recorded(f"sqlite:///{path}")
+    return path
+
+
+def _store_recorded(database_url: str) -> None:
+    engine = open_database(DatabaseSettings(url=database_url))
     items = [parse(record) for record in load_2021_answered()]
     stored_at = NOW - timedelta(days=9)
     add_items(engine, "parliament", items, now=stored_at, today=stored_at.date(), never_alert=True)
     engine.dispose()
-    return path
 
 
-def _stored(settings: Settings, stored_db: Path) -> Engine:
-    """A migrated database holding the recorded answers (a copy of stored_db on SQLite)."""
+def _stored(settings: Settings, stored_db: Path, request: pytest.FixtureRequest) -> Engine:
+    """A migrated database holding the recorded answers (a copy of stored_db on SQLite, of
+    a template filled once on PostgreSQL)."""
     url = sa.make_url(settings.database.url)
     if url.get_backend_name() == "sqlite":
         shutil.copy(stored_db, str(url.database))
-        return open_database(settings.database)
-    engine = open_database(settings.database)
-    items = [parse(record) for record in load_2021_answered()]
-    stored_at = NOW - timedelta(days=9)
-    add_items(engine, "parliament", items, now=stored_at, today=stored_at.date(), never_alert=True)
-    return engine
+    else:
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        template = databases.filled("recorded answers", _store_recorded)
+        databases.replace(str(url.database), template)
+    return open_database(settings.database)
 
 
 @pytest.fixture
@@ -134,6 +139,7 @@ async def make_web(
     standin_api: StandinApi,
     stored_db: Path,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Callable[..., Awaitable[Web]]]:
     """Builds the app (SMTP sink, stand-in Members API, stored answers) and a client; the
     app's lifespan runs its sender."""
@@ -148,7 +154,7 @@ async def make_web(
             members={"base_url": standin_api.base_url},
             web={"mails_per_address_per_hour": 20, **web},
         )
-        engine = _stored(settings, stored_db)
+        engine = _stored(settings, stored_db, request)
         clock = Clock(NOW)
         app = create_app(settings, engine, clock=clock)
         await lifespans.enter_async_context(app.router.lifespan_context(app))
@@ -963,6 +969,7 @@ def web_schema(
     standin_api: StandinApi,
     stored_db: Path,
     database_url: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[BaseSchema]:
     settings = make_settings(
         database={"url": database_url},
@@ -974,7 +981,7 @@ def web_schema(
             "openapi_docs": True,
         },
     )
-    engine = _stored(settings, stored_db)
+    engine = _stored(settings, stored_db, request)
     app = create_app(settings, engine, clock=Clock(NOW))
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     engine.dispose()

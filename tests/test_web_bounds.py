@@ -30,6 +30,7 @@ from alertd.web.context import WebContext
 from alertd.web.limits import WorkSlots
 
 from standin_api import load_2021_answered
+from waiting import wait_until_async
 
 NOW = datetime(2021, 2, 10, 12, 0, tzinfo=UTC)
 # Matches every stored answer: its preview costs what the whole window holds, with or
@@ -126,15 +127,19 @@ async def serve(
         server.engine.dispose()
 
 
-def _hold_api_previews(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> None:
-    """/api/preview's work waits for ``release`` (in its slot's thread), then runs for real."""
+def _hold_api_previews(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> list[str]:
+    """/api/preview's work waits for ``release`` (in its slot's thread), then runs for real;
+    the list returned gets each preview's query as it reaches its slot."""
     real_preview = api.preview
+    arrived: list[str] = []
 
     def held_preview(ctx: WebContext, query_text: str) -> Any:
+        arrived.append(query_text)
         assert release.wait(30), "the test never released the previews"
         return real_preview(ctx, query_text)
 
     monkeypatch.setattr(api, "preview", held_preview)
+    return arrived
 
 
 def _form(email: str, step: str) -> dict[str, str]:
@@ -179,7 +184,7 @@ async def test_while_previews_are_busy_other_pages_stay_fast_and_sign_ups_go_thr
     # Indexed, a preview takes milliseconds, too short to watch: the two API previews hold
     # their slots until the test releases them, then do their real work.
     release = threading.Event()
-    _hold_api_previews(monkeypatch, release)
+    arrived = _hold_api_previews(monkeypatch, release)
     server: Server = await serve(big_history, preview_concurrency=2, previews_per_ip_per_minute=100)
     busy = [
         asyncio.create_task(
@@ -187,7 +192,7 @@ async def test_while_previews_are_busy_other_pages_stay_fast_and_sign_ups_go_thr
         )
         for n in (20, 21)
     ]
-    await asyncio.sleep(0.3)  # both requests have reached their slots
+    await wait_until_async(lambda: len(arrived) == 2, 30, "both requests to reach their slots")
 
     body = {"email": "api@example.org", "query": "school funding"}
     pages, form, subscribed, api = await asyncio.gather(
