@@ -47,7 +47,8 @@ from configs import write_config
 from feed_server import FeedServer
 from standin_api import StandinApi
 
-pytestmark = pytest.mark.slow
+# The release's database is restored at revision 0011 and upgraded for real.
+pytestmark = [pytest.mark.slow, pytest.mark.migrations]
 
 DUMP = Path(__file__).parent / "fixtures" / "release_db" / "release_db.json.gz"
 
@@ -123,8 +124,10 @@ def upgraded(database_url: str) -> Iterator[Engine]:
     """The release's database, upgraded by open_database as alertd starts."""
     settings = DatabaseSettings(url=database_url)
     engine = create_db_engine(settings)
-    _restore(engine)
-    engine.dispose()
+    try:
+        _restore(engine)
+    finally:
+        engine.dispose()
     engine = open_database(settings)
     yield engine
     engine.dispose()
