@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from alertd.db import transaction
 from alertd.kinds import KINDS
@@ -15,43 +15,78 @@ from alertd.kinds.kind import MemberRef, NewItem
 from alertd.matching.history import index_items
 from alertd.models import Item, Member
 
+_CHUNK = 500
+
 
 class _Stored:
-    """One source's stored versions, as a kind asks about them while filing a new one."""
+    """One source's stored versions, as a kind asks about them while filing new ones: the
+    versions of the source ids being filed read in a few queries up front, and kept up to
+    date as versions are added."""
 
-    def __init__(self, session: Session, source: str) -> None:
+    def __init__(self, session: Session, source: str, items: Sequence[NewItem]) -> None:
         self.session = session
         self.source = source
+        self._keys: dict[str, set[str]] = defaultdict(set)
+        self._latest: dict[str, int] = defaultdict(int)
+        self._all_keys: set[str] | None = None
+        self._wanted_keys = {new.version_key for new in items}
+        self._ids_read: set[str] = set()
+        self._ensure({new.source_id for new in items})
 
-    def keys_of(self, source_id: str) -> set[str]:
-        return set(
-            self.session.exec(
-                select(Item.version_key).where(
-                    Item.source == self.source, Item.source_id == source_id
+    def _ensure(self, source_ids: Iterable[str]) -> None:
+        """Read the versions of these source ids, once."""
+        missing = set(source_ids) - self._ids_read
+        if missing:
+            self._read(col(Item.source_id), missing)
+            self._ids_read |= missing
+
+    def _read(self, column: object, values: Iterable[str]) -> None:
+        wanted = sorted(values)
+        for start in range(0, len(wanted), _CHUNK):
+            rows = self.session.exec(
+                select(Item.source_id, Item.version_key, Item.version).where(
+                    Item.source == self.source,
+                    column.in_(wanted[start : start + _CHUNK]),  # type: ignore[attr-defined]
                 )
             ).all()
-        )
+            for source_id, key, version in rows:
+                self._keys[source_id].add(key)
+                self._latest[source_id] = max(self._latest[source_id], version)
+                if self._all_keys is not None:
+                    self._all_keys.add(key)
+
+    def keys_of(self, source_id: str) -> set[str]:
+        self._ensure([source_id])
+        return self._keys[source_id]
 
     def has_key(self, version_key: str) -> bool:
-        found = self.session.exec(
-            select(Item.id).where(Item.source == self.source, Item.version_key == version_key)
-        ).first()
-        return found is not None
+        if self._all_keys is None:
+            # Keys filed under other source ids too (a statement filed under the one it
+            # corrects): read once for every key being filed.
+            self._all_keys = {key for keys in self._keys.values() for key in keys}
+            self._read(col(Item.version_key), self._wanted_keys)
+        if version_key not in self._all_keys and version_key not in self._wanted_keys:
+            self._read(col(Item.version_key), [version_key])
+        return version_key in self._all_keys
 
     def source_id_with_key_prefix(self, prefix: str) -> str | None:
+        for source_id, keys in self._keys.items():
+            if any(key.startswith(prefix) for key in keys):
+                return source_id
         return self.session.exec(
             select(Item.source_id)
             .where(Item.source == self.source, col(Item.version_key).startswith(prefix))
             .limit(1)
         ).first()
 
-    def latest_version(self, source_id: str) -> int:
-        latest = self.session.exec(
-            select(func.max(Item.version)).where(
-                Item.source == self.source, Item.source_id == source_id
-            )
-        ).one()
-        return int(latest or 0)
+    def add(self, source_id: str, version_key: str) -> int:
+        """Record a version filed now; its version number."""
+        self._ensure([source_id])
+        self._latest[source_id] += 1
+        self._keys[source_id].add(version_key)
+        if self._all_keys is not None:
+            self._all_keys.add(version_key)
+        return self._latest[source_id]
 
 
 def add_items(
@@ -74,8 +109,9 @@ def add_items(
     for new in items:
         by_kind[new.kind].append(new)
     with transaction(engine) as session:
-        stored = _Stored(session, source)
+        stored = _Stored(session, source, items)
         rows: list[Item] = []
+        named: list[tuple[MemberRef, str | None]] = []
         for name, news in by_kind.items():
             kind = KINDS[name]
             for new in kind.storing_order(news):
@@ -85,28 +121,35 @@ def add_items(
                 row = new.row(
                     source=source,
                     source_id=placed.source_id,
-                    version=stored.latest_version(placed.source_id) + 1,
+                    version=stored.add(placed.source_id, new.version_key),
                     corrected_on=placed.corrected_on,
                     now=now,
                 )
                 row.never_alert = row.never_alert or never_alert
                 session.add(row)
-                # Seen by the next one's questions (a correction filed in the same batch).
-                session.flush()
                 rows.append(row)
-                for member in new.members:
-                    upsert_member(session, member, new.house)
+                named.extend((member, new.house) for member in new.members)
+        session.flush()
         index_items(session.connection(), rows)
+        upsert_members(session, named)
     return len(rows)
 
 
-def upsert_member(session: Session, ref: MemberRef, house: str | None) -> None:
-    """Remember a Member's name, party and seat as last seen in an item."""
-    if ref.name is None:
-        return  # only an id: nothing to learn about this Member
-    member = session.get(Member, ref.id)
-    if member is None:
-        member = Member(id=ref.id, name=ref.name)
-    member.name, member.party, member.house = ref.name, ref.party, house
-    member.constituency = ref.constituency
-    session.add(member)
+def upsert_members(session: Session, seen: Sequence[tuple[MemberRef, str | None]]) -> None:
+    """Remember each Member's name, party and seat (and House) as last seen in an item; a
+    Member given only by id teaches nothing."""
+    latest = {ref.id: (ref, house) for ref, house in seen if ref.name is not None}
+    ids = sorted(latest)
+    known: dict[int, Member] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        known.update(
+            (member.id, member)
+            for member in session.exec(select(Member).where(col(Member.id).in_(chunk)))
+        )
+    for member_id, (ref, house) in latest.items():
+        assert ref.name is not None
+        member = known.get(member_id) or Member(id=member_id, name=ref.name)
+        member.name, member.party, member.house = ref.name, ref.party, house
+        member.constituency = ref.constituency
+        session.add(member)
