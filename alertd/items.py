@@ -18,10 +18,10 @@ from alertd.models import Item, Member
 _CHUNK = 500
 
 
-class _Stored:
-    """One source's stored versions, as a kind asks about them while filing new ones: the
-    versions of the source ids being filed read in a few queries up front, and kept up to
-    date as versions are added."""
+class Stored:
+    """One source's stored versions, as a kind asks about them before fetching listed items
+    and while filing new ones: the versions of their source ids read in a few queries up
+    front, and kept up to date as versions are added."""
 
     def __init__(self, session: Session, source: str, items: Sequence[NewItem]) -> None:
         self.session = session
@@ -109,7 +109,7 @@ def add_items(
     for new in items:
         by_kind[new.kind].append(new)
     with transaction(engine) as session:
-        stored = _Stored(session, source, items)
+        stored = Stored(session, source, items)
         rows: list[Item] = []
         named: list[tuple[MemberRef, str | None]] = []
         for name, news in by_kind.items():

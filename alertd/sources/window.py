@@ -4,69 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from alertd.config import Settings
 from alertd.errors import PermanentError
-from alertd.items import add_items
+from alertd.items import Stored, add_items
 from alertd.kinds.kind import ApiKind, Listing, NewItem
-from alertd.models import Item
 from alertd.sources.member_names import MemberNames
 from alertd.sources.parliament import ParliamentApi
 from alertd.sources.source import PollResult
 from alertd.sources.state import PollLease, holding
 
 log = logging.getLogger("alertd.sources.window")
-_CHUNK = 500
 
 
 def poll_window(high_water: date | None, today: date, lookback_days: int) -> tuple[date, date]:
     """The UK dates to ask for: back from the last good poll (or today) by the look-back."""
     start = min(high_water or today, today) - timedelta(days=lookback_days)
     return start, today
-
-
-class _ListedKeys:
-    """The stored version keys of the listed items of one source, read in a few queries
-    (by source id up front; by key only if the kind asks)."""
-
-    def __init__(self, engine: Engine, source: str, listed: Sequence[NewItem]) -> None:
-        self.engine, self.source, self.listed = engine, source, listed
-        self._by_id: dict[str, set[str]] = {}
-        self._keys: set[str] | None = None
-        ids = sorted({new.source_id for new in listed})
-        for rows in self._chunks(col(Item.source_id), ids, Item.source_id, Item.version_key):
-            for source_id, key in rows:
-                self._by_id.setdefault(source_id, set()).add(key)
-
-    def _chunks(self, column: Any, values: list[str], *selected: Any) -> list[list[Any]]:
-        found = []
-        with Session(self.engine) as session:
-            for start in range(0, len(values), _CHUNK):
-                chunk = values[start : start + _CHUNK]
-                statement = select(*selected).where(Item.source == self.source, column.in_(chunk))
-                found.append(list(session.exec(statement).all()))
-        return found
-
-    def keys_of(self, source_id: str) -> Collection[str]:
-        return self._by_id.get(source_id, set())
-
-    def has_key(self, version_key: str) -> bool:
-        if self._keys is None:
-            keys = sorted({new.version_key for new in self.listed})
-            self._keys = {
-                key
-                for rows in self._chunks(col(Item.version_key), keys, Item.version_key)
-                for key in rows
-            }
-        return version_key in self._keys
 
 
 def unseen(
@@ -79,8 +41,9 @@ def unseen(
             parsed.append((record, kind.parse(record)))
         except PermanentError as exc:
             log.warning("skipping a listing item: %s", exc)
-    keys = _ListedKeys(engine, kind.source, [new for _, new in parsed])
-    return [record for record, new in parsed if kind.worth_fetching(new, keys)]
+    with Session(engine) as session:
+        stored = Stored(session, kind.source, [new for _, new in parsed])
+        return [record for record, new in parsed if kind.worth_fetching(new, stored)]
 
 
 async def fetch_and_store(
