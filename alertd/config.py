@@ -111,6 +111,23 @@ class HansardSettings(_Section):
         return http_url(url)
 
 
+class OralQuestionsSettings(_Section):
+    """Oral questions and Early Day Motions, from the Oral Questions and Motions API (the
+    look-back and fetch bounds are parliament's)."""
+
+    # Unset: as parliament.enabled.
+    enabled: bool | None = None
+    base_url: str = "https://oralquestionsandmotions-api.parliament.uk"
+    poll_interval_minutes: int = Field(default=60, ge=1)
+    # Motions tabled this many days back are listed on each poll, to hear of new signatures.
+    signatures_days: int = Field(default=60, ge=0, le=400)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return http_url(url)
+
+
 class MailSettings(_Section):
     from_address: str = Field(default="alerts@localhost", alias="from")
     from_name: str = "alertd"
@@ -334,6 +351,7 @@ class Settings(_Section):
     feeds: tuple[FeedConfig, ...] = ()
     statements: StatementsSettings = StatementsSettings()
     hansard: HansardSettings = HansardSettings()
+    oral_questions: OralQuestionsSettings = OralQuestionsSettings()
 
     def as_parliament(self, enabled: bool | None) -> bool:
         """Whether a source of Parliament's business whose ``enabled`` is unset follows

@@ -38,6 +38,8 @@ def write_config(
         "members": {"base_url": standin.base_url},
         # Hansard is polled only where a test serves it (test_hansard), never the real API.
         "hansard": {"enabled": False},
+        # Nor the Oral Questions and Motions API (test_oral_questions, test_early_day_motions).
+        "oral_questions": {"enabled": False},
         "mail": {"maildir": f"{tmp_path}/mail", "from": "alerts@alertd.test"},
         # `alertd run` serves the web app too: any free port, so tests never collide.
         "web": {"port": 0},

@@ -120,6 +120,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "parliament": {"timeout_s": 5.0},
             # Hansard is polled only where a test serves it (test_hansard), never the real API.
             "hansard": {"enabled": False},
+            # Nor the Oral Questions and Motions API (test_oral_questions, test_early_day_motions).
+            "oral_questions": {"enabled": False},
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)

@@ -128,7 +128,12 @@ class ComposeMemo:
         shown = self._items.get(key)
         if shown is None:
             marks = merge_highlights(h for q in queries if (h := self.highlights(q)) is not None)
-            context = CardContext(marks, self.settings.digest.excerpt_chars, also, told_on, grouped)
+            followed = frozenset(
+                follow.member_id for q in queries if (follow := followed_member(q)) is not None
+            )
+            context = CardContext(
+                marks, self.settings.digest.excerpt_chars, also, told_on, grouped, followed
+            )
             shown = kind_of(item).card(item, context)
             if len(self._items) >= ITEM_MEMO_LIMIT:
                 self._items.clear()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from alertd.kinds.early_day_motion import EarlyDayMotion
 from alertd.kinds.feed_item import FeedItem
 from alertd.kinds.kind import ApiKind, Kind
+from alertd.kinds.oral_question import OralQuestion
 from alertd.kinds.spoken_contribution import SpokenContribution
 from alertd.kinds.statement import Statement
 from alertd.kinds.written_question import WrittenQuestion
@@ -11,7 +13,15 @@ from alertd.models import Item
 
 # A new kind is its module and one entry here.
 KINDS: dict[str, Kind] = {
-    kind.name: kind for kind in (WrittenQuestion(), Statement(), SpokenContribution(), FeedItem())
+    kind.name: kind
+    for kind in (
+        WrittenQuestion(),
+        Statement(),
+        SpokenContribution(),
+        OralQuestion(),
+        EarlyDayMotion(),
+        FeedItem(),
+    )
 }
 
 

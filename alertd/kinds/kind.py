@@ -25,6 +25,8 @@ class Role(StrEnum):
     ANSWERER = "answerer"
     # Who said something in a debate.
     SPEAKER = "speaker"
+    # Who tabled or signed an Early Day Motion.
+    SPONSOR = "sponsor"
 
 
 @dataclass(frozen=True)
@@ -198,12 +200,14 @@ class FollowUp:
     ``told`` are earlier versions whose recipients get this one, under the same alert;
     ``only`` says nobody else does (a correction); ``drop_unsent`` are earlier versions
     whose hits not mailed yet are dropped (a question answered before its digest as
-    tabled went out).
+    tabled went out); ``heard`` are earlier versions whose alerts do not hear this one as
+    news (a motion's new signatures go only to alerts that had not matched it before).
     """
 
     told: tuple[int, ...] = ()
     only: bool = False
     drop_unsent: tuple[int, ...] = ()
+    heard: tuple[int, ...] = ()
 
 
 FRESH = FollowUp()
@@ -260,7 +264,8 @@ class KindWords:
 @dataclass(frozen=True)
 class CardContext:
     """What a digest card of an item depends on besides the item: the query words to
-    mark, the excerpt length, the other alerts it matched, and this reader's history."""
+    mark, the excerpt length, the other alerts it matched, this reader's history, and the
+    Members they follow."""
 
     highlights: Highlights
     excerpt_chars: int
@@ -270,6 +275,9 @@ class CardContext:
     told_on: date | None = None
     # Items of the same kind shown inside this one's card (questions answered together).
     grouped: tuple[Item, ...] = ()
+    # The Members the alerts that found it follow (plain Member follows): a card may put
+    # what they did first (one signature among a motion's hundred).
+    followed: frozenset[int] = frozenset()
 
 
 class Kind:

@@ -47,7 +47,8 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
             return 0
         hits = 0
         fresh: list[Item] = []
-        told: set[tuple[int, int]] = set()  # (alert id, item id) already hit as a follow-up
+        # (alert id, item id): told already, by a follow-up hit or an earlier version heard.
+        told: set[tuple[int, int]] = set()
         newest = _newest_versions(items)
         for item in items:
             if item.version < newest[item.source, item.source_id]:
@@ -65,6 +66,8 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
                 alert_ids = _follow_up_hits(session, item, follow.told, now)
                 hits += len(alert_ids)
                 told.update((alert_id, item.id) for alert_id in alert_ids if item.id)
+            if follow.heard and item.id is not None:
+                told.update((alert_id, item.id) for alert_id in _heard(session, follow.heard))
             if not follow.only:
                 fresh.append(item)
         hits += _match_fresh(session, live, fresh, now, told)
@@ -182,6 +185,12 @@ def _follow_up_hits(
             )
         )
     return {alert_id for alert_id, _ in mailed}
+
+
+def _heard(session: Session, earlier: Sequence[int]) -> set[int]:
+    """The alerts that hit an earlier version, mailed yet or not."""
+    rows = session.exec(select(Hit.alert_id).where(col(Hit.item_id).in_(earlier)).distinct())
+    return set(rows.all())
 
 
 def _hears(alert: LiveAlert, item: Item) -> bool:
