@@ -28,7 +28,7 @@ from alertd.sources.state import PollLease
 from alertd.sources.window import WindowSource
 from alertd.subscriptions import lifecycle
 
-from standin_api import FaultRule
+from standin_api import FaultRule, Params, _Response
 from standin_oral import OralStandin, load_oral_questions, swagger
 
 CORBYN = 185
@@ -217,6 +217,29 @@ async def test_a_failed_page_stores_nothing_and_the_next_poll_catches_up(
     assert state is not None and state.high_water is None and "503" in (state.last_error or "")
     result = await _poll(db_engine, oral_api, ALL_NOW, lookback_days=ALL_LOOKBACK, page_size=5)
     assert result.new_items == 12
+
+
+class _TabledWhileRead(OralStandin):
+    """Tables a question that sorts first just before it answers the second page."""
+
+    def _oral_list(self, params: Params) -> _Response:
+        if params.get("parameters.skip") == ["5"] and 100001 not in self._questions:
+            self.put_question({**_record(LAST), "Id": 100001, "UIN": 900001})
+        return super()._oral_list(params)
+
+
+async def test_a_question_listed_while_the_pages_are_read_is_stored_by_the_next_poll(
+    db_engine: Engine,
+) -> None:
+    # Every record moves one place on between pages one and two: the pages read overlap,
+    # none of the twelve is lost, and the new one is the next poll's.
+    with _TabledWhileRead(load_oral_questions()) as api:
+        result = await _poll(db_engine, api, ALL_NOW, lookback_days=ALL_LOOKBACK, page_size=5)
+        assert result.new_items == 12
+        assert "100001" not in {i.source_id for i in _items(db_engine)}
+        again = await _poll(db_engine, api, ALL_NOW, lookback_days=ALL_LOOKBACK, page_size=5)
+    assert again.new_items == 1
+    assert "100001" in {i.source_id for i in _items(db_engine)}
 
 
 async def test_broken_json_is_a_source_error_and_nothing_is_stored(
