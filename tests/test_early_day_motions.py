@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -28,14 +27,12 @@ from alertd.kinds.early_day_motion import (
 )
 from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Item
-from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
-from alertd.sources.state import PollLease
-from alertd.sources.window import WindowSource
 from alertd.subscriptions import lifecycle
 
 from standin_api import FaultRule
 from standin_oral import OralStandin, list_view, load_motion_details, load_motion_list
+from window_poll import poll_kind
 
 KIND = EarlyDayMotion()
 CORBYN = 185
@@ -155,17 +152,7 @@ async def _poll(
     engine: Engine, api: OralStandin, now: datetime, *, lookback_days: int = 0, **parliament: Any
 ) -> PollResult:
     settings = _settings(api, **parliament)
-    async with make_http_client(settings.parliament) as client:
-        source = WindowSource(
-            engine,
-            ParliamentApi(settings.parliament, client, KIND.api, KIND.api.base_url(settings)),
-            KIND,
-            settings,
-            zone=ZoneInfo("Europe/London"),
-            lookback_days=lookback_days,
-            lease=PollLease("test", 60.0, timedelta(0)),
-        )
-        return await source.poll(now)
+    return await poll_kind(engine, KIND, settings, now, lookback_days=lookback_days)
 
 
 def _requests(api: OralStandin) -> list[tuple[str, dict[str, str]]]:

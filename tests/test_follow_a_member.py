@@ -8,13 +8,10 @@ motion he signed (the recorded prayer 65938: his name was added that day) and on
 from __future__ import annotations
 
 import copy
-import mailbox
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from typing import Any
 
 import pytest
@@ -27,6 +24,7 @@ from alertd.pipeline import Runtime, run_once
 from alertd.status import collect_status, format_status
 from alertd.subscriptions import lifecycle
 
+from maildir_reading import body, take_mail
 from standin_api import member_search_item
 from standin_hansard import HansardStandin, load_member185
 from standin_oral import OralStandin, load_motion_details, load_oral_questions
@@ -114,20 +112,7 @@ async def runtime(
 
 
 def _mail(runtime: Runtime) -> list[EmailMessage]:
-    box = mailbox.Maildir(runtime.settings.mail.maildir, create=True)
-    found = []
-    for key in sorted(box.keys()):
-        parsed = message_from_bytes(box.get_bytes(key), policy=default)
-        assert isinstance(parsed, EmailMessage)
-        found.append(parsed)
-        box.remove(key)
-    return found
-
-
-def _body(message: EmailMessage, kind: str) -> str:
-    part = message.get_body((kind,))
-    assert part is not None
-    return str(part.get_content())
+    return take_mail(runtime.settings.mail.maildir)
 
 
 async def test_one_run_mails_all_a_member_did_that_day_each_once(
@@ -163,7 +148,7 @@ async def test_one_run_mails_all_a_member_did_that_day_each_once(
     assert report.new_items_by_source["oral_questions"] == 1
     assert report.new_items_by_source["early_day_motions"] == 2
     [message] = _mail(runtime)
-    text = _body(message, "plain")
+    text = body(message, "plain")
     # Each kind in its own group, each with its official link.
     for group in ("Debates", "Oral questions", "Early Day Motions"):
         assert f"\n\n{group}\n\n" in text
@@ -174,7 +159,7 @@ async def test_one_run_mails_all_a_member_did_that_day_each_once(
     assert "https://edm.parliament.uk/early-day-motion/65938" in text
     assert "https://edm.parliament.uk/early-day-motion/56795" in text
     assert "Signed by Jeremy Corbyn" in text and "Tabled by Jeremy Corbyn" in text
-    html = _body(message, "html")
+    html = body(message, "html")
     assert 'href="https://edm.parliament.uk/early-day-motion/65938"' in html
     assert ">Early Day Motions</h3>" in html and ">Oral questions</h3>" in html
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import mailbox
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from email import message_from_bytes
 from email.message import EmailMessage
-from email.policy import default
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.etree import ElementTree as ET
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -38,16 +34,15 @@ from alertd.mail.transports import mailer_factory
 from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Item, Member, SourceState
 from alertd.pipeline import Runtime, run_once
-from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
-from alertd.sources.state import PollLease
-from alertd.sources.window import WindowSource
 from alertd.status import collect_status, format_status
 from alertd.subscriptions import lifecycle
 from alertd.web.atom import render_alert_feed
 
+from maildir_reading import body, take_mail
 from standin_api import member_search_item
 from standin_hansard import HansardStandin, load_lords, load_member185, official_path
+from window_poll import poll_kind
 
 CORBYN = 185
 KIND = SpokenContribution()
@@ -198,17 +193,7 @@ async def _poll(
             "hansard": {"base_url": base_url or api.base_url},
         }
     )
-    async with make_http_client(settings.parliament) as client:
-        source = WindowSource(
-            engine,
-            ParliamentApi(settings.parliament, client, KIND.api, KIND.api.base_url(settings)),
-            KIND,
-            settings,
-            zone=ZoneInfo("Europe/London"),
-            lookback_days=lookback_days,
-            lease=PollLease("test", 60.0, timedelta(0)),
-        )
-        return await source.poll(now)
+    return await poll_kind(engine, KIND, settings, now, lookback_days=lookback_days)
 
 
 def _items(engine: Engine) -> list[Item]:
@@ -423,20 +408,7 @@ async def runtime(
 
 
 def _mail(runtime: Runtime) -> list[EmailMessage]:
-    box = mailbox.Maildir(runtime.settings.mail.maildir, create=True)
-    found = []
-    for key in sorted(box.keys()):
-        parsed = message_from_bytes(box.get_bytes(key), policy=default)
-        assert isinstance(parsed, EmailMessage)
-        found.append(parsed)
-        box.remove(key)
-    return found
-
-
-def _body(message: EmailMessage, kind: str) -> str:
-    part = message.get_body((kind,))
-    assert part is not None
-    return str(part.get_content())
+    return take_mail(runtime.settings.mail.maildir)
 
 
 async def test_a_debate_is_one_card_of_its_contributions_in_text_and_html(
@@ -449,7 +421,7 @@ async def test_a_debate_is_one_card_of_its_contributions_in_text_and_html(
     assert report.new_items_by_source[SOURCE] == 12
     [message] = _mail(runtime)
     assert str(message["Subject"]) == "12 new contributions: Jeremy Corbyn"
-    text = _body(message, "plain")
+    text = body(message, "plain")
     assert text.startswith("12 new contributions to debates\nUK Parliament debates (Hansard)")
     assert (
         "\n\nDebates\n\nWater Bill\nCommons Chamber\nDebated 28 March 2025 (House of Commons)\n"
@@ -465,7 +437,7 @@ async def test_a_debate_is_one_card_of_its_contributions_in_text_and_html(
     assert "Read it in full:\nhttps://hansard.parliament.uk/Commons/2025-03-28/debates/" in text
     assert "Why you got this: you follow Jeremy Corbyn" in text
     assert "more for this alert" not in text  # all twelve are in the card
-    html = _body(message, "html")
+    html = body(message, "html")
     assert re.search(r'<h3 class="group"[^>]*>Debates</h3>', html)
     assert html.count('class="card"') == 1 and ">Water Bill</a></h3>" in html
     labels_html = re.findall(r'<p class="label"[^>]*><a href="([^"]+)"[^>]*>([^<]+)</a>', html)
@@ -488,7 +460,7 @@ async def test_contributions_found_by_different_alerts_are_not_grouped_together(
     _subscribe(engine, "reader@example.org", "pollution", before)
     await run_once(runtime, now=WATER_BILL_EVENING)
     [message] = _mail(runtime)
-    text = _body(message, "plain")
+    text = body(message, "plain")
     # "pollution" is in five contributions, among them the two the other alerts found
     # first: those stand alone under their own alert; the other three share one card.
     subject = "5 new contributions: pesticides, United Utilities, pollution"
@@ -515,7 +487,7 @@ async def test_the_more_count_counts_contributions_not_cards(
     _subscribe(runtime.engine, "follower@example.org", f"speaker:{CORBYN}", evening)
     await run_once(runtime, now=evening + timedelta(minutes=1))
     [message] = _mail(runtime)
-    text = _body(message, "plain")
+    text = body(message, "plain")
     assert "Jeremy Corbyn: 6 new contributions" in text and text.count("Read it in full:") == 2
     assert "\nBuilding Safety and Resilience\n" in text and text.count("#contribution-") == 5
     assert "... and 1 more for this alert:" in text
@@ -544,12 +516,12 @@ async def test_a_revision_goes_only_to_those_sent_the_original(
     assert report.new_items_by_source[SOURCE] == 3
     corrected = {str(m["To"]): m for m in _mail(runtime)}
     assert sorted(corrected) == ["alice@example.org", "carol@example.org"]
-    text = _body(corrected["alice@example.org"], "plain")
+    text = body(corrected["alice@example.org"], "plain")
     assert str(corrected["alice@example.org"]["Subject"]).startswith("1 new contribution: ")
     assert "Debate on the Address (Corrected)" in text
     assert "Jeremy Corbyn (Islington North) (Ind) (corrected):" in text
     assert 'Why you got this: your alert "two-child benefit cap"' in text
-    carol = _body(corrected["carol@example.org"], "plain")
+    carol = body(corrected["carol@example.org"], "plain")
     assert (
         "Debate on the Address (Corrected)" in carol and "\nForeign Affairs and Defence\n" in carol
     )

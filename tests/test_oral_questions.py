@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -22,14 +21,12 @@ from alertd.kinds.oral_question import SOURCE, OralQuestion, OralStage, heading,
 from alertd.kinds.oral_questions_api import ORAL_QUESTIONS_MOTIONS
 from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Item, SourceState
-from alertd.sources.parliament import ParliamentApi, make_http_client
 from alertd.sources.source import PollResult
-from alertd.sources.state import PollLease
-from alertd.sources.window import WindowSource
 from alertd.subscriptions import lifecycle
 
 from standin_api import FaultRule, Params, _Response
 from standin_oral import OralStandin, load_oral_questions, swagger
+from window_poll import poll_kind
 
 CORBYN = 185
 KIND = OralQuestion()
@@ -154,17 +151,7 @@ async def _poll(
             "oral_questions": {"base_url": api.base_url},
         }
     )
-    async with make_http_client(settings.parliament) as client:
-        source = WindowSource(
-            engine,
-            ParliamentApi(settings.parliament, client, KIND.api, KIND.api.base_url(settings)),
-            KIND,
-            settings,
-            zone=ZoneInfo("Europe/London"),
-            lookback_days=lookback_days,
-            lease=PollLease("test", 60.0, timedelta(0)),
-        )
-        return await source.poll(now)
+    return await poll_kind(engine, KIND, settings, now, lookback_days=lookback_days)
 
 
 def _items(engine: Engine) -> list[Item]:

@@ -25,9 +25,15 @@ from alertd.kinds.kind import (
     StoredKeys,
     Summary,
     Version,
+    news_or_change,
     shown_name,
 )
-from alertd.kinds.oral_questions_api import ORAL_QUESTIONS_MOTIONS, enum_name, member_for_date
+from alertd.kinds.oral_questions_api import (
+    ORAL_QUESTIONS_MOTIONS,
+    enum_name,
+    member_for_date,
+    oral_questions_polled,
+)
 from alertd.kinds.parliament_json import api_date
 from alertd.models import Item
 from alertd.subscriptions.vocabulary import Hearing
@@ -270,11 +276,7 @@ class EarlyDayMotion(ApiKind):
     # --- polling ---------------------------------------------------------------------------
 
     def poll_settings(self, settings: Settings) -> PollSettings | None:
-        if not settings.as_parliament(settings.oral_questions.enabled):
-            return None
-        return PollSettings(
-            settings.oral_questions.poll_interval_minutes, settings.parliament.lookback_days
-        )
+        return oral_questions_polled(settings)
 
     def listings(self, first: date, last: date, settings: Settings) -> list[Listing]:
         # Members sign motions for weeks after they are tabled: each poll lists those tabled
@@ -298,11 +300,7 @@ class EarlyDayMotion(ApiKind):
         return parse(value, listed)
 
     def worth_fetching(self, listed: NewItem, stored: StoredKeys) -> bool:
-        stored_keys = stored.keys_of(listed.source_id)
-        if listed.version_key in stored_keys:
-            return False
-        # Withdrawn before alertd saw it: not worth a word.
-        return listed.stage == MotionStage.PUBLISHED or bool(stored_keys)
+        return news_or_change(listed, stored, MotionStage.PUBLISHED)
 
     # --- matching --------------------------------------------------------------------------
 

@@ -181,6 +181,16 @@ class StoredVersions(StoredKeys, Protocol):
         ...
 
 
+def news_or_change(listed: NewItem, stored: StoredKeys, news_stage: str) -> bool:
+    """Whether a listed version is worth fetching: not stored yet, and either news (at
+    ``news_stage``) or a change to one stored; an end (withdrawn) of one never seen is not
+    worth a word."""
+    stored_keys = stored.keys_of(listed.source_id)
+    if listed.version_key in stored_keys:
+        return False
+    return listed.stage == news_stage or bool(stored_keys)
+
+
 class Version(NamedTuple):
     """An earlier version of an item, as its follow-up rule sees it."""
 

@@ -26,9 +26,15 @@ from alertd.kinds.kind import (
     Summary,
     Version,
     member_in,
+    news_or_change,
     shown_name,
 )
-from alertd.kinds.oral_questions_api import ORAL_QUESTIONS_MOTIONS, enum_name, member_for_date
+from alertd.kinds.oral_questions_api import (
+    ORAL_QUESTIONS_MOTIONS,
+    enum_name,
+    member_for_date,
+    oral_questions_polled,
+)
 from alertd.kinds.parliament_json import api_date
 from alertd.models import Item
 from alertd.subscriptions.vocabulary import Hearing
@@ -225,11 +231,7 @@ class OralQuestion(ApiKind):
     # --- polling ---------------------------------------------------------------------------
 
     def poll_settings(self, settings: Settings) -> PollSettings | None:
-        if not settings.as_parliament(settings.oral_questions.enabled):
-            return None
-        return PollSettings(
-            settings.oral_questions.poll_interval_minutes, settings.parliament.lookback_days
-        )
+        return oral_questions_polled(settings)
 
     def listings(self, first: date, last: date, settings: Settings) -> list[Listing]:
         # The API lists questions by the day they are to be asked, not by when tabled.
@@ -249,11 +251,8 @@ class OralQuestion(ApiKind):
         return parse(value)
 
     def worth_fetching(self, listed: NewItem, stored: StoredKeys) -> bool:
-        stored_keys = stored.keys_of(listed.source_id)
-        if listed.version_key in stored_keys:
-            return False
         # Taken off the order paper before alertd saw it on: not worth a word.
-        return listed.stage == OralStage.TABLED or bool(stored_keys)
+        return news_or_change(listed, stored, OralStage.TABLED)
 
     # --- matching --------------------------------------------------------------------------
 

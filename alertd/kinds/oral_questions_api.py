@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from alertd.errors import SourceInvalid
-from alertd.kinds.kind import JsonApi, MemberRef
+from alertd.kinds.kind import JsonApi, MemberRef, PollSettings
 
 if TYPE_CHECKING:
     from alertd.config import Settings
@@ -93,3 +93,12 @@ def enum_name(value: Any, names: Sequence[str], field: str, *, first: int) -> st
         name: str = names[value - first]
         return name
     raise ValueError(f"{field} {value!r} is not one of {', '.join(names)}")
+
+
+def oral_questions_polled(settings: Settings) -> PollSettings | None:
+    """How each kind of this API is polled (oral_questions); None when it is switched off."""
+    if not settings.as_parliament(settings.oral_questions.enabled):
+        return None
+    return PollSettings(
+        settings.oral_questions.poll_interval_minutes, settings.parliament.lookback_days
+    )
