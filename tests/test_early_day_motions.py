@@ -7,15 +7,16 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree as ET
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from alertd.config import Settings
+from alertd.config import Settings, load_settings
 from alertd.digests.compose import compose_due_digests
 from alertd.digests.render import build_environment
-from alertd.errors import SourceInvalid
+from alertd.errors import ConfigError, SourceInvalid
 from alertd.items import add_items
 from alertd.kinds.early_day_motion import (
     SOURCE,
@@ -27,8 +28,10 @@ from alertd.kinds.early_day_motion import (
 )
 from alertd.matching.hits import match_new_items
 from alertd.models import Hit, Item
+from alertd.queries import matching_lines
 from alertd.sources.source import PollResult
 from alertd.subscriptions import lifecycle
+from alertd.web.atom import render_alert_feed
 
 from standin_api import FaultRule
 from standin_oral import OralStandin, list_view, load_motion_details, load_motion_list
@@ -384,3 +387,41 @@ def test_a_card_names_the_followed_members_signature_first() -> None:
 
 def _now() -> datetime:
     return datetime(2026, 6, 16, tzinfo=UTC)
+
+
+def test_an_atom_entry_and_a_preview_name_the_motion_and_its_sponsor(db_engine: Engine) -> None:
+    now = _evening("2026-06-06")
+    alert_id = _subscribe(db_engine, "type:edm energy", now - timedelta(hours=1))
+    _store(db_engine, _detail(VAT), now)
+    match_new_items(db_engine, now=now)
+    feed = ET.fromstring(render_alert_feed(db_engine, alert_id, "https://x/feed") or b"")
+    atom = "{http://www.w3.org/2005/Atom}"
+    [entry] = feed.findall(f"{atom}entry")
+    assert entry.findtext(f"{atom}title") == "VAT on energy bills"
+    assert entry.findtext(f"{atom}author/{atom}name") == "Jamie Stone"
+    assert entry.find(f"{atom}link").get("href") == (  # type: ignore[union-attr]
+        "https://edm.parliament.uk/early-day-motion/56795"
+    )
+    assert entry.findtext(f"{atom}id") == "urn:alertd:edm:56795:1"
+    # `alertd preview`: the motion's line, by its sponsor, with its page.
+    [line] = matching_lines(db_engine, "type:edm energy", date(2020, 3, 1))
+    assert (line.title, line.day, line.url) == (
+        "VAT on energy bills",
+        date(2020, 3, 25),
+        "https://edm.parliament.uk/early-day-motion/56795",
+    )
+
+
+def test_settings_come_from_the_environment_too() -> None:
+    environ = {
+        "ALERTD_ORAL_QUESTIONS__BASE_URL": "http://127.0.0.1:9/",
+        "ALERTD_ORAL_QUESTIONS__SIGNATURES_DAYS": "30",
+        "ALERTD_ORAL_QUESTIONS__ENABLED": "false",
+    }
+    settings = load_settings(None, environ)
+    assert settings.oral_questions.base_url == "http://127.0.0.1:9/"
+    assert settings.oral_questions.signatures_days == 30
+    assert KIND.poll_settings(settings) is None
+    assert load_settings(None, {}).oral_questions.enabled is None  # as parliament.enabled
+    with pytest.raises(ConfigError, match="oral_questions.base_url"):
+        load_settings(None, {"ALERTD_ORAL_QUESTIONS__BASE_URL": "ftp://oral"})
