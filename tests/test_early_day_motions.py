@@ -347,6 +347,15 @@ def _detail_on(motion_id: int, day: str) -> dict[str, Any]:
     return {**motion, "Sponsors": sponsors}
 
 
+def _corbyn() -> dict[str, Any]:
+    """Jeremy Corbyn as the prayer's names give him (a Member object of the API)."""
+    prayer = _detail(PRAYER)
+    member: dict[str, Any] = next(
+        s["Member"] for s in prayer["Sponsors"] if s["MemberId"] == CORBYN
+    )
+    return member
+
+
 def test_a_withdrawn_motion_goes_only_to_those_mailed_it(
     db_engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
@@ -356,23 +365,52 @@ def test_a_withdrawn_motion_goes_only_to_those_mailed_it(
     match_new_items(db_engine, now=start)
     settings = make_settings()
     assert compose_due_digests(db_engine, settings, build_environment(settings), now=start) == 1
-    waiting = _subscribe(db_engine, f"member:{DAVEY}", start + timedelta(minutes=1))
-    later_than = _subscribe(db_engine, "energy bills", start + timedelta(minutes=1))
-    # A new version (reworded): alerts that confirmed since hear of it, not mailed yet.
-    reworded = start + timedelta(minutes=2)
-    _store(db_engine, {**_detail(VAT), "Title": "VAT on energy bills and products"}, reworded)
-    match_new_items(db_engine, now=reworded)
-    assert _heard(db_engine, waiting) == [(str(VAT), 2)]
-    assert _heard(db_engine, later_than) == [(str(VAT), 2)]
+    newcomer = _subscribe(db_engine, f"member:{CORBYN}", start + timedelta(minutes=1))
+    topic = _subscribe(db_engine, "energy bills", start + timedelta(minutes=1))
+    # His name is added (version 2): news to his follower, not to a topic it matched before.
+    signed = start + timedelta(minutes=2)
+    motion = _detail(VAT)
+    motion["Sponsors"].append(
+        {
+            **motion["Sponsors"][-1],
+            "Id": 1,
+            "MemberId": CORBYN,
+            "Member": _corbyn(),
+            "SponsoringOrder": 18,
+        }
+    )
+    assert _store(db_engine, motion, signed) == 1
+    match_new_items(db_engine, now=signed)
+    assert _heard(db_engine, newcomer) == [(str(VAT), 2)]
+    assert _heard(db_engine, topic) == []
 
     later = start + timedelta(days=1)
-    assert _store(db_engine, {**_detail(VAT), "Status": 1}, later) == 1
+    assert _store(db_engine, {**motion, "Status": 1}, later) == 1
     match_new_items(db_engine, now=later)
-    # Those mailed it hear of its withdrawal; those still waiting for it hear nothing.
+    # Those mailed it hear of its withdrawal; one still waiting for it hears nothing.
     assert _heard(db_engine, mailed) == [(str(VAT), 1), (str(VAT), 3)]
-    assert _heard(db_engine, waiting) == []
-    assert _heard(db_engine, later_than) == []
+    assert _heard(db_engine, newcomer) == []
     assert _versions(db_engine, VAT)[-1].stage == MotionStage.WITHDRAWN
+
+
+async def test_a_first_poll_keeps_older_motions_as_history_and_hears_their_new_names(
+    db_engine: Engine, motions_api: OralStandin
+) -> None:
+    before = _evening("2026-06-06")
+    follower = _subscribe(db_engine, f"member:{CORBYN}", before)
+    topic = _subscribe(db_engine, "disapproved", before)
+    # The first poll lists motions tabled up to signatures_days back: the prayer, tabled
+    # before the look-back window, is history, mailed to nobody.
+    assert (await _poll(db_engine, motions_api, _evening("2026-06-07"))).new_items == 1
+    assert [v.never_alert for v in _versions(db_engine, PRAYER)] == [True]
+    match_new_items(db_engine, now=_evening("2026-06-07"))
+    assert _heard(db_engine, topic) == []
+    # His name added on 8 Jun: news to his follower only.
+    motions_api.put_motion(_as_of(_detail(PRAYER), "2026-06-08"))
+    assert (await _poll(db_engine, motions_api, _evening("2026-06-08"))).new_items == 1
+    match_new_items(db_engine, now=_evening("2026-06-08"))
+    assert _heard(db_engine, follower) == [(str(PRAYER), 2)]
+    assert _heard(db_engine, topic) == []
 
 
 def test_a_card_names_the_followed_members_signature_first() -> None:

@@ -210,8 +210,9 @@ class FollowUp:
     ``told`` are earlier versions whose recipients get this one, under the same alert;
     ``only`` says nobody else does (a correction); ``drop_unsent`` are earlier versions
     whose hits not mailed yet are dropped (a question answered before its digest as
-    tabled went out); ``heard`` are earlier versions whose alerts do not hear this one as
-    news (a motion's new signatures go only to alerts that had not matched it before).
+    tabled went out); ``heard`` are earlier versions, oldest first, whose alerts do not hear
+    this one as news: those with a hit on one, and those the newest of them matches (a
+    motion's new names go only to the alerts they made it match).
     """
 
     told: tuple[int, ...] = ()

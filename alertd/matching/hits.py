@@ -49,6 +49,8 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
         fresh: list[Item] = []
         # (alert id, item id): told already, by a follow-up hit or an earlier version heard.
         told: set[tuple[int, int]] = set()
+        # An earlier version's id -> the new version whose news it is not (FollowUp.heard).
+        heard_before: dict[int, int] = {}
         newest = _newest_versions(items)
         for item in items:
             if item.version < newest[item.source, item.source_id]:
@@ -68,8 +70,10 @@ def match_new_items(engine: Engine, *, now: datetime, matcher: LiveMatcher | Non
                 told.update((alert_id, item.id) for alert_id in alert_ids if item.id)
             if follow.heard and item.id is not None:
                 told.update((alert_id, item.id) for alert_id in _heard(session, follow.heard))
+                heard_before[follow.heard[-1]] = item.id
             if not follow.only:
                 fresh.append(item)
+        told.update(_matched_before(session, live, heard_before))
         hits += _match_fresh(session, live, fresh, now, told)
         for item in items:
             item.matched_at = now
@@ -185,6 +189,23 @@ def _follow_up_hits(
             )
         )
     return {alert_id for alert_id, _ in mailed}
+
+
+def _matched_before(
+    session: Session, matcher: LiveMatcher, heard_before: dict[int, int]
+) -> set[tuple[int, int]]:
+    """(alert id, new version id) for each alert its earlier version matches: what is news in
+    the new version is only what made an alert match it."""
+    if not heard_before:
+        return set()
+    earlier = session.exec(select(Item).where(col(Item.id).in_(heard_before))).all()
+    documents = [analyse(kind_of(item).document(item)) for item in earlier]
+    found: set[tuple[int, int]] = set()
+    with matcher.lock:
+        matcher.refresh(session)
+        for alert, indexes in matcher.match(documents):
+            found.update((alert.id, heard_before[earlier[i].id or 0]) for i in indexes)
+    return found
 
 
 def _heard(session: Session, earlier: Sequence[int]) -> set[int]:

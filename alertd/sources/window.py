@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -56,9 +56,11 @@ async def fetch_and_store(
     today: date,
     member_names: MemberNames | None = None,
     never_alert: bool = False,
+    history_before: date | None = None,
 ) -> tuple[int, int]:
     """List, drop what is stored, fetch the rest's details, name their Members, store them;
-    how many were listed and how many versions were new.
+    how many were listed and how many versions were new. Those dated before
+    ``history_before`` are stored never to alert (history, as backfill stores it).
 
     Raises:
         SourceUnavailable, SourceInvalid: a listing or a detail failed; nothing was stored.
@@ -66,6 +68,11 @@ async def fetch_and_store(
     listed = await api.listed(listings)
     wanted = await asyncio.to_thread(unseen, engine, kind, listed)
     items = [kind.parse(value, listing) for value, listing in await api.details(kind, wanted)]
+    if history_before is not None:
+        items = [
+            replace(new, never_alert=True) if new.day and new.day < history_before else new
+            for new in items
+        ]
     if member_names is not None:
         items = await member_names.name_new(items, now=now)
     new = await asyncio.to_thread(
@@ -114,6 +121,9 @@ class WindowSource:
                 now=now,
                 today=today,
                 member_names=self.member_names,
+                # A source's first poll: what a kind lists from before the look-back window
+                # (motions open for signatures for weeks) is history, not a flood of news.
+                history_before=first if held.high_water is None else None,
             )
             if self.member_names is not None:
                 # Members earlier polls could not name: asked again, within a bound.
