@@ -241,9 +241,13 @@ class OutboxState(StrEnum):
     SENDING --released (stop, halted batch)--> PENDING, or RETRY once attempted
     SENDING --lease ran out (its worker died)--> claimed again as it is
     PENDING or RETRY --a digest none of whose alerts is live any more--> CANCELLED
+    SENDING --temporary failure, or released, of such a digest--> CANCELLED
+    SENDING (lease ran out) --claimed again, such a digest--> CANCELLED
 
-    alertd.mail.outbox makes every transition but the last, which alertd.subscriptions.lifecycle
-    makes in the transaction that stops the digest's last live alert or suspends its owner.
+    alertd.mail.outbox makes every transition but the cancellations, which
+    alertd.subscriptions.lifecycle makes: in the transaction that stops or pauses the
+    digest's last live alert or suspends its owner, and for the sender when it claims,
+    releases or retries such a digest.
     """
 
     PENDING = "pending"

@@ -10,24 +10,20 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from alertd.db import transaction
 from alertd.errors import NotYours, UsageError
-from alertd.kinds.written_question import WrittenQuestion
 from alertd.matching import MemberFollow, followed_member
 from alertd.models import (
     Alert,
-    Hit,
-    Item,
-    Ledger,
-    Outbox,
     OutboxState,
     Subscriber,
 )
 from alertd.schedule import Frequency
 from alertd.subscriptions import lifecycle
 from alertd.subscriptions.vocabulary import AlertState, NotifyOn, alert_state
+
+from queued_digests import digest_state, pending_hits, queue_digest
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 MAX_BOUNCES = 3
@@ -39,62 +35,11 @@ def _subscribe(engine: Engine, email: str, query: str = "school meals", **kwargs
 
 
 def _queue_digest(engine: Engine, alert: Alert, number: int) -> int:
-    """A digest queued for the alert's owner, holding one hit of the alert (and its ledger row)."""
-    assert alert.id is not None
-    with transaction(engine) as session:
-        item = Item(
-            kind=WrittenQuestion.name,
-            stage="answer",
-            source="parliament",
-            source_id=f"{alert.id}-{number}",
-            version=1,
-            version_key="1",
-            title="School meals",
-            url="https://questions.example/1",
-            ingested_at=NOW,
-            matched_at=NOW,
-        )
-        digest = Outbox(
-            subscriber_id=alert.subscriber_id,
-            recipient="reader@example.org",
-            message_id=f"<digest-{alert.id}-{number}@alertd.test>",
-            message=b"a digest",
-            created_at=NOW,
-            next_attempt_at=NOW,
-        )
-        session.add_all([item, digest])
-        session.flush()
-        assert item.id is not None and digest.id is not None
-        session.add(
-            Hit(
-                alert_id=alert.id,
-                subscriber_id=alert.subscriber_id,
-                item_id=item.id,
-                created_at=NOW,
-                outbox_id=digest.id,
-            )
-        )
-        session.add(
-            Ledger(
-                subscriber_id=alert.subscriber_id,
-                source=item.source,
-                source_id=item.source_id,
-                version=1,
-                item_id=item.id,
-                outbox_id=digest.id,
-                created_at=NOW,
-            )
-        )
-        return digest.id
+    return queue_digest(engine, alert, number, NOW)
 
 
 def _state(engine: Engine, outbox_id: int) -> tuple[OutboxState, int]:
-    """A queued message's state, and how many ledger rows still name it."""
-    with Session(engine) as session:
-        digest = session.get(Outbox, outbox_id)
-        assert digest is not None
-        ledger = session.exec(select(Ledger).where(Ledger.outbox_id == outbox_id)).all()
-        return OutboxState(digest.status), len(ledger)
+    return digest_state(engine, outbox_id)
 
 
 def _subscriber(engine: Engine, subscriber_id: int) -> Subscriber:
@@ -117,6 +62,11 @@ def _complaint(engine: Engine, alert: Alert) -> None:
     assert lifecycle.suspend(engine, alert.subscriber_id, NOW)
 
 
+def _pause(engine: Engine, alert: Alert) -> None:
+    assert alert.id is not None
+    lifecycle.change_alert(engine, alert.id, NOW, subscriber_id=alert.subscriber_id, paused=True)
+
+
 def _bounces(engine: Engine, alert: Alert) -> None:
     counts = [
         lifecycle.record_bounce(engine, alert.subscriber_id, MAX_BOUNCES, NOW)
@@ -125,7 +75,7 @@ def _bounces(engine: Engine, alert: Alert) -> None:
     assert counts == [1, 2, 3]
 
 
-@pytest.mark.parametrize("kill", [_stop_one, _stop_all, _complaint, _bounces])
+@pytest.mark.parametrize("kill", [_stop_one, _stop_all, _pause, _complaint, _bounces])
 def test_every_operation_that_leaves_a_digest_unwanted_cancels_it(
     db_engine: Engine, kill: Callable[[Engine, Alert], None]
 ) -> None:
@@ -138,18 +88,36 @@ def test_every_operation_that_leaves_a_digest_unwanted_cancels_it(
     assert _state(db_engine, untouched) == (OutboxState.PENDING, 1)
 
 
-def test_a_digest_of_a_live_or_paused_alert_stays_queued(db_engine: Engine) -> None:
+def test_a_digest_of_a_live_alert_stays_queued(db_engine: Engine) -> None:
     alert = _subscribe(db_engine, "reader@example.org")
     second = _subscribe(db_engine, "reader@example.org", "free school meals")
     assert alert.id is not None and second.id is not None
     digest = _queue_digest(db_engine, alert, 1)
-    lifecycle.change_alert(db_engine, alert.id, NOW, subscriber_id=alert.subscriber_id, paused=True)
     lifecycle.stop_alert(db_engine, second.id, NOW)  # the reader's other alert
     counts = [
         lifecycle.record_bounce(db_engine, alert.subscriber_id, MAX_BOUNCES, NOW) for _ in range(2)
     ]
     assert counts == [1, 2] and _subscriber(db_engine, alert.subscriber_id).suspended_at is None
     assert _state(db_engine, digest) == (OutboxState.PENDING, 1)
+
+
+def test_pausing_cancels_the_queued_digest_and_its_answers_wait_for_the_resume(
+    db_engine: Engine,
+) -> None:
+    # The manage page says a paused alert "sends nothing until you resume it".
+    alert = _subscribe(db_engine, "reader@example.org")
+    assert alert.id is not None
+    digest = _queue_digest(db_engine, alert, 1)
+    _pause(db_engine, alert)
+    assert _state(db_engine, digest) == (OutboxState.CANCELLED, 0)
+    # Not lost: its answer waits for the alert's first digest after it is resumed.
+    assert pending_hits(db_engine, alert.id) == 1
+    # A stopped alert's answers are not kept waiting: they would never go.
+    stopped = _subscribe(db_engine, "other@example.org")
+    assert stopped.id is not None
+    _queue_digest(db_engine, stopped, 2)
+    _stop_one(db_engine, stopped)
+    assert pending_hits(db_engine, stopped.id) == 0
 
 
 def test_confirming_lifts_a_suspension_in_every_flow(db_engine: Engine) -> None:

@@ -1,12 +1,14 @@
 """Subscribers' and alerts' lifecycle: subscribe, confirm, pause, stop, bounce, suspend.
 
 Each operation runs in one transaction; one that leaves a queued digest with no live alert
-(stopping alerts, suspending their owner) cancels that digest in the same transaction.
+(stopping or pausing alerts, suspending their owner) cancels that digest in the same
+transaction.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -151,8 +153,9 @@ def change_alert(
     paused: bool | None = None,
     frequency: Frequency | None = None,
 ) -> Alert:
-    """Pause, resume or change the frequency of one of a subscriber's alerts. A paused
-    alert's queued digests still go: it was live when they were composed.
+    """Pause, resume or change the frequency of one of a subscriber's alerts. Pausing
+    cancels the queued digests it leaves with no live alert: a paused alert sends nothing;
+    what they carried of it waits for its first digest after it is resumed.
 
     Raises:
         NotYours: the alert is not one of the subscriber's active alerts.
@@ -161,6 +164,8 @@ def change_alert(
         alert = _active_alert(session, alert_id, subscriber_id)
         if paused is not None and paused != (alert.paused_at is not None):
             alert.paused_at = now if paused else None
+            if paused:
+                _cancel_dead_digests(session, alert.subscriber_id, now)
         if frequency is not None:
             alert.frequency = frequency
         return alert
@@ -259,42 +264,75 @@ def _suspend(session: Session, subscriber: Subscriber, now: datetime) -> None:
     _cancel_dead_digests(session, subscriber.id, now)
 
 
+def dead_digest() -> sa.ColumnElement[bool]:
+    """Whether an outbox row is a digest nobody is to receive now (SQL, on ``Outbox``).
+
+    A digest is live while one of its alerts is (confirmed, neither paused nor stopped) and
+    its subscriber is not suspended. Transactional mails (no hits) are never dead.
+    """
+    has_hits = sa.exists().where(col(Hit.outbox_id) == col(Outbox.id))
+    suspended = sa.exists().where(
+        col(Subscriber.id) == col(Outbox.subscriber_id), col(Subscriber.suspended_at).is_not(None)
+    )
+    live_alert = sa.exists().where(
+        col(Hit.outbox_id) == col(Outbox.id),
+        col(Alert.id) == col(Hit.alert_id),
+        col(Alert.confirmed).is_(True),
+        col(Alert.unsubscribed_at).is_(None),
+        col(Alert.paused_at).is_(None),
+    )
+    return sa.and_(has_hits, sa.or_(suspended, ~live_alert))
+
+
+def cancel_dead_among(session: Session, outbox_ids: Sequence[int], now: datetime) -> set[int]:
+    """Cancel those of the outbox rows (whatever their state) that are dead digests, in the
+    caller's transaction; their ids. For the sender, which holds the rows: it re-checks them
+    when it claims, gives back or retries them."""
+    if not outbox_ids:
+        return set()
+    dead = session.exec(
+        select(Outbox.id).where(col(Outbox.id).in_(list(outbox_ids)), dead_digest())
+    ).all()
+    ids = {outbox_id for outbox_id in dead if outbox_id is not None}
+    _cancel(session, ids, now)
+    return ids
+
+
 def _cancel_dead_digests(session: Session, subscriber_id: int, now: datetime) -> int:
     """Cancel the subscriber's unsent digests that no longer have a live alert; how many.
 
-    Called in the transaction of every operation here that stops an alert or suspends: a
-    digest queued (or retrying, for up to delivery.retry_for_hours) before is never sent.
-    A digest is live while one of its alerts is (confirmed, not stopped) and the subscriber
-    is not suspended; transactional mails (no hits) are left alone. The cancelled digest's
-    ledger rows go too: it was never sent.
+    Called in the transaction of every operation here that stops or pauses an alert or
+    suspends: a digest queued (or retrying, for up to delivery.retry_for_hours) before is
+    never sent. One being sent at that moment is left to the sender, which checks again
+    before it retries or gives it back (``cancel_dead_among``).
     """
     session.flush()
-    subscriber = session.get(Subscriber, subscriber_id)
-    if subscriber is None:
-        return 0
-    has_hits = sa.exists().where(col(Hit.outbox_id) == col(Outbox.id))
-    wanted = [
-        col(Outbox.subscriber_id) == subscriber_id,
-        col(Outbox.status).in_(UNSENT),
-        has_hits,
-    ]
-    if subscriber.suspended_at is None:
-        live_alert = (
-            sa.select(col(Hit.id))
-            .join(Alert, col(Alert.id) == col(Hit.alert_id))
-            .where(
-                col(Hit.outbox_id) == col(Outbox.id),
-                col(Alert.confirmed).is_(True),
-                col(Alert.unsubscribed_at).is_(None),
-            )
+    ids = session.exec(
+        select(Outbox.id)
+        .where(
+            col(Outbox.subscriber_id) == subscriber_id,
+            col(Outbox.status).in_(UNSENT),
+            dead_digest(),
         )
-        wanted.append(~live_alert.exists())
-    ids = list(session.exec(select(Outbox.id).where(*wanted).with_for_update()).all())
-    if not ids:
-        return 0
+        .with_for_update()
+    ).all()
+    cancelled = {outbox_id for outbox_id in ids if outbox_id is not None}
+    _cancel(session, cancelled, now)
+    if cancelled:
+        log.info("cancelled %d queued digest(s) of subscriber %d", len(cancelled), subscriber_id)
+    return len(cancelled)
+
+
+def _cancel(session: Session, outbox_ids: set[int], now: datetime) -> None:
+    """Cancel digests: never sent, so their ledger rows go. Their hits of paused alerts
+    wait again for the alert's next digest after it is resumed; hits of stopped alerts, or
+    of a suspended subscriber, stay with the cancelled digest and are never sent."""
+    if not outbox_ids:
+        return
+    ids = list(outbox_ids)
     session.execute(
         sa.update(Outbox)
-        .where(col(Outbox.id).in_(ids), col(Outbox.status).in_(UNSENT))
+        .where(col(Outbox.id).in_(ids))
         .values(
             status=OutboxState.CANCELLED,
             last_error=f"cancelled {now.isoformat()}: no live alert",
@@ -303,5 +341,18 @@ def _cancel_dead_digests(session: Session, subscriber_id: int, now: datetime) ->
         )
     )
     session.execute(sa.delete(Ledger).where(col(Ledger.outbox_id).in_(ids)))
-    log.info("cancelled %d queued digest(s) of subscriber %d", len(ids), subscriber_id)
-    return len(ids)
+    paused_alert = sa.select(col(Alert.id)).where(
+        col(Alert.confirmed).is_(True),
+        col(Alert.unsubscribed_at).is_(None),
+        col(Alert.paused_at).is_not(None),
+    )
+    not_suspended = sa.select(col(Subscriber.id)).where(col(Subscriber.suspended_at).is_(None))
+    session.execute(
+        sa.update(Hit)
+        .where(
+            col(Hit.outbox_id).in_(ids),
+            col(Hit.alert_id).in_(paused_alert),
+            col(Hit.subscriber_id).in_(not_suspended),
+        )
+        .values(outbox_id=None)
+    )
