@@ -24,9 +24,11 @@ from alertd.db import open_database, transaction
 from alertd.mail.outbox import claim_due, renew_lease, wall_clock
 from alertd.mail.sender import DeliveryReport, DrainOptions, Sender, drain_outbox
 from alertd.mail.transports import mailer_factory
-from alertd.models import Outbox, OutboxState, Subscriber
+from alertd.models import Alert, Outbox, OutboxState, Subscriber
+from alertd.subscriptions import lifecycle
 from alertd.web import serve_web
 
+from queued_digests import digest_state, pending_hits, queue_digest
 from smtp_server import SmtpSink
 from waiting import wait_until_async
 
@@ -87,7 +89,7 @@ async def _drain(
         messages_per_connection=messages_per_connection,
     )
     options = DrainOptions(
-        sender_for=lambda _id: "alerts@alertd.test",
+        sender_for=lambda _id, _kind: "alerts@alertd.test",
         delivery=DeliverySettings(),
         connections=connections,
         worker_id="test-worker",
@@ -257,7 +259,7 @@ def test_expired_lease_is_claimed_again(engine: Engine) -> None:
 
 def _options(connections: int = 1) -> DrainOptions:
     return DrainOptions(
-        sender_for=lambda _id: "alerts@alertd.test",
+        sender_for=lambda _id, _kind: "alerts@alertd.test",
         delivery=DeliverySettings(),
         connections=connections,
         worker_id="test-worker",
@@ -441,3 +443,78 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
     engine.dispose()
     # ... and meanwhile every page came within half a second.
     assert slowest_s < 0.5
+
+
+def _reader_with_a_digest(engine: Engine, address: str, number: int) -> tuple[Alert, int]:
+    alert = lifecycle.subscribe(engine, address, "school meals", "daily", confirmed=True, now=NOW)
+    return alert, queue_digest(engine, alert, number, NOW, recipient=address)
+
+
+async def test_a_digest_unsubscribed_from_mid_send_is_not_retried(
+    engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    alert, digest = _reader_with_a_digest(engine, "leaving@example.org", 1)
+    assert alert.id is not None
+    # The server holds the digest's DATA, then defers it: the reader unsubscribes meanwhile.
+    stalled = smtp_sink.stall_next("data", 1.5, reply="451 4.3.0 Try later")
+    drain = asyncio.create_task(_drain(engine, smtp_sink))
+    await wait_until_async(lambda: stalled.hits, 10, "the digest's DATA")
+    await asyncio.to_thread(lifecycle.stop_alert, engine, alert.id, NOW)
+    report = await drain
+    assert report.deferred == 1
+    assert digest_state(engine, digest) == (OutboxState.CANCELLED, 0)
+    later = await _drain(engine, smtp_sink, now=NOW + timedelta(hours=6))
+    assert later.sent == 0 and smtp_sink.messages == []
+
+
+async def test_a_digest_given_back_after_its_alert_stopped_is_cancelled(
+    engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    _, first = _reader_with_a_digest(engine, "staying@example.org", 1)
+    leaving, second = _reader_with_a_digest(engine, "leaving@example.org", 2)
+    assert leaving.id is not None
+    # Both are claimed by one connection; the second waits while the first is sent, its
+    # reader unsubscribes, and a stop request gives it back untried.
+    stalled = smtp_sink.stall_next("data", 1.0)
+    stopping = asyncio.Event()
+    drain = asyncio.create_task(_drain(engine, smtp_sink, stopping=stopping))
+    await wait_until_async(lambda: stalled.hits, 10, "the first digest's DATA")
+    await asyncio.to_thread(lifecycle.stop_alert, engine, leaving.id, NOW)
+    stopping.set()
+    report = await drain
+    assert report.sent == 1
+    assert digest_state(engine, first) == (OutboxState.SENT, 1)
+    assert digest_state(engine, second) == (OutboxState.CANCELLED, 0)
+    assert (await _drain(engine, smtp_sink)).sent == 0
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["staying@example.org"]]
+
+
+async def test_a_digest_whose_sender_died_is_not_sent_after_a_pause(
+    engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    alert, digest = _reader_with_a_digest(engine, "pausing@example.org", 1)
+    assert alert.id is not None
+    # A worker claims it and dies; the reader pauses the alert while it is held.
+    (claimed,) = claim_due(engine, now=NOW, limit=10, lease_s=0.2, owner="dead-worker")
+    lifecycle.change_alert(engine, alert.id, NOW, subscriber_id=alert.subscriber_id, paused=True)
+    assert digest_state(engine, digest) == (OutboxState.SENDING, 1)
+    await asyncio.sleep(0.3)  # its lease runs out
+    report = await _drain(engine, smtp_sink)
+    assert report.sent == 0 and smtp_sink.messages == []
+    assert digest_state(engine, claimed.id) == (OutboxState.CANCELLED, 0)
+    # Its answer waits for the alert's first digest after it is resumed.
+    assert pending_hits(engine, alert.id) == 1
+
+
+async def test_pausing_cancels_a_digest_queued_for_retry(
+    engine: Engine, smtp_sink: SmtpSink
+) -> None:
+    alert, digest = _reader_with_a_digest(engine, "pausing@example.org", 1)
+    assert alert.id is not None
+    smtp_sink.fail_rcpt("pausing@example.org", 451)
+    assert (await _drain(engine, smtp_sink)).deferred == 1
+    assert digest_state(engine, digest) == (OutboxState.RETRY, 1)
+    lifecycle.change_alert(engine, alert.id, NOW, subscriber_id=alert.subscriber_id, paused=True)
+    assert (await _drain(engine, smtp_sink, now=NOW + timedelta(hours=6))).sent == 0
+    assert digest_state(engine, digest) == (OutboxState.CANCELLED, 0)
+    assert smtp_sink.messages == []

@@ -22,9 +22,9 @@ from alertd.config import Settings, load_settings
 from alertd.db import open_database
 from alertd.digests.render import build_environment
 from alertd.errors import ConfigError
-from alertd.mail.identity import bounced_subscriber, envelope_sender, sign_message
+from alertd.mail.identity import VerpTag, envelope_sender, read_verp_tag, sign_message
 from alertd.mail.transports import MaildirMailer, SmtpMailer
-from alertd.models import Subscriber
+from alertd.models import OutboxKind, Subscriber
 from alertd.web import serve_web
 
 from digest_cases import case_settings, compose_case
@@ -145,7 +145,7 @@ async def test_the_maildir_copy_has_the_envelope_sender_as_return_path(
     assert first_line == f"Return-Path: <{sender}>".encode()
     assert rest == stored
     assert dkim.verify(delivered, dnsfunc=_dns(rsa_key))
-    assert bounced_subscriber(settings, sender) == 1
+    assert read_verp_tag(settings, sender) == VerpTag(1, OutboxKind.DIGEST)
 
 
 def test_unsigned_when_dkim_is_off() -> None:
@@ -173,7 +173,7 @@ def test_dkim_selector_and_key_go_together() -> None:
 def test_envelope_sender_without_verp_is_the_from_address() -> None:
     settings = Settings.model_validate({"mail": {"from": "alerts@example.org"}})
     assert envelope_sender(settings, 7) == "alerts@example.org"
-    assert bounced_subscriber(settings, "alerts@example.org") is None
+    assert read_verp_tag(settings, "alerts@example.org") is None
 
 
 def test_verp_address_names_the_subscriber_and_cannot_be_forged() -> None:
@@ -182,15 +182,15 @@ def test_verp_address_names_the_subscriber_and_cannot_be_forged() -> None:
     )
     sender = envelope_sender(settings, 42)
     assert sender.startswith("bounces+42-") and sender.endswith("@example.org")
-    assert bounced_subscriber(settings, sender) == 42
-    assert bounced_subscriber(settings, f"<{sender.upper()}>") == 42
+    assert read_verp_tag(settings, sender) == VerpTag(42, OutboxKind.DIGEST)
+    assert read_verp_tag(settings, f"<{sender.upper()}>") == VerpTag(42, OutboxKind.DIGEST)
     forged = re.sub(r"\+42-", "+43-", sender)
-    assert bounced_subscriber(settings, forged) is None
-    assert bounced_subscriber(settings, sender.replace("example.org", "other.org")) is None
+    assert read_verp_tag(settings, forged) is None
+    assert read_verp_tag(settings, sender.replace("example.org", "other.org")) is None
     other_key = Settings.model_validate(
         {"mail": {"verp_address": "bounces@example.org"}, "web": {"secret_key": "k2"}}
     )
-    assert bounced_subscriber(other_key, sender) is None
+    assert read_verp_tag(other_key, sender) is None
 
 
 def test_verp_tags_use_their_own_subkey_and_survive_a_key_rotation() -> None:
@@ -203,8 +203,9 @@ def test_verp_tags_use_their_own_subkey_and_survive_a_key_rotation() -> None:
     # Not the raw key's HMAC of the same text (the signature of the old scheme): a subkey.
     raw = hmac.new(b"k1", b"verp.42", hashlib.sha256).hexdigest()[:16]
     assert tag != raw
-    assert bounced_subscriber(verp(secret_keys=["k2", "k1"]), sender) == 42  # rotated
-    assert bounced_subscriber(verp(secret_keys=["k2"]), sender) is None  # k1 removed
+    rotated = verp(secret_keys=["k2", "k1"])
+    assert read_verp_tag(rotated, sender) == VerpTag(42, OutboxKind.DIGEST)
+    assert read_verp_tag(verp(secret_keys=["k2"]), sender) is None  # k1 removed
     assert envelope_sender(verp(secret_keys=["k2", "k1"]), 42) == envelope_sender(
         verp(secret_key="k2"), 42
     )
@@ -263,5 +264,5 @@ async def test_a_confirmation_queued_while_smtp_is_down_goes_out_signed_once_it_
     assert mail.raw.startswith(b"DKIM-Signature: ")
     assert dkim.verify(mail.raw, dnsfunc=_dns(rsa_key))
     assert subscriber_id is not None
-    assert mail.mail_from == envelope_sender(settings, subscriber_id)
+    assert mail.mail_from == envelope_sender(settings, subscriber_id, OutboxKind.TRANSACTIONAL)
     assert mail.mail_from.startswith("bounces+")

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from alertd.config import Settings
 from alertd.errors import NotOurs, ReportUnreadable
-from alertd.mail.identity import bounced_subscriber
+from alertd.mail.identity import VerpTag, read_verp_tag
 from alertd.models import Outbox, OutboxKind, Subscriber
 from alertd.subscriptions.lifecycle import record_bounce, suspend
 
@@ -34,7 +34,8 @@ class Verdict(StrEnum):
     HARD_BOUNCE = "hard bounce"
     # Action: delayed (or delivered, relayed, expanded): nothing to do.
     NO_FAILURE = "no failure"
-    # An ARF complaint (abuse, fraud): the subscriber is suspended at once.
+    # An ARF complaint (abuse, fraud): about a digest, the subscriber is suspended at once;
+    # about a transactional mail (which anyone can have sent to any address), nothing.
     COMPLAINT = "complaint"
     # An ARF report of another type (not-spam, virus, other): logged only.
     OTHER_FEEDBACK = "other feedback"
@@ -185,42 +186,65 @@ def _feedback(parts: Sequence[Message]) -> tuple[Verdict, str, list[str]]:
     return verdict, feedback_type, _all(groups[0], "Original-Mail-From")
 
 
-def report_subscriber(settings: Settings, report: Report) -> int:
-    """The subscriber the report is about: the first address with a valid VERP tag of ours.
+def report_tag(settings: Settings, report: Report) -> VerpTag:
+    """The VERP tag of ours the report carries: the first address with a valid one.
 
     Raises:
         NotOurs: none has one (mail.verp_address unset, or a forged or foreign address).
     """
     for address in report.addressed_to:
-        subscriber_id = bounced_subscriber(settings, address)
-        if subscriber_id is not None:
-            return subscriber_id
-    shown = ", ".join(report.addressed_to) or "no address"
+        tag = read_verp_tag(settings, address)
+        if tag is not None:
+            return tag
+    # Cut: the addresses come from the report, which anyone can send.
+    shown = (", ".join(report.addressed_to) or "no address")[:500]
     raise NotOurs(f"no valid VERP tag of {settings.mail.verp_address} in: {shown}")
 
 
+def report_subscriber(settings: Settings, report: Report) -> int:
+    """The subscriber the report is about (``report_tag``).
+
+    Raises:
+        NotOurs: the report carries no valid VERP tag of ours.
+    """
+    return report_tag(settings, report).subscriber_id
+
+
 def handle_report(engine: Engine, settings: Settings, report: Report, now: datetime) -> Outcome:
-    """Act on a report: count a hard bounce, or suspend the subscriber on a complaint.
+    """Act on a report about a digest: count a hard bounce, or suspend the subscriber on a
+    complaint. A report about a transactional mail changes nothing: anyone can have a
+    confirmation or manage link sent to any address, and a complaint about it must not cost
+    its owner their digests.
 
     Raises:
         NotOurs: the report is about no subscriber of ours.
         SQLAlchemyError: the database failed (the MTA should try again later).
     """
-    subscriber_id = report_subscriber(settings, report)
+    tag = report_tag(settings, report)
+    subscriber_id = tag.subscriber_id
     if report.verdict in (Verdict.NO_FAILURE, Verdict.OTHER_FEEDBACK):
         return Outcome(subscriber_id, report.verdict, f"nothing done ({report.detail})")
     with Session(engine) as session:
         if session.get(Subscriber, subscriber_id) is None:
             raise NotOurs(f"subscriber {subscriber_id} no longer exists")
-        kind = None
-        if report.original_message_id:
-            kind = session.exec(
+        kind = tag.kind
+        if kind == OutboxKind.DIGEST and report.original_message_id:
+            # A transactional mail sent before its tag said so is still known by its
+            # Message-ID, when the report quotes it.
+            stored = session.exec(
                 select(Outbox.kind).where(col(Outbox.message_id) == report.original_message_id)
             ).first()
+            kind = kind if stored is None else OutboxKind(stored)
+    if kind == OutboxKind.TRANSACTIONAL:
+        # As when the server refuses one at once: says nothing about digests reaching them.
+        what = "not counted" if report.verdict == Verdict.HARD_BOUNCE else "nothing suspended"
+        if report.verdict == Verdict.COMPLAINT:
+            log.warning(
+                "subscriber %d complained of a transactional mail: nothing suspended",
+                subscriber_id,
+            )
+        return Outcome(subscriber_id, report.verdict, f"a transactional mail: {what}")
     if report.verdict == Verdict.HARD_BOUNCE:
-        if kind == OutboxKind.TRANSACTIONAL:
-            # As when the server refuses one at once: says nothing about digests reaching them.
-            return Outcome(subscriber_id, report.verdict, "a transactional mail: not counted")
         count = record_bounce(engine, subscriber_id, settings.delivery.max_bounces, now)
         action = f"bounce counted ({count} of {settings.delivery.max_bounces} in a row)"
         return Outcome(subscriber_id, report.verdict, f"{action}; {report.detail}")

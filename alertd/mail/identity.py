@@ -6,6 +6,7 @@ import functools
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
@@ -13,6 +14,7 @@ import dkim
 from alertd.config import MailSettings, Settings
 from alertd.errors import ConfigError
 from alertd.keys import subkeys
+from alertd.models import OutboxKind
 
 # Signed even when absent (so none can be added later): the headers a receiver shows or
 # acts on, List-Unsubscribe and List-Unsubscribe-Post included (RFC 8058 asks for both).
@@ -33,7 +35,20 @@ SIGNED_HEADERS = (
     b"reply-to",
     b"cc",
 )
-_VERP_TAG = re.compile(r"^(\d+)-([0-9a-f]{16})$")
+# <subscriber id>-<signature> on a digest, <subscriber id>-t-<signature> on a transactional
+# mail. The id has at most 19 digits (a 64-bit integer): a longer one is no tag of ours.
+_VERP_TAG = re.compile(r"^(\d{1,19})-(t-)?([0-9a-f]{16})$")
+# Longer than any address (RFC 5321 caps a path at 256): not read any further.
+MAX_ADDRESS_CHARS = 320
+_TRANSACTIONAL_MARK = "t-"
+
+
+@dataclass(frozen=True)
+class VerpTag:
+    """What a valid VERP tag says: whose mail it was, and what kind of mail."""
+
+    subscriber_id: int
+    kind: OutboxKind
 
 
 def dkim_domain(mail: MailSettings) -> str:
@@ -83,31 +98,41 @@ def sign_message(message: bytes, mail: MailSettings) -> bytes:
     return bytes(header) + message
 
 
-def _verp_tag(key: bytes, subscriber_id: int) -> str:
+def _verp_tag(key: bytes, subscriber_id: int, kind: OutboxKind) -> str:
+    # The kind is signed too: a digest's tag cannot be turned into a transactional one's.
+    if kind == OutboxKind.TRANSACTIONAL:
+        signed, mark = f"verp.transactional.{subscriber_id}", _TRANSACTIONAL_MARK
+    else:
+        # As before kinds were told apart: tags of digests mailed then stay valid.
+        signed, mark = f"verp.{subscriber_id}", ""
     # Lower-case hex: some mail servers fold the case of local parts.
-    digest = hmac.new(key, f"verp.{subscriber_id}".encode(), hashlib.sha256)
-    return f"{subscriber_id}-{digest.hexdigest()[:16]}"
+    digest = hmac.new(key, signed.encode(), hashlib.sha256)
+    return f"{subscriber_id}-{mark}{digest.hexdigest()[:16]}"
 
 
-def envelope_sender(settings: Settings, subscriber_id: int) -> str:
-    """The SMTP envelope sender (MAIL FROM) for one subscriber's digests.
+def envelope_sender(
+    settings: Settings, subscriber_id: int, kind: OutboxKind = OutboxKind.DIGEST
+) -> str:
+    """The SMTP envelope sender (MAIL FROM) for one subscriber's mail of one kind.
 
     With ``mail.verp_address`` set (``bounces@example.org``) it is
-    ``bounces+<id>-<signature>@example.org``, so a bounce names the subscriber it is for;
-    otherwise it is ``mail.from``.
+    ``bounces+<id>-<signature>@example.org`` for a digest and
+    ``bounces+<id>-t-<signature>@example.org`` for a transactional mail, so a bounce or a
+    complaint names the subscriber and the kind of mail it is about; otherwise it is
+    ``mail.from``.
     """
     verp = settings.mail.verp_address
     if verp is None:
         return settings.mail.from_address
     local, _, domain = verp.rpartition("@")
-    tag = _verp_tag(subkeys(settings, "verp")[0], subscriber_id)
+    tag = _verp_tag(subkeys(settings, "verp")[0], subscriber_id, kind)
     return f"{local}+{tag}@{domain}"
 
 
-def bounced_subscriber(settings: Settings, recipient: str) -> int | None:
-    """The subscriber a bounce to a VERP address is about; None if it is not one of ours."""
+def read_verp_tag(settings: Settings, recipient: str) -> VerpTag | None:
+    """What the VERP tag of an address says; None if it is no valid tag of ours."""
     verp = settings.mail.verp_address
-    if verp is None:
+    if verp is None or len(recipient) > MAX_ADDRESS_CHARS:
         return None
     # Compared without case: some mail servers fold the case of the whole address.
     local, _, domain = recipient.strip().strip("<>").lower().rpartition("@")
@@ -119,8 +144,9 @@ def bounced_subscriber(settings: Settings, recipient: str) -> int | None:
     if found is None:
         return None
     subscriber_id = int(found.group(1))
+    kind = OutboxKind.TRANSACTIONAL if found.group(2) else OutboxKind.DIGEST
     # Any configured key: a bounce of a mail sent before a key rotation is still ours.
     for key in subkeys(settings, "verp"):
-        if hmac.compare_digest(_verp_tag(key, subscriber_id), found.group(0)):
-            return subscriber_id
+        if hmac.compare_digest(_verp_tag(key, subscriber_id, kind), found.group(0)):
+            return VerpTag(subscriber_id, kind)
     return None

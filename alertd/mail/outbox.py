@@ -1,5 +1,6 @@
 """The outbox as one state machine: every transition of a queued message happens here, but
-the cancelling of digests nobody will receive (alertd.subscriptions.lifecycle does it)."""
+the cancelling of digests nobody will receive (alertd.subscriptions.lifecycle does it, here
+too: when a digest is claimed, given back or retried)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlmodel import col, select
 from alertd.config import DeliverySettings
 from alertd.db import transaction, write_connection
 from alertd.models import Outbox, OutboxKind, OutboxState
-from alertd.subscriptions.lifecycle import clear_bounces, count_bounce
+from alertd.subscriptions.lifecycle import cancel_dead_among, clear_bounces, count_bounce
 
 
 def queued_row(
@@ -94,6 +95,7 @@ class Claimed:
     recipient: str
     message: bytes
     subscriber_id: int
+    kind: OutboxKind
     lease_until: datetime
 
 
@@ -127,31 +129,43 @@ def claim_due(
     claimed: list[Claimed] = []
     with transaction(engine) as session:
         for condition in wanted:
-            rows = session.exec(
-                select(Outbox.id, Outbox.recipient, Outbox.message, Outbox.subscriber_id)
-                .where(condition)
-                .order_by(
-                    col(Outbox.kind),
-                    col(Outbox.status),
-                    col(Outbox.next_attempt_at),
-                    col(Outbox.id),
-                )
-                .limit(limit - len(claimed))
-                .with_for_update(skip_locked=True)
-            ).all()
-            claimed += [
-                Claimed(row_id, recipient, message, subscriber_id, until)
-                for row_id, recipient, message, subscriber_id in rows
-                if row_id is not None
-            ]
-            if len(claimed) >= limit:
-                break
-        if claimed:
-            session.execute(
-                sa.update(Outbox)
-                .where(col(Outbox.id).in_([c.id for c in claimed]))
-                .values(status=OutboxState.SENDING, lease_owner=owner, lease_until=until)
-            )
+            while len(claimed) < limit:
+                rows = session.execute(
+                    sa.select(
+                        col(Outbox.id),
+                        col(Outbox.recipient),
+                        col(Outbox.message),
+                        col(Outbox.subscriber_id),
+                        col(Outbox.kind),
+                    )
+                    .where(condition)
+                    .order_by(
+                        col(Outbox.kind),
+                        col(Outbox.status),
+                        col(Outbox.next_attempt_at),
+                        col(Outbox.id),
+                    )
+                    .limit(limit - len(claimed))
+                    .with_for_update(skip_locked=True)
+                ).all()
+                # A digest unsubscribed from, paused or suspended since it was queued (or
+                # while it was being sent, and came back to retry) is cancelled, not sent.
+                cancelled = cancel_dead_among(session, [row[0] for row in rows], now)
+                taken = [
+                    Claimed(row_id, recipient, message, subscriber_id, OutboxKind(kind), until)
+                    for row_id, recipient, message, subscriber_id, kind in rows
+                    if row_id not in cancelled
+                ]
+                if taken:
+                    session.execute(
+                        sa.update(Outbox)
+                        .where(col(Outbox.id).in_([c.id for c in taken]))
+                        .values(status=OutboxState.SENDING, lease_owner=owner, lease_until=until)
+                    )
+                claimed += taken
+                # Only rows cancelled left room: this state may have more due rows.
+                if not cancelled:
+                    break
     return claimed
 
 
@@ -199,11 +213,16 @@ def needs_renewal(row: Claimed, lease_s: float) -> bool:
     return wall_clock() >= row.lease_until - timedelta(seconds=lease_s / 2)
 
 
-def release(engine: Engine, ids: Sequence[int], owner: str) -> None:
-    """Give back claimed rows that were not attempted (stop or halt), due again at once."""
+def release(engine: Engine, ids: Sequence[int], owner: str, now: datetime) -> None:
+    """Give back claimed rows that were not attempted (stop or halt), due again at once;
+    a digest that nobody is to receive now is cancelled instead."""
     if not ids:
         return
     with transaction(engine) as session:
+        ours = session.exec(
+            select(Outbox.id).where(col(Outbox.id).in_(list(ids)), col(Outbox.lease_owner) == owner)
+        ).all()
+        cancel_dead_among(session, [row_id for row_id in ours if row_id is not None], now)
         session.execute(
             sa.update(Outbox)
             .where(col(Outbox.id).in_(list(ids)), col(Outbox.lease_owner) == owner)
@@ -250,3 +269,5 @@ def record_failure(
         else:
             row.status = OutboxState.RETRY
             row.next_attempt_at = now + retry_delay(row.attempts, settings, rng)
+            # Unsubscribed from, paused or suspended while it was being sent: not retried.
+            cancel_dead_among(session, [outbox_id], now)

@@ -24,6 +24,7 @@ from alertd.mail import outbox
 from alertd.mail.identity import envelope_sender
 from alertd.mail.outbox import Claimed
 from alertd.mail.transports import Mailer, MailerFactory
+from alertd.models import OutboxKind
 
 log = logging.getLogger("alertd.mail.sender")
 T = TypeVar("T")
@@ -42,8 +43,9 @@ class DeliveryReport:
 class DrainOptions:
     """How one run drains the outbox."""
 
-    # The envelope sender (MAIL FROM) of a subscriber's digests: mail.from, or a VERP address.
-    sender_for: Callable[[int], str]
+    # The envelope sender (MAIL FROM) of a subscriber's mail of a kind: mail.from, or a VERP
+    # address that says whose mail of which kind it was.
+    sender_for: Callable[[int, OutboxKind], str]
     delivery: DeliverySettings
     connections: int = 1
     max_per_second: float | None = None
@@ -156,9 +158,10 @@ class _Drain:
         outbox_id, recipient, subscriber_id = row.id, row.recipient, row.subscriber_id
         started = time.monotonic()
         try:
-            await mailer.send(self.options.sender_for(subscriber_id), recipient, row.message)
+            sender = self.options.sender_for(subscriber_id, row.kind)
+            await mailer.send(sender, recipient, row.message)
         except StopBatch as exc:
-            await self.in_database(partial(outbox.release, engine, [outbox_id], owner))
+            await self.in_database(partial(outbox.release, engine, [outbox_id], owner, self.now))
             self.stop_batch(exc)
             return
         except (PermanentError, TransientError) as exc:
@@ -237,7 +240,8 @@ async def drain_outbox(
                 mailers = await drain.open_mailers(stack, make_mailer, wanted)
                 await drain.send_chunk(mailers, queue, limit)
                 unsent = [row.id for row in queue]
-                await drain.in_database(partial(outbox.release, engine, unsent, options.worker_id))
+                give_back = partial(outbox.release, engine, unsent, options.worker_id, now)
+                await drain.in_database(give_back)
     except StopBatch as exc:
         # Closing a mailer can fail as opening one can; every outcome is recorded by now.
         drain.stop_batch(exc)
