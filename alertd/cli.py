@@ -486,6 +486,10 @@ def _cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 # returns the report to its sender, a temporary failure or a configuration error keeps it
 # queued to try again.
 EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_CONFIG = 0, 65, 67, 75, 78
+# A report is a few kilobytes, and a few hundred with the whole digest it returns: a bigger
+# message is no report of ours, and is refused before it is parsed (parsing takes about ten
+# times its size in memory).
+MAX_REPORT_BYTES = 1024 * 1024
 
 
 def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
@@ -495,8 +499,15 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
     from alertd.errors import ConfigError, DatabaseUnavailable, NotOurs, ReportUnreadable
     from alertd.mail.bounces import handle_report, read_report
 
+    raw = sys.stdin.buffer.read(MAX_REPORT_BYTES + 1)
+    if len(raw) > MAX_REPORT_BYTES:
+        print(
+            f"alertd bounce: a message over {MAX_REPORT_BYTES} bytes is no report of ours",
+            file=sys.stderr,
+        )
+        return EX_DATAERR
     try:
-        report = read_report(sys.stdin.buffer.read(), args.recipient)
+        report = read_report(raw, args.recipient)
     except ReportUnreadable as exc:
         print(f"alertd bounce: {exc}", file=sys.stderr)
         return EX_DATAERR
@@ -517,6 +528,14 @@ def _cmd_bounce(args: argparse.Namespace, settings: Settings) -> int:
         return EX_NOUSER
     except SQLAlchemyError as exc:
         print(f"alertd bounce: database error: {describe_error(exc)}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except Exception as exc:
+        # A fault of ours: the MTA keeps the report and tries again once it is fixed, where
+        # an exit code it does not know (1, a traceback) would return it to its sender.
+        print(
+            f"alertd bounce: internal error, kept to try again: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return EX_TEMPFAIL
     print(f"alertd bounce: {outcome}")
     return EX_OK

@@ -74,9 +74,17 @@ def read_report(raw: bytes, recipient: str | None = None) -> Report:
         ReportUnreadable: it is neither, or its report part is missing or malformed.
     """
     try:
-        message = BytesParser(policy=default).parsebytes(raw)
-    except Exception as exc:  # the email package raises many kinds on broken input
-        raise ReportUnreadable(f"unparsable message: {exc}") from exc
+        return _read_report(raw, recipient)
+    except ReportUnreadable:
+        raise
+    except Exception as exc:
+        # The email package raises many kinds on broken input, some only when a header or
+        # a part is read: whatever it raises, the message is no report we can read.
+        raise ReportUnreadable(f"unparsable message: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_report(raw: bytes, recipient: str | None) -> Report:
+    message = BytesParser(policy=default).parsebytes(raw)
     if message.get_content_type() != "multipart/report":
         raise ReportUnreadable(
             f"not a delivery report or abuse report: Content-Type {message.get_content_type()}"
