@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, col, select
 from test_web import (  # noqa: F401  (fixtures)
     Web,
     _confirmed,
     _form,
+    _main,
     _subscribe,
     any_web,
     make_web,
@@ -23,6 +25,7 @@ from test_web import (  # noqa: F401  (fixtures)
 
 from alertd.addresses import NON_ASCII_ERROR
 from alertd.models import Outbox
+from alertd.queries import PHONE_NUMBER_ERROR
 
 ALERTD = Path(sys.executable).with_name("alertd")
 
@@ -71,3 +74,44 @@ async def test_a_non_ascii_local_part_is_refused_before_anything_is_written(web:
     cli = _alertd("subscribe", address, "school", env={"ALERTD_DATABASE__URL": str(web.engine.url)})
     assert cli.returncode == 2 and cli.stderr.splitlines() == [f"alertd: error: {NON_ASCII_ERROR}"]
     assert web.subscribers() == [] and web.alerts() == [] and _recipients(web) == []
+
+
+# -- 6. a phone number in a query never reaches a sign-up mail ----------------------------------
+
+PHONE_QUERIES = [
+    "07700900123 call due hmrc now refund",
+    "call 0770 090 0123 hmrc refund now today please",
+    "hmrc refund due now ring +44 (0)20 7946-0958",
+]
+
+
+@pytest.mark.parametrize("query", PHONE_QUERIES)
+async def test_a_phone_number_in_a_query_is_refused_everywhere(web: Web, query: str) -> None:  # noqa: F811
+    form = await _subscribe(web, "victim@example.org", query)
+    assert form.status_code == 422 and "Remove the phone number" in form.text
+    api = await web.client.post("/api/alerts", json={"email": "victim@example.org", "query": query})
+    assert api.status_code == 422
+    assert api.json()["detail"][0]["msg"].startswith(PHONE_NUMBER_ERROR)
+    cli = _alertd(
+        "subscribe", "victim@example.org", query, env={"ALERTD_DATABASE__URL": str(web.engine.url)}
+    )
+    assert cli.returncode == 2 and len(cli.stderr.splitlines()) == 1
+    assert PHONE_NUMBER_ERROR in cli.stderr
+    assert web.alerts() == [] and _recipients(web) == [] and web.sink.messages == []
+
+
+REAL_QUERIES = [
+    "member:4138",
+    "school funding 2023-24",
+    '"Finance Act 2024" 2024-25',
+    "HL123456 OR 123456",
+    "£1,000,000 grant NHS",
+    "department:17 prisons",
+]
+
+
+async def test_real_queries_with_numbers_still_sign_up(web: Web) -> None:  # noqa: F811
+    for number, query in enumerate(REAL_QUERIES):
+        response = await _subscribe(web, f"real{number}@example.org", query)
+        assert response.status_code == 200, (query, _main(response.text))
+    assert len(web.alerts()) == len(REAL_QUERIES)
