@@ -115,3 +115,46 @@ async def test_real_queries_with_numbers_still_sign_up(web: Web) -> None:  # noq
         response = await _subscribe(web, f"real{number}@example.org", query)
         assert response.status_code == 200, (query, _main(response.text))
     assert len(web.alerts()) == len(REAL_QUERIES)
+
+
+# -- 12. a patterned key or a short metrics token stops start-up --------------------------------
+
+STRONG_KEY = "5e0b8c3f1a9d7e2c4b6a8f0d3e1c9b7a"
+PUBLIC = {"ALERTD_WEB__BASE_URL": "https://alerts.example.org"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "setting", "secret"),
+    [
+        ({**PUBLIC, "ALERTD_WEB__SECRET_KEY": "a" * 32}, "web.secret_key", "a" * 32),
+        ({**PUBLIC, "ALERTD_WEB__SECRET_KEY": "s3cr" * 8}, "web.secret_key", "s3cr" * 8),
+        (
+            {**PUBLIC, "ALERTD_WEB__SECRET_KEYS": f"{STRONG_KEY},abcdefghijklmnopqrstuvwxyz012345"},
+            "web.secret_keys[1]",
+            "abcdefghijklmnop",
+        ),
+        ({"ALERTD_WEB__METRICS_TOKEN": "letmein"}, "web.metrics_token", "letmein"),
+        ({"ALERTD_WEB__METRICS_TOKEN": "m" * 40}, "web.metrics_token", "m" * 40),
+    ],
+)
+def test_a_weak_key_or_metrics_token_stops_start_up(
+    tmp_path: Path, environ: dict[str, str], setting: str, secret: str
+) -> None:
+    database = f"sqlite:///{tmp_path}/alertd.db"
+    for command in (["list"], ["web"]):
+        done = _alertd(*command, env={"ALERTD_DATABASE__URL": database, **environ})
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and setting in done.stderr, done.stderr
+        assert secret not in done.stderr + done.stdout
+    assert not (tmp_path / "alertd.db").exists()
+
+
+def test_a_random_key_and_token_start(tmp_path: Path) -> None:
+    environ = {
+        **PUBLIC,
+        "ALERTD_WEB__SECRET_KEY": STRONG_KEY,
+        "ALERTD_WEB__METRICS_TOKEN": "d41c8e7b2f9a0635e4b1c7d9f2a8e0b3",
+        "ALERTD_DATABASE__URL": f"sqlite:///{tmp_path}/alertd.db",
+    }
+    done = _alertd("list", env=environ)
+    assert done.returncode == 0, done.stderr
