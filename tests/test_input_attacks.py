@@ -5,13 +5,17 @@ hostile import lines, weak keys and tokens."""
 from __future__ import annotations
 
 import os
+import re
+import stat
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, col, select
 from test_web import (  # noqa: F401  (fixtures)
+    BASE,
     Web,
     _confirmed,
     _form,
@@ -158,3 +162,77 @@ def test_a_random_key_and_token_start(tmp_path: Path) -> None:
     }
     done = _alertd("list", env=environ)
     assert done.returncode == 0, done.stderr
+
+
+# -- 9. sample and export files: 0600, new, never through a link; sample links expire ----------
+
+
+def _umask_022(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed command under a umask that would make files 0644."""
+    return subprocess.run(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", str(ALERTD), *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        check=False,
+        timeout=120,
+    )
+
+
+def _regular_0600(path: Path) -> bool:
+    return not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_render_sample_writes_private_files_with_links_that_expire(
+    web: Web,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    await _confirmed(web, "kate@example.org")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "digest-sample.eml").symlink_to(victim)  # planted where the sample is written
+    days = (datetime.now(UTC).date() - date(2021, 2, 1)).days + 1
+    env = {
+        "ALERTD_DATABASE__URL": str(web.engine.url),
+        "ALERTD_WEB__SECRET_KEY": web.settings.web.secret_key.get_secret_value(),
+        "ALERTD_MAIL__FROM": "alerts@alertd.test",
+    }
+    done = _umask_022(
+        "render-sample", "kate@example.org", "--out", f"{out}/", "--days", str(days), env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "keep me\n"
+    eml, html = out / "digest-sample.eml", out / "digest-sample.html"
+    assert _regular_0600(eml) and _regular_0600(html)
+    assert sorted(p.name for p in out.iterdir()) == [eml.name, html.name]  # no .partial left
+    text = html.read_text()
+    manage = re.search(rf"{re.escape(BASE)}(/manage/[^\"'<\s]+)", text)
+    unsubscribe = re.search(rf"{re.escape(BASE)}(/unsubscribe/[^\"'<\s]+)", text)
+    assert manage is not None and unsubscribe is not None
+    web.clock.now = datetime.now(UTC)
+    assert (await web.client.get(manage.group(1))).status_code == 200  # works for a while
+    web.clock.advance(hours=24, minutes=10)
+    for path in (manage.group(1), unsubscribe.group(1)):
+        late = await web.client.post(path) if "unsub" in path else await web.client.get(path)
+        assert late.status_code == 400 and "This link has expired" in late.text, path
+    assert [alert.unsubscribed_at for alert in web.alerts()] == [None]
+
+
+def test_export_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path}/alertd.db"
+    assert _alertd(
+        "subscribe", "kate@example.org", "school funding", "--confirmed",
+        env={"ALERTD_DATABASE__URL": database},
+    ).returncode == 0  # fmt: skip
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    backup = tmp_path / "backup.jsonl"
+    planted = tmp_path / ".backup.jsonl.partial"  # the name an older alertd wrote to
+    planted.symlink_to(victim)
+    done = _umask_022("export", "--out", str(backup), env={"ALERTD_DATABASE__URL": database})
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "keep me\n" and planted.is_symlink()
+    assert _regular_0600(backup) and "kate@example.org" in backup.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial") and p != planted]
