@@ -4,6 +4,7 @@ hostile import lines, weak keys and tokens."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -28,7 +29,10 @@ from test_web import (  # noqa: F401  (fixtures)
 )
 
 from alertd.addresses import NON_ASCII_ERROR
-from alertd.models import Outbox
+from alertd.config import DatabaseSettings
+from alertd.db import open_database
+from alertd.matching import parse_query
+from alertd.models import Alert, Outbox, Subscriber
 from alertd.queries import PHONE_NUMBER_ERROR
 
 ALERTD = Path(sys.executable).with_name("alertd")
@@ -236,3 +240,72 @@ def test_export_never_writes_through_a_planted_link(tmp_path: Path) -> None:
     assert victim.read_text() == "keep me\n" and planted.is_symlink()
     assert _regular_0600(backup) and "kate@example.org" in backup.read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial") and p != planted]
+
+
+# -- 11. alertd import of hostile lines ---------------------------------------------------------
+
+
+def _lines(*documents: object) -> str:
+    header = json.dumps({"format": "alertd-export", "version": 1})
+    return "\n".join([header, *(d if isinstance(d, str) else json.dumps(d) for d in documents)])
+
+
+def test_import_refuses_hostile_lines_one_line_each(database_url: str, tmp_path: Path) -> None:
+    env = {"ALERTD_DATABASE__URL": database_url}
+    hostile = tmp_path / "hostile.jsonl"
+    nested = '{"email": "deep@example.org", "alerts": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    hostile.write_text(
+        _lines(
+            # Shows a Member and school funding; would match every prison answer.
+            {
+                "email": "a@example.org",
+                "alerts": [{"query": 'member:"Rushanara Ali" school', "canonical": "prison*"}],
+            },
+            {"email": "b@example.org", "alerts": [{"query": "x" * 600, "canonical": "x"}]},
+            {"email": "c@example.org", "alerts": [{"id": 2**63 - 1, "query": "nhs"}]},
+            {"id": 2**63 - 1, "email": "d@example.org", "alerts": [{"query": "nhs"}]},
+            nested,
+            {"email": "e@example.org", "alerts": [{"query": "nhs " * 1_500_000}]},
+        )
+    )
+    done = _alertd("import", str(hostile), env=env)
+    assert done.returncode == 2, done.stderr
+    said = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr and len(said) == 6, done.stderr
+    assert [line.split(":")[0 if i else 2].strip() for i, line in enumerate(said)] == [
+        f"line {n}" for n in range(2, 8)
+    ]
+    assert "canonical: not the form of its query" in said[0]
+    assert "query too long" in said[1]
+    assert "id: not a whole number from 1 to" in said[2] and "id:" in said[3]
+    assert "nested too deeply" in said[4] and "longer than" in said[5]
+    assert said[-1].endswith("nothing was imported")
+    engine = open_database(DatabaseSettings(url=database_url))
+    with Session(engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+    engine.dispose()
+
+
+def test_import_matches_what_the_query_says_and_leaves_ids_for_sign_ups(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {"ALERTD_DATABASE__URL": database_url}
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(
+        _lines(
+            {
+                "id": 7,
+                "email": "a@example.org",
+                "alerts": [{"id": 9, "query": "school funding", "canonical": "prison*"}],
+            }
+        )
+    )
+    done = _alertd("import", str(lines), env=env)
+    assert done.returncode == 0, done.stderr
+    later = _alertd("subscribe", "later@example.org", "nhs", "--confirmed", env=env)
+    assert later.returncode == 0, later.stderr
+    engine = open_database(DatabaseSettings(url=database_url))
+    with Session(engine) as session:
+        alerts = {a.query: a.canonical for a in session.exec(select(Alert)).all()}
+    engine.dispose()
+    assert alerts == {"school funding": parse_query("school funding").canonical, "nhs": "nhs"}
