@@ -414,10 +414,11 @@ def _cmd_feeds(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    import os
+    from collections.abc import Iterator
     from pathlib import Path
 
     from alertd.errors import UsageError
+    from alertd.files import write_private
     from alertd.transfer import export_lines
 
     engine = _database(settings)
@@ -431,19 +432,19 @@ def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if target.is_dir():
         raise UsageError(f"--out {args.out}: is a folder; give a file name")
     # Written beside the target and renamed: a failed export never leaves half a backup
-    # under the backup's name. 0600: it holds every subscriber's address.
-    partial = target.with_name(f".{target.name}.partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # under the backup's name. 0600, a new file: it holds every subscriber's address.
+    lines = 0
+
+    def counted() -> Iterator[bytes]:
+        nonlocal lines
+        for line in export_lines(engine, utc_now()):
+            lines += 1
+            yield (line + "\n").encode()
+
     try:
-        with open(descriptor, "w", encoding="utf-8") as out:
-            lines = 0
-            for line in export_lines(engine, utc_now()):
-                out.write(line + "\n")
-                lines += 1
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        write_private(target, counted())
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write: {exc.strerror}") from None
     print(f"exported {lines - 1} subscribers to {target}", file=sys.stderr)
     return 0
 

@@ -30,6 +30,11 @@ CONFIG_ENV = "ALERTD_CONFIG"
 DEFAULT_SECRET_KEY = "change-me"
 # HMAC-SHA256 keys: shorter than the hash's own 32 bytes, a key is the weak point of a link.
 MIN_SECRET_KEY_BYTES = 32
+# A bearer token for /metrics on the public port: guessed online, so as long as a key.
+MIN_METRICS_TOKEN_CHARS = 32
+# Below this many different characters a secret is a pattern, not random: 32 random hex
+# digits hold about 14 different ones (fewer than 7: a chance of about one in 10^9).
+MIN_SECRET_DISTINCT_CHARS = 7
 
 
 def http_url(url: str) -> str:
@@ -396,6 +401,7 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, variables)) from None
     _check_secret(settings)
+    _check_metrics_token(settings)
     _check_smtp_password(settings)
     return settings
 
@@ -464,6 +470,18 @@ def is_public(web: WebSettings) -> bool:
     return not is_loopback(urlsplit(web.base_url).hostname or "") or not is_loopback(web.host)
 
 
+def is_guessable(secret: str) -> bool:
+    """Whether a secret of any length is a pattern someone would try: few different
+    characters ("a" * 32), a shorter piece repeated ("abcd" * 8), or mostly counting up or
+    down ("abcdef…", "123456…"). Not an entropy measure: only what no random value looks like."""
+    if len(set(secret)) < MIN_SECRET_DISTINCT_CHARS:
+        return True
+    if secret in (secret + secret)[1:-1]:
+        return True
+    steps = [ord(b) - ord(a) for a, b in zip(secret, secret[1:], strict=False)]
+    return sum(step in (-1, 0, 1) for step in steps) * 2 > len(steps)
+
+
 def secret_key_problem(name: str, key: str, web: WebSettings) -> str | None:
     """Why one signing key is refused (None when it is fine): a public app needs a key of
     at least MIN_SECRET_KEY_BYTES bytes that is not the shipped default."""
@@ -476,6 +494,11 @@ def secret_key_problem(name: str, key: str, web: WebSettings) -> str | None:
     if len(key.encode()) < MIN_SECRET_KEY_BYTES:
         return (
             f"config error: {name} is shorter than {MIN_SECRET_KEY_BYTES} bytes; "
+            "set a long random value (openssl rand -hex 32)"
+        )
+    if is_guessable(key):
+        return (
+            f"config error: {name} is a pattern, not a random value; "
             "set a long random value (openssl rand -hex 32)"
         )
     return None
@@ -504,6 +527,20 @@ def _check_secret(settings: Settings) -> None:
         problem = secret_key_problem(name, key, settings.web)
         if problem is not None:
             raise ConfigError(problem)
+
+
+def _check_metrics_token(settings: Settings) -> None:
+    # Checked whether or not the app is public: a token is only set to open /metrics on the
+    # public port.
+    token = settings.web.metrics_token
+    if token is None:
+        return
+    value = token.get_secret_value()
+    if len(value) < MIN_METRICS_TOKEN_CHARS or is_guessable(value):
+        raise ConfigError(
+            f"config error: web.metrics_token must be at least {MIN_METRICS_TOKEN_CHARS} "
+            "random characters; set one with openssl rand -hex 32"
+        )
 
 
 def _check_smtp_password(settings: Settings) -> None:

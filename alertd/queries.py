@@ -57,20 +57,32 @@ _URL = re.compile(
 _PHONE = re.compile(r"\+?\(?\d(?:[\s().-]*\d){6,}")
 # An id of 7 digits or more: no Member or department has one, and it reads as a phone number.
 _LONG_ID = re.compile(r"(?i)\b(member|asker|answerer|department):\s*\d{7,}")
+# A phone number: a run of 7 or more digits, or 10 or more after a leading 0 or + with
+# spaces, dots, dashes or brackets between. Refused outright, not only when it is most of the
+# query: a sign-up mail goes to any address typed in, and a number to call is the whole of a
+# phishing text ("07700900123 call due hmrc now refund"). No real query needs one: Member and
+# department ids have at most 6 digits, written question UINs at most 6, years 4, and a
+# financial year (2023-24) or a list of years starts with no 0 or +.
+_PHONE_NUMBER = re.compile(r"\d{7,}|(?:\+|(?<![\d.])0)(?:[ ().-]{0,2}\d){9,}")
+PHONE_NUMBER_ERROR = (
+    "Remove the phone number: a query may hold no run of 7 or more digits, nor a number "
+    "like 020 7946 0958 (no id, question number or year is that long)"
+)
 URL_PHONE_ERROR = (
     "Type the words to look for: a query made mostly of web addresses or phone numbers is refused"
 )
 
 
 def check_query_words(text: str) -> None:
-    """Refuse a query that is mostly web addresses or phone numbers.
+    """Refuse a query that holds a phone number, or is mostly web addresses.
 
     Such a query finds nothing in Parliament's answers, and the confirmation email would
     carry it to any address from our domain (phishing text).
 
     Raises:
         QueryError: half or more of its characters (not counting spaces) are in URLs or
-            phone numbers; or a field's id is as long as a phone number.
+            phone numbers; it holds a phone number (PHONE_NUMBER_ERROR) at all; or a
+            field's id is as long as a phone number.
     """
     long_id = _LONG_ID.search(text)
     if long_id:
@@ -87,6 +99,9 @@ def check_query_words(text: str) -> None:
     marked = sum(1 for c, hit in zip(text, flagged, strict=True) if hit and not c.isspace())
     if marked * 2 >= total:
         raise QueryError(URL_PHONE_ERROR)
+    phone = _PHONE_NUMBER.search(text)
+    if phone:
+        raise QueryError(PHONE_NUMBER_ERROR, phone.start())
 
 
 def check_query(text: str) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from alertd.addresses import email_key, normalise_email
 from alertd.db import is_postgres, transaction
 from alertd.errors import QueryError, UsageError
 from alertd.matching import Query, parse_canonical, parse_query
+from alertd.matching.query import ID_FIELDS
 from alertd.models import Alert, Subscriber, bump_alerts_version
 from alertd.queries import check_query, compile_query
 from alertd.schedule import Frequency, parse_frequency
@@ -40,6 +42,18 @@ _ALERT_FIELDS = frozenset(
 )
 # Rows written per flush: bounded memory for a million alerts.
 _CHUNK = 1000
+# Ids kept from an export stay far below the ids a database can give (2^31 - 1 on
+# PostgreSQL's integer columns): a line with id 2^63 - 1 would leave no id for any later
+# sign-up. A real export's ids are nowhere near.
+MAX_IMPORTED_ID = 1_000_000_000
+MAX_BOUNCES = 10_000
+# A subscriber line with every alert it may hold is a few tens of KB: a longer line is not
+# an export (and json.loads is not asked to read megabytes of it).
+MAX_LINE_CHARS = 1_000_000
+# The bad lines an import names, each on its own line; past these, how many more.
+MAX_LINES_REPORTED = 20
+# A Member's or department's id in a canonical form.
+_NAMED_ID = re.compile(rf"\b({'|'.join(ID_FIELDS)}):[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -155,15 +169,28 @@ def _check_fields(document: dict[str, Any], allowed: frozenset[str], what: str) 
 
 def _parse_id(document: dict[str, Any]) -> int | None:
     value = document.get("id")
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise _LineError("id: not a positive whole number")
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_IMPORTED_ID
+    ):
+        raise _LineError(f"id: not a whole number from 1 to {MAX_IMPORTED_ID:,}")
     return value
 
 
-class _Queries:
-    """Parses each distinct query once; a canonical form (from an export) needs no lookup.
+def _ids_as_one(canonical: str) -> str:
+    """A canonical form with every Member and department id made 1, in canonical order:
+    what is left to compare once the names a query gives are known only by their ids."""
+    return parse_canonical(_NAMED_ID.sub(r"\1:1", canonical)).canonical
 
-    Without a session (the check before any database is opened) names in a query are only
+
+class _Queries:
+    """Parses each distinct query once. What an alert matches is derived from its query,
+    the text its mails show: a line's ``canonical`` is never taken on trust (a hostile line
+    would show "school funding" and match "prison*").
+
+    A query without names gives its canonical form itself. A query that names Members or
+    departments needs their ids: from the line's ``canonical`` (an export's, so a restore
+    needs no lookup) when it is the query's own form but for the ids, else looked up in the
+    database. Without a session (the check before any database is opened) names are only
     checked for syntax: they are looked up when the lines are read again to be written.
     """
 
@@ -175,16 +202,22 @@ class _Queries:
         key = (text, canonical)
         if key not in self.seen:
             try:
-                if canonical is not None:
-                    self.seen[key] = parse_canonical(canonical)
-                elif self.session is None:
-                    check_query(text)
-                    self.seen[key] = parse_query(text, lambda _field, _name, _at: 1)
-                else:
-                    self.seen[key] = compile_query(self.session, text)
+                self.seen[key] = self._derive(text, canonical)
             except QueryError as error:
                 raise _LineError(f"query {text[:60]!r}: {error}") from None
         return self.seen[key]
+
+    def _derive(self, text: str, canonical: str | None) -> Query:
+        if not check_query(text):
+            return parse_query(text)
+        if canonical is not None:
+            shape = parse_query(text, lambda _field, _name, _at: 1).canonical
+            if _ids_as_one(shape) != _ids_as_one(canonical):
+                raise _LineError(f"canonical: not the form of its query {text[:60]!r}")
+            return parse_canonical(canonical)
+        if self.session is None:
+            return parse_query(text, lambda _field, _name, _at: 1)
+        return compile_query(self.session, text)
 
 
 def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
@@ -232,10 +265,14 @@ def _parse_alert(document: Any, queries: _Queries) -> _AlertIn:
 
 
 def _parse_subscriber(line: str, queries: _Queries) -> _SubscriberIn:
+    if len(line) > MAX_LINE_CHARS:
+        raise _LineError(f"longer than {MAX_LINE_CHARS:,} characters")
     try:
         document = json.loads(line)
     except json.JSONDecodeError as error:
         raise _LineError(f"not JSON ({error.msg})") from None
+    except RecursionError:
+        raise _LineError("not JSON an export would hold (nested too deeply)") from None
     if not isinstance(document, dict):
         raise _LineError("not a JSON object")
     _check_fields(document, _SUBSCRIBER_FIELDS, "subscriber")
@@ -247,8 +284,8 @@ def _parse_subscriber(line: str, queries: _Queries) -> _SubscriberIn:
     except UsageError as error:
         raise _LineError(str(error)) from None
     bounces = document.get("consecutive_bounces", 0)
-    if not isinstance(bounces, int) or isinstance(bounces, bool) or bounces < 0:
-        raise _LineError("consecutive_bounces: not a whole number")
+    if not isinstance(bounces, int) or isinstance(bounces, bool) or not 0 <= bounces <= MAX_BOUNCES:
+        raise _LineError(f"consecutive_bounces: not a whole number from 0 to {MAX_BOUNCES:,}")
     alerts = document.get("alerts", [])
     if not isinstance(alerts, list):
         raise _LineError("alerts: not a list")
@@ -271,8 +308,11 @@ def _documents(lines: Iterable[str], queries: _Queries) -> Iterator[_SubscriberI
     """The subscriber lines parsed and checked, header and blank lines skipped.
 
     Raises:
-        UsageError: a line is malformed, naming its number and what is wrong.
+        UsageError: lines are malformed: one line of the message for each (its number and
+            what is wrong), at most MAX_LINES_REPORTED, raised after the last line is read.
     """
+    bad: list[str] = []
+    bad_count = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -280,9 +320,20 @@ def _documents(lines: Iterable[str], queries: _Queries) -> Iterator[_SubscriberI
             _check_header(line)
             continue
         try:
-            yield _parse_subscriber(line, queries)
+            parsed = _parse_subscriber(line, queries)
         except _LineError as error:
-            raise UsageError(f"line {number}: {error}") from None
+            bad_count += 1
+            if len(bad) < MAX_LINES_REPORTED:
+                bad.append(f"line {number}: {error}")
+            continue
+        if not bad:
+            yield parsed
+    if bad:
+        more = bad_count - len(bad)
+        if more:
+            bad.append(f"... and {more} more bad lines")
+        bad[-1] += "; nothing was imported"
+        raise UsageError("\n".join(bad))
 
 
 def _check_header(line: str) -> None:

@@ -20,7 +20,7 @@ from alertd.mail.transports import MaildirMailer
 
 ALERTD = Path(sys.executable).with_name("alertd")
 PASSWORD = "S3cretPW"
-LONG_KEY = "k" * 32
+LONG_KEY = "3f9c1a7e5b2d8064c1e9a3f7b5d20c48"
 
 
 def _alertd(tmp_path: Path, *args: str, **environ: str) -> subprocess.CompletedProcess[str]:
@@ -68,8 +68,8 @@ def test_an_unknown_variable_is_named_at_start(tmp_path: Path) -> None:
 def test_a_strong_key_or_a_loopback_app_is_accepted() -> None:
     public = {"ALERTD_WEB__BASE_URL": "https://alerts.example.org"}
     assert load_settings(None, {**public, "ALERTD_WEB__SECRET_KEY": LONG_KEY})
-    # A multi-byte key counts in bytes, as HMAC sees it: 11 characters of 3 bytes each.
-    assert load_settings(None, {**public, "ALERTD_WEB__SECRET_KEY": "€" * 11})
+    # A multi-byte key counts in bytes, as HMAC sees it: 12 characters, 34 bytes.
+    assert load_settings(None, {**public, "ALERTD_WEB__SECRET_KEY": "€£¥₹₩₽₿฿₺₴₦₫"})
     assert load_settings(None, {"ALERTD_WEB__HOST": "::1", "ALERTD_WEB__SECRET_KEY": "x"})
     assert load_settings(None, {})  # localhost defaults: the default key is fine for trying out
 

@@ -304,7 +304,7 @@ async def test_metrics_and_schema_are_not_on_the_public_port(
 async def test_metrics_on_the_public_port_need_the_token(
     serve: Callable[..., Awaitable[Served]],
 ) -> None:
-    token = "m" * 40
+    token = "metrics-9d4e2b7a1c8f3e6d5a0b9c2e7f4d1a8b"
     app = await serve(metrics_token=token)
     assert (await app.client.get("/metrics")).status_code == 404
     wrong = await app.client.get("/metrics", headers={"authorization": "Bearer nope"})

@@ -169,11 +169,14 @@ def build_digest(
     subscriber: Subscriber,
     rows: list[Row],
     memo: ComposeMemo | None = None,
+    links: Links | None = None,
 ) -> Digest:
-    """A subscriber's digest: answers grouped by the first alert they matched, each once."""
+    """A subscriber's digest: answers grouped by the first alert they matched, each once;
+    its links made by ``links`` (default: the settings', which do not expire)."""
     if memo is None:
         memo = ComposeMemo(settings)
-    links = Links.for_settings(settings)
+    if links is None:
+        links = Links.for_settings(settings)
     assert subscriber.id is not None
     secret = subscriber.link_secret
     manage_url = links.url(links.manage_path(subscriber.id, secret))

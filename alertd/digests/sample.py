@@ -21,7 +21,9 @@ from alertd.digests.items import Row, build_digest
 from alertd.digests.render import render_message
 from alertd.digests.view import Digest
 from alertd.errors import AlertdError, QueryError, UsageError
+from alertd.files import write_private
 from alertd.kinds import kind_of
+from alertd.links import Links
 from alertd.matching import matching_item_ids, parse_query
 from alertd.models import Alert, Hit, Item
 from alertd.schedule import FREQUENCIES
@@ -62,7 +64,10 @@ def sample_digest(
                 f"nothing to show for {address}: no pending answers, and none of the last "
                 f"{days} days matches their alerts"
             )
-        return build_digest(session, settings, subscriber, rows)
+        # Links that expire: a sample file is copied, attached and left lying around, and
+        # its manage and unsubscribe links would otherwise work for good.
+        links = Links.for_settings(settings, issued_at=now)
+        return build_digest(session, settings, subscriber, rows, links=links)
 
 
 def _recent(session: Session, subscriber_id: int, *, since: datetime, now: datetime) -> list[Row]:
@@ -133,6 +138,6 @@ def write_sample(
         html=out.with_name(out.name + ".html"),
         subject=rendered.subject,
     )
-    files.eml.write_bytes(rendered.message)
-    files.html.write_text(str(html_part.get_content()), encoding="utf-8")
+    write_private(files.eml, [rendered.message])
+    write_private(files.html, [str(html_part.get_content()).encode()])
     return files

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from alertd.config import Settings
 from alertd.errors import RateLimited
 from alertd.keys import subkeys
-from alertd.links import Action, Links
+from alertd.links import EXPIRING_LINK_LIFETIME, Action, Links
 from alertd.mail.sender import Sender
 from alertd.tokens import check_age, parse_token, verify_token
 from alertd.web import service
@@ -63,20 +63,24 @@ class WebContext:
         """The id a link token is for, and its owner's link secret (to make further links).
 
         Any configured key verifies (web.secret_keys); the token must be signed with the
-        owner's current link secret. Confirmation links expire after web.confirm_days.
+        owner's current link secret. Confirmation links expire after web.confirm_days, other
+        links made with an issue time after EXPIRING_LINK_LIFETIME.
 
         Raises:
             InvalidToken: forged, altered, for another action, signed out or its row gone,
                 or (TokenExpired) too old.
         """
-        expiring = action == "confirm"
+        # Confirmation links always carry their issue time; any other link may (a sample
+        # digest's, see Links.issued_at), and then expires as well.
+        expiring = action == "confirm" or token.count(".") == 3
         parsed = parse_token(action, token, expiring=expiring)
         link_secret = await run_in_threadpool(
             service.link_secret_of, self.engine, action, parsed.subject_id
         )
         subject_id = verify_token(parsed, subkeys(self.settings, "links"), link_secret)
         if expiring:
-            check_age(parsed, self.confirm_window, self.clock())
+            lifetime = self.confirm_window if action == "confirm" else EXPIRING_LINK_LIFETIME
+            check_age(parsed, lifetime, self.clock())
         assert link_secret is not None
         return Signed(subject_id, link_secret)
 

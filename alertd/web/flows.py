@@ -13,7 +13,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from alertd import queries
-from alertd.addresses import normalise_email
+from alertd.addresses import NON_ASCII_ERROR, normalise_email
 from alertd.errors import NotYours, QueryError, RateLimited, UsageError
 from alertd.kinds import kind_of
 from alertd.kinds.kind import Role, member_in, shown_name
@@ -101,8 +101,8 @@ def email_or_error(value: str) -> tuple[str, str | None]:
         return "", problem
     try:
         return normalise_email(value), None
-    except UsageError:
-        return "", EMAIL_ERROR
+    except UsageError as exc:
+        return "", NON_ASCII_ERROR if str(exc) == NON_ASCII_ERROR else EMAIL_ERROR
 
 
 def _check_email(fields: SignupFields, checked: Checked) -> None:
@@ -412,7 +412,9 @@ async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
     if not _check_mail_limits(ctx, ip, email):
         return
     now = ctx.clock()
-    subscriber_id, link_secret = await run_in_threadpool(
+    # To the address as stored (its first spelling), not as typed now: KATE@example.org
+    # must not redirect kate@example.org's link to another spelling of the mailbox.
+    subscriber_id, stored_email, link_secret = await run_in_threadpool(
         service.subscriber_for_link, ctx.engine, email, now
     )
     context = {"manage_url": ctx.links.url(ctx.links.manage_path(subscriber_id, link_secret))}
@@ -422,7 +424,7 @@ async def send_manage_link(ctx: WebContext, email: str, ip: str) -> None:
             ctx,
             "manage_link",
             subscriber_id=subscriber_id,
-            recipient=email,
+            recipient=stored_email,
             subject=LINK_SUBJECT,
             context=context,
             now=now,

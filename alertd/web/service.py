@@ -110,8 +110,8 @@ def sign_out(engine: Engine, subscriber_id: int) -> None:
             session.add(subscriber)
 
 
-def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int, str]:
-    """The id and link secret of the address's subscriber, made if it is new.
+def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int, str, str]:
+    """The id, stored address and link secret of the address's subscriber, made if new.
 
     A manage-link request runs these same statements whether or not the address is known
     (an INSERT that does nothing on a known one, then a SELECT), so that neither the answer
@@ -130,13 +130,13 @@ def subscriber_for_link(engine: Engine, email: str, now: datetime) -> tuple[int,
     with transaction(engine) as session:
         session.execute(new_row.on_conflict_do_nothing(index_elements=["email_key"]))
         found = session.exec(
-            select(Subscriber.id, Subscriber.link_secret).where(
+            select(Subscriber.id, Subscriber.email, Subscriber.link_secret).where(
                 Subscriber.email_key == email_key(email)
             )
         ).one()
-    subscriber_id, link_secret = found
+    subscriber_id, stored_email, link_secret = found
     assert subscriber_id is not None
-    return subscriber_id, link_secret
+    return subscriber_id, stored_email, link_secret
 
 
 def _counting(subscriber_id: int, now: datetime, confirm_window: timedelta) -> ColumnElement[bool]:
@@ -198,7 +198,8 @@ def _register(
         elif same is None and len(counted) >= max_alerts:
             note = "limit"
         result = SignupResult(
-            email=address,
+            # The address as stored, not as typed now: mail goes to the row's spelling.
+            email=subscriber.email,
             subscriber_id=subscriber.id,
             alert_id=same.id if same else None,
             label=alert_label(session, same) if same else " ".join(query_text.split()),
@@ -215,7 +216,7 @@ def _register(
     with Session(engine) as session:
         label = alert_label(session, alert)
     return SignupResult(
-        address, result.subscriber_id, alert.id, label, existing, None, result.link_secret
+        result.email, result.subscriber_id, alert.id, label, existing, None, result.link_secret
     )
 
 
