@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -11,7 +12,7 @@ from alertd.items import add_items
 from alertd.kinds import kind_of
 from alertd.kinds.written_question import SOURCE, parse
 from alertd.listing import list_alerts
-from alertd.matching import Document, LiveMatcher, analyse, match_new_items
+from alertd.matching import Document, LiveMatcher, analyse, hits, match_new_items
 from alertd.matching.engine import indexes_of
 from alertd.matching.live import AlertRow, LiveAlert
 from alertd.models import Alert, AlertsVersion, Hit, Item, Subscriber
@@ -126,6 +127,35 @@ def test_changes_by_other_processes_reach_the_next_run(db_engine: Engine) -> Non
     got = _run(engine, matcher, T0 + timedelta(hours=7, minutes=5))
     assert got == expected
     assert {a for a, _ in got} >= {alert["c"], alert["e"]}
+
+
+def test_hits_over_many_chunks_are_each_recorded_once(
+    db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hits go to the database in chunks, streamed from the match: with chunks of 7, a run of
+    many chunks records every hit once, with its subscriber and time, and counts them all."""
+    engine = db_engine
+    monkeypatch.setattr(hits, "HITS_PER_INSERT", 7)
+    subscribed = [
+        lifecycle.subscribe(engine, f"{name}@example.org", q, "daily", confirmed=True, now=T0)
+        for name, q in [*QUERIES.items(), ("f", "school"), ("g", "covid OR vaccine*")]
+    ]
+    _store(engine, 0, 200, T0 + timedelta(hours=1))
+    expected = _expected(engine)
+    assert len(expected) > 10 * 7
+    now = T0 + timedelta(hours=1, minutes=5)
+    assert match_new_items(engine, now=now, matcher=LiveMatcher()) == len(expected)
+    with Session(engine) as session:
+        rows = session.exec(select(Hit)).all()
+        # Stored as every created_at is (on SQLite, text in one format): equal in SQL too.
+        created_now = session.exec(select(Hit.id).where(Hit.created_at == now)).all()
+        unmatched = session.exec(select(Item).where(col(Item.matched_at).is_(None))).all()
+    assert sorted((h.alert_id, h.item_id) for h in rows) == sorted(expected)
+    owner = {alert.id: alert.subscriber_id for alert in subscribed}
+    assert all(h.subscriber_id == owner[h.alert_id] for h in rows)
+    assert {h.created_at for h in rows} == {now} and {h.outbox_id for h in rows} == {None}
+    assert len(created_now) == len(rows)
+    assert unmatched == []
 
 
 def test_a_refresh_reads_only_what_changed(db_engine: Engine) -> None:
