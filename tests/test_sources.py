@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import Engine
 
-from alertd.config import ParliamentSettings
+from alertd.config import ParliamentSettings, Settings
 from alertd.errors import (
     RetryLater,
     SourceError,
@@ -24,8 +26,10 @@ from alertd.kinds.written_question import LIST_PATH, QuestionStage, WrittenQuest
 from alertd.kinds.written_question import parse as parse_item
 from alertd.sources import http
 from alertd.sources.parliament import ParliamentApi, make_http_client
+from alertd.sources.state import PollLease, take_poll_lease
 
-from standin_api import StandinApi
+from standin_api import FaultRule, StandinApi
+from window_poll import poll_kind
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ANSWERED = FIXTURES / "list_answered_2021-02-01_bicameral_expandMember.json"
@@ -203,3 +207,31 @@ def test_check_status_maps_each_answer_to_an_error_that_carries_it(
     assert caught.value.url == "https://api.example.org/feed?x=1"  # no user:password
     assert caught.value.status == status
     assert getattr(caught.value, "retry_after_s", None) == retry_after_s
+
+
+async def test_a_poll_longer_than_its_lease_keeps_the_source(
+    db_engine: Engine, standin_api: StandinApi
+) -> None:
+    # Each listing waits 1.5 s: the poll outlasts its 0.6 s lease, which it renews, so no
+    # other worker takes the source meanwhile (and polls it a second time).
+    standin_api.add_fault(FaultRule("delay", target="list", seconds=1.5, count=None))
+    settings = Settings.model_validate(
+        {"parliament": {"base_url": standin_api.base_url, "timeout_s": 5.0}}
+    )
+    now = datetime(2021, 2, 1, 20, 0, tzinfo=UTC)
+    lease = PollLease("first", 0.6, timedelta(0))
+    polling = asyncio.create_task(
+        poll_kind(db_engine, WrittenQuestion(), settings, now, lease=lease)
+    )
+    await asyncio.sleep(1.2)
+    other = PollLease("second", 0.6, timedelta(0))
+    assert (
+        await asyncio.to_thread(take_poll_lease, db_engine, "parliament", other, now=now) is False
+    )
+    result = await polling
+    assert result.polled and result.new_items == 469
+    # Recorded and freed: the next worker may poll at once.
+    assert (
+        await asyncio.to_thread(take_poll_lease, db_engine, "parliament", other, now=now)
+        is not False
+    )

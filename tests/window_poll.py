@@ -16,7 +16,13 @@ from alertd.sources.window import WindowSource
 
 
 async def poll_kind(
-    engine: Engine, kind: ApiKind, settings: Settings, now: datetime, *, lookback_days: int = 0
+    engine: Engine,
+    kind: ApiKind,
+    settings: Settings,
+    now: datetime,
+    *,
+    lookback_days: int = 0,
+    lease: PollLease | None = None,
 ) -> PollResult:
     async with make_http_client(settings.parliament) as client:
         source = WindowSource(
@@ -26,6 +32,6 @@ async def poll_kind(
             settings,
             zone=ZoneInfo("Europe/London"),
             lookback_days=lookback_days,
-            lease=PollLease("test", 60.0, timedelta(0)),
+            lease=lease or PollLease("test", 60.0, timedelta(0)),
         )
         return await source.poll(now)

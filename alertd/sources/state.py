@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,6 +85,24 @@ def record_poll(
         session.add(state)
 
 
+def renew_poll_lease(engine: Engine, source: str, lease: PollLease) -> None:
+    """Hold the source another ``lease_s`` from now, while this worker still holds it."""
+    with transaction(engine) as session:
+        state = session.get(SourceState, source)
+        if state is not None and state.lease_owner == lease.owner:
+            state.lease_until = datetime.now(UTC) + timedelta(seconds=lease.lease_s)
+            session.add(state)
+
+
+async def _keep_renewing(engine: Engine, source: str, lease: PollLease) -> None:
+    # A poll may outlast its lease (hundreds of pages, a slow API, a loaded machine): renewed
+    # three times a lease, it stays held however long it runs, and a worker that dies stops
+    # renewing, so another takes the source within one lease.
+    while True:
+        await asyncio.sleep(lease.lease_s / 3)
+        await asyncio.to_thread(renew_poll_lease, engine, source, lease)
+
+
 def release_poll_lease(engine: Engine, source: str, owner: str) -> None:
     """Free the source after an abandoned poll (a stop), recording nothing: the next poll,
     here or on another worker, need not wait for the lease to run out."""
@@ -135,6 +154,7 @@ async def holding(
         yield None
         return
     held = Held(high_water)
+    renewing = asyncio.create_task(_keep_renewing(engine, source, lease))
     try:
         yield held
     except AlertdError as exc:
@@ -143,6 +163,10 @@ async def holding(
     except asyncio.CancelledError:
         await asyncio.to_thread(release_poll_lease, engine, source, lease.owner)
         raise
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
     await asyncio.to_thread(
         record_poll,
         engine,
