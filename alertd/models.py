@@ -211,7 +211,8 @@ class Hit(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     alert_id: int = Field(foreign_key="alert.id")
     subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
-    item_id: int = Field(foreign_key="item.id")
+    # Indexed for follow-ups: the hits of an item's earlier versions.
+    item_id: int = Field(foreign_key="item.id", index=True)
     created_at: datetime = _utc()
     outbox_id: int | None = Field(default=None, foreign_key="outbox.id", index=True)
 
