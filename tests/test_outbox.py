@@ -441,8 +441,10 @@ async def test_web_app_answers_while_a_send_waits_for_the_database(
     assert report.sent == 1 and time.monotonic() - locked_at > 2.5
     assert _statuses(engine) == {"a@example.org": OutboxState.SENT}
     engine.dispose()
-    # ... and meanwhile every page came within half a second.
-    assert slowest_s < 0.5
+    # ... and meanwhile no page waited for the lock: one that did would take at least the
+    # 2.5 s left of it. (1.5 s, not less: a loaded 2-core CI machine, running the suite in
+    # parallel, once took 0.79 s to answer a page.)
+    assert slowest_s < 1.5
 
 
 def _reader_with_a_digest(engine: Engine, address: str, number: int) -> tuple[Alert, int]:
